@@ -1,0 +1,147 @@
+//! Security events: written to the store (queryable by admins) and emitted through
+//! `tracing` under the `audit` target as structured JSON.
+//!
+//! An event carries who, what, and why — never a token, password or key. Reasons are
+//! fixed machine-readable strings, not formatted from request input.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use crate::store::AuditStore;
+use crate::timeutil::now_ms;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    LoginSucceeded,
+    LoginFailed,
+    LoginThrottled,
+    RefreshRotated,
+    RefreshReuseDetected,
+    Logout,
+    SessionRevoked,
+    TokenRejected,
+    UserCreated,
+    UserDisabled,
+    UserEnabled,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        use AuditKind::*;
+        match self {
+            LoginSucceeded => "login_succeeded",
+            LoginFailed => "login_failed",
+            LoginThrottled => "login_throttled",
+            RefreshRotated => "refresh_rotated",
+            RefreshReuseDetected => "refresh_reuse_detected",
+            Logout => "logout",
+            SessionRevoked => "session_revoked",
+            TokenRejected => "token_rejected",
+            UserCreated => "user_created",
+            UserDisabled => "user_disabled",
+            UserEnabled => "user_enabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unix milliseconds.
+    pub ts: i64,
+    pub kind: AuditKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The user id the event is about, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The username as given (login failures for unknown users have no subject).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// A fixed machine-readable reason, e.g. `expired`, `bad_password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(kind: AuditKind) -> Self {
+        Self {
+            ts: now_ms(),
+            kind,
+            tenant: None,
+            subject: None,
+            username: None,
+            session_id: None,
+            ip: None,
+            reason: None,
+        }
+    }
+    pub fn tenant(mut self, t: impl Into<String>) -> Self {
+        self.tenant = Some(t.into());
+        self
+    }
+    pub fn subject(mut self, s: impl Into<String>) -> Self {
+        self.subject = Some(s.into());
+        self
+    }
+    pub fn username(mut self, u: impl Into<String>) -> Self {
+        // Usernames come from request bodies: bound their size in the trail.
+        let mut u: String = u.into();
+        if u.len() > 128 {
+            let mut cut = 128;
+            while !u.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            u.truncate(cut);
+        }
+        self.username = Some(u);
+        self
+    }
+    pub fn session(mut self, s: impl Into<String>) -> Self {
+        self.session_id = Some(s.into());
+        self
+    }
+    pub fn ip(mut self, ip: Option<std::net::IpAddr>) -> Self {
+        self.ip = ip.map(|i| i.to_string());
+        self
+    }
+    pub fn reason(mut self, r: &'static str) -> Self {
+        self.reason = Some(r.to_owned());
+        self
+    }
+}
+
+/// The audit sink handed to services.
+#[derive(Clone)]
+pub struct Audit {
+    store: Arc<dyn AuditStore>,
+}
+
+impl Audit {
+    pub fn new(store: Arc<dyn AuditStore>) -> Self {
+        Self { store }
+    }
+
+    /// Records an event. A failure to persist is logged loudly but does not turn a
+    /// denial into something else: callers that deny keep denying.
+    pub async fn record(&self, ev: AuditEvent) {
+        tracing::info!(
+            target: "audit",
+            kind = ev.kind.as_str(),
+            tenant = ev.tenant.as_deref(),
+            subject = ev.subject.as_deref(),
+            username = ev.username.as_deref(),
+            session_id = ev.session_id.as_deref(),
+            ip = ev.ip.as_deref(),
+            reason = ev.reason.as_deref(),
+            "audit event"
+        );
+        if let Err(e) = self.store.append(&ev).await {
+            tracing::error!(error = %e, kind = ev.kind.as_str(), "failed to persist audit event");
+        }
+    }
+}

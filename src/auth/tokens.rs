@@ -1,0 +1,272 @@
+//! Access tokens: PASETO v4.local (XChaCha20 + BLAKE2b-MAC via pasetors).
+//!
+//! * The footer carries only the PASERK key id (`kid`), so keys can rotate.
+//! * The implicit assertion binds every token to this deployment and to the purpose
+//!   "access": a token from another deployment, or any other kind of token we may mint
+//!   later, fails authentication even under the same key (SECURITY #1, #5).
+//! * `v4.local.` is the only accepted header: `v4.public`, `v3.*` and JWTs are not
+//!   even parsed (there is no algorithm field to confuse).
+
+use pasetors::claims::{Claims, ClaimsValidationRules};
+use pasetors::errors::{ClaimValidationError, Error as PasetoError};
+use pasetors::footer::Footer;
+use pasetors::paserk::Id;
+use pasetors::token::UntrustedToken;
+use pasetors::version4::{LocalToken, V4};
+use pasetors::{Local, local};
+use std::time::Duration;
+
+use super::keys::Keyring;
+
+const ISSUER: &str = "palisade";
+const TOKEN_TYPE: &str = "access";
+
+/// The identity an access token asserts. Only [`TokenService::verify`] produces one
+/// from a token; the session-liveness check turns it into a `Principal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub subject: String,
+    pub username: String,
+    pub tenant: String,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+    pub session_id: String,
+}
+
+/// Why a token was refused. Goes to the audit trail as a fixed reason; the client
+/// only ever sees `401 unauthorized`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    Missing,
+    Malformed,
+    UnknownKey,
+    Invalid,
+    Expired,
+    NotYetValid,
+    WrongType,
+    SessionNotLive,
+}
+
+impl TokenRejection {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongType => "wrong_type",
+            Self::SessionNotLive => "session_not_live",
+        }
+    }
+}
+
+pub struct TokenService {
+    keys: Keyring,
+    access_ttl: Duration,
+    implicit: Vec<u8>,
+    audience: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("token minting failed")]
+pub struct MintError;
+
+impl TokenService {
+    pub fn new(keys: Keyring, access_ttl: Duration) -> Self {
+        let implicit = format!("palisade:{TOKEN_TYPE}:{}", keys.deployment_id).into_bytes();
+        let audience = format!("palisade:{}", keys.deployment_id);
+        Self {
+            keys,
+            access_ttl,
+            implicit,
+            audience,
+        }
+    }
+
+    pub fn access_ttl(&self) -> Duration {
+        self.access_ttl
+    }
+
+    pub fn mint(&self, c: &AccessClaims) -> Result<String, MintError> {
+        let mut claims = Claims::new_expires_in(&self.access_ttl).map_err(|_| MintError)?;
+        claims.issuer(ISSUER).map_err(|_| MintError)?;
+        claims.audience(&self.audience).map_err(|_| MintError)?;
+        claims.subject(&c.subject).map_err(|_| MintError)?;
+        claims
+            .token_identifier(&crate::secret::new_id())
+            .map_err(|_| MintError)?;
+        claims
+            .add_additional("typ", TOKEN_TYPE)
+            .map_err(|_| MintError)?;
+        claims
+            .add_additional("tenant", c.tenant.as_str())
+            .map_err(|_| MintError)?;
+        claims
+            .add_additional("username", c.username.as_str())
+            .map_err(|_| MintError)?;
+        claims
+            .add_additional("roles", c.roles.clone())
+            .map_err(|_| MintError)?;
+        claims
+            .add_additional("groups", c.groups.clone())
+            .map_err(|_| MintError)?;
+        claims
+            .add_additional("sid", c.session_id.as_str())
+            .map_err(|_| MintError)?;
+
+        let (_, key) = self.keys.active();
+        let mut footer = Footer::new();
+        footer.key_id(&Id::from(key));
+        local::encrypt(key, &claims, Some(&footer), Some(&self.implicit)).map_err(|_| MintError)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, Rejected> {
+        // Cheap shape checks before any parsing: only our exact header, bounded size.
+        if token.len() > 4096 || !token.starts_with("v4.local.") {
+            return Err(TokenRejection::Malformed.into());
+        }
+        let untrusted =
+            UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenRejection::Malformed)?;
+
+        // The footer is authenticated by the tag; reading the kid before verifying only
+        // selects which of our own keys to try.
+        let mut footer = Footer::new();
+        footer
+            .parse_bytes(untrusted.untrusted_footer())
+            .map_err(|_| TokenRejection::Malformed)?;
+        let kid = footer
+            .get_claim("kid")
+            .and_then(|v| v.as_str())
+            .ok_or(TokenRejection::Malformed)?;
+        let key = self.keys.find(kid).ok_or(TokenRejection::UnknownKey)?;
+
+        // Authenticate first (the low-level decrypt checks only the tag), then validate
+        // the claims ourselves, so that an authentic but expired token can still be
+        // attributed to its session in the audit trail.
+        let trusted = LocalToken::decrypt(key, &untrusted, None, Some(&self.implicit))
+            .map_err(|_| TokenRejection::Invalid)?;
+        let claims = Claims::from_string(trusted.payload()).map_err(|_| TokenRejection::Invalid)?;
+        let access = parse_claims(&claims)?;
+        let mut rules = ClaimsValidationRules::new();
+        rules.validate_issuer_with(ISSUER);
+        rules.validate_audience_with(&self.audience);
+        match rules.validate_claims(&claims) {
+            Ok(()) => Ok(access),
+            Err(PasetoError::ClaimValidation(ClaimValidationError::Exp)) => {
+                Err(Rejected::attributed(TokenRejection::Expired, access))
+            }
+            Err(PasetoError::ClaimValidation(
+                ClaimValidationError::Nbf | ClaimValidationError::Iat,
+            )) => Err(Rejected::attributed(TokenRejection::NotYetValid, access)),
+            Err(_) => Err(TokenRejection::Invalid.into()),
+        }
+    }
+}
+
+/// A refused token, with its claims when it was authentic (expired, not yet valid) so
+/// the audit trail can name the session. Never includes the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub why: TokenRejection,
+    pub claims: Option<Box<AccessClaims>>,
+}
+
+impl Rejected {
+    fn attributed(why: TokenRejection, claims: AccessClaims) -> Self {
+        Self {
+            why,
+            claims: Some(Box::new(claims)),
+        }
+    }
+}
+
+impl From<TokenRejection> for Rejected {
+    fn from(why: TokenRejection) -> Self {
+        Self { why, claims: None }
+    }
+}
+
+fn parse_claims(claims: &Claims) -> Result<AccessClaims, TokenRejection> {
+    let str_claim = |name: &str| {
+        claims
+            .get_claim(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .ok_or(TokenRejection::Invalid)
+    };
+    let list_claim = |name: &str| -> Result<Vec<String>, TokenRejection> {
+        claims
+            .get_claim(name)
+            .and_then(|v| v.as_array())
+            .ok_or(TokenRejection::Invalid)?
+            .iter()
+            .map(|x| x.as_str().map(str::to_owned).ok_or(TokenRejection::Invalid))
+            .collect()
+    };
+    if str_claim("typ")? != TOKEN_TYPE {
+        return Err(TokenRejection::WrongType);
+    }
+    Ok(AccessClaims {
+        subject: str_claim("sub")?,
+        username: str_claim("username")?,
+        tenant: str_claim("tenant")?,
+        roles: list_claim("roles")?,
+        groups: list_claim("groups")?,
+        session_id: str_claim("sid")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(dir: &std::path::Path, ttl: Duration) -> TokenService {
+        TokenService::new(
+            Keyring::load_or_create(&dir.join("keys.json")).unwrap(),
+            ttl,
+        )
+    }
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            subject: "u1".into(),
+            username: "alice".into(),
+            tenant: "acme".into(),
+            roles: vec!["employee".into()],
+            groups: vec![],
+            session_id: "s1".into(),
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_tamper() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path(), Duration::from_secs(60));
+        let t = svc.mint(&claims()).unwrap();
+        assert_eq!(svc.verify(&t).unwrap(), claims());
+
+        // Flip one character of the body (not the header).
+        let mut bytes = t.clone().into_bytes();
+        let i = 20;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(bytes).unwrap();
+        assert!(svc.verify(&flipped).is_err());
+
+        // Another deployment's keys.
+        let other = tempfile::tempdir().unwrap();
+        let svc2 = service(other.path(), Duration::from_secs(60));
+        assert!(svc2.verify(&t).is_err());
+    }
+
+    #[test]
+    fn expired_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path(), Duration::from_secs(1));
+        let t = svc.mint(&claims()).unwrap();
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(svc.verify(&t).unwrap_err().why, TokenRejection::Expired);
+        assert_eq!(svc.verify(&t).unwrap_err().claims, Some(Box::new(claims())));
+    }
+}

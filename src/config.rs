@@ -1,0 +1,294 @@
+//! Configuration: `palisade.toml`, overridden by `PALISADE_<SECTION>__<KEY>` environment
+//! variables, overridden by CLI flags (figment). The key names are part of the contract in
+//! `DESIGN.md`.
+//!
+//! Validation happens once, here, so that the server refuses to start with an obviously
+//! weak or inconsistent configuration instead of discovering it under load (SECURITY #33).
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The only `Origin` accepted on cookie-authenticated routes.
+    pub public_origin: String,
+    /// Tenant given to users created without `--tenant`.
+    pub default_tenant: String,
+    pub store: StoreConfig,
+    pub tokens: TokenConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            public_origin: "http://localhost:8080".into(),
+            default_tenant: "default".into(),
+            store: StoreConfig::default(),
+            tokens: TokenConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Embedded,
+    Cluster,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub redis_url: String,
+    pub postgres_url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Embedded,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            postgres_url: "postgres://postgres@127.0.0.1:5432/palisade".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenFormat {
+    #[default]
+    Paseto,
+    Jwe,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenConfig {
+    #[serde(with = "humantime_serde")]
+    pub access_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub session_idle_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub session_absolute_ttl: Duration,
+    /// Two tabs refreshing with one cookie inside this window is a race, not theft.
+    #[serde(with = "humantime_serde")]
+    pub refresh_reuse_grace: Duration,
+    /// How long a positive session-liveness answer may be served from memory. Local
+    /// revocations invalidate at once; this bounds how late a revocation made by another
+    /// process (the CLI, another node) is seen.
+    #[serde(with = "humantime_serde")]
+    pub session_cache_ttl: Duration,
+    pub format: TokenFormat,
+    /// Where the token keys live; default `<data_dir>/keys.json`.
+    pub keys_file: Option<PathBuf>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            access_ttl: Duration::from_secs(10 * 60),
+            session_idle_ttl: Duration::from_secs(7 * 24 * 3600),
+            session_absolute_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(5),
+            session_cache_ttl: Duration::from_secs(1),
+            format: TokenFormat::Paseto,
+            keys_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Failed logins for one username within `login_failure_window` before 429.
+    pub login_failures_per_user: u32,
+    #[serde(with = "humantime_serde")]
+    pub login_failure_window: Duration,
+    /// Login attempts (any outcome) from one client IP within `login_ip_window` before 429.
+    pub login_attempts_per_ip: u32,
+    #[serde(with = "humantime_serde")]
+    pub login_ip_window: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            login_failures_per_user: 5,
+            login_failure_window: Duration::from_secs(15 * 60),
+            login_attempts_per_ip: 30,
+            login_ip_window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `palisade=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over file and environment.
+#[derive(Debug, Default, Serialize)]
+pub struct CliOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads file (if given or `./palisade.toml` exists), then environment, then CLI flags.
+    pub fn load(file: Option<&Path>, cli: &CliOverrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Invalid(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                fig = fig.merge(Toml::file(path));
+            }
+            None => fig = fig.merge(Toml::file("palisade.toml")),
+        }
+        let cfg: Config = fig
+            .merge(Env::prefixed("PALISADE_").split("__"))
+            .merge(Serialized::defaults(cli))
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.tokens;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if t.access_ttl.is_zero() || t.access_ttl > Duration::from_secs(15 * 60) {
+            return bad("tokens.access_ttl must be between 1s and 15m");
+        }
+        if t.session_absolute_ttl.is_zero() || t.session_idle_ttl.is_zero() {
+            return bad("tokens.session_absolute_ttl and tokens.session_idle_ttl must be positive");
+        }
+        if t.session_idle_ttl > t.session_absolute_ttl {
+            return bad("tokens.session_idle_ttl cannot exceed tokens.session_absolute_ttl");
+        }
+        if t.refresh_reuse_grace > Duration::from_secs(60) {
+            return bad(
+                "tokens.refresh_reuse_grace above 60s would let a stolen refresh token race its owner",
+            );
+        }
+        if t.session_cache_ttl > Duration::from_secs(5) {
+            return bad("tokens.session_cache_ttl above 5s would delay revocation too long");
+        }
+        if t.format == TokenFormat::Jwe {
+            return bad("tokens.format = \"jwe\" is not available yet; use \"paseto\"");
+        }
+        if self.store.kind == StoreKind::Cluster {
+            return bad("store.kind = \"cluster\" is not available yet; use \"embedded\"");
+        }
+        let origin = self.public_origin.as_str();
+        let valid_origin = (origin.starts_with("https://") || origin.starts_with("http://"))
+            && !origin.ends_with('/')
+            && origin.matches('/').count() == 2;
+        if !valid_origin {
+            return bad(
+                "public_origin must be a bare origin like https://chat.example.com (scheme and host, no path)",
+            );
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return bad("limits.max_body_bytes must be at least 1024");
+        }
+        if self.limits.login_failures_per_user == 0 || self.limits.login_attempts_per_ip == 0 {
+            return bad("login limits must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn keys_path(&self) -> PathBuf {
+        self.tokens
+            .keys_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys.json"))
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("palisade.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn weak_configurations_are_refused() {
+        let mut c = Config::default();
+        c.tokens.access_ttl = Duration::from_secs(3600);
+        assert!(c.validate().is_err());
+
+        for origin in ["*", "https://chat.example.com/app", "chat.example.com"] {
+            let c = Config {
+                public_origin: origin.into(),
+                ..Config::default()
+            };
+            assert!(c.validate().is_err(), "{origin}");
+        }
+
+        let mut c = Config::default();
+        c.tokens.session_idle_ttl = Duration::from_secs(40 * 24 * 3600);
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! The one error type of the HTTP face, mapped to statuses in one place.
+//!
+//! Messages are fixed strings chosen here, never formatted from inputs, tokens or
+//! internal errors: an error body cannot echo a secret it never saw (SECURITY #29;
+//! LiteLLM #18731). Internal causes are logged server-side, without secrets.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// Missing, malformed, forged, expired or revoked access token.
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("refresh token reused")]
+    RefreshReused,
+    #[error("refresh token invalid")]
+    RefreshInvalid,
+    #[error("refresh in progress")]
+    RefreshInProgress,
+    #[error("cross-site request")]
+    CrossSite,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("request timeout")]
+    Timeout,
+    /// A store or dependency on the request path failed. Authorisation fails closed.
+    #[error("unavailable")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            InvalidCredentials | Unauthorized | RefreshReused | RefreshInvalid => {
+                StatusCode::UNAUTHORIZED
+            }
+            RefreshInProgress | Conflict(_) => StatusCode::CONFLICT,
+            CrossSite | Forbidden => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BadRequest(_) => StatusCode::BAD_REQUEST,
+            Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Timeout => StatusCode::REQUEST_TIMEOUT,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidCredentials => "invalid_credentials",
+            Unauthorized => "unauthorized",
+            RefreshReused => "refresh_reused",
+            RefreshInvalid => "invalid_refresh_token",
+            RefreshInProgress => "refresh_in_progress",
+            CrossSite => "cross_site_request",
+            Forbidden => "forbidden",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Conflict(_) => "conflict",
+            TooManyRequests { .. } => "too_many_requests",
+            PayloadTooLarge => "payload_too_large",
+            BadRequest(_) => "bad_request",
+            Unprocessable(_) => "unprocessable_entity",
+            UnsupportedMediaType => "unsupported_media_type",
+            Timeout => "request_timeout",
+            Unavailable => "service_unavailable",
+            Internal => "internal_error",
+        }
+    }
+
+    fn message(&self) -> String {
+        use ApiError::*;
+        match self {
+            InvalidCredentials => "Invalid username or password.".into(),
+            Unauthorized => "A valid access token is required.".into(),
+            RefreshReused => {
+                "This refresh token was already used; the session has been revoked.".into()
+            }
+            RefreshInvalid => "The refresh token is missing, invalid or expired.".into(),
+            RefreshInProgress => {
+                "Another request is refreshing this session; retry with the newest cookie.".into()
+            }
+            CrossSite => "Cross-site requests are not allowed here.".into(),
+            Forbidden => "You do not have permission for this operation.".into(),
+            NotFound => "Not found.".into(),
+            MethodNotAllowed => "Method not allowed.".into(),
+            Conflict(what) => format!("Conflict: {what}."),
+            TooManyRequests { .. } => "Too many requests; retry later.".into(),
+            PayloadTooLarge => "The request body is too large.".into(),
+            BadRequest(m) | Unprocessable(m) => m.clone(),
+            UnsupportedMediaType => "Expected Content-Type: application/json.".into(),
+            Timeout => "The request took too long.".into(),
+            Unavailable => "The service is temporarily unavailable.".into(),
+            Internal => "Internal error.".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({"error": {"code": self.code(), "message": self.message()}});
+        let mut resp = (status, Json(body)).into_response();
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::TooManyRequests { retry_after_secs } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(&1).to_string()) {
+                    headers.insert(header::RETRY_AFTER, v);
+                }
+            }
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => ApiError::Conflict(what),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ApiError::Unavailable
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `/auth/*`: login, refresh, logout, identity and session management.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::cookies::{clear_refresh_cookie, read_refresh, refresh_cookie, require_same_origin};
+use super::extract::{Auth, Client, Json, MaybeAuth};
+use crate::auth::IssuedTokens;
+use crate::error::ApiError;
+use crate::secret::SecretString;
+use crate::timeutil::rfc3339;
+
+/// Only these two fields are read; anything else in the body (tenant, roles, …) is
+/// ignored and can change nothing (SECURITY #18, #19).
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    username: String,
+    password: SecretString,
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+    session_id: &'a str,
+}
+
+fn token_response(t: &IssuedTokens) -> Response {
+    let body = TokenResponse {
+        access_token: &t.access_token,
+        token_type: "Bearer",
+        expires_in: t.expires_in,
+        session_id: &t.session_id,
+    };
+    let mut resp = axum::Json(body).into_response();
+    match refresh_cookie(t.refresh.expose(), t.refresh_max_age) {
+        Some(c) => {
+            resp.headers_mut().insert(header::SET_COOKIE, c);
+            resp
+        }
+        None => ApiError::Internal.into_response(),
+    }
+}
+
+pub async fn login(
+    State(s): State<AppState>,
+    Client(client): Client,
+    Json(req): Json<LoginRequest>,
+) -> Result<Response, ApiError> {
+    if req.username.is_empty() || req.username.len() > 256 {
+        // Same answer as a wrong password: the shape of a username reveals nothing.
+        return Err(ApiError::InvalidCredentials);
+    }
+    let issued = s.auth.login(&req.username, &req.password, &client).await?;
+    Ok(token_response(&issued))
+}
+
+pub async fn refresh(
+    State(s): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+) -> Result<Response, Response> {
+    require_same_origin(&headers, &s.config.public_origin).map_err(IntoResponse::into_response)?;
+    match s.auth.refresh(read_refresh(&headers), &client).await {
+        Ok(issued) => Ok(token_response(&issued)),
+        // A dead token is cleared from the browser; a race loser keeps its cookie
+        // because the winner's response is about to replace it.
+        Err(e @ (ApiError::RefreshReused | ApiError::RefreshInvalid)) => {
+            Err(([(header::SET_COOKIE, clear_refresh_cookie())], e).into_response())
+        }
+        Err(e) => Err(e.into_response()),
+    }
+}
+
+pub async fn logout(
+    State(s): State<AppState>,
+    Client(client): Client,
+    MaybeAuth(principal): MaybeAuth,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_same_origin(&headers, &s.config.public_origin)?;
+    match (principal, read_refresh(&headers)) {
+        (Some(p), _) => s.auth.logout(&p, &client).await?,
+        (None, Some(cookie)) => s.auth.logout_with_refresh(cookie, &client).await?,
+        (None, None) => return Err(ApiError::Unauthorized),
+    }
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, clear_refresh_cookie())],
+    )
+        .into_response())
+}
+
+pub async fn logout_all(
+    State(s): State<AppState>,
+    Client(client): Client,
+    Auth(p): Auth,
+) -> Result<Response, ApiError> {
+    s.auth.logout_all(&p, &client).await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, clear_refresh_cookie())],
+    )
+        .into_response())
+}
+
+#[derive(Serialize)]
+pub struct Me<'a> {
+    subject: &'a str,
+    username: &'a str,
+    tenant: &'a str,
+    roles: &'a [String],
+    groups: &'a [String],
+    session_id: &'a str,
+}
+
+pub async fn me(Auth(p): Auth) -> Response {
+    axum::Json(Me {
+        subject: p.subject(),
+        username: p.username(),
+        tenant: p.tenant(),
+        roles: p.roles(),
+        groups: p.groups(),
+        session_id: p.session_id(),
+    })
+    .into_response()
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    id: String,
+    created_at: String,
+    last_seen_at: String,
+    expires_at: String,
+    user_agent: Option<String>,
+    current: bool,
+}
+
+#[derive(Serialize)]
+struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+pub async fn list_sessions(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
+    let sessions = s
+        .auth
+        .sessions_of(&p)
+        .await?
+        .into_iter()
+        .map(|r| SessionView {
+            current: r.id == p.session_id(),
+            created_at: rfc3339(r.created_at),
+            last_seen_at: rfc3339(r.last_seen_at),
+            expires_at: rfc3339(r.absolute_expires_at),
+            user_agent: r.user_agent,
+            id: r.id,
+        })
+        .collect();
+    Ok(axum::Json(SessionList { sessions }).into_response())
+}
+
+pub async fn delete_session(
+    State(s): State<AppState>,
+    Client(client): Client,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.auth
+        .revoke_own(&p, &id, "revoked_by_user", &client)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,96 @@
+//! The refresh cookie and the cross-site checks for cookie-authenticated routes.
+//!
+//! The refresh token lives only in `__Host-palisade_refresh`: HttpOnly (no script can
+//! read it), Secure, SameSite=Strict, Path=/ and no Domain (the `__Host-` prefix makes
+//! browsers enforce the last three). Routes that act on it are POST-only and refuse
+//! cross-site requests by `Origin` and `Sec-Fetch-Site` (SECURITY #13, #14).
+
+use axum::http::{HeaderMap, HeaderValue, header};
+
+use crate::error::ApiError;
+
+pub const REFRESH_COOKIE: &str = "__Host-palisade_refresh";
+
+pub fn refresh_cookie(value: &str, max_age_secs: i64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{REFRESH_COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age_secs}"
+    ))
+    .ok()
+}
+
+pub fn clear_refresh_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-palisade_refresh=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0",
+    )
+}
+
+/// The refresh token from the `Cookie` header(s), if any.
+pub fn read_refresh(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == REFRESH_COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+/// Refuses requests a browser marks as cross-site, or whose `Origin` is not ours.
+/// Requests with neither header (curl, SDKs) carry no ambient browser credentials
+/// worth forging, and pass.
+pub fn require_same_origin(headers: &HeaderMap, public_origin: &str) -> Result<(), ApiError> {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("invalid");
+        if !matches!(site, "same-origin" | "none") {
+            return Err(ApiError::CrossSite);
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && origin.to_str().ok() != Some(public_origin)
+    {
+        return Err(ApiError::CrossSite);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_checks() {
+        let o = "https://chat.example.com";
+        let mut h = HeaderMap::new();
+        assert!(require_same_origin(&h, o).is_ok());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://chat.example.com"),
+        );
+        assert!(require_same_origin(&h, o).is_ok());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(require_same_origin(&h, o).is_err());
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(require_same_origin(&h, o).is_err());
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(require_same_origin(&h, o).is_err());
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        assert!(require_same_origin(&h, o).is_err());
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(require_same_origin(&h, o).is_ok());
+    }
+
+    #[test]
+    fn reads_the_refresh_cookie_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-palisade_refresh=tok; b=2"),
+        );
+        assert_eq!(read_refresh(&h), Some("tok"));
+    }
+}

@@ -1,0 +1,103 @@
+//! The HTTP face: routes, middleware and the state they share.
+
+pub mod admin;
+pub mod auth_routes;
+pub mod cookies;
+pub mod extract;
+pub mod ops;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use std::sync::Arc;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::{AuditStore, Health};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: Arc<AuthService>,
+    pub audit_log: Arc<dyn AuditStore>,
+    pub health: Arc<dyn Health>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/auth/login", post(auth_routes::login))
+        .route("/auth/refresh", post(auth_routes::refresh))
+        .route("/auth/logout", post(auth_routes::logout))
+        .route("/auth/logout-all", post(auth_routes::logout_all))
+        .route("/auth/me", get(auth_routes::me))
+        .route("/auth/sessions", get(auth_routes::list_sessions))
+        .route("/auth/sessions/{id}", delete(auth_routes::delete_session))
+        .route("/admin/audit", get(admin::audit))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), limits))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // Path only: a query string could carry something secret.
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Declared body size and total handling time, both answered in the error contract.
+async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let max = state.config.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    match tokio::time::timeout(state.config.limits.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+/// Every response: never cached (tokens and conversation text must not land in a shared
+/// or browser cache — and unknown suffixes are 404s, so `/auth/me/x.css` caches nothing),
+/// never sniffed, never framed, never leaking a referrer.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    resp
+}

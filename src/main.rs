@@ -1,0 +1,224 @@
+//! The `palisade` command: a thin parser over `palisade::app`.
+
+use clap::{Args, Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use palisade::app::{self, AddUser, AnyError};
+use palisade::auth::keys::Keyring;
+use palisade::config::{CliOverrides, Config};
+use palisade::secret::SecretString;
+use palisade::store::{AuditQuery, AuditStore, UserStore};
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Zero-trust gateway for LLM chat and RAG"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Configuration file (TOML). Default: ./palisade.toml if present.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Directory for the SQLite store and token keys.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Seed tenant `acme` with demo users of different roles.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Manage local users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage token keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Read the audit trail (all tenants, including events no tenant can be named for).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Print events as JSON lines, newest first.
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user. Without --password-stdin a random password is generated and printed.
+    Add {
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Disable a user and revoke every session they have.
+    Disable { name: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Make a new active token key; tokens minted under the old one verify until they expire.
+    /// A running server picks up the new key at its next start.
+    Rotate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let listen = match &cli.cmd {
+        Cmd::Serve { listen, .. } => *listen,
+        _ => None,
+    };
+    let overrides = CliOverrides {
+        listen,
+        data_dir: cli.common.data_dir.clone(),
+    };
+    let cfg = match Config::load(cli.common.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("palisade: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    app::init_tracing(&cfg);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("palisade: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd, cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
+    match cmd {
+        Cmd::Serve { demo, .. } => app::serve(cfg, demo).await,
+        Cmd::User(UserCmd::Add {
+            name,
+            roles,
+            groups,
+            tenant,
+            password_stdin,
+        }) => {
+            let (password, generated) = if password_stdin {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                let line = s.lines().next().unwrap_or("").to_owned();
+                (line, false)
+            } else {
+                (palisade::secret::random_b64(12), true)
+            };
+            let store = app::open_store(&cfg)?;
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            let rec = app::add_user(
+                &store,
+                AddUser {
+                    username: &name,
+                    password: SecretString::new(password.clone()),
+                    tenant: &tenant,
+                    roles: roles.into_iter().filter(|r| !r.is_empty()).collect(),
+                    groups: groups.into_iter().filter(|g| !g.is_empty()).collect(),
+                },
+            )
+            .await?;
+            println!(
+                "added user {} (tenant {}, id {})",
+                rec.username, rec.tenant, rec.id
+            );
+            if generated {
+                println!("generated password: {password}");
+            }
+            Ok(())
+        }
+        Cmd::User(UserCmd::List) => {
+            let store = app::open_store(&cfg)?;
+            println!(
+                "{:<24} {:<12} {:<8} {:<30} groups",
+                "username", "tenant", "status", "roles"
+            );
+            for u in store.list_users().await? {
+                println!(
+                    "{:<24} {:<12} {:<8} {:<30} {}",
+                    u.username,
+                    u.tenant,
+                    if u.disabled { "disabled" } else { "active" },
+                    u.roles.join(","),
+                    u.groups.join(",")
+                );
+            }
+            Ok(())
+        }
+        Cmd::User(UserCmd::Disable { name }) => {
+            app::disable_user(&cfg, &name).await?;
+            println!("disabled {name}; every session of this user is revoked");
+            Ok(())
+        }
+        Cmd::Audit(AuditCmd::List {
+            kind,
+            tenant,
+            limit,
+        }) => {
+            let store = app::open_store(&cfg)?;
+            let events = store
+                .query(AuditQuery {
+                    tenant,
+                    kind,
+                    limit,
+                })
+                .await?;
+            for e in events {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+            Ok(())
+        }
+        Cmd::Keys(KeysCmd::Rotate) => {
+            let path = cfg.keys_path();
+            if !path.exists() {
+                Keyring::load_or_create(&path)?;
+            }
+            let id = Keyring::rotate(&path)?;
+            println!("new active key {id}; restart running servers to mint with it");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Random identifiers and secret values.
+//!
+//! Every opaque id or secret that leaves the server carries at least 128 bits from the
+//! operating system's CSPRNG (ASVS 7.2.3). Secret-bearing types redact themselves in
+//! `Debug` so that a stray `tracing::debug!(?x)` cannot leak them.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// `n` bytes from the OS CSPRNG, base64url without padding.
+///
+/// # Panics
+/// If the operating system cannot provide randomness. There is no safe fallback for
+/// that: a gateway that cannot draw random numbers must not mint ids or keys.
+pub fn random_b64(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).expect("the OS CSPRNG is unavailable");
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A new 128-bit identifier (sessions, token ids, users, audit correlation).
+pub fn new_id() -> String {
+    random_b64(16)
+}
+
+/// An opaque refresh token: 256 random bits. Only its SHA-256 is ever stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshToken(String);
+
+impl RefreshToken {
+    pub fn generate() -> Self {
+        Self(random_b64(32))
+    }
+
+    /// Accepts a presented value only if it has the exact shape we mint (43 base64url
+    /// characters); anything else cannot be ours and is not even hashed.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = raw.len() == 43
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The at-rest form. A fast hash is right here: the input has 256 bits of entropy,
+    /// so there is nothing for a slow KDF to protect against.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken([redacted])")
+    }
+}
+
+/// SHA-256 of a refresh token: what the store keys refresh families by.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TokenHash(pub [u8; 32]);
+
+/// A password or other secret string that must never be printed.
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_are_256_bit_and_redacted() {
+        let t = RefreshToken::generate();
+        assert_eq!(t.expose().len(), 43);
+        assert!(RefreshToken::parse(t.expose()).is_some());
+        assert!(!format!("{t:?}").contains(t.expose()));
+        assert_ne!(t, RefreshToken::generate());
+    }
+
+    #[test]
+    fn malformed_refresh_values_are_refused_before_hashing() {
+        assert!(RefreshToken::parse("").is_none());
+        assert!(RefreshToken::parse(&"a".repeat(42)).is_none());
+        assert!(RefreshToken::parse(&format!("{}=", "a".repeat(42))).is_none());
+    }
+
+    #[test]
+    fn ids_carry_128_bits() {
+        assert_eq!(new_id().len(), 22);
+    }
+}

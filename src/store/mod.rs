@@ -1,0 +1,172 @@
+//! Storage behind small traits, one per concern. Handlers never see SQL.
+//!
+//! The embedded implementation ([`sqlite::SqliteStore`]) keeps everything in one SQLite
+//! file. A cluster implementation (PostgreSQL + Redis) will implement the same traits.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::audit::AuditEvent;
+use crate::secret::TokenHash;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: String,
+    pub tenant: String,
+    pub username: String,
+    /// PHC string (argon2id). Never serialised into a response.
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub tenant: String,
+    pub username: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id: String,
+    pub tenant: String,
+    pub user_id: String,
+    pub created_at: i64,
+    /// Last login or refresh; the idle timeout counts from here.
+    pub last_seen_at: i64,
+    pub absolute_expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub user_agent: Option<String>,
+}
+
+impl SessionRecord {
+    /// When this session stops being usable, whichever limit comes first.
+    pub fn deadline(&self, idle_ttl_ms: i64) -> i64 {
+        self.absolute_expires_at
+            .min(self.last_seen_at.saturating_add(idle_ttl_ms))
+    }
+
+    pub fn is_live(&self, now: i64, idle_ttl_ms: i64) -> bool {
+        self.revoked_at.is_none() && now < self.deadline(idle_ttl_ms)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: String,
+    pub tenant: String,
+    pub user_id: String,
+    pub now: i64,
+    pub absolute_expires_at: i64,
+    pub user_agent: Option<String>,
+    pub refresh_hash: TokenHash,
+}
+
+/// What presenting a refresh token led to. Decided atomically inside the store.
+#[derive(Debug)]
+pub enum RotateOutcome {
+    /// The token was current: it is now dead and `new_hash` is the family's head.
+    Rotated { session: SessionRecord },
+    /// The token was rotated moments ago (within the grace window): a concurrent tab.
+    InProgress,
+    /// The token was rotated long ago: theft. The session has been revoked.
+    Reused { session: SessionRecord },
+    /// Unknown token, or its session is revoked or expired.
+    Invalid,
+}
+
+pub struct RotateRequest {
+    pub presented: TokenHash,
+    pub replacement: TokenHash,
+    pub now: i64,
+    pub grace_ms: i64,
+    pub idle_ttl_ms: i64,
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Fails with `Conflict` if the username is taken (usernames are unique per deployment).
+    async fn create_user(&self, user: NewUser) -> StoreResult<UserRecord>;
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, tenant: &str, id: &str) -> StoreResult<Option<UserRecord>>;
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    /// Sets the disabled flag; disabling also revokes every session of the user in the
+    /// same transaction. Returns the user and the ids of sessions it revoked.
+    async fn set_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+        now: i64,
+    ) -> StoreResult<Option<(UserRecord, Vec<String>)>>;
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Creates a session and the head of its refresh family, atomically.
+    async fn create_session(&self, s: NewSession) -> StoreResult<SessionRecord>;
+    async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>>;
+    async fn rotate_refresh(&self, req: RotateRequest) -> StoreResult<RotateOutcome>;
+    /// The session a refresh token (current or rotated) belongs to.
+    async fn session_for_refresh(&self, hash: TokenHash) -> StoreResult<Option<SessionRecord>>;
+    /// Revokes one session of (tenant, user). Returns false if no such live session.
+    async fn revoke_session(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        session_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Revokes every live session of a user; returns the revoked ids.
+    async fn revoke_user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> StoreResult<Vec<String>>;
+    /// The user's sessions that are not revoked and not past their absolute lifetime.
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        now: i64,
+    ) -> StoreResult<Vec<SessionRecord>>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub tenant: Option<String>,
+    pub kind: Option<String>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    async fn append(&self, event: &AuditEvent) -> StoreResult<()>;
+    async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditEvent>>;
+}
+
+/// Liveness of the backing store, for `/readyz`.
+#[async_trait]
+pub trait Health: Send + Sync {
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,612 @@
+//! The embedded store: one SQLite file (WAL, `synchronous=FULL`), migrated at start-up.
+//!
+//! All access goes through one connection behind a mutex, on the blocking thread pool.
+//! SQLite serialises writers anyway; one connection makes every multi-statement
+//! operation (refresh rotation above all) trivially atomic, and a request that is
+//! cancelled mid-call cannot hand its reply to anyone else: the blocking task owns
+//! its result and the dropped future simply never reads it (SECURITY #31).
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::audit::{AuditEvent, AuditKind};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// Each entry moves the schema one version forward; `PRAGMA user_version` records
+/// how many have run. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    username      TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    roles         TEXT NOT NULL,   -- JSON array
+    groups_       TEXT NOT NULL,   -- JSON array
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+    id                  TEXT PRIMARY KEY,
+    tenant              TEXT NOT NULL,
+    user_id             TEXT NOT NULL REFERENCES users(id),
+    created_at          INTEGER NOT NULL,
+    last_seen_at        INTEGER NOT NULL,
+    absolute_expires_at INTEGER NOT NULL,
+    revoked_at          INTEGER,
+    revoke_reason       TEXT,
+    user_agent          TEXT
+);
+CREATE INDEX sessions_by_user ON sessions(tenant, user_id);
+-- One refresh family per session; rotated members are kept to detect reuse.
+CREATE TABLE refresh_tokens (
+    hash        BLOB PRIMARY KEY,
+    session_id  TEXT NOT NULL REFERENCES sessions(id),
+    issued_at   INTEGER NOT NULL,
+    rotated_at  INTEGER
+);
+CREATE INDEX refresh_by_session ON refresh_tokens(session_id);
+CREATE TABLE audit_events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts         INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    tenant     TEXT,
+    subject    TEXT,
+    username   TEXT,
+    session_id TEXT,
+    ip         TEXT,
+    reason     TEXT
+);
+CREATE INDEX audit_by_tenant ON audit_events(tenant, id);
+"#];
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let mut conn = Connection::open(path).map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(unavailable)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Unavailable("connection poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    let version = usize::try_from(version).unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this binary ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_list(s: &str) -> rusqlite::Result<Vec<String>> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+const USER_COLS: &str = "id, tenant, username, password_hash, roles, groups_, disabled, created_at";
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        username: r.get(2)?,
+        password_hash: r.get(3)?,
+        roles: parse_list(&r.get::<_, String>(4)?)?,
+        groups: parse_list(&r.get::<_, String>(5)?)?,
+        disabled: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+const SESSION_COLS: &str =
+    "id, tenant, user_id, created_at, last_seen_at, absolute_expires_at, revoked_at, user_agent";
+
+fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        user_id: r.get(2)?,
+        created_at: r.get(3)?,
+        last_seen_at: r.get(4)?,
+        absolute_expires_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+        user_agent: r.get(7)?,
+    })
+}
+
+fn get_session(conn: &Connection, id: &str) -> rusqlite::Result<Option<SessionRecord>> {
+    conn.query_row(
+        &format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"),
+        [id],
+        session_row,
+    )
+    .optional()
+}
+
+fn revoke_all(
+    conn: &Connection,
+    tenant: &str,
+    user_id: &str,
+    reason: &str,
+    now: i64,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "UPDATE sessions SET revoked_at = ?4, revoke_reason = ?3
+         WHERE tenant = ?1 AND user_id = ?2 AND revoked_at IS NULL RETURNING id",
+    )?;
+    let ids = stmt
+        .query_map(params![tenant, user_id, reason, now], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, u: NewUser) -> StoreResult<UserRecord> {
+        self.call(move |c| {
+            let rec = UserRecord {
+                id: crate::secret::new_id(),
+                tenant: u.tenant,
+                username: u.username,
+                password_hash: u.password_hash,
+                roles: u.roles,
+                groups: u.groups,
+                disabled: false,
+                created_at: crate::timeutil::now_ms(),
+            };
+            let res = c.execute(
+                &format!("INSERT INTO users ({USER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,0,?7)"),
+                params![
+                    rec.id,
+                    rec.tenant,
+                    rec.username,
+                    rec.password_hash,
+                    json_list(&rec.roles),
+                    json_list(&rec.groups),
+                    rec.created_at
+                ],
+            );
+            match res {
+                Ok(_) => Ok(rec),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::Conflict("username already exists"))
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .await
+    }
+
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE username = ?1"),
+                [username],
+                user_row,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, tenant: &str, id: &str) -> StoreResult<Option<UserRecord>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE tenant = ?1 AND id = ?2"),
+                [tenant, id],
+                user_row,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        self.call(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {USER_COLS} FROM users ORDER BY tenant, username"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], user_row)
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn set_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+        now: i64,
+    ) -> StoreResult<Option<(UserRecord, Vec<String>)>> {
+        let username = username.to_owned();
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let updated = tx
+                .execute(
+                    "UPDATE users SET disabled = ?2 WHERE username = ?1",
+                    params![username, disabled],
+                )
+                .map_err(unavailable)?;
+            if updated == 0 {
+                return Ok(None);
+            }
+            let user = tx
+                .query_row(
+                    &format!("SELECT {USER_COLS} FROM users WHERE username = ?1"),
+                    [&username],
+                    user_row,
+                )
+                .map_err(unavailable)?;
+            let revoked = if disabled {
+                revoke_all(&tx, &user.tenant, &user.id, "user_disabled", now)
+                    .map_err(unavailable)?
+            } else {
+                Vec::new()
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(Some((user, revoked)))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create_session(&self, s: NewSession) -> StoreResult<SessionRecord> {
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1,?2,?3,?4,?4,?5,NULL,?6)"
+                ),
+                params![
+                    s.id,
+                    s.tenant,
+                    s.user_id,
+                    s.now,
+                    s.absolute_expires_at,
+                    s.user_agent
+                ],
+            )
+            .map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
+                params![&s.refresh_hash.0[..], s.id, s.now],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(SessionRecord {
+                id: s.id,
+                tenant: s.tenant,
+                user_id: s.user_id,
+                created_at: s.now,
+                last_seen_at: s.now,
+                absolute_expires_at: s.absolute_expires_at,
+                revoked_at: None,
+                user_agent: s.user_agent,
+            })
+        })
+        .await
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
+        let id = id.to_owned();
+        self.call(move |c| get_session(c, &id).map_err(unavailable))
+            .await
+    }
+
+    async fn rotate_refresh(&self, req: RotateRequest) -> StoreResult<RotateOutcome> {
+        self.call(move |c| {
+            // IMMEDIATE takes the write lock up front: two rotations of one token can
+            // never both read "current" (SECURITY #11), even across processes.
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let found: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT session_id, rotated_at FROM refresh_tokens WHERE hash = ?1",
+                    [&req.presented.0[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some((sid, rotated_at)) = found else {
+                return Ok(RotateOutcome::Invalid);
+            };
+            let Some(session) = get_session(&tx, &sid).map_err(unavailable)? else {
+                return Ok(RotateOutcome::Invalid);
+            };
+            if !session.is_live(req.now, req.idle_ttl_ms) {
+                return Ok(RotateOutcome::Invalid);
+            }
+            let outcome = match rotated_at {
+                None => {
+                    tx.execute(
+                        "UPDATE refresh_tokens SET rotated_at = ?2 WHERE hash = ?1",
+                        params![&req.presented.0[..], req.now],
+                    )
+                    .map_err(unavailable)?;
+                    tx.execute(
+                        "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?1,?2,?3)",
+                        params![&req.replacement.0[..], sid, req.now],
+                    )
+                    .map_err(unavailable)?;
+                    tx.execute(
+                        "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1",
+                        params![sid, req.now],
+                    )
+                    .map_err(unavailable)?;
+                    RotateOutcome::Rotated {
+                        session: SessionRecord {
+                            last_seen_at: req.now,
+                            ..session
+                        },
+                    }
+                }
+                Some(at) if req.now - at <= req.grace_ms => RotateOutcome::InProgress,
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE sessions SET revoked_at = ?2, revoke_reason = 'refresh_reused'
+                         WHERE id = ?1 AND revoked_at IS NULL",
+                        params![sid, req.now],
+                    )
+                    .map_err(unavailable)?;
+                    RotateOutcome::Reused {
+                        session: SessionRecord {
+                            revoked_at: Some(req.now),
+                            ..session
+                        },
+                    }
+                }
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn session_for_refresh(&self, hash: TokenHash) -> StoreResult<Option<SessionRecord>> {
+        self.call(move |c| {
+            let sid: Option<String> = c
+                .query_row(
+                    "SELECT session_id FROM refresh_tokens WHERE hash = ?1",
+                    [&hash.0[..]],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            match sid {
+                Some(sid) => get_session(c, &sid).map_err(unavailable),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn revoke_session(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        session_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (tenant, user_id, sid, reason) = (
+            tenant.to_owned(),
+            user_id.to_owned(),
+            session_id.to_owned(),
+            reason.to_owned(),
+        );
+        self.call(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE sessions SET revoked_at = ?5, revoke_reason = ?4
+                     WHERE id = ?3 AND tenant = ?1 AND user_id = ?2 AND revoked_at IS NULL",
+                    params![tenant, user_id, sid, reason, now],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> StoreResult<Vec<String>> {
+        let (tenant, user_id, reason) = (tenant.to_owned(), user_id.to_owned(), reason.to_owned());
+        self.call(move |c| revoke_all(c, &tenant, &user_id, &reason, now).map_err(unavailable))
+            .await
+    }
+
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        now: i64,
+    ) -> StoreResult<Vec<SessionRecord>> {
+        let (tenant, user_id) = (tenant.to_owned(), user_id.to_owned());
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {SESSION_COLS} FROM sessions
+                     WHERE tenant = ?1 AND user_id = ?2 AND revoked_at IS NULL
+                       AND absolute_expires_at > ?3
+                     ORDER BY created_at DESC"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![tenant, user_id, now], session_row)
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+fn kind_from_str(s: &str) -> Option<AuditKind> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append(&self, e: &AuditEvent) -> StoreResult<()> {
+        let e = e.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO audit_events (ts, kind, tenant, subject, username, session_id, ip, reason)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+                params![
+                    e.ts,
+                    e.kind.as_str(),
+                    e.tenant,
+                    e.subject,
+                    e.username,
+                    e.session_id,
+                    e.ip,
+                    e.reason
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditEvent>> {
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT ts, kind, tenant, subject, username, session_id, ip, reason
+                     FROM audit_events
+                     WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR kind = ?2)
+                     ORDER BY id DESC LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![q.tenant, q.kind, q.limit], |r| {
+                    let kind: String = r.get(1)?;
+                    Ok((
+                        r.get(0)?,
+                        kind,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (ts, kind, tenant, subject, username, session_id, ip, reason): (
+                    i64,
+                    String,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                ) = row.map_err(unavailable)?;
+                let kind = kind_from_str(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown audit kind {kind}")))?;
+                out.push(AuditEvent {
+                    ts,
+                    kind,
+                    tenant,
+                    subject,
+                    username,
+                    session_id,
+                    ip,
+                    reason,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Health for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
+            .await
+    }
+}

@@ -1,0 +1,245 @@
+//! Bad input, HTTP hygiene and secrets in logs.
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+/// Sends raw bytes and returns the status line's code (0 if the connection closed).
+fn raw_request(base: &str, bytes: &[u8]) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_the_server_lives() {
+    let s = Server::start_with(&[("PALISADE_LIMITS__MAX_BODY_BYTES", "65536")]);
+    let acme = seed_acme(&s);
+    let login = s.url("/auth/login");
+
+    let send = |body: Vec<u8>, ct: &'static str| {
+        let http = s.http.clone();
+        let url = login.clone();
+        async move {
+            http.post(url)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let cases: Vec<(&str, Vec<u8>, &str, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"username\": ".to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "not JSON",
+            b"hello".to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "non-UTF-8",
+            b"{\"username\":\"\xff\xfe\",\"password\":\"x\"}".to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "wrong types",
+            br#"{"username":1,"password":[]}"#.to_vec(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+        ),
+        (
+            "missing field",
+            br#"{"username":"alice"}"#.to_vec(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+        ),
+        (
+            "wrong content type",
+            br#"{"username":"alice","password":"x"}"#.to_vec(),
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "oversized body",
+            format!(
+                r#"{{"username":"alice","password":"{}"}}"#,
+                "x".repeat(100_000)
+            )
+            .into_bytes(),
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+    ];
+    for (name, body, ct, status, code) in cases {
+        let resp = send(body, ct).await;
+        assert_eq!(error_code(resp).await, (status, code.to_owned()), "{name}");
+    }
+
+    // Chunked upload without Content-Length, over the limit.
+    let mut req = b"POST /auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    let data = format!("{{\"username\":\"{}", "a".repeat(100_000));
+    req.extend(format!("{:x}\r\n{data}\r\n0\r\n\r\n", data.len()).into_bytes());
+    assert_eq!(
+        raw_request(&s.base, &req),
+        413,
+        "chunked body over the limit"
+    );
+
+    // Huge headers and a non-UTF-8 request line from a raw socket.
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
+    let code = raw_request(&s.base, huge.as_bytes());
+    assert!(
+        code == 431 || code == 400 || code == 0,
+        "huge header → {code}"
+    );
+    let code = raw_request(&s.base, b"GET /\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert!((400..500).contains(&code), "non-UTF-8 path → {code}");
+    let code = raw_request(&s.base, b"NOT HTTP AT ALL\r\n\r\n");
+    assert!(code == 400 || code == 0, "garbage → {code}");
+
+    // Unknown paths and suffixes (web-cache deception) are plain 404s, never cacheable.
+    let a = s.login("alice", &acme.alice).await;
+    for path in [
+        "/auth/me/x.css",
+        "/auth/me.css",
+        "/auth/sessions/x/y.js",
+        "/nope",
+    ] {
+        let resp = s.get(path, &a.access).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        assert_eq!(error_code(resp).await.1, "not_found");
+    }
+
+    // Still alive and serving.
+    let resp = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(s.get("/auth/me", &a.access).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn security_headers_on_every_response() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let ok = s.login_raw("alice", &acme.alice).await;
+    let err = s.login_raw("alice", "wrong").await;
+    let health = s.http.get(s.url("/healthz")).send().await.unwrap();
+    for resp in [&ok, &err, &health] {
+        let h = resp.headers();
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["x-frame-options"], "DENY");
+    }
+    let ready = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let mut s = Server::start_with(&[("PALISADE_LOG__LEVEL", "trace")]);
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let resp = s.refresh(&a.cookie).await;
+    let b = Session::from_response(resp).await;
+    s.login_raw("hannah", "a-wrong-password-123").await;
+    s.get("/auth/me", &format!("{}x", b.access)).await;
+    s.post_json(
+        "/auth/login",
+        &json!({"username": "adam", "password": acme.adam}),
+    )
+    .await;
+    s.http
+        .get(s.url(&format!("/auth/me?token={}", b.access)))
+        .send()
+        .await
+        .unwrap();
+    assert!(s.terminate().success());
+
+    let log = s.log();
+    assert!(log.contains("login_succeeded"), "the log is being written");
+    let keys = std::fs::read_to_string(s.data_dir().join("keys.json")).unwrap();
+    let kf: serde_json::Value = serde_json::from_str(&keys).unwrap();
+    let secret = kf["keys"][0]["secret"].as_str().unwrap().to_owned();
+    for (what, needle) in [
+        ("alice's password", acme.alice.as_str()),
+        ("adam's password", acme.adam.as_str()),
+        ("a wrong password", "a-wrong-password-123"),
+        ("access token", a.access.as_str()),
+        ("rotated access token", b.access.as_str()),
+        ("refresh token", a.cookie.as_str()),
+        ("rotated refresh token", b.cookie.as_str()),
+        ("token key", secret.as_str()),
+    ] {
+        assert!(!log.contains(needle), "{what} leaked into the log");
+    }
+    // And never into the database in the clear.
+    let db = std::fs::read(s.data_dir().join("palisade.db")).unwrap();
+    let wal = std::fs::read(s.data_dir().join("palisade.db-wal")).unwrap_or_default();
+    for blob in [db, wal] {
+        let text = String::from_utf8_lossy(&blob);
+        assert!(!text.contains(&a.cookie) && !text.contains(&b.cookie));
+        assert!(!text.contains(&acme.alice));
+    }
+}
+
+#[tokio::test]
+async fn refuses_to_start_with_weak_configuration_or_exposed_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(
+        &["serve", "--data-dir", d, "--listen", "127.0.0.1:0"],
+        &[("PALISADE_TOKENS__ACCESS_TTL", "24h")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("access_ttl"));
+
+    // A keys file readable by others is refused, without printing its content.
+    let s = Server::start();
+    let keys = s.data_dir().join("keys.json");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let d = s.data_dir().to_str().unwrap();
+    let out = run(&["serve", "--data-dir", d, "--listen", "127.0.0.1:0"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    let kf: serde_json::Value = serde_json::from_slice(&std::fs::read(&keys).unwrap()).unwrap();
+    assert!(!err.contains(kf["keys"][0]["secret"].as_str().unwrap()));
+}

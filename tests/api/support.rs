@@ -1,0 +1,325 @@
+//! Test support: a real `palisade` process on an ephemeral port with its own data dir.
+
+#![allow(dead_code)]
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    pub http: Client,
+}
+
+impl Server {
+    /// Starts a server with extra `PALISADE_*` settings.
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut s = Server {
+            child: None,
+            base: String::new(),
+            dir,
+            env,
+            http: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_remove("PALISADE_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PALISADE_PUBLIC_ORIGIN", "http://localhost:8080")
+            .arg("--data-dir")
+            .arg(self.dir.path());
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut child = self
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn palisade");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("palisade listening on ") {
+                        break rest.trim().to_owned();
+                    }
+                }
+                _ => panic!("palisade exited before listening; log:\n{}", self.log()),
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.base = base;
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no graceful shutdown, no flush beyond what was committed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().expect("wait")
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// Runs a CLI subcommand against this server's data dir.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = self.command();
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn cli");
+        {
+            let mut input = child.stdin.take().expect("stdin");
+            if let Some(s) = stdin {
+                input.write_all(s.as_bytes()).expect("write stdin");
+            }
+        }
+        child.wait_with_output().expect("cli output")
+    }
+
+    /// Adds a user through the CLI and returns its password.
+    pub fn add_user(&self, name: &str, roles: &str, groups: &str, tenant: &str) -> String {
+        let password = format!("pw-{name}-correct-horse");
+        let mut args = vec!["user", "add", name, "--tenant", tenant, "--password-stdin"];
+        if !roles.is_empty() {
+            args.extend(["--roles", roles]);
+        }
+        if !groups.is_empty() {
+            args.extend(["--groups", groups]);
+        }
+        let out = self.cli(&args, Some(&format!("{password}\n")));
+        assert!(
+            out.status.success(),
+            "user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        password
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn login_raw(&self, user: &str, password: &str) -> Response {
+        self.post_json(
+            "/auth/login",
+            &json!({"username": user, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Session {
+        let resp = self.login_raw(user, password).await;
+        assert_eq!(resp.status(), StatusCode::OK, "login of {user}");
+        Session::from_response(resp).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POST /auth/refresh with this cookie value and extra headers.
+    pub async fn refresh_with(&self, cookie: &str, extra: HeaderMap) -> Response {
+        self.http
+            .post(self.url("/auth/refresh"))
+            .header("cookie", format!("__Host-palisade_refresh={cookie}"))
+            .headers(extra)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn refresh(&self, cookie: &str) -> Response {
+        self.refresh_with(cookie, HeaderMap::new()).await
+    }
+
+    /// Audit events of one kind, as the admin `admin` of tenant `acme` sees them.
+    pub async fn audit_events(&self, admin_token: &str, kind: &str) -> Vec<Value> {
+        let resp = self
+            .get(&format!("/admin/audit?kind={kind}&limit=1000"), admin_token)
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.expect("json");
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Server {
+    /// Every audit event of one kind, through the operator CLI (all tenants, including
+    /// events that could not be attributed to one).
+    pub fn audit_cli(&self, kind: &str) -> Vec<Value> {
+        let out = self.cli(&["audit", "list", "--kind", kind, "--limit", "10000"], None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A logged-in client: its access token and refresh cookie value.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub access: String,
+    pub cookie: String,
+    pub session_id: String,
+    pub set_cookie: String,
+}
+
+impl Session {
+    pub async fn from_response(resp: Response) -> Session {
+        let set_cookie = set_cookie(&resp).expect("a Set-Cookie header");
+        let cookie = cookie_value(&set_cookie);
+        let body: Value = resp.json().await.expect("json");
+        Session {
+            access: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            session_id: body["session_id"].as_str().expect("session_id").to_owned(),
+            cookie,
+            set_cookie,
+        }
+    }
+}
+
+pub fn set_cookie(resp: &Response) -> Option<String> {
+    resp.headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().expect("ascii").to_owned())
+}
+
+pub fn cookie_value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .and_then(|kv| kv.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .expect("cookie value")
+}
+
+pub async fn error_code(resp: Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let body: Value = resp.json().await.expect("error body is JSON");
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .expect("error.code")
+            .to_owned(),
+    )
+}
+
+pub fn header(name: &'static str, value: &'static str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(name, HeaderValue::from_static(value));
+    h
+}
+
+/// A tenant `acme` with an employee, an HR user and an admin.
+pub struct Acme {
+    pub alice: String,
+    pub hannah: String,
+    pub adam: String,
+}
+
+pub fn seed_acme(s: &Server) -> Acme {
+    Acme {
+        alice: s.add_user("alice", "employee", "engineering", "acme"),
+        hannah: s.add_user("hannah", "employee,hr", "hr", "acme"),
+        adam: s.add_user("adam", "employee,admin", "executives", "acme"),
+    }
+}
