@@ -13,6 +13,8 @@ use crate::auth::keys::Keyring;
 use crate::auth::password::hash_password;
 use crate::config::{Config, LogFormat};
 use crate::http::{AppState, router};
+use crate::llm::Llm;
+use crate::threads::Threads;
 use crate::secret::SecretString;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditStore, NewUser, StoreError, UserRecord, UserStore};
@@ -52,10 +54,19 @@ pub fn build_state(cfg: Config) -> Result<AppState, AnyError> {
     let store = Arc::new(open_store(&cfg)?);
     let keys = Keyring::load_or_create(&cfg.keys_path())?;
     let audit = Audit::new(store.clone());
-    let auth = AuthService::new(&cfg, store.clone(), store.clone(), keys, audit);
+    let auth = AuthService::new(&cfg, store.clone(), store.clone(), keys, audit.clone());
+    let threads = Threads::new(
+        store.clone(),
+        cfg.threads.clone(),
+        cfg.llm.system_prompt.clone(),
+        audit,
+    );
+    let llm = Llm::from_config(&cfg.llm)?;
     Ok(AppState {
         config: Arc::new(cfg),
         auth: Arc::new(auth),
+        threads: Arc::new(threads),
+        llm: Arc::new(llm),
         audit_log: store.clone(),
         health: store,
     })

@@ -24,6 +24,7 @@ pub enum AuditKind {
     UserCreated,
     UserDisabled,
     UserEnabled,
+    ThreadAccessDenied,
 }
 
 impl AuditKind {
@@ -41,6 +42,7 @@ impl AuditKind {
             UserCreated => "user_created",
             UserDisabled => "user_disabled",
             UserEnabled => "user_enabled",
+            ThreadAccessDenied => "thread_access_denied",
         }
     }
 }
@@ -65,6 +67,9 @@ pub struct AuditEvent {
     /// A fixed machine-readable reason, e.g. `expired`, `bad_password`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The object the event is about (a thread id), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
 }
 
 impl AuditEvent {
@@ -78,6 +83,7 @@ impl AuditEvent {
             session_id: None,
             ip: None,
             reason: None,
+            resource: None,
         }
     }
     pub fn tenant(mut self, t: impl Into<String>) -> Self {
@@ -109,6 +115,10 @@ impl AuditEvent {
         self.ip = ip.map(|i| i.to_string());
         self
     }
+    pub fn resource(mut self, r: impl Into<String>) -> Self {
+        self.resource = Some(r.into());
+        self
+    }
     pub fn reason(mut self, r: &'static str) -> Self {
         self.reason = Some(r.to_owned());
         self
@@ -138,6 +148,7 @@ impl Audit {
             session_id = ev.session_id.as_deref(),
             ip = ev.ip.as_deref(),
             reason = ev.reason.as_deref(),
+            resource = ev.resource.as_deref(),
             "audit event"
         );
         if let Err(e) = self.store.append(&ev).await {

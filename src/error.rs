@@ -46,6 +46,15 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("request timeout")]
     Timeout,
+    #[error("message too long")]
+    MessageTooLong,
+    #[error("thread limit reached")]
+    ThreadLimit,
+    #[error("thread full")]
+    ThreadFull,
+    /// The model upstream failed; the client learns nothing more specific.
+    #[error("upstream error")]
+    Upstream,
     /// A store or dependency on the request path failed. Authorisation fails closed.
     #[error("unavailable")]
     Unavailable,
@@ -70,6 +79,9 @@ impl ApiError {
             Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Timeout => StatusCode::REQUEST_TIMEOUT,
+            MessageTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+            ThreadLimit | ThreadFull => StatusCode::UNPROCESSABLE_ENTITY,
+            Upstream => StatusCode::BAD_GATEWAY,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -94,6 +106,10 @@ impl ApiError {
             Unprocessable(_) => "unprocessable_entity",
             UnsupportedMediaType => "unsupported_media_type",
             Timeout => "request_timeout",
+            MessageTooLong => "message_too_long",
+            ThreadLimit => "thread_limit_reached",
+            ThreadFull => "thread_full",
+            Upstream => "upstream_error",
             Unavailable => "service_unavailable",
             Internal => "internal_error",
         }
@@ -121,6 +137,10 @@ impl ApiError {
             BadRequest(m) | Unprocessable(m) => m.clone(),
             UnsupportedMediaType => "Expected Content-Type: application/json.".into(),
             Timeout => "The request took too long.".into(),
+            MessageTooLong => "The message is longer than this gateway accepts.".into(),
+            ThreadLimit => "You have reached the maximum number of conversations.".into(),
+            ThreadFull => "This conversation has reached its maximum length.".into(),
+            Upstream => "The model is unavailable right now; try again later.".into(),
             Unavailable => "The service is temporarily unavailable.".into(),
             Internal => "Internal error.".into(),
         }

@@ -13,6 +13,8 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod llm;
 pub mod secret;
 pub mod store;
+pub mod threads;
 pub mod timeutil;

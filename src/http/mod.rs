@@ -5,6 +5,8 @@ pub mod auth_routes;
 pub mod cookies;
 pub mod extract;
 pub mod ops;
+pub mod openai_routes;
+pub mod threads_routes;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -17,6 +19,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthService;
 use crate::config::Config;
+use crate::llm::Llm;
+use crate::threads::Threads;
 use crate::error::ApiError;
 use crate::store::{AuditStore, Health};
 
@@ -24,6 +28,8 @@ use crate::store::{AuditStore, Health};
 pub struct AppState {
     pub config: Arc<Config>,
     pub auth: Arc<AuthService>,
+    pub threads: Arc<Threads>,
+    pub llm: Arc<Llm>,
     pub audit_log: Arc<dyn AuditStore>,
     pub health: Arc<dyn Health>,
 }
@@ -38,6 +44,14 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/me", get(auth_routes::me))
         .route("/auth/sessions", get(auth_routes::list_sessions))
         .route("/auth/sessions/{id}", delete(auth_routes::delete_session))
+        .route("/v1/threads", post(threads_routes::create).get(threads_routes::list))
+        .route(
+            "/v1/threads/{id}",
+            get(threads_routes::get).delete(threads_routes::delete),
+        )
+        .route("/v1/threads/{id}/messages", post(threads_routes::post_message))
+        .route("/v1/chat/completions", post(openai_routes::chat_completions))
+        .route("/v1/models", get(openai_routes::models))
         .route("/admin/audit", get(admin::audit))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -69,13 +83,21 @@ async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Resp
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return ApiError::PayloadTooLarge.into_response();
+    let mut resp = if declared.is_some_and(|n| n > max as u64) {
+        ApiError::PayloadTooLarge.into_response()
+    } else {
+        match tokio::time::timeout(state.config.limits.request_timeout, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => ApiError::Timeout.into_response(),
+        }
+    };
+    // The rest of an oversized body was never read, so this connection cannot carry
+    // another request: tell the client instead of letting it reuse a dead socket.
+    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    match tokio::time::timeout(state.config.limits.request_timeout, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => ApiError::Timeout.into_response(),
-    }
+    resp
 }
 
 /// Every response: never cached (tokens and conversation text must not land in a shared

@@ -8,6 +8,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 
 use crate::audit::AuditEvent;
+use crate::auth::Principal;
+use crate::config::ThreadBinding;
 use crate::secret::TokenHash;
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +152,116 @@ pub trait SessionStore: Send + Sync {
         user_id: &str,
         now: i64,
     ) -> StoreResult<Vec<SessionRecord>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ThreadRecord {
+    pub id: String,
+    pub title: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub message_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Citation {
+    pub document_id: String,
+    pub title: String,
+    pub chunk_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageRecord {
+    pub id: String,
+    pub role: Role,
+    pub content: String,
+    pub citations: Vec<Citation>,
+    pub created_at: i64,
+}
+
+pub struct NewMessage {
+    pub role: Role,
+    pub content: String,
+    pub citations: Vec<Citation>,
+}
+
+#[derive(Debug)]
+pub enum CreateThread {
+    Created(ThreadRecord),
+    /// The owner already has `max_threads_per_user` threads.
+    LimitReached,
+}
+
+#[derive(Debug)]
+pub enum Append {
+    Appended(MessageRecord),
+    /// No such thread *for this owner*.
+    NotFound,
+    /// The thread already holds `max_messages_per_thread` messages.
+    Full,
+}
+
+/// Conversation storage. There is deliberately no method that takes a thread id
+/// without a `Principal`: every read and write is keyed by (tenant, owner, id), plus
+/// the session under `ThreadBinding::Session`, inside the query itself.
+#[async_trait]
+pub trait ThreadStore: Send + Sync {
+    async fn create_thread(
+        &self,
+        owner: &Principal,
+        title: &str,
+        max_threads: u32,
+    ) -> StoreResult<CreateThread>;
+    async fn list_threads(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+    ) -> StoreResult<Vec<ThreadRecord>>;
+    async fn thread(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+        id: &str,
+    ) -> StoreResult<Option<ThreadRecord>>;
+    /// All messages, oldest first; `None` if the thread is not the owner's.
+    async fn messages(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+        id: &str,
+    ) -> StoreResult<Option<Vec<MessageRecord>>>;
+    async fn append_message(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+        id: &str,
+        msg: NewMessage,
+        max_messages: u32,
+    ) -> StoreResult<Append>;
+    async fn delete_thread(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+        id: &str,
+    ) -> StoreResult<bool>;
 }
 
 #[derive(Debug, Clone, Default)]

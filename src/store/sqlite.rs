@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::audit::{AuditEvent, AuditKind};
+use crate::auth::Principal;
+use crate::config::ThreadBinding;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -64,6 +66,30 @@ CREATE TABLE audit_events (
     reason     TEXT
 );
 CREATE INDEX audit_by_tenant ON audit_events(tenant, id);
+"#, r#"
+-- Conversations. Every query below carries (tenant, owner[, session_id]) next to id.
+CREATE TABLE threads (
+    id            TEXT PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    owner         TEXT NOT NULL,
+    session_id    TEXT NOT NULL,
+    title         TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    message_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX threads_by_owner ON threads(tenant, owner, updated_at);
+CREATE TABLE messages (
+    id         TEXT PRIMARY KEY,
+    thread_id  TEXT NOT NULL REFERENCES threads(id) ON DELETE CASCADE,
+    seq        INTEGER NOT NULL,
+    role       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    citations  TEXT NOT NULL DEFAULT '[]',
+    created_at INTEGER NOT NULL,
+    UNIQUE (thread_id, seq)
+);
+ALTER TABLE audit_events ADD COLUMN resource TEXT;
 "#];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -518,6 +544,262 @@ impl SessionStore for SqliteStore {
     }
 }
 
+/// The ownership key of a thread query, taken from a verified `Principal`.
+struct Owner {
+    tenant: String,
+    user: String,
+    /// `Some` under strict (session) binding.
+    session: Option<String>,
+}
+
+impl Owner {
+    fn of(p: &Principal, binding: ThreadBinding) -> Self {
+        Self {
+            tenant: p.tenant().to_owned(),
+            user: p.subject().to_owned(),
+            session: (binding == ThreadBinding::Session).then(|| p.session_id().to_owned()),
+        }
+    }
+}
+
+/// The WHERE clause every thread lookup uses; `?1` is the thread id.
+const OWNED: &str = "id = ?1 AND tenant = ?2 AND owner = ?3 AND (?4 IS NULL OR session_id = ?4)";
+
+const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
+
+fn thread_row(r: &Row<'_>) -> rusqlite::Result<ThreadRecord> {
+    Ok(ThreadRecord {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        created_at: r.get(2)?,
+        updated_at: r.get(3)?,
+        message_count: r.get(4)?,
+    })
+}
+
+fn owned_thread(c: &Connection, o: &Owner, id: &str) -> rusqlite::Result<Option<ThreadRecord>> {
+    c.query_row(
+        &format!("SELECT {THREAD_COLS} FROM threads WHERE {OWNED}"),
+        params![id, o.tenant, o.user, o.session],
+        thread_row,
+    )
+    .optional()
+}
+
+fn role_from_str(s: &str) -> rusqlite::Result<Role> {
+    match s {
+        "system" => Ok(Role::System),
+        "user" => Ok(Role::User),
+        "assistant" => Ok(Role::Assistant),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            3,
+            format!("role {other}"),
+            rusqlite::types::Type::Text,
+        )),
+    }
+}
+
+fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
+    let citations: String = r.get(3)?;
+    Ok(MessageRecord {
+        id: r.get(0)?,
+        role: role_from_str(&r.get::<_, String>(1)?)?,
+        content: r.get(2)?,
+        citations: serde_json::from_str(&citations).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        created_at: r.get(4)?,
+    })
+}
+
+#[async_trait]
+impl ThreadStore for SqliteStore {
+    async fn create_thread(
+        &self,
+        owner: &Principal,
+        title: &str,
+        max_threads: u32,
+    ) -> StoreResult<CreateThread> {
+        // The creating session is always recorded, whatever the binding, so switching
+        // to strict binding later applies to existing threads too.
+        let o = Owner::of(owner, ThreadBinding::Session);
+        let title = title.to_owned();
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let count: u32 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM threads WHERE tenant = ?1 AND owner = ?2",
+                    params![o.tenant, o.user],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            if count >= max_threads {
+                return Ok(CreateThread::LimitReached);
+            }
+            let now = crate::timeutil::now_ms();
+            let rec = ThreadRecord {
+                id: crate::secret::new_id(),
+                title,
+                created_at: now,
+                updated_at: now,
+                message_count: 0,
+            };
+            tx.execute(
+                "INSERT INTO threads (id, tenant, owner, session_id, title, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                params![rec.id, o.tenant, o.user, o.session, rec.title, now],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(CreateThread::Created(rec))
+        })
+        .await
+    }
+
+    async fn list_threads(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+    ) -> StoreResult<Vec<ThreadRecord>> {
+        let o = Owner::of(owner, binding);
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {THREAD_COLS} FROM threads
+                     WHERE tenant = ?1 AND owner = ?2 AND (?3 IS NULL OR session_id = ?3)
+                     ORDER BY updated_at DESC"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![o.tenant, o.user, o.session], thread_row)
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn thread(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+        id: &str,
+    ) -> StoreResult<Option<ThreadRecord>> {
+        let o = Owner::of(owner, binding);
+        let id = id.to_owned();
+        self.call(move |c| owned_thread(c, &o, &id).map_err(unavailable))
+            .await
+    }
+
+    async fn messages(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+        id: &str,
+    ) -> StoreResult<Option<Vec<MessageRecord>>> {
+        let o = Owner::of(owner, binding);
+        let id = id.to_owned();
+        self.call(move |c| {
+            // One transaction: the ownership check and the read see the same state.
+            let tx = c.transaction().map_err(unavailable)?;
+            if owned_thread(&tx, &o, &id).map_err(unavailable)?.is_none() {
+                return Ok(None);
+            }
+            let mut stmt = tx
+                .prepare(
+                    "SELECT id, role, content, citations, created_at FROM messages
+                     WHERE thread_id = ?1 ORDER BY seq",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([&id], message_row)
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            Ok(Some(rows))
+        })
+        .await
+    }
+
+    async fn append_message(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+        id: &str,
+        msg: NewMessage,
+        max_messages: u32,
+    ) -> StoreResult<Append> {
+        let o = Owner::of(owner, binding);
+        let id = id.to_owned();
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let Some(thread) = owned_thread(&tx, &o, &id).map_err(unavailable)? else {
+                return Ok(Append::NotFound);
+            };
+            if thread.message_count >= max_messages {
+                return Ok(Append::Full);
+            }
+            let now = crate::timeutil::now_ms().max(thread.updated_at);
+            let rec = MessageRecord {
+                id: crate::secret::new_id(),
+                role: msg.role,
+                content: msg.content,
+                citations: msg.citations,
+                created_at: now,
+            };
+            let citations = serde_json::to_string(&rec.citations)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    rec.id,
+                    id,
+                    thread.message_count + 1,
+                    rec.role.as_str(),
+                    rec.content,
+                    citations,
+                    now
+                ],
+            )
+            .map_err(unavailable)?;
+            tx.execute(
+                "UPDATE threads SET message_count = message_count + 1, updated_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(Append::Appended(rec))
+        })
+        .await
+    }
+
+    async fn delete_thread(
+        &self,
+        owner: &Principal,
+        binding: ThreadBinding,
+        id: &str,
+    ) -> StoreResult<bool> {
+        let o = Owner::of(owner, binding);
+        let id = id.to_owned();
+        self.call(move |c| {
+            let n = c
+                .execute(
+                    &format!("DELETE FROM threads WHERE {OWNED}"),
+                    params![id, o.tenant, o.user, o.session],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
 fn kind_from_str(s: &str) -> Option<AuditKind> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
 }
@@ -528,8 +810,8 @@ impl AuditStore for SqliteStore {
         let e = e.clone();
         self.call(move |c| {
             c.execute(
-                "INSERT INTO audit_events (ts, kind, tenant, subject, username, session_id, ip, reason)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+                "INSERT INTO audit_events (ts, kind, tenant, subject, username, session_id, ip, reason, resource)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
                 params![
                     e.ts,
                     e.kind.as_str(),
@@ -538,7 +820,8 @@ impl AuditStore for SqliteStore {
                     e.username,
                     e.session_id,
                     e.ip,
-                    e.reason
+                    e.reason,
+                    e.resource
                 ],
             )
             .map_err(unavailable)?;
@@ -551,56 +834,39 @@ impl AuditStore for SqliteStore {
         self.call(move |c| {
             let mut stmt = c
                 .prepare(
-                    "SELECT ts, kind, tenant, subject, username, session_id, ip, reason
+                    "SELECT ts, kind, tenant, subject, username, session_id, ip, reason, resource
                      FROM audit_events
                      WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR kind = ?2)
                      ORDER BY id DESC LIMIT ?3",
                 )
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![q.tenant, q.kind, q.limit], |r| {
-                    let kind: String = r.get(1)?;
-                    Ok((
-                        r.get(0)?,
-                        kind,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
-                })
+                .query_map(params![q.tenant, q.kind, q.limit], audit_row)
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (ts, kind, tenant, subject, username, session_id, ip, reason): (
-                    i64,
-                    String,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                ) = row.map_err(unavailable)?;
-                let kind = kind_from_str(&kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown audit kind {kind}")))?;
-                out.push(AuditEvent {
-                    ts,
-                    kind,
-                    tenant,
-                    subject,
-                    username,
-                    session_id,
-                    ip,
-                    reason,
-                });
-            }
-            Ok(out)
+            Ok(rows)
         })
         .await
     }
+}
+
+fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
+    let kind: String = r.get(1)?;
+    let kind = kind_from_str(&kind).ok_or_else(|| {
+        rusqlite::Error::InvalidColumnType(1, format!("audit kind {kind}"), rusqlite::types::Type::Text)
+    })?;
+    Ok(AuditEvent {
+        ts: r.get(0)?,
+        kind,
+        tenant: r.get(2)?,
+        subject: r.get(3)?,
+        username: r.get(4)?,
+        session_id: r.get(5)?,
+        ip: r.get(6)?,
+        reason: r.get(7)?,
+        resource: r.get(8)?,
+    })
 }
 
 #[async_trait]
