@@ -4,7 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Tests spawn the real `palisade` binary on ephemeral ports; keep the default
-# parallelism modest on a 2-core machine so timing-based assertions stay honest.
+# The official OpenAI Python SDK, for the compatibility test, in a private venv.
+PYENV=target/pyenv
+if ! "$PYENV/bin/python" -c "import openai" 2>/dev/null; then
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install --quiet --disable-pip-version-check "openai>=1.40,<3"
+fi
+export PALISADE_TEST_PYTHON="$PWD/$PYENV/bin/python"
+
+# Tests spawn the real `palisade` binary on ephemeral ports; keep the parallelism
+# modest on a 2-core machine so timing-based assertions stay honest.
 export RUST_BACKTRACE=0
 cargo test --locked -- --test-threads="${PALISADE_TEST_THREADS:-4}"

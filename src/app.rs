@@ -14,10 +14,10 @@ use crate::auth::password::hash_password;
 use crate::config::{Config, LogFormat};
 use crate::http::{AppState, router};
 use crate::llm::Llm;
-use crate::threads::Threads;
 use crate::secret::SecretString;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditStore, NewUser, StoreError, UserRecord, UserStore};
+use crate::threads::Threads;
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 

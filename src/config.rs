@@ -327,7 +327,9 @@ impl Config {
                 && !url.contains('@')
                 && !url.contains('?');
             if !ok {
-                return bad("llm.base_url must be an http(s) URL without credentials or query; put the key in the variable named by llm.api_key_env");
+                return bad(
+                    "llm.base_url must be an http(s) URL without credentials or query; put the key in the variable named by llm.api_key_env",
+                );
             }
         }
         if self.threads.max_message_chars == 0 || self.threads.chat_requests_per_minute == 0 {

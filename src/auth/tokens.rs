@@ -184,7 +184,8 @@ impl Payload {
         if self.typ != TOKEN_TYPE {
             return Err(TokenRejection::WrongType.into());
         }
-        let parse = |t: &str| OffsetDateTime::parse(t, &Rfc3339).map_err(|_| TokenRejection::Invalid);
+        let parse =
+            |t: &str| OffsetDateTime::parse(t, &Rfc3339).map_err(|_| TokenRejection::Invalid);
         let (iat, nbf, exp) = (parse(&self.iat)?, parse(&self.nbf)?, parse(&self.exp)?);
         let now = OffsetDateTime::now_utc();
         let why = if exp <= now {

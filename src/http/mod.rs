@@ -4,8 +4,8 @@ pub mod admin;
 pub mod auth_routes;
 pub mod cookies;
 pub mod extract;
-pub mod ops;
 pub mod openai_routes;
+pub mod ops;
 pub mod threads_routes;
 
 use axum::Router;
@@ -19,10 +19,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthService;
 use crate::config::Config;
-use crate::llm::Llm;
-use crate::threads::Threads;
 use crate::error::ApiError;
+use crate::llm::Llm;
 use crate::store::{AuditStore, Health};
+use crate::threads::Threads;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -44,13 +44,22 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/me", get(auth_routes::me))
         .route("/auth/sessions", get(auth_routes::list_sessions))
         .route("/auth/sessions/{id}", delete(auth_routes::delete_session))
-        .route("/v1/threads", post(threads_routes::create).get(threads_routes::list))
+        .route(
+            "/v1/threads",
+            post(threads_routes::create).get(threads_routes::list),
+        )
         .route(
             "/v1/threads/{id}",
             get(threads_routes::get).delete(threads_routes::delete),
         )
-        .route("/v1/threads/{id}/messages", post(threads_routes::post_message))
-        .route("/v1/chat/completions", post(openai_routes::chat_completions))
+        .route(
+            "/v1/threads/{id}/messages",
+            post(threads_routes::post_message),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(openai_routes::chat_completions),
+        )
         .route("/v1/models", get(openai_routes::models))
         .route("/admin/audit", get(admin::audit))
         .route("/healthz", get(ops::healthz))

@@ -54,13 +54,22 @@ impl InMessage {
             Value::String(s) => Ok(s.clone()),
             Value::Array(parts) => parts
                 .iter()
-                .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => Ok(t.to_owned()),
-                    _ => Err(ApiError::Unprocessable("Only text content parts are accepted.".into())),
+                .map(|p| {
+                    match (
+                        p.get("type").and_then(Value::as_str),
+                        p.get("text").and_then(Value::as_str),
+                    ) {
+                        (Some("text"), Some(t)) => Ok(t.to_owned()),
+                        _ => Err(ApiError::Unprocessable(
+                            "Only text content parts are accepted.".into(),
+                        )),
+                    }
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(|v| v.join("\n")),
-            _ => Err(ApiError::Unprocessable("Message content must be text.".into())),
+            _ => Err(ApiError::Unprocessable(
+                "Message content must be text.".into(),
+            )),
         }
     }
 }
@@ -86,7 +95,9 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     s.threads.admit(&p)?;
     if req.messages.is_empty() {
-        return Err(ApiError::Unprocessable("messages must not be empty.".into()));
+        return Err(ApiError::Unprocessable(
+            "messages must not be empty.".into(),
+        ));
     }
     let thread = match headers.get(THREAD_HEADER) {
         Some(v) => Some(v.to_str().map_err(|_| ApiError::NotFound)?.to_owned()),
@@ -100,7 +111,10 @@ pub async fn chat_completions(
                 .rev()
                 .find(|m| m.role == "user")
                 .ok_or_else(|| ApiError::Unprocessable("A user message is required.".into()))?;
-            s.threads.begin_turn(&p, id, last.text()?, &client).await?.prompt
+            s.threads
+                .begin_turn(&p, id, last.text()?, &client)
+                .await?
+                .prompt
         }
         None => stateless_prompt(&s, &req.messages)?,
     };
@@ -109,7 +123,11 @@ pub async fn chat_completions(
     let created = crate::timeutil::now_ms() / 1000;
 
     if !req.stream {
-        let completion = s.llm.complete(&prompt).await.map_err(|_| ApiError::Upstream)?;
+        let completion = s
+            .llm
+            .complete(&prompt)
+            .await
+            .map_err(|_| ApiError::Upstream)?;
         if let Some(tid) = &thread {
             persist(&s, &p, tid, completion.content.clone(), &client).await?;
         }
@@ -121,7 +139,11 @@ pub async fn chat_completions(
         .into_response());
     }
 
-    let mut upstream = s.llm.stream(&prompt).await.map_err(|_| ApiError::Upstream)?;
+    let mut upstream = s
+        .llm
+        .stream(&prompt)
+        .await
+        .map_err(|_| ApiError::Upstream)?;
     let chunk = move |delta: Value, finish: Value| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -153,10 +175,18 @@ pub async fn chat_completions(
         yield Ok(Event::default().data(chunk(json!({}), json!("stop"))));
         yield Ok(Event::default().data("[DONE]"));
     };
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
-async fn persist(s: &AppState, p: &Principal, thread: &str, content: String, client: &ClientInfo) -> Result<(), ApiError> {
+async fn persist(
+    s: &AppState,
+    p: &Principal,
+    thread: &str,
+    content: String,
+    client: &ClientInfo,
+) -> Result<(), ApiError> {
     s.threads
         .finish_turn(p, thread, content, Vec::new(), client)
         .await

@@ -77,7 +77,13 @@ pub async fn create(
 }
 
 pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
-    let threads: Vec<ThreadView> = s.threads.list(&p).await?.into_iter().map(Into::into).collect();
+    let threads: Vec<ThreadView> = s
+        .threads
+        .list(&p)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     Ok(axum::Json(json!({ "threads": threads })).into_response())
 }
 
@@ -127,7 +133,11 @@ pub async fn post_message(
     let turn = s.threads.begin_turn(&p, &id, req.content, &client).await?;
 
     if !req.stream {
-        let completion = s.llm.complete(&turn.prompt).await.map_err(|_| ApiError::Upstream)?;
+        let completion = s
+            .llm
+            .complete(&turn.prompt)
+            .await
+            .map_err(|_| ApiError::Upstream)?;
         let msg = s
             .threads
             .finish_turn(&p, &id, completion.content, Vec::new(), &client)
@@ -136,7 +146,11 @@ pub async fn post_message(
     }
 
     // Errors before the first byte are still a proper 502; after it, an `error` event.
-    let mut upstream = s.llm.stream(&turn.prompt).await.map_err(|_| ApiError::Upstream)?;
+    let mut upstream = s
+        .llm
+        .stream(&turn.prompt)
+        .await
+        .map_err(|_| ApiError::Upstream)?;
     let events = async_stream::stream! {
         let mut full = String::new();
         while let Some(item) = upstream.next().await {
@@ -161,7 +175,9 @@ pub async fn post_message(
             Err(e) => yield Ok(error_event(&e)),
         }
     };
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 pub fn error_event(e: &ApiError) -> Event {

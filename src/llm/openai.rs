@@ -25,7 +25,11 @@ pub struct OpenAiClient {
 
 impl OpenAiClient {
     pub fn new(cfg: &LlmConfig) -> Result<Self, String> {
-        let base = cfg.base_url.as_deref().unwrap_or_default().trim_end_matches('/');
+        let base = cfg
+            .base_url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/');
         let mut headers = HeaderMap::new();
         if let Some(var) = &cfg.api_key_env
             && let Ok(key) = std::env::var(var)
@@ -57,7 +61,11 @@ impl OpenAiClient {
 
     /// Sends the request, retrying what is safe to retry. Returns a response with a
     /// success status whose body has not been read yet.
-    async fn send(&self, messages: &[ChatMessage], stream: bool) -> Result<reqwest::Response, LlmError> {
+    async fn send(
+        &self,
+        messages: &[ChatMessage],
+        stream: bool,
+    ) -> Result<reqwest::Response, LlmError> {
         let body = json!({"model": self.model, "messages": messages, "stream": stream});
         let mut attempt = 0;
         loop {
@@ -157,7 +165,10 @@ impl OpenAiClient {
 /// past the blank-line separator.
 fn find_event_end(buf: &[u8]) -> Option<std::ops::Range<usize>> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i..i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i..i + 4);
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i..i + 4);
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.start <= b.start { a } else { b }),
         (a, b) => a.or(b),

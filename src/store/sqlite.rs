@@ -23,7 +23,8 @@ pub struct SqliteStore {
 
 /// Each entry moves the schema one version forward; `PRAGMA user_version` records
 /// how many have run. Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            TEXT PRIMARY KEY,
     tenant        TEXT NOT NULL,
@@ -66,7 +67,8 @@ CREATE TABLE audit_events (
     reason     TEXT
 );
 CREATE INDEX audit_by_tenant ON audit_events(tenant, id);
-"#, r#"
+"#,
+    r#"
 -- Conversations. Every query below carries (tenant, owner[, session_id]) next to id.
 CREATE TABLE threads (
     id            TEXT PRIMARY KEY,
@@ -90,7 +92,8 @@ CREATE TABLE messages (
     UNIQUE (thread_id, seq)
 );
 ALTER TABLE audit_events ADD COLUMN resource TEXT;
-"#];
+"#,
+];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -854,7 +857,11 @@ impl AuditStore for SqliteStore {
 fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
     let kind: String = r.get(1)?;
     let kind = kind_from_str(&kind).ok_or_else(|| {
-        rusqlite::Error::InvalidColumnType(1, format!("audit kind {kind}"), rusqlite::types::Type::Text)
+        rusqlite::Error::InvalidColumnType(
+            1,
+            format!("audit kind {kind}"),
+            rusqlite::types::Type::Text,
+        )
     })?;
     Ok(AuditEvent {
         ts: r.get(0)?,

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use crate::audit::{Audit, AuditEvent, AuditKind};
-use crate::auth::{ClientInfo, Principal};
 use crate::auth::throttle::Throttle;
+use crate::auth::{ClientInfo, Principal};
 use crate::config::{ThreadBinding, ThreadsConfig};
 use crate::error::ApiError;
 use crate::llm::ChatMessage;
@@ -40,8 +40,16 @@ pub struct Turn {
 }
 
 impl Threads {
-    pub fn new(store: Arc<dyn ThreadStore>, cfg: ThreadsConfig, system_prompt: String, audit: Audit) -> Self {
-        let rate = Throttle::new(cfg.chat_requests_per_minute, std::time::Duration::from_secs(60));
+    pub fn new(
+        store: Arc<dyn ThreadStore>,
+        cfg: ThreadsConfig,
+        system_prompt: String,
+        audit: Audit,
+    ) -> Self {
+        let rate = Throttle::new(
+            cfg.chat_requests_per_minute,
+            std::time::Duration::from_secs(60),
+        );
         Self {
             store,
             cfg,
@@ -80,8 +88,15 @@ impl Threads {
         Ok(())
     }
 
-    pub async fn create(&self, p: &Principal, title: Option<&str>) -> Result<ThreadRecord, ApiError> {
-        let title = title.map(str::trim).filter(|t| !t.is_empty()).unwrap_or(DEFAULT_TITLE);
+    pub async fn create(
+        &self,
+        p: &Principal,
+        title: Option<&str>,
+    ) -> Result<ThreadRecord, ApiError> {
+        let title = title
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .unwrap_or(DEFAULT_TITLE);
         if title.chars().count() > MAX_TITLE_CHARS {
             return Err(ApiError::Unprocessable(format!(
                 "The title is longer than {MAX_TITLE_CHARS} characters."
@@ -117,7 +132,12 @@ impl Threads {
         Err(self.denied(p, id, client).await)
     }
 
-    pub async fn delete(&self, p: &Principal, id: &str, client: &ClientInfo) -> Result<(), ApiError> {
+    pub async fn delete(
+        &self,
+        p: &Principal,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<(), ApiError> {
         if id.len() <= MAX_ID_LEN && self.store.delete_thread(p, self.cfg.binding, id).await? {
             return Ok(());
         }
@@ -147,7 +167,13 @@ impl Threads {
         };
         let user_message = match self
             .store
-            .append_message(p, self.cfg.binding, id, msg, self.cfg.max_messages_per_thread)
+            .append_message(
+                p,
+                self.cfg.binding,
+                id,
+                msg,
+                self.cfg.max_messages_per_thread,
+            )
             .await?
         {
             Append::Appended(m) => m,
@@ -179,7 +205,13 @@ impl Threads {
         // was admitted, so its answer is kept.
         match self
             .store
-            .append_message(p, self.cfg.binding, id, msg, self.cfg.max_messages_per_thread + 1)
+            .append_message(
+                p,
+                self.cfg.binding,
+                id,
+                msg,
+                self.cfg.max_messages_per_thread + 1,
+            )
             .await?
         {
             Append::Appended(m) => Ok(m),

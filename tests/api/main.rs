@@ -1,8 +1,11 @@
 //! End-to-end tests: every test talks HTTP to a real `palisade` process.
 
+mod mock;
 mod support;
 
 mod auth_login;
 mod auth_refresh;
 mod auth_tokens;
+mod chat;
 mod hygiene;
+mod threads;

@@ -244,6 +244,62 @@ impl Server {
     }
 }
 
+pub const UPSTREAM_KEY: &str = "sk-test-UPSTREAM-KEY-must-never-leak-0123456789";
+
+/// A server whose model upstream is a fresh mock, with an upstream API key set.
+pub async fn start_with_mock(env: &[(&str, &str)]) -> (Server, crate::mock::Mock) {
+    let mock = crate::mock::Mock::start().await;
+    let mut all: Vec<(&str, &str)> = vec![
+        ("PALISADE_LLM__BASE_URL", mock.base_url.as_str()),
+        ("PALISADE_LLM__MODEL", "mock-model"),
+        ("PALISADE_LLM__API_KEY_ENV", "PALISADE_TEST_UPSTREAM_KEY"),
+        ("PALISADE_TEST_UPSTREAM_KEY", UPSTREAM_KEY),
+        ("PALISADE_LLM__READ_TIMEOUT", "2s"),
+    ];
+    all.extend_from_slice(env);
+    // Blocking start is fine: the mock is idle until palisade calls it.
+    let server = Server::start_with(&all);
+    (server, mock)
+}
+
+impl Server {
+    pub async fn post_auth(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a thread and returns its id.
+    pub async fn new_thread(&self, token: &str, title: &str) -> String {
+        let resp = self
+            .post_auth("/v1/threads", token, &json!({"title": title}))
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let body: Value = resp.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The thread as its owner sees it (panics unless 200).
+    pub async fn thread_json(&self, token: &str, id: &str) -> Value {
+        let resp = self.get(&format!("/v1/threads/{id}"), token).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.unwrap()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
@@ -322,4 +378,51 @@ pub fn seed_acme(s: &Server) -> Acme {
         hannah: s.add_user("hannah", "employee,hr", "hr", "acme"),
         adam: s.add_user("adam", "employee,admin", "executives", "acme"),
     }
+}
+
+/// One server-sent event as received, with when it arrived.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+    pub at: std::time::Instant,
+}
+
+/// Reads a whole SSE response, timestamping each event as it arrives.
+pub async fn read_sse(resp: Response) -> Vec<SseEvent> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("stream chunk");
+        buf.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        while let Some(pos) = buf.find("\n\n") {
+            let raw: String = buf.drain(..pos + 2).collect();
+            let mut ev = SseEvent {
+                event: "message".into(),
+                data: String::new(),
+                at: std::time::Instant::now(),
+            };
+            for line in raw.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    ev.event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            if !ev.data.is_empty() {
+                out.push(ev);
+            }
+        }
+    }
+    out
+}
+
+/// A random id of the shape palisade mints (22 base64url characters).
+pub fn random_id() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).unwrap();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }

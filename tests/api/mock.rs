@@ -1,0 +1,227 @@
+//! A mock OpenAI-compatible upstream: records every request and answers with an echo of
+//! the complete prompt it received, so tests can prove what did and did not reach the
+//! model. Streaming and non-streaming; failure modes for fault tests.
+//!
+//! Also compiled into `examples/mock_upstream.rs` for the load benchmarks.
+
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Answer `ECHO:` + the JSON of the received messages.
+    Echo,
+    /// Answer with this status and a JSON error body.
+    Status(u16),
+    /// Never answer (until the client gives up).
+    Hang,
+    /// 200 with a body that is not a chat completion.
+    Garbage,
+    /// Stream a few deltas, then cut the connection without `[DONE]`.
+    CutStream,
+}
+
+pub struct MockState {
+    requests: Mutex<Vec<Value>>,
+    /// The `Authorization` header of each request ("" when absent).
+    auth: Mutex<Vec<String>>,
+    mode: Mutex<Mode>,
+    /// Streams whose client went away before the last chunk.
+    pub cancelled: AtomicUsize,
+    pub completed_streams: AtomicUsize,
+    /// Pause between streamed chunks.
+    pub chunk_delay_ms: AtomicUsize,
+    /// Characters per streamed chunk.
+    pub chunk_chars: AtomicUsize,
+}
+
+#[derive(Clone)]
+pub struct Mock {
+    pub state: Arc<MockState>,
+    /// `http://127.0.0.1:PORT/v1`
+    pub base_url: String,
+}
+
+impl Mock {
+    pub async fn start() -> Mock {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> Mock {
+        let state = Arc::new(MockState {
+            requests: Mutex::new(Vec::new()),
+            auth: Mutex::new(Vec::new()),
+            mode: Mutex::new(Mode::Echo),
+            cancelled: AtomicUsize::new(0),
+            completed_streams: AtomicUsize::new(0),
+            chunk_delay_ms: AtomicUsize::new(5),
+            chunk_chars: AtomicUsize::new(16),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .route("/v1/models", get(models))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind mock");
+        let local = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Mock {
+            state,
+            base_url: format!("http://{local}/v1"),
+        }
+    }
+
+    pub fn set_mode(&self, m: Mode) {
+        *self.state.mode.lock().unwrap() = m;
+    }
+
+    pub fn set_chunk_delay(&self, ms: usize) {
+        self.state.chunk_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> Vec<Value> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn auth_headers(&self) -> Vec<String> {
+        self.state.auth.lock().unwrap().clone()
+    }
+
+    /// The messages of the most recent request.
+    pub fn last_messages(&self) -> Vec<Value> {
+        self.requests()
+            .last()
+            .and_then(|r| r["messages"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
+    }
+
+    /// Everything the model was ever shown, as one string.
+    pub fn everything_seen(&self) -> String {
+        self.requests()
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn cancelled(&self) -> usize {
+        self.state.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+/// The answer the mock gives to `messages`.
+pub fn echo_of(messages: &Value) -> String {
+    format!("ECHO:{messages}")
+}
+
+async fn models() -> Response {
+    axum::Json(json!({"object":"list","data":[{"id":"mock-model","object":"model"}]}))
+        .into_response()
+}
+
+struct CancelGuard {
+    state: Arc<MockState>,
+    finished: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn completions(
+    State(state): State<Arc<MockState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    state.auth.lock().unwrap().push(auth);
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.requests.lock().unwrap().push(req.clone());
+    let mode = *state.mode.lock().unwrap();
+    match mode {
+        Mode::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (
+                status,
+                axum::Json(json!({"error":{"message":"mock failure","type":"server_error"}})),
+            )
+                .into_response();
+        }
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Mode::Garbage => {
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                "<html>definitely not json",
+            )
+                .into_response();
+        }
+        Mode::Echo | Mode::CutStream => {}
+    }
+    let content = echo_of(&req["messages"]);
+    let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
+    if !req["stream"].as_bool().unwrap_or(false) {
+        return axum::Json(json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }))
+        .into_response();
+    }
+    let delay = Duration::from_millis(state.chunk_delay_ms.load(Ordering::SeqCst) as u64);
+    let per = state.chunk_chars.load(Ordering::SeqCst).max(1);
+    let chars: Vec<char> = content.chars().collect();
+    let pieces: Vec<String> = chars.chunks(per).map(|c| c.iter().collect()).collect();
+    let cut = mode == Mode::CutStream;
+    let st = state.clone();
+    let stream = async_stream::stream! {
+        let mut guard = CancelGuard { state: st, finished: false };
+        for (i, piece) in pieces.into_iter().enumerate() {
+            if cut && i == 3 {
+                guard.finished = true;
+                return;
+            }
+            let chunk = json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}],
+            });
+            yield Ok::<_, std::io::Error>(Bytes::from(format!("data: {chunk}\n\n")));
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        yield Ok(Bytes::from("data: [DONE]\n\n"));
+        guard.finished = true;
+        guard.state.completed_streams.fetch_add(1, Ordering::SeqCst);
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}

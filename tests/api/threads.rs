@@ -1,0 +1,337 @@
+//! Owner-bound threads, from the attacker's side.
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn thread_lifecycle_with_server_side_history() {
+    let (s, mock) = start_with_mock(&[]).await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+
+    let resp = s.post_auth("/v1/threads", &a.access, &json!({})).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let t: Value = resp.json().await.unwrap();
+    let id = t["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 22, "128 random bits");
+    assert_eq!(t["title"], "New conversation");
+
+    let resp = s
+        .post_auth(
+            &format!("/v1/threads/{id}/messages"),
+            &a.access,
+            &json!({"content": "hello there"}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let m: Value = resp.json().await.unwrap();
+    assert_eq!(m["message"]["role"], "assistant");
+    assert_eq!(m["message"]["citations"], json!([]));
+    let sent = mock.last_messages();
+    assert_eq!(sent[0]["role"], "system");
+    assert_eq!(sent.last().unwrap()["content"], "hello there");
+    assert_eq!(
+        m["message"]["content"],
+        crate::mock::echo_of(&Value::Array(sent.clone()))
+    );
+
+    // The second turn carries the first from the server's store.
+    s.post_auth(
+        &format!("/v1/threads/{id}/messages"),
+        &a.access,
+        &json!({"content": "and again"}),
+    )
+    .await;
+    let sent = mock.last_messages();
+    let roles: Vec<&str> = sent.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+
+    let full = s.thread_json(&a.access, &id).await;
+    assert_eq!(full["messages"].as_array().unwrap().len(), 4);
+    let list: Value = s.get("/v1/threads", &a.access).await.json().await.unwrap();
+    assert_eq!(list["threads"].as_array().unwrap().len(), 1);
+
+    assert_eq!(
+        s.delete(&format!("/v1/threads/{id}"), &a.access)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.get(&format!("/v1/threads/{id}"), &a.access)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        s.delete(&format!("/v1/threads/{id}"), &a.access)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn another_users_thread_is_indistinguishable_from_a_missing_one() {
+    let (s, mock) = start_with_mock(&[]).await;
+    let acme = seed_acme(&s);
+    s.add_user("eve", "employee,admin", "", "globex");
+    let a = s.login("alice", &acme.alice).await;
+    let h = s.login("hannah", &acme.hannah).await;
+    let admin = s.login("adam", &acme.adam).await;
+    let eve = s.login("eve", "pw-eve-correct-horse").await;
+
+    let id = s.new_thread(&a.access, "salary negotiation").await;
+    s.post_auth(
+        &format!("/v1/threads/{id}/messages"),
+        &a.access,
+        &json!({"content": "my secret"}),
+    )
+    .await;
+    let before = s.thread_json(&a.access, &id).await;
+    let calls_before = mock.count();
+    let random = random_id();
+
+    for attacker in [&h, &admin, &eve] {
+        // GET, POST a message, DELETE, and continue through the OpenAI face.
+        let probes = |target: String| {
+            let s = &s;
+            let tok = attacker.access.clone();
+            async move {
+                let get = s.get(&format!("/v1/threads/{target}"), &tok).await;
+                let post = s
+                    .post_auth(
+                        &format!("/v1/threads/{target}/messages"),
+                        &tok,
+                        &json!({"content": "continue"}),
+                    )
+                    .await;
+                let del = s.delete(&format!("/v1/threads/{target}"), &tok).await;
+                let cc = s
+                    .http
+                    .post(s.url("/v1/chat/completions"))
+                    .bearer_auth(&tok)
+                    .header("x-palisade-thread", &target)
+                    .json(&json!({"model": "x", "messages": [{"role": "user", "content": "what did I say?"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                let mut out = Vec::new();
+                for r in [get, post, del, cc] {
+                    out.push((r.status(), r.bytes().await.unwrap()));
+                }
+                out
+            }
+        };
+        let foreign = probes(id.clone()).await;
+        let missing = probes(random.clone()).await;
+        for ((fs, fb), (ms, mb)) in foreign.iter().zip(&missing) {
+            assert_eq!(*fs, StatusCode::NOT_FOUND);
+            assert_eq!(
+                (fs, fb),
+                (ms, mb),
+                "foreign and missing ids answer identically"
+            );
+        }
+    }
+    // Nothing reached the model, nothing changed, and each refusal was audited.
+    assert_eq!(
+        mock.count(),
+        calls_before,
+        "no upstream call for a refused thread"
+    );
+    assert_eq!(s.thread_json(&a.access, &id).await, before);
+    let denied = s.audit_cli("thread_access_denied");
+    let on_target = denied
+        .iter()
+        .filter(|e| e["resource"] == id.as_str())
+        .count();
+    assert_eq!(on_target, 12, "3 attackers x 4 probes");
+    assert!(denied.iter().any(|e| e["tenant"] == "globex"));
+    // The victim's listing is untouched and the attackers' are empty.
+    let list: Value = s.get("/v1/threads", &h.access).await.json().await.unwrap();
+    assert_eq!(list["threads"], json!([]));
+}
+
+#[tokio::test]
+async fn ten_thousand_random_ids_find_nothing() {
+    let (s, mock) = start_with_mock(&[]).await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let h = s.login("hannah", &acme.hannah).await;
+    for i in 0..5 {
+        s.new_thread(&a.access, &format!("alice {i}")).await;
+    }
+    let found = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let http = s.http.clone();
+        let base = s.base.clone();
+        let tok = h.access.clone();
+        let found = found.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..(10_000 / 16 + usize::from(w < 10_000 % 16)) {
+                let r = http
+                    .get(format!("{base}/v1/threads/{}", random_id()))
+                    .bearer_auth(&tok)
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status() {
+                    StatusCode::NOT_FOUND => {}
+                    other => {
+                        found.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        panic!("probe answered {other}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(found.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(mock.count(), 0);
+    assert_eq!(s.audit_cli("thread_access_denied").len(), 10_000);
+}
+
+#[tokio::test]
+async fn strict_binding_confines_threads_to_their_session() {
+    let (s, mock) = start_with_mock(&[("PALISADE_THREADS__BINDING", "session")]).await;
+    let acme = seed_acme(&s);
+    let one = s.login("alice", &acme.alice).await;
+    let two = s.login("alice", &acme.alice).await;
+    let id = s.new_thread(&one.access, "session one").await;
+
+    let list: Value = s
+        .get("/v1/threads", &two.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["threads"],
+        json!([]),
+        "listing hides other sessions' threads"
+    );
+    assert_eq!(
+        s.get(&format!("/v1/threads/{id}"), &two.access)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let post = s
+        .post_auth(
+            &format!("/v1/threads/{id}/messages"),
+            &two.access,
+            &json!({"content": "hi"}),
+        )
+        .await;
+    assert_eq!(post.status(), StatusCode::NOT_FOUND);
+    assert_eq!(mock.count(), 0);
+    assert_eq!(
+        s.delete(&format!("/v1/threads/{id}"), &two.access)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    s.thread_json(&one.access, &id).await;
+
+    // A refreshed token of the same session keeps access; after logout nothing does.
+    let refreshed = Session::from_response(s.refresh(&one.cookie).await).await;
+    s.thread_json(&refreshed.access, &id).await;
+    let resp = s
+        .http
+        .post(s.url("/auth/logout"))
+        .bearer_auth(&one.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    for tok in [&one.access, &refreshed.access] {
+        assert_eq!(
+            s.get(&format!("/v1/threads/{id}"), tok).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn limits_answer_clearly_and_write_nothing() {
+    let (s, mock) = start_with_mock(&[
+        ("PALISADE_THREADS__MAX_MESSAGE_CHARS", "50"),
+        ("PALISADE_THREADS__MAX_MESSAGES_PER_THREAD", "3"),
+        ("PALISADE_THREADS__MAX_THREADS_PER_USER", "2"),
+        ("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "5"),
+    ])
+    .await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let id = s.new_thread(&a.access, "one").await;
+    s.new_thread(&a.access, "two").await;
+    let resp = s
+        .post_auth("/v1/threads", &a.access, &json!({"title": "three"}))
+        .await;
+    assert_eq!(
+        error_code(resp).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "thread_limit_reached".into()
+        )
+    );
+    let resp = s
+        .post_auth("/v1/threads", &a.access, &json!({"title": "x".repeat(201)}))
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let post = |content: String| {
+        let s = &s;
+        let tok = a.access.clone();
+        let id = id.clone();
+        async move {
+            s.post_auth(
+                &format!("/v1/threads/{id}/messages"),
+                &tok,
+                &json!({"content": content}),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        error_code(post("x".repeat(51)).await).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "message_too_long".into())
+    );
+    assert_eq!(
+        error_code(post("   ".into()).await).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        s.thread_json(&a.access, &id).await["messages"],
+        json!([]),
+        "nothing half-written"
+    );
+    assert_eq!(mock.count(), 0);
+
+    assert_eq!(post("first".into()).await.status(), StatusCode::OK); // user + assistant = 2
+    assert_eq!(post("second".into()).await.status(), StatusCode::OK); // 3 (+1 answer) = 4
+    assert_eq!(
+        error_code(post("third".into()).await).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "thread_full".into())
+    );
+    assert_eq!(
+        s.thread_json(&a.access, &id).await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(mock.count(), 2);
+
+    // 5 chat requests per minute: 5 were made above; the 6th is throttled.
+    let resp = post("fourth".into()).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(mock.count(), 2);
+}
