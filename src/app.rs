@@ -1,6 +1,7 @@
 //! Wiring: build the stores and services from a [`Config`], run the server, and the
 //! operations behind the CLI subcommands. The CLI binary is a thin parser over these.
 
+use axum::serve::ListenerExt;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -84,6 +85,11 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     // Tests and scripts read this line to find an ephemeral port.
     println!("palisade listening on http://{local}");
     let _ = std::io::stdout().flush();
+    // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and
+    // delayed ACKs add ~40 ms per event.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),

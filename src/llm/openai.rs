@@ -156,6 +156,15 @@ impl OpenAiClient {
                 // The upstream closed without [DONE]: a truncated answer is an error.
                 Err(LlmError::Malformed)?;
             }
+            // Read the body to its end (a few bytes of chunked framing at most) so the
+            // connection goes back to the pool instead of being torn down.
+            let mut tail = 0usize;
+            while let Some(Ok(c)) = body.next().await {
+                tail += c.len();
+                if tail > 4096 {
+                    break;
+                }
+            }
         };
         Ok(Box::pin(s))
     }

@@ -75,6 +75,10 @@ impl Mock {
             .await
             .expect("bind mock");
         let local = listener.local_addr().expect("addr");
+        // Like a real server: stream chunks go out at once, not after a delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
