@@ -1,6 +1,11 @@
 //! The `palisade` command: a thin parser over `palisade::app`.
 
 use clap::{Args, Parser, Subcommand};
+
+// Every request allocates many small, short-lived objects (JSON, headers, claims);
+// mimalloc handles that pattern markedly better than glibc malloc (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
