@@ -12,6 +12,9 @@ if ! "$PYENV/bin/python" -c "import openai" 2>/dev/null; then
 fi
 export PALISADE_TEST_PYTHON="$PWD/$PYENV/bin/python"
 
+# The real embedding model for the semantic-retrieval test (SHA-256 verified).
+./scripts/fetch-model.sh
+
 # Tests spawn the real `palisade` binary on ephemeral ports; keep the parallelism
 # modest on a 2-core machine so timing-based assertions stay honest.
 export RUST_BACKTRACE=0

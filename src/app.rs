@@ -15,6 +15,7 @@ use crate::auth::password::hash_password;
 use crate::config::{Config, LogFormat};
 use crate::http::{AppState, router};
 use crate::llm::Llm;
+use crate::rag::{Rag, embedder_from_config};
 use crate::secret::SecretString;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditStore, NewUser, StoreError, UserRecord, UserStore};
@@ -63,22 +64,31 @@ pub fn build_state(cfg: Config) -> Result<AppState, AnyError> {
         audit,
     );
     let llm = Llm::from_config(&cfg.llm)?;
+    let embedder = embedder_from_config(&cfg.embeddings)?;
+    let rag = Rag::new(
+        store.clone(),
+        embedder,
+        cfg.rag.clone(),
+        Audit::new(store.clone()),
+    );
     Ok(AppState {
         config: Arc::new(cfg),
         auth: Arc::new(auth),
         threads: Arc::new(threads),
         llm: Arc::new(llm),
+        rag: Arc::new(rag),
         audit_log: store.clone(),
+        users: store.clone(),
         health: store,
     })
 }
 
 pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
-    if demo {
-        seed_demo(&cfg).await?;
-    }
     let listen = cfg.listen;
-    let state = build_state(cfg)?;
+    let state = build_state(cfg.clone())?;
+    if demo {
+        seed_demo(&cfg, &state).await?;
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "palisade listening");
@@ -121,7 +131,7 @@ pub struct AddUser<'a> {
     pub groups: Vec<String>,
 }
 
-fn valid_name(s: &str) -> bool {
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()
@@ -184,7 +194,7 @@ pub const DEMO_TENANT: &str = "acme";
 /// Seeds tenant `acme` with an employee, an HR user and an admin, each with a random
 /// password printed once and kept in `<data_dir>/demo-credentials.txt` (0600). There is
 /// no default password, ever.
-pub async fn seed_demo(cfg: &Config) -> Result<(), AnyError> {
+pub async fn seed_demo(cfg: &Config, state: &AppState) -> Result<(), AnyError> {
     let store = open_store(cfg)?;
     let creds_path = cfg.data_dir.join("demo-credentials.txt");
     let users = [
@@ -212,6 +222,13 @@ pub async fn seed_demo(cfg: &Config) -> Result<(), AnyError> {
         lines.push(format!("{name}\t{password}"));
     }
     if !lines.is_empty() {
+        for (title, text, acl) in demo_documents() {
+            state
+                .rag
+                .ingest_into(DEMO_TENANT, "demo", title, text, acl)
+                .await
+                .map_err(|e| format!("seeding {title}: {e}"))?;
+        }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -220,10 +237,64 @@ pub async fn seed_demo(cfg: &Config) -> Result<(), AnyError> {
         writeln!(f, "{}", lines.join("\n"))?;
     }
     println!("demo tenant '{DEMO_TENANT}': users alice (employee), hannah (hr), adam (admin)");
+    println!(
+        "documents: a public handbook, HR-only salary bands, an executives-only board memo, alice's own note"
+    );
     println!("passwords: {}", creds_path.display());
     println!(
         "try: curl -si -X POST http://{}/auth/login -H 'content-type: application/json' \\\n       -d '{{\"username\":\"alice\",\"password\":\"<from the file>\"}}'",
         cfg.listen
     );
     Ok(())
+}
+
+/// Documents of different visibility, so the access rules show in the first minute.
+/// Each restricted one carries a unique canary string that must never reach anyone
+/// outside its ACL.
+pub fn demo_documents() -> Vec<(&'static str, &'static str, crate::store::Acl)> {
+    use crate::store::Acl;
+    vec![
+        (
+            "Employee handbook",
+            "Welcome to Acme. Office hours are 9 to 5. Travel must be booked through the \
+             travel desk; economy class for flights under six hours. Expenses are reimbursed \
+             within 30 days when submitted with receipts. Remote work is allowed two days a \
+             week with your manager's agreement. The IT helpdesk is on extension 4000.",
+            Acl {
+                public: true,
+                ..Acl::default()
+            },
+        ),
+        (
+            "Salary bands 2026 (HR only)",
+            "Confidential salary bands for 2026. Engineer I: 70,000 to 85,000. Engineer II: \
+             85,000 to 105,000. Senior engineer: 105,000 to 135,000. Director: 160,000 to \
+             210,000. Executive compensation is set by the board. Reference code \
+             CANARY-HR-7731.",
+            Acl {
+                roles: vec!["hr".into()],
+                ..Acl::default()
+            },
+        ),
+        (
+            "Board memo: acquisition of Globex (executives only)",
+            "Strictly confidential. The board approved the acquisition of Globex for 1.2 \
+             billion. Announcement planned for the next quarter; layoffs of 120 positions in \
+             the merged sales team are expected. Reference code CANARY-EXEC-4410.",
+            Acl {
+                groups: vec!["executives".into()],
+                ..Acl::default()
+            },
+        ),
+        (
+            "Alice's performance review notes",
+            "Private notes for alice: performance review scheduled in March; goals are to \
+             lead the billing migration and mentor two juniors. Reference code \
+             CANARY-ALICE-2291.",
+            Acl {
+                users: vec!["alice".into()],
+                ..Acl::default()
+            },
+        ),
+    ]
 }

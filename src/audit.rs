@@ -25,6 +25,10 @@ pub enum AuditKind {
     UserDisabled,
     UserEnabled,
     ThreadAccessDenied,
+    UserAccessChanged,
+    DocumentCreated,
+    DocumentDeleted,
+    Retrieval,
 }
 
 impl AuditKind {
@@ -43,6 +47,10 @@ impl AuditKind {
             UserDisabled => "user_disabled",
             UserEnabled => "user_enabled",
             ThreadAccessDenied => "thread_access_denied",
+            UserAccessChanged => "user_access_changed",
+            DocumentCreated => "document_created",
+            DocumentDeleted => "document_deleted",
+            Retrieval => "retrieval",
         }
     }
 }

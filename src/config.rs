@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub threads: ThreadsConfig,
     pub llm: LlmConfig,
+    pub embeddings: EmbeddingsConfig,
+    pub rag: RagConfig,
     pub log: LogConfig,
 }
 
@@ -41,6 +43,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             threads: ThreadsConfig::default(),
             llm: LlmConfig::default(),
+            embeddings: EmbeddingsConfig::default(),
+            rag: RagConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -219,6 +223,69 @@ impl Default for LlmConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+pub enum EmbeddingsKind {
+    /// all-MiniLM-L6-v2 in-process (candle); BM25 only if the model is missing.
+    #[default]
+    Local,
+    /// An OpenAI-compatible `/v1/embeddings` endpoint.
+    Openai,
+    /// Deterministic feature hashing: for development and tests, not semantic.
+    Hash,
+    /// BM25 only.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmbeddingsConfig {
+    pub kind: EmbeddingsKind,
+    pub model_dir: PathBuf,
+    pub base_url: Option<String>,
+    pub model: String,
+    pub dim: usize,
+    pub api_key_env: Option<String>,
+}
+
+impl Default for EmbeddingsConfig {
+    fn default() -> Self {
+        Self {
+            kind: EmbeddingsKind::Local,
+            model_dir: PathBuf::from("./models/all-MiniLM-L6-v2"),
+            base_url: None,
+            model: "text-embedding-3-small".into(),
+            dim: 384,
+            api_key_env: Some("OPENAI_API_KEY".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RagConfig {
+    /// Passages retrieved per question.
+    pub top_k: usize,
+    /// Chunk size in tokens (model tokenizer) or, without one, in 4-character units.
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+    pub max_document_chars: usize,
+    /// Roles holding the `documents:write` permission.
+    pub writer_roles: Vec<String>,
+}
+
+impl Default for RagConfig {
+    fn default() -> Self {
+        Self {
+            top_k: 5,
+            chunk_tokens: 200,
+            chunk_overlap: 30,
+            max_document_chars: 2_000_000,
+            writer_roles: vec!["admin".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
     Json,
@@ -334,6 +401,17 @@ impl Config {
         }
         if self.threads.max_message_chars == 0 || self.threads.chat_requests_per_minute == 0 {
             return bad("threads limits must be at least 1");
+        }
+        if self.rag.chunk_overlap >= self.rag.chunk_tokens
+            || self.rag.top_k == 0
+            || self.rag.top_k > 50
+        {
+            return bad(
+                "rag: chunk_overlap must be below chunk_tokens, and top_k between 1 and 50",
+            );
+        }
+        if self.embeddings.kind == EmbeddingsKind::Openai && self.embeddings.base_url.is_none() {
+            return bad("embeddings.kind = \"openai\" needs embeddings.base_url");
         }
         if self.limits.login_failures_per_user == 0 || self.limits.login_attempts_per_ip == 0 {
             return bad("login limits must be at least 1");

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod llm;
+pub mod rag;
 pub mod secret;
 pub mod store;
 pub mod threads;

@@ -55,9 +55,33 @@ enum Cmd {
     /// Manage token keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Manage documents.
+    #[command(subcommand)]
+    Doc(DocCmd),
     /// Read the audit trail (all tenants, including events no tenant can be named for).
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum DocCmd {
+    /// Ingest a plain-text, Markdown or PDF file with an ACL.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        title: String,
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+        /// Everyone in the tenant may read it.
+        #[arg(long)]
+        public: bool,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +116,14 @@ enum UserCmd {
     List,
     /// Disable a user and revoke every session they have.
     Disable { name: String },
+    /// Replace a user's roles and/or groups; revokes every session they have.
+    Update {
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<String>>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +228,76 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
         Cmd::User(UserCmd::Disable { name }) => {
             app::disable_user(&cfg, &name).await?;
             println!("disabled {name}; every session of this user is revoked");
+            Ok(())
+        }
+        Cmd::User(UserCmd::Update {
+            name,
+            roles,
+            groups,
+        }) => {
+            let state = app::build_state(cfg.clone())?;
+            let store = app::open_store(&cfg)?;
+            let user = store
+                .user_by_username(&name)
+                .await?
+                .ok_or_else(|| format!("no such user: {name}"))?;
+            let clean = |v: Option<Vec<String>>| {
+                v.map(|v| v.into_iter().filter(|x| !x.is_empty()).collect::<Vec<_>>())
+            };
+            for n in roles.iter().chain(groups.iter()).flatten() {
+                if !n.is_empty() && !app::valid_name(n) {
+                    return Err(format!("invalid name {n:?}").into());
+                }
+            }
+            state
+                .auth
+                .update_access(&user.tenant, &user.id, clean(roles), clean(groups))
+                .await
+                .map_err(|e| format!("could not update {name}: {e}"))?;
+            println!("updated {name}; every session of this user is revoked");
+            Ok(())
+        }
+        Cmd::Doc(DocCmd::Add {
+            file,
+            title,
+            roles,
+            groups,
+            users,
+            public,
+            tenant,
+        }) => {
+            let text = if file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("pdf"))
+            {
+                pdf_extract::extract_text(&file).map_err(|e| format!("{}: {e}", file.display()))?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| {
+                    format!(
+                        "{}: {e} (plain text, Markdown or PDF expected)",
+                        file.display()
+                    )
+                })?
+            };
+            let state = app::build_state(cfg.clone())?;
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            let acl = palisade::store::Acl {
+                roles,
+                groups,
+                users,
+                public,
+            };
+            let doc = state
+                .rag
+                .ingest_into(&tenant, "cli", &title, &text, acl)
+                .await
+                .map_err(|e| format!("could not ingest {}: {e}", file.display()))?;
+            println!(
+                "added document {} ({} chunks, embeddings: {})",
+                doc.id,
+                doc.chunk_count,
+                state.rag.embedder_name()
+            );
             Ok(())
         }
         Cmd::Audit(AuditCmd::List {

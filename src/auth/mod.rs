@@ -49,6 +49,19 @@ impl Principal {
             session_id: c.session_id,
         }
     }
+    /// For the crate's own unit tests of retrieval, which need principals without a
+    /// running server. Not compiled into the library.
+    #[cfg(test)]
+    pub(crate) fn for_tests(tenant: &str, username: &str, roles: &[&str], groups: &[&str]) -> Self {
+        Self {
+            tenant: tenant.into(),
+            subject: format!("id-{username}"),
+            username: username.into(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+            session_id: "test-session".into(),
+        }
+    }
     pub fn tenant(&self) -> &str {
         &self.tenant
     }
@@ -69,6 +82,62 @@ impl Principal {
     }
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// What this principal may retrieve: its tenant and its visibility labels. This is
+    /// the only way to make an [`AccessScope`], so retrieval can only ever run for a
+    /// verified caller, with labels taken from the verified token.
+    pub fn access_scope(&self) -> AccessScope {
+        let mut labels = Vec::with_capacity(2 + self.roles.len() + self.groups.len());
+        labels.push(PUBLIC_LABEL.to_owned());
+        labels.push(user_label(&self.username));
+        labels.extend(self.roles.iter().map(|r| role_label(r)));
+        labels.extend(self.groups.iter().map(|g| group_label(g)));
+        labels.sort();
+        labels.dedup();
+        AccessScope {
+            tenant: self.tenant.clone(),
+            labels,
+        }
+    }
+}
+
+/// A document readable by everyone in its tenant carries this label.
+pub const PUBLIC_LABEL: &str = "public";
+
+pub fn role_label(role: &str) -> String {
+    format!("role:{role}")
+}
+pub fn group_label(group: &str) -> String {
+    format!("group:{group}")
+}
+pub fn user_label(username: &str) -> String {
+    format!("user:{username}")
+}
+
+/// The retrieval filter of one caller: a tenant and a set of visibility labels. A chunk
+/// is visible iff it is in the tenant and its document's ACL shares a label with the
+/// scope. Fields are private and there is no public constructor: see
+/// [`Principal::access_scope`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessScope {
+    tenant: String,
+    labels: Vec<String>,
+}
+
+impl AccessScope {
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The in-code re-check applied to every retrieved chunk before it may enter a
+    /// prompt or a response. An empty label list permits nothing.
+    pub fn permits(&self, tenant: &str, acl_labels: &[String]) -> bool {
+        tenant == self.tenant && acl_labels.iter().any(|l| self.labels.contains(l))
     }
 }
 
@@ -475,6 +544,34 @@ impl AuthService {
             .await?;
         list.retain(|s| s.is_live(now, self.idle_ttl_ms));
         Ok(list)
+    }
+
+    /// Changes a user's roles and/or groups and ends every session of theirs at once,
+    /// so no token with the old access survives.
+    pub async fn update_access(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        roles: Option<Vec<String>>,
+        groups: Option<Vec<String>>,
+    ) -> Result<Option<UserRecord>, ApiError> {
+        let Some((user, revoked)) = self
+            .users
+            .update_access(tenant, user_id, roles, groups, now_ms())
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.cache.invalidate_many(&revoked);
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::UserAccessChanged)
+                    .tenant(&user.tenant)
+                    .subject(&user.id)
+                    .username(&user.username),
+            )
+            .await;
+        Ok(Some(user))
     }
 
     /// Disables or enables a user; disabling ends every session at once.

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth_routes;
 pub mod cookies;
+pub mod documents_routes;
 pub mod extract;
 pub mod openai_routes;
 pub mod ops;
@@ -21,7 +22,8 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::llm::Llm;
-use crate::store::{AuditStore, Health};
+use crate::rag::Rag;
+use crate::store::{AuditStore, Health, UserStore};
 use crate::threads::Threads;
 
 #[derive(Clone)]
@@ -30,7 +32,9 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub threads: Arc<Threads>,
     pub llm: Arc<Llm>,
+    pub rag: Arc<Rag>,
     pub audit_log: Arc<dyn AuditStore>,
+    pub users: Arc<dyn UserStore>,
     pub health: Arc<dyn Health>,
 }
 
@@ -61,6 +65,20 @@ pub fn router(state: AppState) -> Router {
             post(openai_routes::chat_completions),
         )
         .route("/v1/models", get(openai_routes::models))
+        .route(
+            "/v1/documents",
+            post(documents_routes::create).get(documents_routes::list),
+        )
+        .route(
+            "/v1/documents/{id}",
+            get(documents_routes::get).delete(documents_routes::delete),
+        )
+        .route("/v1/search", post(documents_routes::search))
+        .route("/admin/users", get(admin::list_users))
+        .route(
+            "/admin/users/{id}",
+            axum::routing::patch(admin::update_user),
+        )
         .route("/admin/audit", get(admin::audit))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

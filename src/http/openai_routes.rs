@@ -19,7 +19,8 @@ use super::extract::{Auth, Client, Json};
 use crate::auth::{ClientInfo, Principal};
 use crate::error::ApiError;
 use crate::llm::ChatMessage;
-use crate::store::Role;
+use crate::rag;
+use crate::store::{Citation, Role};
 
 pub const THREAD_HEADER: &str = "x-palisade-thread";
 
@@ -76,8 +77,15 @@ impl InMessage {
 
 /// The prompt for a stateless completion: our system prompt first, then the client's
 /// own conversation (it is the caller's to send; nothing is stored).
-fn stateless_prompt(s: &AppState, messages: &[InMessage]) -> Result<Vec<ChatMessage>, ApiError> {
+fn stateless_prompt(
+    s: &AppState,
+    messages: &[InMessage],
+    context: Option<String>,
+) -> Result<Vec<ChatMessage>, ApiError> {
     let mut prompt = vec![ChatMessage::new(Role::System, s.threads.system_prompt())];
+    if let Some(c) = context {
+        prompt.push(ChatMessage::new(Role::System, c));
+    }
     for m in messages {
         let text = m.text()?;
         s.threads.validate_content(&text)?;
@@ -103,20 +111,28 @@ pub async fn chat_completions(
         Some(v) => Some(v.to_str().map_err(|_| ApiError::NotFound)?.to_owned()),
         None => None,
     };
-    let prompt = match &thread {
-        Some(id) => {
-            let last = req
-                .messages
-                .iter()
-                .rev()
-                .find(|m| m.role == "user")
-                .ok_or_else(|| ApiError::Unprocessable("A user message is required.".into()))?;
+    let question = req
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .ok_or_else(|| ApiError::Unprocessable("A user message is required.".into()))?
+        .text()?;
+    // Ownership of the thread is settled before any retrieval or model call.
+    let turn = match &thread {
+        Some(id) => Some(
             s.threads
-                .begin_turn(&p, id, last.text()?, &client)
-                .await?
-                .prompt
-        }
-        None => stateless_prompt(&s, &req.messages)?,
+                .begin_turn(&p, id, question.clone(), &client)
+                .await?,
+        ),
+        None => None,
+    };
+    let passages = s.rag.retrieve_for_prompt(&p, &question).await?;
+    let cites = rag::citations(&passages);
+    let context = rag::context_block(&passages);
+    let prompt = match &turn {
+        Some(t) => s.threads.prompt(&t.history, &question, context),
+        None => stateless_prompt(&s, &req.messages, context)?,
     };
     let model = s.llm.model_name().to_owned();
     let id = format!("chatcmpl-{}", crate::secret::new_id());
@@ -125,23 +141,32 @@ pub async fn chat_completions(
     if !req.stream {
         let completion = s
             .llm
-            .complete(&prompt)
+            .complete(&prompt, &passages)
             .await
             .map_err(|_| ApiError::Upstream)?;
         if let Some(tid) = &thread {
-            persist(&s, &p, tid, completion.content.clone(), &client).await?;
+            persist(
+                &s,
+                &p,
+                tid,
+                completion.content.clone(),
+                cites.clone(),
+                &client,
+            )
+            .await?;
         }
         return Ok(axum::Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "citations": cites,
         }))
         .into_response());
     }
 
     let mut upstream = s
         .llm
-        .stream(&prompt)
+        .stream(&prompt, &passages)
         .await
         .map_err(|_| ApiError::Upstream)?;
     let chunk = move |delta: Value, finish: Value| {
@@ -167,7 +192,7 @@ pub async fn chat_completions(
             }
         }
         if let Some(tid) = &thread
-            && let Err(e) = persist(&s, &p, tid, full, &client).await
+            && let Err(e) = persist(&s, &p, tid, full, cites, &client).await
         {
             yield Ok(Event::default().data(json!({"error": {"code": e.code()}}).to_string()));
             return;
@@ -185,14 +210,14 @@ async fn persist(
     p: &Principal,
     thread: &str,
     content: String,
+    cites: Vec<Citation>,
     client: &ClientInfo,
 ) -> Result<(), ApiError> {
     s.threads
-        .finish_turn(p, thread, content, Vec::new(), client)
+        .finish_turn(p, thread, content, cites, client)
         .await
         .map(|_| ())
 }
-
 pub async fn models(State(s): State<AppState>, Auth(_): Auth) -> Response {
     axum::Json(json!({
         "object": "list",

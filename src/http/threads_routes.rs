@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use super::AppState;
 use super::extract::{Auth, Client, Json};
 use crate::error::ApiError;
+use crate::rag;
 use crate::store::{Citation, MessageRecord, ThreadRecord};
 use crate::timeutil::rfc3339;
 
@@ -130,17 +131,24 @@ pub async fn post_message(
     Json(req): Json<PostMessage>,
 ) -> Result<Response, ApiError> {
     s.threads.admit(&p)?;
+    // Ownership first: a refused thread gets no retrieval and no model call.
     let turn = s.threads.begin_turn(&p, &id, req.content, &client).await?;
+    let question = turn.user_message.content.clone();
+    let passages = s.rag.retrieve_for_prompt(&p, &question).await?;
+    let cites = rag::citations(&passages);
+    let prompt = s
+        .threads
+        .prompt(&turn.history, &question, rag::context_block(&passages));
 
     if !req.stream {
         let completion = s
             .llm
-            .complete(&turn.prompt)
+            .complete(&prompt, &passages)
             .await
             .map_err(|_| ApiError::Upstream)?;
         let msg = s
             .threads
-            .finish_turn(&p, &id, completion.content, Vec::new(), &client)
+            .finish_turn(&p, &id, completion.content, cites, &client)
             .await?;
         return Ok(axum::Json(json!({ "message": MessageView::from(msg) })).into_response());
     }
@@ -148,7 +156,7 @@ pub async fn post_message(
     // Errors before the first byte are still a proper 502; after it, an `error` event.
     let mut upstream = s
         .llm
-        .stream(&turn.prompt)
+        .stream(&prompt, &passages)
         .await
         .map_err(|_| ApiError::Upstream)?;
     let events = async_stream::stream! {
@@ -167,7 +175,7 @@ pub async fn post_message(
         }
         // Stored only when the answer is complete; a client that disconnected dropped
         // this stream (and the upstream request) before reaching here.
-        match s.threads.finish_turn(&p, &id, full, Vec::new(), &client).await {
+        match s.threads.finish_turn(&p, &id, full, cites, &client).await {
             Ok(msg) => {
                 yield Ok(Event::default().event("citations").data(json!({"citations": msg.citations}).to_string()));
                 yield Ok(Event::default().event("done").data(json!({"message": MessageView::from(msg)}).to_string()));

@@ -10,7 +10,7 @@ use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LlmConfig;
-use crate::store::Role;
+use crate::store::{ChunkHit, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -48,10 +48,6 @@ pub struct Completion {
 /// Text deltas of a streamed completion; ends after the last delta.
 pub type DeltaStream = BoxStream<'static, Result<String, LlmError>>;
 
-/// Labels the extractive responder's answers so no one mistakes them for a model's.
-pub const EXTRACTIVE_NO_MODEL: &str = "[palisade extractive responder] No language model is configured for this \
-     gateway, so no generated answer is available. Ask your administrator to set llm.base_url.";
-
 pub enum Llm {
     OpenAi(openai::OpenAiClient),
     Extractive,
@@ -72,21 +68,34 @@ impl Llm {
         }
     }
 
-    pub async fn complete(&self, messages: &[ChatMessage]) -> Result<Completion, LlmError> {
+    /// `passages` are the retrieved chunks already in `messages`; only the extractive
+    /// responder uses them directly.
+    pub async fn complete(
+        &self,
+        messages: &[ChatMessage],
+        passages: &[ChunkHit],
+    ) -> Result<Completion, LlmError> {
         match self {
             Llm::OpenAi(c) => c.complete(messages).await,
             Llm::Extractive => Ok(Completion {
-                content: EXTRACTIVE_NO_MODEL.to_owned(),
+                content: crate::rag::extractive_answer(passages),
             }),
         }
     }
 
-    pub async fn stream(&self, messages: &[ChatMessage]) -> Result<DeltaStream, LlmError> {
+    pub async fn stream(
+        &self,
+        messages: &[ChatMessage],
+        passages: &[ChunkHit],
+    ) -> Result<DeltaStream, LlmError> {
         match self {
             Llm::OpenAi(c) => c.stream(messages).await,
-            Llm::Extractive => Ok(Box::pin(futures_util::stream::once(async {
-                Ok(EXTRACTIVE_NO_MODEL.to_owned())
-            }))),
+            Llm::Extractive => {
+                let answer = crate::rag::extractive_answer(passages);
+                Ok(Box::pin(futures_util::stream::once(
+                    async move { Ok(answer) },
+                )))
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 
 use crate::audit::AuditEvent;
-use crate::auth::Principal;
+use crate::auth::{AccessScope, Principal};
 use crate::config::ThreadBinding;
 use crate::secret::TokenHash;
 
@@ -116,6 +116,17 @@ pub trait UserStore: Send + Sync {
         &self,
         username: &str,
         disabled: bool,
+        now: i64,
+    ) -> StoreResult<Option<(UserRecord, Vec<String>)>>;
+    /// Replaces roles and/or groups of (tenant, id) and, in the same transaction,
+    /// revokes every session: tokens carry roles, so old tokens must not outlive a
+    /// change of access. Returns the user and the revoked session ids.
+    async fn update_access(
+        &self,
+        tenant: &str,
+        id: &str,
+        roles: Option<Vec<String>>,
+        groups: Option<Vec<String>>,
         now: i64,
     ) -> StoreResult<Option<(UserRecord, Vec<String>)>>;
 }
@@ -262,6 +273,91 @@ pub trait ThreadStore: Send + Sync {
         binding: ThreadBinding,
         id: &str,
     ) -> StoreResult<bool>;
+}
+
+/// Who may read a document. Labels are derived from it by `rag`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Acl {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub id: String,
+    pub tenant: String,
+    pub title: String,
+    pub text: String,
+    pub acl: Acl,
+    /// Sorted, de-duplicated visibility labels of `acl`; never empty.
+    pub labels: Vec<String>,
+    pub created_by: String,
+    pub chunks: Vec<NewChunk>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    pub id: String,
+    pub text: String,
+    /// Absent when no embedder is configured (BM25 only).
+    pub embedding: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DocumentRecord {
+    pub id: String,
+    pub title: String,
+    pub text: String,
+    pub acl: Acl,
+    pub created_at: i64,
+    pub chunk_count: u32,
+}
+
+/// A retrieved chunk, with what the in-code re-check needs.
+#[derive(Debug, Clone)]
+pub struct ChunkHit {
+    pub chunk_id: String,
+    pub document_id: String,
+    pub title: String,
+    pub text: String,
+    pub tenant: String,
+    pub labels: Vec<String>,
+    /// Rank-specific score: cosine distance (vector) or BM25 (text); lower is better.
+    pub score: f64,
+}
+
+/// Documents and retrieval. Every read takes an `&AccessScope`, and the scope is part of
+/// the SQL of the KNN and BM25 queries themselves (tenant partition + visible ACL ids),
+/// never a filter applied after ranking.
+#[async_trait]
+pub trait DocumentStore: Send + Sync {
+    /// Inserts a document with all its chunks (and vectors) atomically.
+    async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord>;
+    async fn list_documents(&self, scope: &AccessScope) -> StoreResult<Vec<DocumentRecord>>;
+    async fn document(&self, scope: &AccessScope, id: &str) -> StoreResult<Option<DocumentRecord>>;
+    /// Deletes a document visible in `scope`, with its chunks and vectors.
+    async fn delete_document(&self, scope: &AccessScope, id: &str) -> StoreResult<bool>;
+    /// Exact KNN over the chunks visible in `scope`.
+    async fn search_vector(
+        &self,
+        scope: &AccessScope,
+        query: Vec<f32>,
+        k: usize,
+    ) -> StoreResult<Vec<ChunkHit>>;
+    /// BM25 over the chunks visible in `scope`. `terms` are plain words; the store
+    /// quotes each one, so no query syntax can be injected.
+    async fn search_text(
+        &self,
+        scope: &AccessScope,
+        terms: Vec<String>,
+        k: usize,
+    ) -> StoreResult<Vec<ChunkHit>>;
 }
 
 #[derive(Debug, Clone, Default)]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::audit::{AuditEvent, AuditKind};
-use crate::auth::Principal;
+use crate::auth::{AccessScope, Principal};
 use crate::config::ThreadBinding;
 
 #[derive(Clone)]
@@ -93,14 +93,81 @@ CREATE TABLE messages (
 );
 ALTER TABLE audit_events ADD COLUMN resource TEXT;
 "#,
+    r#"
+-- Documents. An ACL is stored once per distinct label set; a chunk carries its
+-- document's acl_id so that the visibility filter is an integer set inside the
+-- KNN (vec0 metadata column) and BM25 queries.
+CREATE TABLE acls (
+    id     INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    labels TEXT NOT NULL,           -- canonical JSON array, sorted
+    UNIQUE (tenant, labels)
+);
+CREATE TABLE acl_labels (
+    acl_id INTEGER NOT NULL REFERENCES acls(id),
+    label  TEXT NOT NULL,
+    PRIMARY KEY (label, acl_id)
+) WITHOUT ROWID;
+CREATE TABLE documents (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    title       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    acl         TEXT NOT NULL,      -- the ACL as given (JSON)
+    acl_id      INTEGER NOT NULL REFERENCES acls(id),
+    created_by  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL
+);
+CREATE INDEX documents_by_acl ON documents(tenant, acl_id);
+CREATE TABLE chunks (
+    id          INTEGER PRIMARY KEY,
+    public_id   TEXT NOT NULL UNIQUE,
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    tenant      TEXT NOT NULL,
+    acl_id      INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    text        TEXT NOT NULL
+);
+CREATE INDEX chunks_by_document ON chunks(document_id);
+CREATE VIRTUAL TABLE chunks_fts USING fts5(
+    text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+"#,
 ];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Registers sqlite-vec with every connection this process opens (once).
+fn register_sqlite_vec() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `sqlite3_vec_init` has the signature SQLite expects of an extension
+        // entry point; the statically linked extension is registered before any
+        // connection is opened, which is what `sqlite3_auto_extension` requires.
+        unsafe {
+            type Init = unsafe extern "C" fn(
+                *mut rusqlite::ffi::sqlite3,
+                *mut *mut std::os::raw::c_char,
+                *const rusqlite::ffi::sqlite3_api_routines,
+            ) -> std::os::raw::c_int;
+            let init: Init = std::mem::transmute(sqlite_vec::sqlite3_vec_init as *const ());
+            rusqlite::ffi::sqlite3_auto_extension(Some(init));
+        }
+    });
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
+        register_sqlite_vec();
         let mut conn = Connection::open(path).map_err(unavailable)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(unavailable)?;
@@ -224,6 +291,19 @@ fn revoke_all(
 
 #[async_trait]
 impl UserStore for SqliteStore {
+    async fn update_access(
+        &self,
+        tenant: &str,
+        id: &str,
+        roles: Option<Vec<String>>,
+        groups: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<Option<(UserRecord, Vec<String>)>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.call(move |c| Self::update_access_blocking(c, &tenant, &id, roles, groups, now))
+            .await
+    }
+
     async fn create_user(&self, u: NewUser) -> StoreResult<UserRecord> {
         self.call(move |c| {
             let rec = UserRecord {
@@ -343,6 +423,46 @@ impl UserStore for SqliteStore {
             Ok(Some((user, revoked)))
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    fn update_access_blocking(
+        c: &mut Connection,
+        tenant: &str,
+        id: &str,
+        roles: Option<Vec<String>>,
+        groups: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<Option<(UserRecord, Vec<String>)>> {
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let Some(mut user) = tx
+            .query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE tenant = ?1 AND id = ?2"),
+                [tenant, id],
+                user_row,
+            )
+            .optional()
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        if let Some(r) = roles {
+            user.roles = r;
+        }
+        if let Some(g) = groups {
+            user.groups = g;
+        }
+        tx.execute(
+            "UPDATE users SET roles = ?3, groups_ = ?4 WHERE tenant = ?1 AND id = ?2",
+            params![tenant, id, json_list(&user.roles), json_list(&user.groups)],
+        )
+        .map_err(unavailable)?;
+        let revoked = revoke_all(&tx, tenant, id, "access_changed", now).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(Some((user, revoked)))
     }
 }
 
@@ -798,6 +918,395 @@ impl ThreadStore for SqliteStore {
                 )
                 .map_err(unavailable)?;
             Ok(n == 1)
+        })
+        .await
+    }
+}
+
+/// The vector table for one embedding dimension (created on first use).
+fn vec_table(dim: usize) -> String {
+    format!("chunks_vec_{dim}")
+}
+
+fn ensure_vec_table(c: &Connection, dim: usize) -> rusqlite::Result<()> {
+    c.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING vec0(
+            chunk_id INTEGER PRIMARY KEY,
+            embedding float[{dim}] distance_metric=cosine,
+            tenant TEXT partition key,
+            acl_id INTEGER
+        )",
+        vec_table(dim)
+    ))
+}
+
+fn vec_table_exists(c: &Connection, dim: usize) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = ?1",
+        [vec_table(dim)],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// The ACL ids whose label sets intersect the scope's labels, in the scope's tenant.
+/// The labels travel as one bound JSON parameter, never as SQL text.
+fn visible_acls(c: &Connection, scope: &AccessScope) -> rusqlite::Result<Vec<i64>> {
+    if scope.labels().is_empty() {
+        return Ok(Vec::new());
+    }
+    let labels = serde_json::to_string(scope.labels()).unwrap_or_else(|_| "[]".into());
+    let mut stmt = c.prepare_cached(
+        "SELECT DISTINCT a.id FROM acls a JOIN acl_labels l ON l.acl_id = a.id
+         WHERE a.tenant = ?1 AND l.label IN (SELECT value FROM json_each(?2))
+         ORDER BY a.id",
+    )?;
+    let ids = stmt
+        .query_map(params![scope.tenant(), labels], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+/// `?N, ?N+1, …` for `n` bound values starting at `first`: only placeholders are
+/// formatted into SQL, never values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn acl_id_for(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    labels: &[String],
+) -> rusqlite::Result<i64> {
+    let canonical = serde_json::to_string(labels).unwrap_or_else(|_| "[]".into());
+    if let Some(id) = tx
+        .query_row(
+            "SELECT id FROM acls WHERE tenant = ?1 AND labels = ?2",
+            params![tenant, canonical],
+            |r| r.get(0),
+        )
+        .optional()?
+    {
+        return Ok(id);
+    }
+    tx.execute(
+        "INSERT INTO acls (tenant, labels) VALUES (?1, ?2)",
+        params![tenant, canonical],
+    )?;
+    let id = tx.last_insert_rowid();
+    for l in labels {
+        tx.execute(
+            "INSERT INTO acl_labels (acl_id, label) VALUES (?1, ?2)",
+            params![id, l],
+        )?;
+    }
+    Ok(id)
+}
+
+fn f32_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+const DOC_COLS: &str = "id, title, body, acl, created_at, chunk_count";
+
+fn doc_row(r: &Row<'_>) -> rusqlite::Result<DocumentRecord> {
+    let acl: String = r.get(3)?;
+    Ok(DocumentRecord {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        text: r.get(2)?,
+        acl: serde_json::from_str(&acl).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        created_at: r.get(4)?,
+        chunk_count: r.get(5)?,
+    })
+}
+
+/// Loads hits by internal chunk id, keeping the given order and scores.
+fn load_hits(c: &Connection, ranked: &[(i64, f64)]) -> rusqlite::Result<Vec<ChunkHit>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT c.public_id, c.document_id, d.title, c.text, c.tenant, a.labels
+         FROM chunks c JOIN documents d ON d.id = c.document_id JOIN acls a ON a.id = c.acl_id
+         WHERE c.id = ?1",
+    )?;
+    let mut out = Vec::with_capacity(ranked.len());
+    for (id, score) in ranked {
+        if let Some(hit) = stmt
+            .query_row([id], |r| {
+                let labels: String = r.get(5)?;
+                Ok(ChunkHit {
+                    chunk_id: r.get(0)?,
+                    document_id: r.get(1)?,
+                    title: r.get(2)?,
+                    text: r.get(3)?,
+                    tenant: r.get(4)?,
+                    labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    score: *score,
+                })
+            })
+            .optional()?
+        {
+            out.push(hit);
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl DocumentStore for SqliteStore {
+    async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let acl_id = acl_id_for(&tx, &doc.tenant, &doc.labels).map_err(unavailable)?;
+            let now = crate::timeutil::now_ms();
+            let acl_json = serde_json::to_string(&doc.acl).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![doc.id, doc.tenant, doc.title, doc.text, acl_json, acl_id, doc.created_by, now, doc.chunks.len() as i64],
+            )
+            .map_err(unavailable)?;
+            for (seq, chunk) in doc.chunks.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO chunks (public_id, document_id, tenant, acl_id, seq, text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![chunk.id, doc.id, doc.tenant, acl_id, seq as i64, chunk.text],
+                )
+                .map_err(unavailable)?;
+                let rowid = tx.last_insert_rowid();
+                if let Some(v) = &chunk.embedding {
+                    ensure_vec_table(&tx, v.len()).map_err(unavailable)?;
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (chunk_id, embedding, tenant, acl_id) VALUES (?1, ?2, ?3, ?4)",
+                            vec_table(v.len())
+                        ),
+                        params![rowid, f32_blob(v), doc.tenant, acl_id],
+                    )
+                    .map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(DocumentRecord {
+                id: doc.id,
+                title: doc.title,
+                text: doc.text,
+                acl: doc.acl,
+                created_at: now,
+                chunk_count: doc.chunks.len() as u32,
+            })
+        })
+        .await
+    }
+
+    async fn list_documents(&self, scope: &AccessScope) -> StoreResult<Vec<DocumentRecord>> {
+        let scope = scope.clone();
+        self.call(move |c| {
+            let acls = visible_acls(c, &scope).map_err(unavailable)?;
+            if acls.is_empty() {
+                return Ok(Vec::new());
+            }
+            let sql = format!(
+                "SELECT {DOC_COLS} FROM documents WHERE tenant = ?1 AND acl_id IN ({}) ORDER BY created_at DESC",
+                placeholders(2, acls.len())
+            );
+            let mut stmt = c.prepare(&sql).map_err(unavailable)?;
+            let mut values: Vec<rusqlite::types::Value> = vec![scope.tenant().to_owned().into()];
+            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), doc_row)
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn document(&self, scope: &AccessScope, id: &str) -> StoreResult<Option<DocumentRecord>> {
+        let scope = scope.clone();
+        let id = id.to_owned();
+        self.call(move |c| {
+            let acls = visible_acls(c, &scope).map_err(unavailable)?;
+            let row: Option<(DocumentRecord, i64)> = c
+                .query_row(
+                    &format!(
+                        "SELECT {DOC_COLS}, acl_id FROM documents WHERE id = ?1 AND tenant = ?2"
+                    ),
+                    params![id, scope.tenant()],
+                    |r| Ok((doc_row(r)?, r.get(6)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            Ok(row.filter(|(_, acl)| acls.contains(acl)).map(|(d, _)| d))
+        })
+        .await
+    }
+
+    async fn delete_document(&self, scope: &AccessScope, id: &str) -> StoreResult<bool> {
+        let scope = scope.clone();
+        let id = id.to_owned();
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let acls = visible_acls(&tx, &scope).map_err(unavailable)?;
+            let acl: Option<i64> = tx
+                .query_row(
+                    "SELECT acl_id FROM documents WHERE id = ?1 AND tenant = ?2",
+                    params![id, scope.tenant()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if !acl.is_some_and(|a| acls.contains(&a)) {
+                return Ok(false);
+            }
+            // Vectors first (vec0 has no foreign keys), then chunks (FTS via trigger),
+            // then the document: all or nothing.
+            let tables: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'chunks_vec_[0-9]*' AND sql LIKE 'CREATE VIRTUAL TABLE%'")
+                    .map_err(unavailable)?;
+                stmt.query_map([], |r| r.get(0))
+                    .map_err(unavailable)?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(unavailable)?
+            };
+            for t in tables {
+                tx.execute(
+                    &format!("DELETE FROM {t} WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?1)"),
+                    [&id],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.execute("DELETE FROM chunks WHERE document_id = ?1", [&id])
+                .map_err(unavailable)?;
+            tx.execute("DELETE FROM documents WHERE id = ?1", [&id])
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn search_vector(
+        &self,
+        scope: &AccessScope,
+        query: Vec<f32>,
+        k: usize,
+    ) -> StoreResult<Vec<ChunkHit>> {
+        let scope = scope.clone();
+        self.call(move |c| {
+            let acls = visible_acls(c, &scope).map_err(unavailable)?;
+            if acls.is_empty() || k == 0 || !vec_table_exists(c, query.len()).map_err(unavailable)? {
+                return Ok(Vec::new());
+            }
+            // The ACL is part of the KNN itself: tenant is the partition key and acl_id a
+            // metadata column, both evaluated by vec0 while it ranks, so k results come
+            // back whenever k visible chunks exist.
+            let sql = format!(
+                "SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND tenant = ?3 AND acl_id IN ({})",
+                vec_table(query.len()),
+                placeholders(4, acls.len())
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                f32_blob(&query).into(),
+                (k as i64).into(),
+                scope.tenant().to_owned().into(),
+            ];
+            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+            let mut stmt = c.prepare(&sql).map_err(unavailable)?;
+            let ranked = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
+                .map_err(unavailable)?;
+            load_hits(c, &ranked).map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn search_text(
+        &self,
+        scope: &AccessScope,
+        terms: Vec<String>,
+        k: usize,
+    ) -> StoreResult<Vec<ChunkHit>> {
+        let scope = scope.clone();
+        self.call(move |c| {
+            let acls = visible_acls(c, &scope).map_err(unavailable)?;
+            if acls.is_empty() || k == 0 || terms.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Each term becomes a quoted FTS5 string ("" escapes a quote), OR-ed: user
+            // text can never become FTS5 operators, columns or NEAR groups.
+            let match_expr = terms
+                .iter()
+                .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = format!(
+                "SELECT c.id, bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
+                 WHERE chunks_fts MATCH ?1 AND c.tenant = ?2 AND c.acl_id IN ({})
+                 ORDER BY score LIMIT ?3",
+                placeholders(4, acls.len())
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                match_expr.into(),
+                scope.tenant().to_owned().into(),
+                (k as i64).into(),
+            ];
+            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+            let mut stmt = c.prepare(&sql).map_err(unavailable)?;
+            let ranked = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
+                .map_err(unavailable)?;
+            load_hits(c, &ranked).map_err(unavailable)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// `EXPLAIN QUERY PLAN` of the vector query a scope produces, for the pushdown test.
+    pub async fn explain_vector_query(
+        &self,
+        scope: &AccessScope,
+        dim: usize,
+    ) -> StoreResult<Vec<String>> {
+        let scope = scope.clone();
+        self.call(move |c| {
+            let acls = visible_acls(c, &scope).map_err(unavailable)?;
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND tenant = ?3 AND acl_id IN ({})",
+                vec_table(dim),
+                placeholders(4, acls.len().max(1))
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                f32_blob(&vec![0.0; dim]).into(),
+                10i64.into(),
+                scope.tenant().to_owned().into(),
+            ];
+            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+            if acls.is_empty() {
+                values.push(rusqlite::types::Value::Integer(-1));
+            }
+            let mut stmt = c.prepare(&sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(3))
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            Ok(rows)
         })
         .await
     }

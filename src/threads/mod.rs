@@ -33,9 +33,9 @@ pub struct Threads {
     rate: Throttle,
 }
 
-/// A user turn that has been stored, and the prompt to send for it.
+/// A user turn that has been stored, and the history before it.
 pub struct Turn {
-    pub prompt: Vec<ChatMessage>,
+    pub history: Vec<MessageRecord>,
     pub user_message: MessageRecord,
 }
 
@@ -180,9 +180,8 @@ impl Threads {
             Append::NotFound => return Err(self.denied(p, id, client).await),
             Append::Full => return Err(ApiError::ThreadFull),
         };
-        let prompt = self.prompt(&history, &user_message.content);
         Ok(Turn {
-            prompt,
+            history,
             user_message,
         })
     }
@@ -221,9 +220,14 @@ impl Threads {
         }
     }
 
-    /// System prompt, then the newest stored turns that fit the budget, then the new
-    /// user message. Tokens are approximated as 4 characters.
-    pub fn prompt(&self, history: &[MessageRecord], new_user_content: &str) -> Vec<ChatMessage> {
+    /// System prompt, retrieved context (if any), then the newest stored turns that fit
+    /// the budget, then the new user message. Tokens are approximated as 4 characters.
+    pub fn prompt(
+        &self,
+        history: &[MessageRecord],
+        new_user_content: &str,
+        context: Option<String>,
+    ) -> Vec<ChatMessage> {
         let cost = |s: &str| s.chars().count() / 4 + 4;
         let mut budget = self
             .cfg
@@ -242,8 +246,11 @@ impl Threads {
             kept.push(ChatMessage::new(m.role, m.content.clone()));
         }
         kept.reverse();
-        let mut prompt = Vec::with_capacity(kept.len() + 2);
+        let mut prompt = Vec::with_capacity(kept.len() + 3);
         prompt.push(ChatMessage::new(Role::System, self.system_prompt.clone()));
+        if let Some(c) = context {
+            prompt.push(ChatMessage::new(Role::System, c));
+        }
         prompt.extend(kept);
         prompt.push(ChatMessage::new(Role::User, new_user_content));
         prompt

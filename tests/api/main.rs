@@ -8,4 +8,6 @@ mod auth_refresh;
 mod auth_tokens;
 mod chat;
 mod hygiene;
+mod model;
+mod rag;
 mod threads;

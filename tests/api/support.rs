@@ -60,7 +60,9 @@ impl Server {
 
     fn command(&self) -> Command {
         let mut c = Command::new(BIN);
+        // Deterministic embeddings unless a test asks for the real model.
         c.env_remove("PALISADE_CONFIG")
+            .env("PALISADE_EMBEDDINGS__KIND", "hash")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PALISADE_PUBLIC_ORIGIN", "http://localhost:8080")
             .arg("--data-dir")
