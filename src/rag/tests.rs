@@ -84,20 +84,31 @@ async fn the_acl_is_inside_the_knn_query_plan() {
         .unwrap();
     // Two visible ACLs, so the filter is a real IN list.
     let p = Principal::for_tests("acme", "hannah", &["hr"], &[]);
-    let plan = s
+    let plans = s
         .explain_vector_query(&p.access_scope(), 384)
         .await
         .unwrap();
-    let plan = plan.join("\n");
-    // vec0's idxStr: '3' = KNN plan, '{' match, '}' k, ']A' a partition-key constraint
-    // (tenant), '&A' a metadata constraint on acl_id with operator 'g' (IN). The ACL is
-    // evaluated by vec0 during the KNN, not by SQLite after it.
-    assert!(plan.contains("VIRTUAL TABLE INDEX"), "{plan}");
-    assert!(plan.contains(":3{"), "KNN plan: {plan}");
-    assert!(plan.contains("]Aa"), "tenant partition constraint: {plan}");
+    // One KNN per visible (tenant, ACL) partition: hannah sees the public ACL and the hr
+    // ACL, nothing else.
+    assert_eq!(plans.len(), 2, "{plans:?}");
+    for (part, plan) in &plans {
+        assert!(part.starts_with("acme/"), "{part}");
+        // vec0's idxStr: '3' = KNN plan, '{' match, '}' k, ']Aa' an equality constraint
+        // on the partition key, evaluated by vec0 to choose which vectors it ranks.
+        assert!(plan.contains("VIRTUAL TABLE INDEX"), "{plan}");
+        assert!(plan.contains(":3{"), "KNN plan: {plan}");
+        assert!(
+            plan.contains("]Aa"),
+            "ACL partition constraint inside the KNN: {plan}"
+        );
+    }
+    // Someone in another tenant with the same role reads no partition at all.
+    let other = Principal::for_tests("globex", "eve", &["hr"], &[]);
     assert!(
-        plan.contains("&Ag"),
-        "acl_id IN (...) metadata constraint: {plan}"
+        s.explain_vector_query(&other.access_scope(), 384)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -328,7 +328,7 @@ pub struct ChunkHit {
     pub text: String,
     pub tenant: String,
     pub labels: Vec<String>,
-    /// Rank-specific score: cosine distance (vector) or BM25 (text); lower is better.
+    /// Rank-specific score: L2 distance of unit vectors (vector) or BM25 (text); lower is better.
     pub score: f64,
 }
 

@@ -923,7 +923,15 @@ impl ThreadStore for SqliteStore {
     }
 }
 
-/// The vector table for one embedding dimension (created on first use).
+/// The vec0 partition of a (tenant, ACL) pair. Vectors are sharded by it, so a KNN
+/// over a partition reads only the vectors of that tenant and label set: the ACL is
+/// not a filter over ranked results but the choice of what is ranked at all.
+fn acl_part(tenant: &str, acl_id: i64) -> String {
+    format!("{tenant}/{acl_id}")
+}
+
+/// The vector table for one embedding dimension (created on first use). Vectors are
+/// L2-normalised, so vec0's L2 distance (which has a SIMD kernel) ranks like cosine.
 fn vec_table(dim: usize) -> String {
     format!("chunks_vec_{dim}")
 }
@@ -932,9 +940,8 @@ fn ensure_vec_table(c: &Connection, dim: usize) -> rusqlite::Result<()> {
     c.execute_batch(&format!(
         "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING vec0(
             chunk_id INTEGER PRIMARY KEY,
-            embedding float[{dim}] distance_metric=cosine,
-            tenant TEXT partition key,
-            acl_id INTEGER
+            embedding float[{dim}],
+            acl_part TEXT partition key
         )",
         vec_table(dim)
     ))
@@ -1084,10 +1091,10 @@ impl DocumentStore for SqliteStore {
                     ensure_vec_table(&tx, v.len()).map_err(unavailable)?;
                     tx.execute(
                         &format!(
-                            "INSERT INTO {} (chunk_id, embedding, tenant, acl_id) VALUES (?1, ?2, ?3, ?4)",
+                            "INSERT INTO {} (chunk_id, embedding, acl_part) VALUES (?1, ?2, ?3)",
                             vec_table(v.len())
                         ),
-                        params![rowid, f32_blob(v), doc.tenant, acl_id],
+                        params![rowid, f32_blob(v), acl_part(&doc.tenant, acl_id)],
                     )
                     .map_err(unavailable)?;
                 }
@@ -1208,26 +1215,28 @@ impl DocumentStore for SqliteStore {
             if acls.is_empty() || k == 0 || !vec_table_exists(c, query.len()).map_err(unavailable)? {
                 return Ok(Vec::new());
             }
-            // The ACL is part of the KNN itself: tenant is the partition key and acl_id a
-            // metadata column, both evaluated by vec0 while it ranks, so k results come
-            // back whenever k visible chunks exist.
+            // The ACL is part of the KNN itself: one exact KNN per visible (tenant, ACL)
+            // partition, merged. Each partition returns its own top k, so the merged top
+            // k is exact: no shortfall, whatever fraction of the corpus is visible.
             let sql = format!(
-                "SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND tenant = ?3 AND acl_id IN ({})",
-                vec_table(query.len()),
-                placeholders(4, acls.len())
+                "SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3",
+                vec_table(query.len())
             );
-            let mut values: Vec<rusqlite::types::Value> = vec![
-                f32_blob(&query).into(),
-                (k as i64).into(),
-                scope.tenant().to_owned().into(),
-            ];
-            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
-            let mut stmt = c.prepare(&sql).map_err(unavailable)?;
-            let ranked = stmt
-                .query_map(rusqlite::params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(unavailable)?
-                .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
-                .map_err(unavailable)?;
+            let blob = f32_blob(&query);
+            let mut stmt = c.prepare_cached(&sql).map_err(unavailable)?;
+            let mut ranked: Vec<(i64, f64)> = Vec::new();
+            for acl in &acls {
+                let rows = stmt
+                    .query_map(params![blob, k as i64, acl_part(scope.tenant(), *acl)], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(unavailable)?;
+                for row in rows {
+                    ranked.push(row.map_err(unavailable)?);
+                }
+            }
+            ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            ranked.truncate(k);
             load_hits(c, &ranked).map_err(unavailable)
         })
         .await
@@ -1277,36 +1286,29 @@ impl DocumentStore for SqliteStore {
 }
 
 impl SqliteStore {
-    /// `EXPLAIN QUERY PLAN` of the vector query a scope produces, for the pushdown test.
+    /// `EXPLAIN QUERY PLAN` of the per-partition vector queries a scope produces, for
+    /// the pushdown test, with the partitions they read.
     pub async fn explain_vector_query(
         &self,
         scope: &AccessScope,
         dim: usize,
-    ) -> StoreResult<Vec<String>> {
+    ) -> StoreResult<Vec<(String, String)>> {
         let scope = scope.clone();
         self.call(move |c| {
             let acls = visible_acls(c, &scope).map_err(unavailable)?;
             let sql = format!(
-                "EXPLAIN QUERY PLAN SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND tenant = ?3 AND acl_id IN ({})",
-                vec_table(dim),
-                placeholders(4, acls.len().max(1))
+                "EXPLAIN QUERY PLAN SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3",
+                vec_table(dim)
             );
-            let mut values: Vec<rusqlite::types::Value> = vec![
-                f32_blob(&vec![0.0; dim]).into(),
-                10i64.into(),
-                scope.tenant().to_owned().into(),
-            ];
-            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
-            if acls.is_empty() {
-                values.push(rusqlite::types::Value::Integer(-1));
+            let mut out = Vec::new();
+            for acl in acls {
+                let part = acl_part(scope.tenant(), acl);
+                let detail: String = c
+                    .query_row(&sql, params![f32_blob(&vec![0.0; dim]), 10i64, part], |r| r.get(3))
+                    .map_err(unavailable)?;
+                out.push((part, detail));
             }
-            let mut stmt = c.prepare(&sql).map_err(unavailable)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(3))
-                .map_err(unavailable)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(unavailable)?;
-            Ok(rows)
+            Ok(out)
         })
         .await
     }

@@ -7,6 +7,7 @@ mod auth_login;
 mod auth_refresh;
 mod auth_tokens;
 mod chat;
+mod cli_docs;
 mod hygiene;
 mod model;
 mod rag;

@@ -1,0 +1,129 @@
+//! `palisade doc add` for Markdown and PDF files, against a running server's store.
+
+use crate::support::*;
+use serde_json::{Value, json};
+
+/// A minimal one-page PDF with `text` in Helvetica, with a correct xref table.
+fn tiny_pdf(text: &str) -> Vec<u8> {
+    let content = format!("BT /F1 18 Tf 72 700 Td ({text}) Tj ET");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_string(),
+        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_string(),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend(format!("{} 0 obj\n{o}\nendobj\n", i + 1).into_bytes());
+    }
+    let xref = out.len();
+    out.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).into_bytes());
+    for off in offsets {
+        out.extend(format!("{off:010} 00000 n \n").into_bytes());
+    }
+    out.extend(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .into_bytes(),
+    );
+    out
+}
+
+#[tokio::test]
+async fn doc_add_ingests_markdown_and_pdf_with_their_acl() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("policy.md");
+    std::fs::write(
+        &md,
+        "# Parking\n\nThe parking garage opens at seven. Bicycles go in the basement.\n",
+    )
+    .unwrap();
+    let pdf = dir.path().join("bonus.pdf");
+    std::fs::write(
+        &pdf,
+        tiny_pdf("Bonus pool zeppelin allocation is restricted to HR"),
+    )
+    .unwrap();
+
+    for args in [
+        vec![
+            "doc",
+            "add",
+            md.to_str().unwrap(),
+            "--title",
+            "Parking",
+            "--public",
+            "--tenant",
+            "acme",
+        ],
+        vec![
+            "doc",
+            "add",
+            pdf.to_str().unwrap(),
+            "--title",
+            "Bonus pool",
+            "--roles",
+            "hr",
+            "--tenant",
+            "acme",
+        ],
+    ] {
+        let out = s.cli(&args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("added document"));
+    }
+    // An ACL naming nobody is refused by the CLI as well.
+    let out = s.cli(
+        &[
+            "doc",
+            "add",
+            md.to_str().unwrap(),
+            "--title",
+            "x",
+            "--tenant",
+            "acme",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+
+    let search = |user: &'static str, pw: String, q: &'static str| {
+        let s = &s;
+        async move {
+            let sess = s.login(user, &pw).await;
+            let v: Value = s
+                .post_auth("/v1/search", &sess.access, &json!({"query": q}))
+                .await
+                .json()
+                .await
+                .unwrap();
+            v["results"].to_string()
+        }
+    };
+    assert!(
+        search("alice", acme.alice.clone(), "parking garage bicycles")
+            .await
+            .contains("basement")
+    );
+    assert!(
+        search("hannah", acme.hannah.clone(), "zeppelin bonus")
+            .await
+            .contains("zeppelin")
+    );
+    assert!(
+        !search("alice", acme.alice.clone(), "zeppelin bonus")
+            .await
+            .contains("zeppelin")
+    );
+}
