@@ -21,6 +21,8 @@ $T/examples/mock_upstream 127.0.0.1:9100 >/dev/null & pids+=($!)
 $T/examples/passthrough_proxy 127.0.0.1:9200 http://127.0.0.1:9100 >/dev/null & pids+=($!)
 export PALISADE_LLM__BASE_URL=http://127.0.0.1:9100/v1 PALISADE_LLM__MODEL=mock-model
 export PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE=100000000 PALISADE_LOG__LEVEL=warn
+# The gateway's own overhead: no documents, so retrieval costs one indexed lookup.
+export PALISADE_EMBEDDINGS__KIND=none
 echo "bench-password-123" | $T/palisade --data-dir "$WORK" user add bench --roles employee --tenant acme --password-stdin >/dev/null
 $T/palisade --data-dir "$WORK" serve --listen 127.0.0.1:9300 >/dev/null 2>"$WORK/log" & PAL=$!; pids+=($PAL)
 sleep 1

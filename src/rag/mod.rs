@@ -293,6 +293,10 @@ impl Rag {
     ) -> Result<Vec<ChunkHit>, ApiError> {
         let k = k.clamp(1, 50);
         let candidates = k * CANDIDATES_PER_RESULT;
+        // Nothing visible: no need to spend an embedding on the question.
+        if !self.store.any_visible(scope).await? {
+            return Ok(Vec::new());
+        }
         let vector = match &self.embedder {
             Some(e) => {
                 let q = e

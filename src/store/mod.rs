@@ -343,6 +343,8 @@ pub trait DocumentStore: Send + Sync {
     async fn document(&self, scope: &AccessScope, id: &str) -> StoreResult<Option<DocumentRecord>>;
     /// Deletes a document visible in `scope`, with its chunks and vectors.
     async fn delete_document(&self, scope: &AccessScope, id: &str) -> StoreResult<bool>;
+    /// Whether `scope` can see any document at all (lets retrieval skip embedding).
+    async fn any_visible(&self, scope: &AccessScope) -> StoreResult<bool>;
     /// Exact KNN over the chunks visible in `scope`.
     async fn search_vector(
         &self,

@@ -1203,6 +1203,12 @@ impl DocumentStore for SqliteStore {
         .await
     }
 
+    async fn any_visible(&self, scope: &AccessScope) -> StoreResult<bool> {
+        let scope = scope.clone();
+        self.call(move |c| Ok(!visible_acls(c, &scope).map_err(unavailable)?.is_empty()))
+            .await
+    }
+
     async fn search_vector(
         &self,
         scope: &AccessScope,
