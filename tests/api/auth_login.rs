@@ -54,7 +54,8 @@ async fn wrong_password_and_unknown_user_are_indistinguishable() {
     );
 
     // Timing: the unknown user is verified against a dummy hash, so both take the
-    // argon2 time. Compare medians loosely (2x) to stay robust on a loaded machine.
+    // argon2 time (~20 ms); without it an unknown user would answer ~100x faster.
+    // Compare medians loosely (4x) to stay robust on a loaded machine.
     let mut t_wrong = Vec::new();
     let mut t_unknown = Vec::new();
     for i in 0..3 {
@@ -68,7 +69,7 @@ async fn wrong_password_and_unknown_user_are_indistinguishable() {
     t_wrong.sort();
     t_unknown.sort();
     let (w, u) = (t_wrong[1].as_secs_f64(), t_unknown[1].as_secs_f64());
-    assert!(u > w / 2.0 && u < w * 2.0, "wrong={w:.4}s unknown={u:.4}s");
+    assert!(u > w / 4.0 && u < w * 4.0, "wrong={w:.4}s unknown={u:.4}s");
 
     // The user still logs in with the right password.
     s.login("alice", &acme.alice).await;
