@@ -213,6 +213,12 @@ async fn no_prompt_body_field_or_endpoint_leaks_a_canary() {
             );
         }
     }
+    // The SQL filter alone kept everything in scope: the in-code re-check (the second
+    // layer) never had to drop a chunk.
+    assert!(
+        !s.log().contains("outside the scope"),
+        "a query returned out-of-scope chunks"
+    );
 }
 
 #[tokio::test]
