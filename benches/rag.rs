@@ -5,7 +5,6 @@
 //! Run: `cargo bench --bench rag` (prints a table). Scopes come from real logins, the
 //! only way to obtain one.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use palisade::app::{self, AddUser};
@@ -104,7 +103,7 @@ async fn run(n: usize) {
                 id: format!("d{d}"),
                 tenant: "acme".into(),
                 title: format!("doc {d}"),
-                text: String::new() + "x",
+                text: "x".into(),
                 labels: acl_labels(&acl),
                 acl,
                 created_by: "bench".into(),
@@ -163,7 +162,6 @@ async fn run(n: usize) {
             ingest.as_secs_f64()
         );
     }
-    let _ = Arc::new(());
 }
 
 async fn embedding_throughput() {

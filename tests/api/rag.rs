@@ -367,7 +367,6 @@ async fn revoking_a_role_or_deleting_a_document_takes_effect_on_the_next_query()
     assert!(!search(again.access.clone()).await.contains(HR));
 
     // Through the CLI as well (another process: visible within the 1 s session cache).
-    let (_, alice_pw, _) = &w.users[0];
     let out = s.cli(
         &["user", "update", "hannah", "--roles", "employee,hr"],
         None,
@@ -376,6 +375,12 @@ async fn revoking_a_role_or_deleting_a_document_takes_effect_on_the_next_query()
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // The CLI change ended the sessions holding the old roles (seen within 1 s).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        s.get("/auth/me", &again.access).await.status(),
+        StatusCode::UNAUTHORIZED
     );
     let back = s.login("hannah", hannah_pw).await;
     assert!(search(back.access.clone()).await.contains(HR));
@@ -387,7 +392,6 @@ async fn revoking_a_role_or_deleting_a_document_takes_effect_on_the_next_query()
         .json()
         .await
         .unwrap();
-    let _ = alice_pw;
     let hr_doc = docs["documents"].as_array().unwrap();
     // The admin (not in hr) cannot see the HR document, so cannot delete it either.
     assert!(hr_doc.iter().all(|d| d["title"] != "Salary bands 2026"));
