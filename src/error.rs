@@ -168,6 +168,14 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Every upstream failure is the same 502 to the client: which one it was (status,
+/// timeout, garbage) is logged by the client code, never echoed.
+impl From<crate::llm::LlmError> for ApiError {
+    fn from(_: crate::llm::LlmError) -> Self {
+        ApiError::Upstream
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -139,11 +139,7 @@ pub async fn chat_completions(
     let created = crate::timeutil::now_ms() / 1000;
 
     if !req.stream {
-        let completion = s
-            .llm
-            .complete(&prompt, &passages)
-            .await
-            .map_err(|_| ApiError::Upstream)?;
+        let completion = s.llm.complete(&prompt, &passages).await?;
         if let Some(tid) = &thread {
             persist(
                 &s,
@@ -164,11 +160,7 @@ pub async fn chat_completions(
         .into_response());
     }
 
-    let mut upstream = s
-        .llm
-        .stream(&prompt, &passages)
-        .await
-        .map_err(|_| ApiError::Upstream)?;
+    let mut upstream = s.llm.stream(&prompt, &passages).await?;
     let chunk = move |delta: Value, finish: Value| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,

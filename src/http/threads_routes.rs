@@ -141,11 +141,7 @@ pub async fn post_message(
         .prompt(&turn.history, &question, rag::context_block(&passages));
 
     if !req.stream {
-        let completion = s
-            .llm
-            .complete(&prompt, &passages)
-            .await
-            .map_err(|_| ApiError::Upstream)?;
+        let completion = s.llm.complete(&prompt, &passages).await?;
         let msg = s
             .threads
             .finish_turn(&p, &id, completion.content, cites, &client)
@@ -154,11 +150,7 @@ pub async fn post_message(
     }
 
     // Errors before the first byte are still a proper 502; after it, an `error` event.
-    let mut upstream = s
-        .llm
-        .stream(&prompt, &passages)
-        .await
-        .map_err(|_| ApiError::Upstream)?;
+    let mut upstream = s.llm.stream(&prompt, &passages).await?;
     let events = async_stream::stream! {
         let mut full = String::new();
         while let Some(item) = upstream.next().await {
