@@ -13,7 +13,7 @@ use palisade::config::{Config, EmbeddingsKind};
 use palisade::rag::acl_labels;
 use palisade::rag::embed::{Embedder, MiniLm};
 use palisade::secret::SecretString;
-use palisade::store::{Acl, DocumentStore, NewChunk, NewDocument};
+use palisade::store::{Acl, DocumentStore, NewChunk, NewDocument, SearchQuery};
 
 const DIM: usize = 384;
 const ACLS: usize = 20;
@@ -131,7 +131,18 @@ async fn run(n: usize) {
         for q in 0..queries {
             let query = vector(9_000_000 + q as u64);
             let t = Instant::now();
-            let got = store.search_vector(scope, query.clone(), 10).await.unwrap();
+            let got = store
+                .search(
+                    scope,
+                    SearchQuery {
+                        vector: Some(query.clone()),
+                        terms: vec![],
+                        k: 10,
+                    },
+                )
+                .await
+                .unwrap()
+                .vector;
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
             let mut exact: Vec<(f32, usize)> = all
                 .iter()

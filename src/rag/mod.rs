@@ -14,7 +14,9 @@ use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::auth::{AccessScope, PUBLIC_LABEL, Principal, group_label, role_label, user_label};
 use crate::config::{EmbeddingsConfig, EmbeddingsKind, RagConfig};
 use crate::error::ApiError;
-use crate::store::{Acl, ChunkHit, Citation, DocumentRecord, DocumentStore, NewChunk, NewDocument};
+use crate::store::{
+    Acl, ChunkHit, Citation, DocumentRecord, DocumentStore, NewChunk, NewDocument, SearchQuery,
+};
 use embed::{Embedder, HashingEmbedder, MiniLm, OpenAiEmbedder};
 
 /// Reciprocal-rank-fusion constant (Cormack et al.).
@@ -308,17 +310,24 @@ impl Rag {
                     })?
                     .pop()
                     .unwrap_or_default();
-                self.store.search_vector(scope, q, candidates).await?
+                Some(q)
             }
-            None => Vec::new(),
+            None => None,
         };
-        let text = self
+        let rankings = self
             .store
-            .search_text(scope, query_terms(query), candidates)
+            .search(
+                scope,
+                SearchQuery {
+                    vector,
+                    terms: query_terms(query),
+                    k: candidates,
+                },
+            )
             .await?;
 
         let mut fused: HashMap<String, (f64, ChunkHit)> = HashMap::new();
-        for list in [vector, text] {
+        for list in [rankings.vector, rankings.text] {
             for (rank, hit) in list.into_iter().enumerate() {
                 let add = 1.0 / (RRF_K + rank as f64 + 1.0);
                 fused

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::auth::Principal;
-use crate::store::AuditStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{AuditStore, SearchQuery};
 
 fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
     let dir = tempfile::tempdir().unwrap();
@@ -136,9 +136,17 @@ async fn filtered_knn_equals_brute_force_over_the_visible_set() {
     for q in 0..20u64 {
         let query = vector(777_000 + q, dim);
         let got: Vec<String> = s
-            .search_vector(&scope, query.clone(), 10)
+            .search(
+                &scope,
+                SearchQuery {
+                    vector: Some(query.clone()),
+                    terms: vec![],
+                    k: 10,
+                },
+            )
             .await
             .unwrap()
+            .vector
             .into_iter()
             .map(|h| h.chunk_id)
             .collect();

@@ -246,19 +246,14 @@ pub trait ThreadStore: Send + Sync {
         owner: &Principal,
         binding: ThreadBinding,
     ) -> StoreResult<Vec<ThreadRecord>>;
-    async fn thread(
+    /// The thread and all its messages, oldest first; `None` if the thread is not the
+    /// owner's.
+    async fn thread_with_messages(
         &self,
         owner: &Principal,
         binding: ThreadBinding,
         id: &str,
-    ) -> StoreResult<Option<ThreadRecord>>;
-    /// All messages, oldest first; `None` if the thread is not the owner's.
-    async fn messages(
-        &self,
-        owner: &Principal,
-        binding: ThreadBinding,
-        id: &str,
-    ) -> StoreResult<Option<Vec<MessageRecord>>>;
+    ) -> StoreResult<Option<(ThreadRecord, Vec<MessageRecord>)>>;
     async fn append_message(
         &self,
         owner: &Principal,
@@ -345,21 +340,23 @@ pub trait DocumentStore: Send + Sync {
     async fn delete_document(&self, scope: &AccessScope, id: &str) -> StoreResult<bool>;
     /// Whether `scope` can see any document at all (lets retrieval skip embedding).
     async fn any_visible(&self, scope: &AccessScope) -> StoreResult<bool>;
-    /// Exact KNN over the chunks visible in `scope`.
-    async fn search_vector(
-        &self,
-        scope: &AccessScope,
-        query: Vec<f32>,
-        k: usize,
-    ) -> StoreResult<Vec<ChunkHit>>;
-    /// BM25 over the chunks visible in `scope`. `terms` are plain words; the store
-    /// quotes each one, so no query syntax can be injected.
-    async fn search_text(
-        &self,
-        scope: &AccessScope,
-        terms: Vec<String>,
-        k: usize,
-    ) -> StoreResult<Vec<ChunkHit>>;
+    /// Both rankings over the chunks visible in `scope`, resolving the scope once:
+    /// exact KNN for `query.vector` (if any) and BM25 for `query.terms`.
+    async fn search(&self, scope: &AccessScope, query: SearchQuery) -> StoreResult<Rankings>;
+}
+
+pub struct SearchQuery {
+    pub vector: Option<Vec<f32>>,
+    /// Plain words; the store quotes each one, so no FTS5 syntax can be injected.
+    pub terms: Vec<String>,
+    /// Results per ranking.
+    pub k: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Rankings {
+    pub vector: Vec<ChunkHit>,
+    pub text: Vec<ChunkHit>,
 }
 
 #[derive(Debug, Clone, Default)]

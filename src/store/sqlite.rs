@@ -805,32 +805,20 @@ impl ThreadStore for SqliteStore {
         .await
     }
 
-    async fn thread(
+    async fn thread_with_messages(
         &self,
         owner: &Principal,
         binding: ThreadBinding,
         id: &str,
-    ) -> StoreResult<Option<ThreadRecord>> {
-        let o = Owner::of(owner, binding);
-        let id = id.to_owned();
-        self.call(move |c| owned_thread(c, &o, &id).map_err(unavailable))
-            .await
-    }
-
-    async fn messages(
-        &self,
-        owner: &Principal,
-        binding: ThreadBinding,
-        id: &str,
-    ) -> StoreResult<Option<Vec<MessageRecord>>> {
+    ) -> StoreResult<Option<(ThreadRecord, Vec<MessageRecord>)>> {
         let o = Owner::of(owner, binding);
         let id = id.to_owned();
         self.call(move |c| {
             // One transaction: the ownership check and the read see the same state.
             let tx = c.transaction().map_err(unavailable)?;
-            if owned_thread(&tx, &o, &id).map_err(unavailable)?.is_none() {
+            let Some(thread) = owned_thread(&tx, &o, &id).map_err(unavailable)? else {
                 return Ok(None);
-            }
+            };
             let mut stmt = tx
                 .prepare(
                     "SELECT id, role, content, citations, created_at FROM messages
@@ -842,7 +830,7 @@ impl ThreadStore for SqliteStore {
                 .map_err(unavailable)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)?;
-            Ok(Some(rows))
+            Ok(Some((thread, rows)))
         })
         .await
     }
@@ -1209,86 +1197,95 @@ impl DocumentStore for SqliteStore {
             .await
     }
 
-    async fn search_vector(
-        &self,
-        scope: &AccessScope,
-        query: Vec<f32>,
-        k: usize,
-    ) -> StoreResult<Vec<ChunkHit>> {
+    async fn search(&self, scope: &AccessScope, query: SearchQuery) -> StoreResult<Rankings> {
         let scope = scope.clone();
         self.call(move |c| {
             let acls = visible_acls(c, &scope).map_err(unavailable)?;
-            if acls.is_empty() || k == 0 || !vec_table_exists(c, query.len()).map_err(unavailable)? {
-                return Ok(Vec::new());
+            if acls.is_empty() || query.k == 0 {
+                return Ok(Rankings::default());
             }
-            // The ACL is part of the KNN itself: one exact KNN per visible (tenant, ACL)
-            // partition, merged. Each partition returns its own top k, so the merged top
-            // k is exact: no shortfall, whatever fraction of the corpus is visible.
-            let sql = format!(
-                "SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3",
-                vec_table(query.len())
-            );
-            let blob = f32_blob(&query);
-            let mut stmt = c.prepare_cached(&sql).map_err(unavailable)?;
-            let mut ranked: Vec<(i64, f64)> = Vec::new();
-            for acl in &acls {
-                let rows = stmt
-                    .query_map(params![blob, k as i64, acl_part(scope.tenant(), *acl)], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .map_err(unavailable)?;
-                for row in rows {
-                    ranked.push(row.map_err(unavailable)?);
-                }
-            }
-            ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-            ranked.truncate(k);
-            load_hits(c, &ranked).map_err(unavailable)
+            let vector = match &query.vector {
+                Some(v) => knn(c, &scope, &acls, v, query.k).map_err(unavailable)?,
+                None => Vec::new(),
+            };
+            let text = bm25(c, &scope, &acls, &query.terms, query.k).map_err(unavailable)?;
+            Ok(Rankings { vector, text })
         })
         .await
     }
+}
 
-    async fn search_text(
-        &self,
-        scope: &AccessScope,
-        terms: Vec<String>,
-        k: usize,
-    ) -> StoreResult<Vec<ChunkHit>> {
-        let scope = scope.clone();
-        self.call(move |c| {
-            let acls = visible_acls(c, &scope).map_err(unavailable)?;
-            if acls.is_empty() || k == 0 || terms.is_empty() {
-                return Ok(Vec::new());
-            }
-            // Each term becomes a quoted FTS5 string ("" escapes a quote), OR-ed: user
-            // text can never become FTS5 operators, columns or NEAR groups.
-            let match_expr = terms
-                .iter()
-                .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            let sql = format!(
-                "SELECT c.id, bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
-                 WHERE chunks_fts MATCH ?1 AND c.tenant = ?2 AND c.acl_id IN ({})
-                 ORDER BY score LIMIT ?3",
-                placeholders(4, acls.len())
-            );
-            let mut values: Vec<rusqlite::types::Value> = vec![
-                match_expr.into(),
-                scope.tenant().to_owned().into(),
-                (k as i64).into(),
-            ];
-            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
-            let mut stmt = c.prepare(&sql).map_err(unavailable)?;
-            let ranked = stmt
-                .query_map(rusqlite::params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(unavailable)?
-                .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
-                .map_err(unavailable)?;
-            load_hits(c, &ranked).map_err(unavailable)
-        })
-        .await
+/// The ACL is part of the KNN itself: one exact KNN per visible (tenant, ACL) partition,
+/// merged. Each partition returns its own top k, so the merged top k is exact: no
+/// shortfall, whatever fraction of the corpus is visible.
+fn knn(
+    c: &Connection,
+    scope: &AccessScope,
+    acls: &[i64],
+    query: &[f32],
+    k: usize,
+) -> rusqlite::Result<Vec<ChunkHit>> {
+    if !vec_table_exists(c, query.len())? {
+        return Ok(Vec::new());
     }
+    let sql = format!(
+        "SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3",
+        vec_table(query.len())
+    );
+    let blob = f32_blob(query);
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut ranked: Vec<(i64, f64)> = Vec::new();
+    for acl in acls {
+        let rows = stmt.query_map(
+            params![blob, k as i64, acl_part(scope.tenant(), *acl)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        for row in rows {
+            ranked.push(row?);
+        }
+    }
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    load_hits(c, &ranked)
+}
+
+/// BM25 with the tenant and the visible ACL ids in the WHERE clause. Each term becomes a
+/// quoted FTS5 string ("" escapes a quote), OR-ed: user text can never become FTS5
+/// operators, columns or NEAR groups.
+fn bm25(
+    c: &Connection,
+    scope: &AccessScope,
+    acls: &[i64],
+    terms: &[String],
+    k: usize,
+) -> rusqlite::Result<Vec<ChunkHit>> {
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let match_expr = terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let sql = format!(
+        "SELECT c.id, bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
+         WHERE chunks_fts MATCH ?1 AND c.tenant = ?2 AND c.acl_id IN ({})
+         ORDER BY score LIMIT ?3",
+        placeholders(4, acls.len())
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        match_expr.into(),
+        scope.tenant().to_owned().into(),
+        (k as i64).into(),
+    ];
+    values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+    let mut stmt = c.prepare(&sql)?;
+    let ranked = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<(i64, f64)>>>()?;
+    load_hits(c, &ranked)
 }
 
 impl SqliteStore {

@@ -122,12 +122,13 @@ impl Threads {
         id: &str,
         client: &ClientInfo,
     ) -> Result<(ThreadRecord, Vec<MessageRecord>), ApiError> {
-        if id.len() <= MAX_ID_LEN {
-            let thread = self.store.thread(p, self.cfg.binding, id).await?;
-            let messages = self.store.messages(p, self.cfg.binding, id).await?;
-            if let (Some(t), Some(m)) = (thread, messages) {
-                return Ok((t, m));
-            }
+        if id.len() <= MAX_ID_LEN
+            && let Some(found) = self
+                .store
+                .thread_with_messages(p, self.cfg.binding, id)
+                .await?
+        {
+            return Ok(found);
         }
         Err(self.denied(p, id, client).await)
     }
@@ -157,7 +158,11 @@ impl Threads {
         if id.len() > MAX_ID_LEN {
             return Err(self.denied(p, id, client).await);
         }
-        let Some(history) = self.store.messages(p, self.cfg.binding, id).await? else {
+        let Some((_, history)) = self
+            .store
+            .thread_with_messages(p, self.cfg.binding, id)
+            .await?
+        else {
             return Err(self.denied(p, id, client).await);
         };
         let msg = NewMessage {
