@@ -6,7 +6,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::Duration;
 
-use palisade::app::{self, AddUser};
+use palisade::app::{self, ops};
 use palisade::auth::ClientInfo;
 use palisade::auth::keys::Keyring;
 use palisade::auth::password::{hash_password, verify_password_blocking};
@@ -43,13 +43,11 @@ fn verify_with_session(c: &mut Criterion) {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
-    let state = app::build_state(cfg.clone()).unwrap();
     let client = ClientInfo::default();
-    let token = rt.block_on(async {
-        let store = app::open_store(&cfg).unwrap();
-        app::add_user(
-            &store,
-            AddUser {
+    rt.block_on(async {
+        ops::add_user(
+            &cfg,
+            ops::AddUser {
                 username: "alice",
                 password: SecretString::new("correct horse battery".into()),
                 tenant: "acme",
@@ -59,6 +57,9 @@ fn verify_with_session(c: &mut Criterion) {
         )
         .await
         .unwrap();
+    });
+    let state = app::build_state(cfg.clone()).unwrap();
+    let token = rt.block_on(async {
         let issued = state
             .auth
             .login(

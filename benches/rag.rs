@@ -1,22 +1,25 @@
 //! Filtered retrieval at 10k and 100k chunks (384-d): p50/p99 latency of the ACL-filtered
-//! KNN and recall@10 against exact filtered search, for a broad (50%) and a narrow (5%)
-//! scope; plus MiniLM embedding throughput when the model is present.
+//! KNN and recall@10 against exact filtered search, and ingestion time, for
+//! * few ACLs: 20 distinct ACLs, a narrow (5 %) and a broad (50 %) scope;
+//! * many ACLs: 2,000 distinct ACLs (documents shared with different user and group
+//!   lists), a user who sees 1, 100 (5 % of chunks) or 1,000 (50 %) of them;
+//!
+//! plus MiniLM embedding throughput when the model is present.
 //!
 //! Run: `cargo bench --bench rag` (prints a table). Scopes come from real logins, the
 //! only way to obtain one.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use palisade::app::{self, AddUser};
-use palisade::auth::{AccessScope, ClientInfo};
+use palisade::access::{AccessScope, Acl, ClientInfo};
+use palisade::app::{self, ops};
 use palisade::config::{Config, EmbeddingsKind};
-use palisade::rag::acl_labels;
 use palisade::rag::embed::{Embedder, MiniLm};
 use palisade::secret::SecretString;
-use palisade::store::{Acl, DocumentStore, NewChunk, NewDocument, SearchQuery};
+use palisade::store::{NewChunk, NewDocument, SearchQuery, Stores};
 
 const DIM: usize = 384;
-const ACLS: usize = 20;
+const CHUNKS_PER_DOC: usize = 50;
 
 fn vector(seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
@@ -37,20 +40,23 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// A scope obtained the only way there is: a user is created, logs in, and the token is
+/// verified.
 async fn scope_for(
+    cfg: &Config,
     state: &palisade::http::AppState,
-    store: &palisade::store::sqlite::SqliteStore,
     name: &str,
     roles: Vec<String>,
+    groups: Vec<String>,
 ) -> AccessScope {
-    app::add_user(
-        store,
-        AddUser {
+    ops::add_user(
+        cfg,
+        ops::AddUser {
             username: name,
             password: SecretString::new("bench-password-1".into()),
             tenant: "acme",
             roles,
-            groups: vec![],
+            groups,
         },
     )
     .await
@@ -69,27 +75,35 @@ async fn scope_for(
         .access_scope()
 }
 
-async fn run(n: usize) {
+/// A corpus of `n` chunks in documents of 50; `acl_of(doc)` gives each document's ACL
+/// and the ACL index used by the brute-force reference.
+struct Corpus {
+    stores: Stores,
+    state: palisade::http::AppState,
+    cfg: Config,
+    all: Vec<(usize, Vec<f32>)>,
+    ingest: Duration,
+    _dir: tempfile::TempDir,
+}
+
+async fn corpus(n: usize, acl_of: impl Fn(usize) -> (usize, Acl)) -> Corpus {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
     cfg.embeddings.kind = EmbeddingsKind::None;
-    let state = app::build_state(cfg.clone()).unwrap();
-    let store = app::open_store(&cfg).unwrap();
-    let docs = n / 100;
+    cfg.log.level = "warn".into();
+    let stores = app::open_stores(&cfg).unwrap();
+    let state = app::build_state_with(cfg.clone(), stores.clone()).unwrap();
+    let admin = palisade::access::Operator::local_cli().document_admin("acme");
     let t = Instant::now();
     let mut all: Vec<(usize, Vec<f32>)> = Vec::with_capacity(n);
-    for d in 0..docs {
-        let acl_ix = d % ACLS;
-        let acl = Acl {
-            roles: vec![format!("r{acl_ix}")],
-            ..Acl::default()
-        };
-        let chunks: Vec<NewChunk> = (0..100)
+    for d in 0..n / CHUNKS_PER_DOC {
+        let (acl_ix, acl) = acl_of(d);
+        let chunks: Vec<NewChunk> = (0..CHUNKS_PER_DOC)
             .map(|c| {
-                let v = vector((d * 100 + c + 1) as u64);
+                let v = vector((d * CHUNKS_PER_DOC + c + 1) as u64);
                 all.push((acl_ix, v.clone()));
                 NewChunk {
                     id: format!("c{d}-{c}"),
@@ -98,81 +112,187 @@ async fn run(n: usize) {
                 }
             })
             .collect();
-        store
-            .insert_document(NewDocument {
-                id: format!("d{d}"),
-                tenant: "acme".into(),
-                title: format!("doc {d}"),
-                text: "x".into(),
-                labels: acl_labels(&acl),
-                acl,
-                created_by: "bench".into(),
-                chunks,
-            })
-            .await
-            .unwrap();
+        let doc = NewDocument::new(
+            &admin,
+            format!("d{d}"),
+            format!("doc {d}"),
+            "x".into(),
+            acl,
+            chunks,
+            0,
+        )
+        .unwrap();
+        stores.documents.insert_document(doc).await.unwrap();
     }
     let ingest = t.elapsed();
-    let narrow = scope_for(&state, &store, "narrow", vec!["r0".into()]).await;
-    let broad = scope_for(
-        &state,
-        &store,
-        "broad",
-        (0..ACLS / 2).map(|i| format!("r{i}")).collect(),
-    )
-    .await;
-    for (label, scope, visible) in [
-        ("narrow 5%", &narrow, 1usize),
-        ("broad 50%", &broad, ACLS / 2),
-    ] {
-        let mut lat = Vec::new();
-        let mut recall_hits = 0usize;
-        let queries = 50;
-        for q in 0..queries {
-            let query = vector(9_000_000 + q as u64);
-            let t = Instant::now();
-            let got = store
-                .search(
-                    scope,
-                    SearchQuery {
-                        vector: Some(query.clone()),
-                        terms: vec![],
-                        k: 10,
-                    },
-                )
-                .await
-                .unwrap()
-                .vector;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            let mut exact: Vec<(f32, usize)> = all
-                .iter()
-                .enumerate()
-                .filter(|(_, (a, _))| *a < visible)
-                .map(|(i, (_, v))| {
-                    (
-                        1.0 - v.iter().zip(&query).map(|(a, b)| a * b).sum::<f32>(),
-                        i,
-                    )
-                })
-                .collect();
-            exact.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let want: Vec<String> = exact[..10]
-                .iter()
-                .map(|(_, i)| format!("c{}-{}", i / 100, i % 100))
-                .collect();
-            recall_hits += got.iter().filter(|h| want.contains(&h.chunk_id)).count();
-        }
-        lat.sort_by(f64::total_cmp);
-        println!(
-            "{:<8} {:<10} p50 {:>7.2} ms  p99 {:>7.2} ms  recall@10 {:.3}  (ingest {:.1}s)",
-            n,
-            label,
-            pct(&lat, 0.5),
-            pct(&lat, 0.99),
-            recall_hits as f64 / (queries * 10) as f64,
-            ingest.as_secs_f64()
-        );
+    Corpus {
+        stores,
+        state,
+        cfg,
+        all,
+        ingest,
+        _dir: dir,
     }
+}
+
+/// p50, p99 and recall@10 of 50 queries for a scope that sees the ACL indexes for which
+/// `visible` holds.
+async fn measure(
+    c: &Corpus,
+    scope: &AccessScope,
+    visible: impl Fn(usize) -> bool,
+) -> (f64, f64, f64) {
+    let mut lat = Vec::new();
+    let mut recall_hits = 0usize;
+    let queries = 50;
+    for q in 0..queries {
+        let query = vector(9_000_000 + q as u64);
+        let t = Instant::now();
+        let got = c
+            .stores
+            .documents
+            .search(
+                scope,
+                SearchQuery {
+                    vector: Some(query.clone()),
+                    terms: vec![],
+                    k: 10,
+                },
+            )
+            .await
+            .unwrap()
+            .vector;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        let mut exact: Vec<(f32, usize)> = c
+            .all
+            .iter()
+            .enumerate()
+            .filter(|(_, (a, _))| visible(*a))
+            .map(|(i, (_, v))| {
+                (
+                    1.0 - v.iter().zip(&query).map(|(a, b)| a * b).sum::<f32>(),
+                    i,
+                )
+            })
+            .collect();
+        exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let want: Vec<String> = exact[..10.min(exact.len())]
+            .iter()
+            .map(|(_, i)| format!("c{}-{}", i / CHUNKS_PER_DOC, i % CHUNKS_PER_DOC))
+            .collect();
+        recall_hits += got.iter().filter(|h| want.contains(&h.chunk_id)).count();
+    }
+    lat.sort_by(f64::total_cmp);
+    (
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        recall_hits as f64 / (queries * 10) as f64,
+    )
+}
+
+fn row(n: usize, acls: &str, scope: &str, (p50, p99, recall): (f64, f64, f64), ingest: Duration) {
+    println!(
+        "| {n:>7} | {acls:<10} | {scope:<22} | {p50:>7.2} ms | {p99:>7.2} ms | {recall:.3} | {:>5.1} s |",
+        ingest.as_secs_f64()
+    );
+}
+
+/// 20 distinct ACLs: document d readable by role `r{d mod 20}`.
+async fn few_acls(n: usize) {
+    const ACLS: usize = 20;
+    let c = corpus(n, |d| {
+        let ix = d % ACLS;
+        (
+            ix,
+            Acl {
+                roles: vec![format!("r{ix}")],
+                ..Acl::default()
+            },
+        )
+    })
+    .await;
+    let narrow = scope_for(&c.cfg, &c.state, "narrow", vec!["r0".into()], vec![]).await;
+    let broad_roles = (0..ACLS / 2).map(|i| format!("r{i}")).collect();
+    let broad = scope_for(&c.cfg, &c.state, "broad", broad_roles, vec![]).await;
+    row(
+        n,
+        "20",
+        "narrow 5 %",
+        measure(&c, &narrow, |a| a == 0).await,
+        c.ingest,
+    );
+    row(
+        n,
+        "20",
+        "broad 50 %",
+        measure(&c, &broad, |a| a < ACLS / 2).await,
+        c.ingest,
+    );
+}
+
+/// One ACL for everything (the ingestion baseline).
+async fn one_acl(n: usize) {
+    let c = corpus(n, |_| {
+        (
+            0,
+            Acl {
+                roles: vec!["all".into()],
+                ..Acl::default()
+            },
+        )
+    })
+    .await;
+    let all = scope_for(&c.cfg, &c.state, "everyone", vec!["all".into()], vec![]).await;
+    row(
+        n,
+        "1",
+        "all 100 %",
+        measure(&c, &all, |_| true).await,
+        c.ingest,
+    );
+}
+
+/// 2,000 distinct ACLs: ACL i names user `u{i}`, role `b{i/100}` and group `k{i/1000}`,
+/// so one user sees 1, a role holder 100 and a group member 1,000 of them.
+async fn many_acls(n: usize) {
+    const ACLS: usize = 2000;
+    let c = corpus(n, |d| {
+        let ix = d % ACLS;
+        (
+            ix,
+            Acl {
+                users: vec![format!("u{ix}")],
+                roles: vec![format!("b{}", ix / 100)],
+                groups: vec![format!("k{}", ix / 1000)],
+                public: false,
+            },
+        )
+    })
+    .await;
+    let one = scope_for(&c.cfg, &c.state, "u7", vec![], vec![]).await;
+    let hundred = scope_for(&c.cfg, &c.state, "bucket", vec!["b3".into()], vec![]).await;
+    let thousand = scope_for(&c.cfg, &c.state, "half", vec![], vec!["k1".into()]).await;
+    row(
+        n,
+        "2,000",
+        "sees 1 ACL (0.05 %)",
+        measure(&c, &one, |a| a == 7).await,
+        c.ingest,
+    );
+    row(
+        n,
+        "2,000",
+        "sees 100 ACLs (5 %)",
+        measure(&c, &hundred, |a| (300..400).contains(&a)).await,
+        c.ingest,
+    );
+    row(
+        n,
+        "2,000",
+        "sees 1,000 ACLs (50 %)",
+        measure(&c, &thousand, |a| a >= 1000).await,
+        c.ingest,
+    );
 }
 
 async fn embedding_throughput() {
@@ -198,11 +318,23 @@ async fn embedding_throughput() {
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     rt.block_on(async {
-        for n in [10_000, 100_000] {
-            run(n).await;
+        println!("| chunks | ACLs | scope | p50 | p99 | recall@10 | ingest |");
+        println!("|---|---|---|---|---|---|---|");
+        let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
+        if want("few") {
+            for n in [10_000, 100_000] {
+                few_acls(n).await;
+            }
         }
-        embedding_throughput().await;
+        if want("many") {
+            one_acl(100_000).await;
+            many_acls(100_000).await;
+        }
+        if want("embed") {
+            embedding_throughput().await;
+        }
     });
     println!(
         "machine: {} cores, {}",

@@ -1,143 +1,39 @@
 //! Security events: written to the store (queryable by admins) and emitted through
 //! `tracing` under the `audit` target as structured JSON.
 //!
-//! An event carries who, what, and why — never a token, password or key. Reasons are
-//! fixed machine-readable strings, not formatted from request input.
+//! An event carries who, what, why and which request — never a token, password or key.
+//! Reasons are fixed machine-readable strings, not formatted from request input.
 
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use crate::store::AuditStore;
-use crate::timeutil::now_ms;
+use crate::access::Principal;
+pub use crate::store::{AuditEvent, AuditKind};
+use crate::store::{AuditQuery, AuditStore, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditKind {
-    LoginSucceeded,
-    LoginFailed,
-    LoginThrottled,
-    RefreshRotated,
-    RefreshReuseDetected,
-    Logout,
-    SessionRevoked,
-    TokenRejected,
-    UserCreated,
-    UserDisabled,
-    UserEnabled,
-    ThreadAccessDenied,
-    UserAccessChanged,
-    DocumentCreated,
-    DocumentDeleted,
-    Retrieval,
-}
-
-impl AuditKind {
-    pub fn as_str(self) -> &'static str {
-        use AuditKind::*;
-        match self {
-            LoginSucceeded => "login_succeeded",
-            LoginFailed => "login_failed",
-            LoginThrottled => "login_throttled",
-            RefreshRotated => "refresh_rotated",
-            RefreshReuseDetected => "refresh_reuse_detected",
-            Logout => "logout",
-            SessionRevoked => "session_revoked",
-            TokenRejected => "token_rejected",
-            UserCreated => "user_created",
-            UserDisabled => "user_disabled",
-            UserEnabled => "user_enabled",
-            ThreadAccessDenied => "thread_access_denied",
-            UserAccessChanged => "user_access_changed",
-            DocumentCreated => "document_created",
-            DocumentDeleted => "document_deleted",
-            Retrieval => "retrieval",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AuditEvent {
-    /// Unix milliseconds.
-    pub ts: i64,
-    pub kind: AuditKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// The user id the event is about, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    /// The username as given (login failures for unknown users have no subject).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
-    /// A fixed machine-readable reason, e.g. `expired`, `bad_password`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The object the event is about (a thread id), when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource: Option<String>,
-}
-
-impl AuditEvent {
-    pub fn new(kind: AuditKind) -> Self {
-        Self {
-            ts: now_ms(),
-            kind,
-            tenant: None,
-            subject: None,
-            username: None,
-            session_id: None,
-            ip: None,
-            reason: None,
-            resource: None,
-        }
-    }
-    pub fn tenant(mut self, t: impl Into<String>) -> Self {
-        self.tenant = Some(t.into());
-        self
-    }
-    pub fn subject(mut self, s: impl Into<String>) -> Self {
-        self.subject = Some(s.into());
-        self
-    }
-    pub fn username(mut self, u: impl Into<String>) -> Self {
-        // Usernames come from request bodies: bound their size in the trail.
-        let mut u: String = u.into();
-        if u.len() > 128 {
-            let mut cut = 128;
-            while !u.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            u.truncate(cut);
-        }
-        self.username = Some(u);
-        self
-    }
-    pub fn session(mut self, s: impl Into<String>) -> Self {
-        self.session_id = Some(s.into());
-        self
-    }
-    pub fn ip(mut self, ip: Option<std::net::IpAddr>) -> Self {
-        self.ip = ip.map(|i| i.to_string());
-        self
-    }
-    pub fn resource(mut self, r: impl Into<String>) -> Self {
-        self.resource = Some(r.into());
-        self
-    }
-    pub fn reason(mut self, r: &'static str) -> Self {
-        self.reason = Some(r.to_owned());
-        self
-    }
-}
-
-/// The audit sink handed to services.
+/// The audit sink handed to services, and the admins' view of the trail.
 #[derive(Clone)]
 pub struct Audit {
     store: Arc<dyn AuditStore>,
 }
+
+/// Filters an admin may set; the tenant is always the admin's own.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub kind: Option<String>,
+    pub request_id: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("forbidden")]
+    Forbidden,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The role that may read its tenant's audit trail.
+pub const AUDIT_READER_ROLE: &str = "admin";
 
 impl Audit {
     pub fn new(store: Arc<dyn AuditStore>) -> Self {
@@ -157,10 +53,40 @@ impl Audit {
             ip = ev.ip.as_deref(),
             reason = ev.reason.as_deref(),
             resource = ev.resource.as_deref(),
+            request_id = ev.request_id.as_deref(),
             "audit event"
         );
         if let Err(e) = self.store.append(&ev).await {
             tracing::error!(error = %e, kind = ev.kind.as_str(), "failed to persist audit event");
         }
+    }
+
+    /// The admin's own tenant's events, newest first.
+    pub async fn events_for(
+        &self,
+        admin: &Principal,
+        f: AuditFilter,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        if !admin.has_role(AUDIT_READER_ROLE) {
+            return Err(AuditError::Forbidden);
+        }
+        Ok(self
+            .store
+            .query(AuditQuery {
+                tenant: Some(admin.tenant().to_owned()),
+                kind: f.kind,
+                request_id: f.request_id,
+                limit: f.limit.unwrap_or(100).clamp(1, 1000),
+            })
+            .await?)
+    }
+
+    /// Every tenant's events, for the operator's CLI.
+    pub async fn all_events(
+        &self,
+        _op: &crate::access::Operator,
+        q: AuditQuery,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        Ok(self.store.query(q).await?)
     }
 }

@@ -21,6 +21,9 @@ pub struct Config {
     pub public_origin: String,
     /// Tenant given to users created without `--tenant`.
     pub default_tenant: String,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed. Empty:
+    /// the socket's peer address is the client address, whatever headers say.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub store: StoreConfig,
     pub tokens: TokenConfig,
     pub limits: LimitsConfig,
@@ -38,6 +41,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             public_origin: "http://localhost:8080".into(),
             default_tenant: "default".into(),
+            trusted_proxies: Vec::new(),
             store: StoreConfig::default(),
             tokens: TokenConfig::default(),
             limits: LimitsConfig::default(),

@@ -1,17 +1,28 @@
 //! palisade — a zero-trust gateway for LLM chat and RAG applications.
 //!
-//! Data flows one way (see `DESIGN.md`): `http` → `auth` → `store`, with `audit`
-//! recording security events. A lower layer never imports a higher one.
+//! Dependencies point one way (`docs/architecture.md`; `tests/layering.rs` enforces it):
 //!
-//! * [`auth`] turns credentials into a [`auth::Principal`]; nothing else can make one.
-//! * [`store`] holds users, sessions, refresh families and audit events behind small traits.
-//! * [`http`] is the axum face: routes, extractors, cookies, origin checks, limits, headers.
+//! ```text
+//! http ─┬─ chat ─┬─ threads ─┐
+//!       │        ├─ rag ─────┤
+//!       │        └─ llm ─────┤
+//!       ├─ auth ─────────────┼─ audit ─ store ─ access (leaf)
+//!       └─ (threads, rag, audit)
+//! ```
+//!
+//! * [`access`] holds the capability types: `Principal` (made only by [`auth`]),
+//!   `AccessScope`, `ThreadOwner`, `DocumentAdmin`, `Operator`.
+//! * [`store`] is the contract (traits per concern, bundled as `Stores`) and its
+//!   embedded SQLite implementation.
+//! * [`http`] is the axum face and the only place where errors become statuses.
+//! * [`app`] wires everything together for the CLI.
 
+pub mod access;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod chat;
 pub mod config;
-pub mod error;
 pub mod http;
 pub mod llm;
 pub mod rag;

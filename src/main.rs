@@ -10,11 +10,12 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use palisade::app::{self, AddUser, AnyError};
-use palisade::auth::keys::Keyring;
+use palisade::app::ops::{self, AddUser};
+use palisade::app::{self, AnyError};
+use palisade::auth::AccessChange;
 use palisade::config::{CliOverrides, Config};
 use palisade::secret::SecretString;
-use palisade::store::{AuditQuery, AuditStore, UserStore};
+use palisade::store::AuditQuery;
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +83,17 @@ enum DocCmd {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// List every document of a tenant (metadata: id, title, ACL, chunks, added by/at).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Remove a document (with its chunks and vectors); effective on the next query.
+    Rm {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +104,9 @@ enum AuditCmd {
         kind: Option<String>,
         #[arg(long)]
         tenant: Option<String>,
+        /// Only the events of one request (its `x-request-id`).
+        #[arg(long)]
+        request_id: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -128,8 +143,8 @@ enum UserCmd {
 
 #[derive(Subcommand)]
 enum KeysCmd {
-    /// Make a new active token key; tokens minted under the old one verify until they expire.
-    /// A running server picks up the new key at its next start.
+    /// Make a new active token key; tokens minted under the old one verify until they
+    /// expire. A running server picks up the new key at its next start.
     Rotate,
 }
 
@@ -167,6 +182,10 @@ fn main() -> ExitCode {
     }
 }
 
+fn clean(v: Vec<String>) -> Vec<String> {
+    v.into_iter().filter(|x| !x.is_empty()).collect()
+}
+
 async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
     match cmd {
         Cmd::Serve { demo, .. } => app::serve(cfg, demo).await,
@@ -180,21 +199,19 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             let (password, generated) = if password_stdin {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
-                let line = s.lines().next().unwrap_or("").to_owned();
-                (line, false)
+                (s.lines().next().unwrap_or("").to_owned(), false)
             } else {
                 (palisade::secret::random_b64(12), true)
             };
-            let store = app::open_store(&cfg)?;
             let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
-            let rec = app::add_user(
-                &store,
+            let rec = ops::add_user(
+                &cfg,
                 AddUser {
                     username: &name,
                     password: SecretString::new(password.clone()),
                     tenant: &tenant,
-                    roles: roles.into_iter().filter(|r| !r.is_empty()).collect(),
-                    groups: groups.into_iter().filter(|g| !g.is_empty()).collect(),
+                    roles: clean(roles),
+                    groups: clean(groups),
                 },
             )
             .await?;
@@ -208,12 +225,11 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             Ok(())
         }
         Cmd::User(UserCmd::List) => {
-            let store = app::open_store(&cfg)?;
             println!(
                 "{:<24} {:<12} {:<8} {:<30} groups",
                 "username", "tenant", "status", "roles"
             );
-            for u in store.list_users().await? {
+            for u in ops::list_users(&cfg).await? {
                 println!(
                     "{:<24} {:<12} {:<8} {:<30} {}",
                     u.username,
@@ -226,7 +242,11 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             Ok(())
         }
         Cmd::User(UserCmd::Disable { name }) => {
-            app::disable_user(&cfg, &name).await?;
+            let change = AccessChange {
+                disabled: Some(true),
+                ..AccessChange::default()
+            };
+            ops::update_user(&cfg, &name, change).await?;
             println!("disabled {name}; every session of this user is revoked");
             Ok(())
         }
@@ -235,25 +255,12 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             roles,
             groups,
         }) => {
-            let state = app::build_state(cfg.clone())?;
-            let store = app::open_store(&cfg)?;
-            let user = store
-                .user_by_username(&name)
-                .await?
-                .ok_or_else(|| format!("no such user: {name}"))?;
-            let clean = |v: Option<Vec<String>>| {
-                v.map(|v| v.into_iter().filter(|x| !x.is_empty()).collect::<Vec<_>>())
+            let change = AccessChange {
+                roles: roles.map(clean),
+                groups: groups.map(clean),
+                disabled: None,
             };
-            for n in roles.iter().chain(groups.iter()).flatten() {
-                if !n.is_empty() && !app::valid_name(n) {
-                    return Err(format!("invalid name {n:?}").into());
-                }
-            }
-            state
-                .auth
-                .update_access(&user.tenant, &user.id, clean(roles), clean(groups))
-                .await
-                .map_err(|e| format!("could not update {name}: {e}"))?;
+            ops::update_user(&cfg, &name, change).await?;
             println!("updated {name}; every session of this user is revoked");
             Ok(())
         }
@@ -266,64 +273,60 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             public,
             tenant,
         }) => {
-            let text = if file
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("pdf"))
-            {
-                pdf_extract::extract_text(&file).map_err(|e| format!("{}: {e}", file.display()))?
-            } else {
-                std::fs::read_to_string(&file).map_err(|e| {
-                    format!(
-                        "{}: {e} (plain text, Markdown or PDF expected)",
-                        file.display()
-                    )
-                })?
-            };
-            let state = app::build_state(cfg.clone())?;
+            let text = ops::read_document(&file)?;
             let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
-            let acl = palisade::store::Acl {
-                roles,
-                groups,
-                users,
+            let acl = palisade::access::Acl {
+                roles: clean(roles),
+                groups: clean(groups),
+                users: clean(users),
                 public,
             };
-            let doc = state
-                .rag
-                .ingest_into(&tenant, "cli", &title, &text, acl)
-                .await
-                .map_err(|e| format!("could not ingest {}: {e}", file.display()))?;
+            let (doc, embedder) = ops::add_document(&cfg, &tenant, &title, &text, acl).await?;
             println!(
-                "added document {} ({} chunks, embeddings: {})",
-                doc.id,
-                doc.chunk_count,
-                state.rag.embedder_name()
+                "added document {} ({} chunks, embeddings: {embedder})",
+                doc.id, doc.chunk_count
             );
+            Ok(())
+        }
+        Cmd::Doc(DocCmd::List { tenant }) => {
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            for d in ops::list_documents(&cfg, &tenant).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": d.id, "title": d.title, "acl": d.acl, "chunks": d.chunk_count,
+                        "created_by": d.created_by,
+                        "created_at": palisade::timeutil::rfc3339(d.created_at),
+                    })
+                );
+            }
+            Ok(())
+        }
+        Cmd::Doc(DocCmd::Rm { id, tenant }) => {
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            ops::remove_document(&cfg, &tenant, &id).await?;
+            println!("removed document {id} from tenant {tenant}");
             Ok(())
         }
         Cmd::Audit(AuditCmd::List {
             kind,
             tenant,
+            request_id,
             limit,
         }) => {
-            let store = app::open_store(&cfg)?;
-            let events = store
-                .query(AuditQuery {
-                    tenant,
-                    kind,
-                    limit,
-                })
-                .await?;
-            for e in events {
+            let q = AuditQuery {
+                tenant,
+                kind,
+                request_id,
+                limit,
+            };
+            for e in ops::audit_events(&cfg, q).await? {
                 println!("{}", serde_json::to_string(&e)?);
             }
             Ok(())
         }
         Cmd::Keys(KeysCmd::Rotate) => {
-            let path = cfg.keys_path();
-            if !path.exists() {
-                Keyring::load_or_create(&path)?;
-            }
-            let id = Keyring::rotate(&path)?;
+            let id = ops::rotate_keys(&cfg)?;
             println!("new active key {id}; restart running servers to mint with it");
             Ok(())
         }

@@ -1,29 +1,29 @@
-//! `/admin/*`: operations that need the `admin` role, always within the admin's tenant.
+//! `/admin/*`: operations for the `admin` role, always within the admin's own tenant.
+//! The services check the role and carry the tenant into every query.
 
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::extract::{Auth, Json};
-use crate::audit::AuditEvent;
-use crate::auth::Principal;
-use crate::error::ApiError;
-use crate::store::AuditQuery;
+use super::error::ApiError;
+use super::extract::{Auth, Client, Json};
+use crate::audit::{AuditEvent, AuditFilter};
+use crate::auth::AccessChange;
 
-pub const ADMIN_ROLE: &str = "admin";
-
-fn require_admin(p: &Principal) -> Result<(), ApiError> {
-    if p.has_role(ADMIN_ROLE) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
-    }
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/users", get(list_users))
+        .route("/admin/users/{id}", patch(update_user))
+        .route("/admin/audit", get(audit))
 }
 
 #[derive(Deserialize)]
 pub struct AuditParams {
     kind: Option<String>,
+    request_id: Option<String>,
     limit: Option<u32>,
 }
 
@@ -37,54 +37,18 @@ pub async fn audit(
     Auth(p): Auth,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let Query(params) =
-        params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
-    let events = s
-        .audit_log
-        .query(AuditQuery {
-            tenant: Some(p.tenant().to_owned()),
-            kind: params.kind,
-            limit: params.limit.unwrap_or(100).clamp(1, 1000),
-        })
-        .await?;
+    let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
+    let filter = AuditFilter {
+        kind: q.kind,
+        request_id: q.request_id,
+        limit: q.limit,
+    };
+    let events = s.audit.events_for(&p, filter).await?;
     Ok(axum::Json(AuditList { events }).into_response())
 }
 
-#[derive(Serialize)]
-struct UserView {
-    id: String,
-    username: String,
-    tenant: String,
-    roles: Vec<String>,
-    groups: Vec<String>,
-    disabled: bool,
-}
-
-impl From<crate::store::UserRecord> for UserView {
-    fn from(u: crate::store::UserRecord) -> Self {
-        Self {
-            id: u.id,
-            username: u.username,
-            tenant: u.tenant,
-            roles: u.roles,
-            groups: u.groups,
-            disabled: u.disabled,
-        }
-    }
-}
-
-/// The users of the admin's own tenant.
 pub async fn list_users(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let users: Vec<UserView> = s
-        .users
-        .list_users()
-        .await?
-        .into_iter()
-        .filter(|u| u.tenant == p.tenant())
-        .map(Into::into)
-        .collect();
+    let users = s.auth.list_users(&p).await?;
     Ok(axum::Json(serde_json::json!({ "users": users })).into_response())
 }
 
@@ -96,43 +60,19 @@ pub struct UpdateUser {
 }
 
 /// Changes roles, groups or the disabled flag of a user of the admin's tenant. Any
-/// change ends the user's sessions, so no token with the old access survives.
+/// change of access ends the user's sessions.
 pub async fn update_user(
     State(s): State<AppState>,
     Auth(p): Auth,
+    Client(client): Client,
     Path(id): Path<String>,
     Json(req): Json<UpdateUser>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let invalid = req
-        .roles
-        .iter()
-        .chain(req.groups.iter())
-        .flatten()
-        .any(|n| !crate::app::valid_name(n));
-    if invalid {
-        return Err(ApiError::Unprocessable(
-            "Invalid role or group name.".into(),
-        ));
-    }
-    // Another tenant's user is not found, like an unknown one.
-    let Some(user) = s.users.user_by_id(p.tenant(), &id).await? else {
-        return Err(ApiError::NotFound);
+    let change = AccessChange {
+        roles: req.roles,
+        groups: req.groups,
+        disabled: req.disabled,
     };
-    let mut current = user;
-    if req.roles.is_some() || req.groups.is_some() {
-        current = s
-            .auth
-            .update_access(p.tenant(), &id, req.roles, req.groups)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-    }
-    if let Some(disabled) = req.disabled {
-        current = s
-            .auth
-            .set_disabled(&current.username, disabled)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-    }
-    Ok(axum::Json(UserView::from(current)).into_response())
+    let user = s.auth.update_user(&p, &id, change, &client).await?;
+    Ok(axum::Json(user).into_response())
 }

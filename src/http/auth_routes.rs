@@ -1,17 +1,30 @@
 //! `/auth/*`: login, refresh, logout, identity and session management.
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::cookies::{clear_refresh_cookie, read_refresh, refresh_cookie, require_same_origin};
+use super::error::ApiError;
 use super::extract::{Auth, Client, Json, MaybeAuth};
-use crate::auth::IssuedTokens;
-use crate::error::ApiError;
+use crate::auth::{AuthError, IssuedTokens};
 use crate::secret::SecretString;
 use crate::timeutil::rfc3339;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/auth/logout-all", post(logout_all))
+        .route("/auth/me", get(me))
+        .route("/auth/sessions", get(list_sessions))
+        .route("/auth/sessions/{id}", delete(delete_session))
+}
 
 /// Only these two fields are read; anything else in the body (tenant, roles, …) is
 /// ignored and can change nothing (SECURITY #18, #19).
@@ -65,14 +78,20 @@ pub async fn refresh(
     headers: HeaderMap,
 ) -> Result<Response, Response> {
     require_same_origin(&headers, &s.config.public_origin).map_err(IntoResponse::into_response)?;
-    match s.auth.refresh(read_refresh(&headers), &client).await {
+    match s
+        .auth
+        .refresh(read_refresh(&headers).as_deref(), &client)
+        .await
+    {
         Ok(issued) => Ok(token_response(&issued)),
         // A dead token is cleared from the browser; a race loser keeps its cookie
         // because the winner's response is about to replace it.
-        Err(e @ (ApiError::RefreshReused | ApiError::RefreshInvalid)) => {
-            Err(([(header::SET_COOKIE, clear_refresh_cookie())], e).into_response())
-        }
-        Err(e) => Err(e.into_response()),
+        Err(e @ (AuthError::RefreshReused | AuthError::RefreshInvalid)) => Err((
+            [(header::SET_COOKIE, clear_refresh_cookie())],
+            ApiError::from(e),
+        )
+            .into_response()),
+        Err(e) => Err(ApiError::from(e).into_response()),
     }
 }
 
@@ -85,7 +104,7 @@ pub async fn logout(
     require_same_origin(&headers, &s.config.public_origin)?;
     match (principal, read_refresh(&headers)) {
         (Some(p), _) => s.auth.logout(&p, &client).await?,
-        (None, Some(cookie)) => s.auth.logout_with_refresh(cookie, &client).await?,
+        (None, Some(cookie)) => s.auth.logout_with_refresh(&cookie, &client).await?,
         (None, None) => return Err(ApiError::Unauthorized),
     }
     Ok((

@@ -7,7 +7,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 pub const REFRESH_COOKIE: &str = "__Host-palisade_refresh";
 
@@ -24,16 +24,18 @@ pub fn clear_refresh_cookie() -> HeaderValue {
     )
 }
 
-/// The refresh token from the `Cookie` header(s), if any.
-pub fn read_refresh(headers: &HeaderMap) -> Option<&str> {
+/// The refresh token from the `Cookie` header(s), if any. Each `name=value` pair is
+/// parsed on its own (the `cookie` crate), so one malformed or non-ASCII cookie beside
+/// ours cannot make the whole header unreadable and log the user out.
+pub fn read_refresh(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == REFRESH_COOKIE)
-        .map(|(_, value)| value.trim())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
+        .filter_map(|pair| cookie::Cookie::parse(pair.trim()).ok())
+        .find(|c| c.name() == REFRESH_COOKIE)
+        .map(|c| c.value().trim().to_owned())
 }
 
 /// Refuses requests a browser marks as cross-site, or whose `Origin` is not ours.
@@ -91,6 +93,16 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; __Host-palisade_refresh=tok; b=2"),
         );
-        assert_eq!(read_refresh(&h), Some("tok"));
+        assert_eq!(read_refresh(&h).as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn a_non_ascii_cookie_beside_ours_does_not_hide_it() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"theme=d\xc3\xa9j\xe0; __Host-palisade_refresh=tok").unwrap(),
+        );
+        assert_eq!(read_refresh(&h).as_deref(), Some("tok"));
     }
 }

@@ -1,16 +1,28 @@
-//! `/v1/documents` and `/v1/search`: only what the caller may see.
+//! `/v1/documents` and `/v1/search`: readers see only what they may read; holders of
+//! `documents:write` also list (metadata only) and delete every document of their
+//! tenant.
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::extract::{Auth, Json};
-use crate::error::ApiError;
-use crate::store::{Acl, DocumentRecord};
+use super::error::ApiError;
+use super::extract::{Auth, Client, Json};
+use crate::access::Acl;
+use crate::store::{DocumentMeta, DocumentRecord};
 use crate::timeutil::rfc3339;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/documents", post(create).get(list))
+        .route("/v1/documents/{id}", get(get_document).delete(delete))
+        .route("/v1/search", post(search))
+}
 
 #[derive(Deserialize)]
 pub struct CreateDocument {
@@ -23,13 +35,24 @@ fn summary(d: &DocumentRecord) -> serde_json::Value {
     json!({"id": d.id, "title": d.title, "created_at": rfc3339(d.created_at), "chunks": d.chunk_count})
 }
 
+fn meta(d: &DocumentMeta) -> serde_json::Value {
+    json!({
+        "id": d.id, "title": d.title, "created_at": rfc3339(d.created_at), "chunks": d.chunk_count,
+        "acl": d.acl, "created_by": d.created_by,
+    })
+}
+
 pub async fn create(
     State(s): State<AppState>,
     Auth(p): Auth,
+    Client(client): Client,
     Json(req): Json<CreateDocument>,
 ) -> Result<Response, ApiError> {
     // The tenant is the writer's; nothing in the body can choose another.
-    let doc = s.rag.ingest(&p, &req.title, &req.text, req.acl).await?;
+    let doc = s
+        .rag
+        .ingest(&p, &req.title, &req.text, req.acl, &client)
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"id": doc.id, "chunks": doc.chunk_count})),
@@ -37,25 +60,29 @@ pub async fn create(
         .into_response())
 }
 
+/// Readers: the documents they may read. Writers: every document of the tenant, as
+/// metadata (who may read it, who added it) — never the text of one they may not read.
 pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
-    let docs = s.rag.list(&p.access_scope()).await?;
-    Ok(
-        axum::Json(json!({"documents": docs.iter().map(summary).collect::<Vec<_>>()}))
-            .into_response(),
-    )
+    let documents: Vec<serde_json::Value> = if s.rag.admin_of(&p).is_some() {
+        s.rag.manage_list(&p).await?.iter().map(meta).collect()
+    } else {
+        s.rag.list(&p).await?.iter().map(summary).collect()
+    };
+    Ok(axum::Json(json!({ "documents": documents })).into_response())
 }
 
-pub async fn get(
+pub async fn get_document(
     State(s): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let d = s.rag.get(&p.access_scope(), &id).await?;
+    let d = s.rag.get(&p, &id).await?;
     let mut body = summary(&d);
     body["text"] = json!(d.text);
     // Who else may read it is the writers' business only.
-    if s.rag.can_write(&p) {
+    if s.rag.admin_of(&p).is_some() {
         body["acl"] = json!(d.acl);
+        body["created_by"] = json!(d.created_by);
     }
     Ok(axum::Json(body).into_response())
 }
@@ -63,9 +90,10 @@ pub async fn get(
 pub async fn delete(
     State(s): State<AppState>,
     Auth(p): Auth,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.rag.delete(&p, &id).await?;
+    s.rag.delete(&p, &id, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

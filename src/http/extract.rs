@@ -11,11 +11,12 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::AppState;
-use crate::auth::{ClientInfo, Principal};
-use crate::error::ApiError;
+use super::error::ApiError;
+use super::middleware::RequestId;
+use crate::access::{ClientInfo, Principal};
 
 pub struct Json<T>(pub T);
 
@@ -45,29 +46,65 @@ fn map_json_rejection(rej: &JsonRejection) -> ApiError {
     }
 }
 
-/// The peer address and user agent, for throttling and audit. The IP is the socket's;
-/// forwarded-for headers are not trusted.
+/// Where the request came from, computed once per request in one place: the client
+/// address, the user agent and the request id. The address is the socket's; only when
+/// the socket's peer is a configured trusted proxy is `X-Forwarded-For` read (right to
+/// left, skipping trusted proxies), so a client cannot choose the address it is
+/// throttled and audited under.
 pub struct Client(pub ClientInfo);
 
-impl<S: Send + Sync> FromRequestParts<S> for Client {
+impl FromRequestParts<AppState> for Client {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Client(client_info(parts)))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Client(client_info(parts, &state.config.trusted_proxies)))
     }
 }
 
-fn client_info(parts: &Parts) -> ClientInfo {
-    let ip = parts
+fn client_info(parts: &Parts, trusted: &[ipnet::IpNet]) -> ClientInfo {
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    let ip = peer.map(|peer| client_ip(peer, &parts.headers, trusted));
     let user_agent = parts
         .headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(256).collect());
-    ClientInfo { ip, user_agent }
+    let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+    ClientInfo {
+        ip,
+        user_agent,
+        request_id,
+    }
+}
+
+/// The client address behind trusted proxies.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return ip,
+            // A malformed hop: stop trusting the chain here.
+            Err(_) => return peer,
+        }
+    }
+    peer
 }
 
 /// `Authorization: Bearer <token>`, or `None`.
@@ -90,7 +127,7 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let client = client_info(parts);
+        let client = client_info(parts, &state.config.trusted_proxies);
         let p = state
             .auth
             .verify_access(bearer(&parts.headers), &client)
@@ -113,7 +150,7 @@ impl FromRequestParts<AppState> for MaybeAuth {
         match bearer(&parts.headers) {
             None => Ok(MaybeAuth(None)),
             Some(t) => {
-                let client = client_info(parts);
+                let client = client_info(parts, &state.config.trusted_proxies);
                 Ok(MaybeAuth(Some(
                     state.auth.verify_access(Some(t), &client).await?,
                 )))
@@ -145,5 +182,28 @@ mod tests {
         assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
         assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn forwarded_for_is_read_only_behind_a_trusted_proxy() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.0.0.2"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        // The rightmost untrusted hop: what our proxy saw, not what the client wrote.
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("junk, 10.0.0.2"),
+        );
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy);
     }
 }

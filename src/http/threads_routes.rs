@@ -1,20 +1,30 @@
-//! `/v1/threads/*`: the caller's own conversations.
+//! `/v1/threads/*`: the caller's own conversations. Handlers shape the wire format;
+//! the thread and chat services do the work.
 
-use axum::extract::{Path, State};
+use axum::Router;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::convert::Infallible;
 
 use super::AppState;
+use super::error::ApiError;
 use super::extract::{Auth, Client, Json};
-use crate::error::ApiError;
-use crate::rag;
+use crate::chat::{ChatEvent, Conversation};
 use crate::store::{Citation, MessageRecord, ThreadRecord};
 use crate::timeutil::rfc3339;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/threads", post(create).get(list))
+        .route("/v1/threads/{id}", get(get_thread).delete(delete))
+        .route("/v1/threads/{id}/messages", post(post_message))
+}
 
 #[derive(Deserialize, Default)]
 pub struct CreateThread {
@@ -88,20 +98,37 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, 
     Ok(axum::Json(json!({ "threads": threads })).into_response())
 }
 
-pub async fn get(
+#[derive(Deserialize)]
+pub struct PageParams {
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+/// One page of the thread: the newest `limit` messages (default 50) before the cursor
+/// `before`, oldest first; `next` is the cursor for the page before (absent at the
+/// start of the thread).
+pub async fn get_thread(
     State(s): State<AppState>,
     Auth(p): Auth,
     Client(client): Client,
     Path(id): Path<String>,
+    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let (t, messages) = s.threads.get(&p, &id, &client).await?;
-    let messages: Vec<MessageView> = messages.into_iter().map(Into::into).collect();
-    let t = ThreadView::from(t);
-    Ok(axum::Json(json!({
+    let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
+    let page = s
+        .threads
+        .page(&p, &id, q.before.as_deref(), q.limit, &client)
+        .await?;
+    let messages: Vec<MessageView> = page.messages.into_iter().map(Into::into).collect();
+    let t = ThreadView::from(page.thread);
+    let mut body = json!({
         "id": t.id, "title": t.title, "created_at": t.created_at, "updated_at": t.updated_at,
         "messages": messages,
-    }))
-    .into_response())
+    });
+    if let Some(next) = page.next_before {
+        body["next"] = json!(next.to_string());
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 pub async fn delete(
@@ -130,51 +157,37 @@ pub async fn post_message(
     Path(id): Path<String>,
     Json(req): Json<PostMessage>,
 ) -> Result<Response, ApiError> {
-    s.threads.admit(&p)?;
-    // Ownership first: a refused thread gets no retrieval and no model call.
-    let turn = s.threads.begin_turn(&p, &id, req.content, &client).await?;
-    let question = turn.user_message.content.clone();
-    let passages = s.rag.retrieve_for_prompt(&p, &question).await?;
-    let cites = rag::citations(&passages);
-    let prompt = s
-        .threads
-        .prompt(&turn.history, &question, rag::context_block(&passages));
-
+    let conv = Conversation::Thread {
+        id,
+        question: req.content,
+    };
     if !req.stream {
-        let completion = s.llm.complete(&prompt, &passages).await?;
-        let msg = s
-            .threads
-            .finish_turn(&p, &id, completion.content, cites, &client)
-            .await?;
+        let answer = s.chat.complete(&p, conv, &client).await?;
+        let msg = answer.stored.ok_or(ApiError::Internal)?;
         return Ok(axum::Json(json!({ "message": MessageView::from(msg) })).into_response());
     }
-
-    // Errors before the first byte are still a proper 502; after it, an `error` event.
-    let mut upstream = s.llm.stream(&prompt, &passages).await?;
-    let events = async_stream::stream! {
-        let mut full = String::new();
-        while let Some(item) = upstream.next().await {
-            match item {
-                Ok(delta) => {
-                    full.push_str(&delta);
-                    yield Ok::<_, Infallible>(Event::default().event("delta").data(json!({"content": delta}).to_string()));
-                }
-                Err(_) => {
-                    yield Ok(error_event(&ApiError::Upstream));
-                    return;
-                }
-            }
-        }
-        // Stored only when the answer is complete; a client that disconnected dropped
-        // this stream (and the upstream request) before reaching here.
-        match s.threads.finish_turn(&p, &id, full, cites, &client).await {
-            Ok(msg) => {
-                yield Ok(Event::default().event("citations").data(json!({"citations": msg.citations}).to_string()));
-                yield Ok(Event::default().event("done").data(json!({"message": MessageView::from(msg)}).to_string()));
-            }
-            Err(e) => yield Ok(error_event(&e)),
-        }
-    };
+    let events = s.chat.stream(&p, conv, &client).await?.flat_map(|ev| {
+        let out: Vec<Event> = match ev {
+            ChatEvent::Delta(d) => vec![
+                Event::default()
+                    .event("delta")
+                    .data(json!({"content": d}).to_string()),
+            ],
+            ChatEvent::Done(answer) => match answer.stored {
+                Some(msg) => vec![
+                    Event::default()
+                        .event("citations")
+                        .data(json!({"citations": msg.citations}).to_string()),
+                    Event::default()
+                        .event("done")
+                        .data(json!({"message": MessageView::from(msg)}).to_string()),
+                ],
+                None => vec![error_event(&ApiError::Internal)],
+            },
+            ChatEvent::Failed(e) => vec![error_event(&ApiError::from(e))],
+        };
+        futures_util::stream::iter(out.into_iter().map(Ok::<_, Infallible>))
+    });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

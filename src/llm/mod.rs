@@ -4,6 +4,7 @@
 //! Failures are reduced to an [`LlmError`] kind: the upstream's body, headers and API key
 //! never reach a client or a log line.
 
+pub mod extractive;
 pub mod openai;
 
 use futures_util::stream::BoxStream;
@@ -78,7 +79,7 @@ impl Llm {
         match self {
             Llm::OpenAi(c) => c.complete(messages).await,
             Llm::Extractive => Ok(Completion {
-                content: crate::rag::extractive_answer(passages),
+                content: extractive::answer(passages),
             }),
         }
     }
@@ -91,7 +92,7 @@ impl Llm {
         match self {
             Llm::OpenAi(c) => c.stream(messages).await,
             Llm::Extractive => {
-                let answer = crate::rag::extractive_answer(passages);
+                let answer = extractive::answer(passages);
                 Ok(Box::pin(futures_util::stream::once(
                     async move { Ok(answer) },
                 )))

@@ -1,15 +1,23 @@
-//! The one error type of the HTTP face, mapped to statuses in one place.
+//! The one error type of the HTTP face: every service error becomes a status, a code
+//! and a message here, and nowhere else.
 //!
 //! Messages are fixed strings chosen here, never formatted from inputs, tokens or
-//! internal errors: an error body cannot echo a secret it never saw (SECURITY #29;
-//! LiteLLM #18731). Internal causes are logged server-side, without secrets.
+//! internal errors: an error body cannot echo a secret it never saw (peers have shipped
+//! error bodies that echoed API keys). Internal causes are logged server-side, without
+//! secrets.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::audit::AuditError;
+use crate::auth::AuthError;
+use crate::chat::ChatError;
+use crate::llm::LlmError;
+use crate::rag::RagError;
 use crate::store::StoreError;
+use crate::threads::ThreadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -115,7 +123,7 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> String {
+    pub fn public_message(&self) -> String {
         use ApiError::*;
         match self {
             InvalidCredentials => "Invalid username or password.".into(),
@@ -150,7 +158,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = json!({"error": {"code": self.code(), "message": self.message()}});
+        let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
         let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {
@@ -170,12 +178,13 @@ impl IntoResponse for ApiError {
 
 /// Every upstream failure is the same 502 to the client: which one it was (status,
 /// timeout, garbage) is logged by the client code, never echoed.
-impl From<crate::llm::LlmError> for ApiError {
-    fn from(_: crate::llm::LlmError) -> Self {
+impl From<LlmError> for ApiError {
+    fn from(_: LlmError) -> Self {
         ApiError::Upstream
     }
 }
 
+/// Any store failure on a request path fails closed: 503, with the cause logged.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -184,6 +193,78 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %other, "store failure");
                 ApiError::Unavailable
             }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidCredentials => ApiError::InvalidCredentials,
+            AuthError::Unauthorized => ApiError::Unauthorized,
+            AuthError::RefreshReused => ApiError::RefreshReused,
+            AuthError::RefreshInvalid => ApiError::RefreshInvalid,
+            AuthError::RefreshInProgress => ApiError::RefreshInProgress,
+            AuthError::Throttled { retry_after_secs } => {
+                ApiError::TooManyRequests { retry_after_secs }
+            }
+            AuthError::Forbidden => ApiError::Forbidden,
+            AuthError::NotFound => ApiError::NotFound,
+            AuthError::Invalid(m) => ApiError::Unprocessable(m.to_owned()),
+            AuthError::Mint => {
+                tracing::error!("token minting failed");
+                ApiError::Internal
+            }
+            AuthError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<ThreadError> for ApiError {
+    fn from(e: ThreadError) -> Self {
+        match e {
+            ThreadError::NotFound => ApiError::NotFound,
+            ThreadError::LimitReached => ApiError::ThreadLimit,
+            ThreadError::Full => ApiError::ThreadFull,
+            ThreadError::MessageTooLong => ApiError::MessageTooLong,
+            ThreadError::Invalid(m) => ApiError::Unprocessable(m.to_owned()),
+            ThreadError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<RagError> for ApiError {
+    fn from(e: RagError) -> Self {
+        match e {
+            RagError::Forbidden => ApiError::Forbidden,
+            RagError::NotFound => ApiError::NotFound,
+            RagError::Invalid(m) => ApiError::Unprocessable(m),
+            RagError::TooLarge => ApiError::PayloadTooLarge,
+            RagError::Embedding => ApiError::Unavailable,
+            RagError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::RateLimited { retry_after_secs } => {
+                ApiError::TooManyRequests { retry_after_secs }
+            }
+            ChatError::Invalid(m) => ApiError::Unprocessable(m.to_owned()),
+            ChatError::Thread(t) => t.into(),
+            ChatError::Rag(r) => r.into(),
+            ChatError::Llm(l) => l.into(),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Forbidden => ApiError::Forbidden,
+            AuditError::Store(s) => s.into(),
         }
     }
 }

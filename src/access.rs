@@ -1,0 +1,309 @@
+//! Who may do what: the capability types every lower layer takes. A leaf module: it
+//! imports nothing else of palisade, so the store, the services and the HTTP face can
+//! all depend on it without a cycle.
+//!
+//! * [`Principal`] — a verified caller. Made only by `auth` after a token verified and
+//!   its session was found live (`tests/layering.rs` keeps it that way).
+//! * [`AccessScope`] — what a principal may retrieve: a tenant and visibility labels.
+//!   Made only from a `Principal`; the only filter retrieval accepts.
+//! * [`ThreadOwner`] — the key of every thread query: (tenant, owner[, session]).
+//! * [`DocumentAdmin`] — the `documents:write` capability over one tenant: list every
+//!   document's metadata, ingest, delete. Made from a principal holding a writer role,
+//!   or by the operator's CLI ([`Operator`]).
+//! * [`Acl`] and [`Labels`] — a document's ACL and the visibility labels derived from it
+//!   (by [`Labels::of`] only: labels are never passed in separately).
+
+use serde::{Deserialize, Serialize};
+
+/// A verified caller. Exists only after a token was verified and its session found live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    tenant: String,
+    subject: String,
+    username: String,
+    roles: Vec<String>,
+    groups: Vec<String>,
+    session_id: String,
+}
+
+impl Principal {
+    /// Only the token verifier calls this (`auth`); nothing else may mint identities.
+    pub(crate) fn verified(
+        tenant: String,
+        subject: String,
+        username: String,
+        roles: Vec<String>,
+        groups: Vec<String>,
+        session_id: String,
+    ) -> Self {
+        Self {
+            tenant,
+            subject,
+            username,
+            roles,
+            groups,
+            session_id,
+        }
+    }
+
+    /// For the crate's own unit tests, which need principals without a running server.
+    #[cfg(test)]
+    pub(crate) fn for_tests(tenant: &str, username: &str, roles: &[&str], groups: &[&str]) -> Self {
+        Self::verified(
+            tenant.into(),
+            format!("id-{username}"),
+            username.into(),
+            roles.iter().map(|s| s.to_string()).collect(),
+            groups.iter().map(|s| s.to_string()).collect(),
+            "test-session".into(),
+        )
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+    pub fn roles(&self) -> &[String] {
+        &self.roles
+    }
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// What this principal may retrieve: its tenant and its visibility labels, all taken
+    /// from the verified token. The only way to make an [`AccessScope`].
+    pub fn access_scope(&self) -> AccessScope {
+        let mut labels = Vec::with_capacity(2 + self.roles.len() + self.groups.len());
+        labels.push(PUBLIC_LABEL.to_owned());
+        labels.push(user_label(&self.username));
+        labels.extend(self.roles.iter().map(|r| role_label(r)));
+        labels.extend(self.groups.iter().map(|g| group_label(g)));
+        labels.sort();
+        labels.dedup();
+        AccessScope {
+            tenant: self.tenant.clone(),
+            labels,
+        }
+    }
+
+    /// The key of this principal's thread queries under `strict` (session) binding or not.
+    pub fn thread_owner(&self, strict: bool) -> ThreadOwner {
+        ThreadOwner {
+            tenant: self.tenant.clone(),
+            user: self.subject.clone(),
+            session: self.session_id.clone(),
+            strict,
+        }
+    }
+
+    /// The `documents:write` capability over this principal's own tenant, if it holds
+    /// one of `writer_roles`.
+    pub fn document_admin(&self, writer_roles: &[String]) -> Option<DocumentAdmin> {
+        writer_roles
+            .iter()
+            .any(|r| self.has_role(r))
+            .then(|| DocumentAdmin {
+                tenant: self.tenant.clone(),
+                actor: self.subject.clone(),
+            })
+    }
+}
+
+/// A document readable by everyone in its tenant carries this label.
+pub const PUBLIC_LABEL: &str = "public";
+
+pub fn role_label(role: &str) -> String {
+    format!("role:{role}")
+}
+pub fn group_label(group: &str) -> String {
+    format!("group:{group}")
+}
+pub fn user_label(username: &str) -> String {
+    format!("user:{username}")
+}
+
+/// The retrieval filter of one caller: a tenant and a set of visibility labels. A chunk
+/// is visible iff it is in the tenant and its document's ACL shares a label with the
+/// scope. No public constructor: see [`Principal::access_scope`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessScope {
+    tenant: String,
+    labels: Vec<String>,
+}
+
+impl AccessScope {
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The in-code re-check applied to every retrieved chunk before it may enter a
+    /// prompt or a response. An empty label list permits nothing.
+    pub fn permits(&self, tenant: &str, acl_labels: &[String]) -> bool {
+        tenant == self.tenant && acl_labels.iter().any(|l| self.labels.contains(l))
+    }
+}
+
+/// The ownership key of a thread: every thread query carries it next to the id.
+/// The creating session is always recorded; `strict` (session binding) also requires
+/// it on every read and write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadOwner {
+    tenant: String,
+    user: String,
+    session: String,
+    strict: bool,
+}
+
+impl ThreadOwner {
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+    /// The session that creates threads under this key.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+    /// The session every query must match, under strict binding only.
+    pub fn required_session(&self) -> Option<&str> {
+        self.strict.then_some(self.session.as_str())
+    }
+}
+
+/// The `documents:write` capability over one tenant: ingest, list every document's
+/// metadata (not its text), delete any document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentAdmin {
+    tenant: String,
+    actor: String,
+}
+
+impl DocumentAdmin {
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    /// Who acts: a user id, or `cli` for the operator.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+}
+
+/// The operator at the machine: the CLI, which works on the store directly and may act
+/// in any tenant. Made by `app`'s CLI operations (and benchmarks), never on an HTTP path:
+/// `tests/layering.rs` fails if anything under `src/http` names it.
+#[derive(Debug)]
+pub struct Operator(());
+
+impl Operator {
+    pub fn local_cli() -> Self {
+        Operator(())
+    }
+
+    pub fn document_admin(&self, tenant: &str) -> DocumentAdmin {
+        DocumentAdmin {
+            tenant: tenant.to_owned(),
+            actor: "cli".to_owned(),
+        }
+    }
+}
+
+/// Who may read a document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acl {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// The sorted, de-duplicated visibility labels of an [`Acl`]; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels(Vec<String>);
+
+impl Labels {
+    /// The labels `acl` grants, or `None` if it names nobody (which must never become
+    /// "everybody").
+    pub fn of(acl: &Acl) -> Option<Labels> {
+        let mut labels: Vec<String> = acl
+            .roles
+            .iter()
+            .map(|r| role_label(r))
+            .chain(acl.groups.iter().map(|g| group_label(g)))
+            .chain(acl.users.iter().map(|u| user_label(u)))
+            .collect();
+        if acl.public {
+            labels.push(PUBLIC_LABEL.to_owned());
+        }
+        labels.sort();
+        labels.dedup();
+        (!labels.is_empty()).then_some(Labels(labels))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acls_naming_nobody_have_no_labels() {
+        assert_eq!(Labels::of(&Acl::default()), None);
+        let hr = Acl {
+            roles: vec!["hr".into()],
+            ..Acl::default()
+        };
+        assert_eq!(Labels::of(&hr).unwrap().as_slice(), ["role:hr"]);
+    }
+
+    #[test]
+    fn an_empty_scope_permits_nothing() {
+        let p = Principal::for_tests("acme", "nora", &[], &[]);
+        let s = p.access_scope();
+        assert!(!s.permits("acme", &[]));
+        assert!(!s.permits("acme", &["role:hr".into()]));
+        assert!(s.permits("acme", &["public".into()]));
+        assert!(!s.permits("globex", &["public".into()]));
+    }
+
+    #[test]
+    fn only_writer_roles_make_a_document_admin() {
+        let writers = vec!["admin".to_owned()];
+        let alice = Principal::for_tests("acme", "alice", &["employee"], &[]);
+        assert!(alice.document_admin(&writers).is_none());
+        let adam = Principal::for_tests("acme", "adam", &["admin"], &[]);
+        assert_eq!(adam.document_admin(&writers).unwrap().tenant(), "acme");
+    }
+}
+
+/// Where a request came from, for throttling and audit: the client address (the
+/// socket's, or from `X-Forwarded-For` only behind a trusted proxy), its user agent
+/// and the request id every log line and audit event of the request carries.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<std::net::IpAddr>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}

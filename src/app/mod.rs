@@ -1,0 +1,145 @@
+//! Wiring: build the stores and services from a [`Config`] and run the server
+//! (`mod.rs`); the operations behind the CLI subcommands (`ops.rs`); the demo tenant
+//! (`demo.rs`). The CLI binary is a thin parser over these.
+
+mod demo;
+pub mod ops;
+
+use axum::serve::ListenerExt;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::audit::Audit;
+use crate::auth::AuthService;
+use crate::auth::keys::Keyring;
+use crate::chat::ChatService;
+use crate::config::{Config, LogFormat};
+use crate::http::{AppState, router};
+use crate::llm::Llm;
+use crate::rag::{Rag, embedder_from_config};
+use crate::store::Stores;
+use crate::threads::Threads;
+
+pub use demo::{DEMO_TENANT, demo_documents};
+
+pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+pub fn init_tracing(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Creates `data_dir` (0700) and opens the configured stores.
+pub fn open_stores(cfg: &Config) -> Result<Stores, AnyError> {
+    ensure_data_dir(&cfg.data_dir)?;
+    Ok(Stores::open(&cfg.store, &cfg.data_dir)?)
+}
+
+fn ensure_data_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    Ok(())
+}
+
+/// Everything a running gateway needs, built from the configuration.
+pub fn build_state(cfg: Config) -> Result<AppState, AnyError> {
+    let stores = open_stores(&cfg)?;
+    build_state_with(cfg, stores)
+}
+
+/// The services over already-opened stores (tests and the conformance suite use this).
+pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyError> {
+    let keys = Keyring::load_or_create(&cfg.keys_path())?;
+    let audit = Audit::new(stores.audit.clone());
+    let auth = AuthService::new(
+        &cfg,
+        stores.users.clone(),
+        stores.sessions.clone(),
+        keys,
+        audit.clone(),
+    );
+    let threads = Arc::new(Threads::new(
+        stores.threads.clone(),
+        cfg.threads.clone(),
+        audit.clone(),
+    ));
+    let llm = Arc::new(Llm::from_config(&cfg.llm)?);
+    let embedder = embedder_from_config(&cfg.embeddings)?;
+    let rag = Arc::new(Rag::new(
+        stores.documents.clone(),
+        embedder,
+        cfg.rag.clone(),
+        audit.clone(),
+    ));
+    let chat = ChatService::new(
+        threads.clone(),
+        rag.clone(),
+        llm,
+        cfg.llm.system_prompt.clone(),
+        cfg.threads.history_budget_tokens,
+        cfg.threads.chat_requests_per_minute,
+    );
+    Ok(AppState {
+        config: Arc::new(cfg),
+        auth: Arc::new(auth),
+        threads,
+        chat: Arc::new(chat),
+        rag,
+        audit,
+        health: stores.health,
+    })
+}
+
+pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
+    let listen = cfg.listen;
+    let state = build_state(cfg.clone())?;
+    if demo {
+        demo::seed(&cfg, &state).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "palisade listening");
+    // Tests and scripts read this line to find an ephemeral port.
+    println!("palisade listening on http://{local}");
+    let _ = std::io::stdout().flush();
+    // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and
+    // delayed ACKs add ~40 ms per event.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    tracing::info!("palisade stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

@@ -1,0 +1,151 @@
+//! The operations behind the CLI subcommands. They act as the [`Operator`] — the person
+//! at the machine — through the same services as the server, on the same store, so
+//! every rule (validation, audit, revocation) applies to them too. A running server
+//! sees a revocation made here within `tokens.session_cache_ttl`.
+
+use std::path::Path;
+
+use super::{AnyError, open_stores};
+use crate::access::{Acl, ClientInfo, Operator};
+use crate::audit::{Audit, AuditEvent};
+use crate::auth::keys::Keyring;
+use crate::auth::{AccessChange, AuthService, NewAccount, UserView};
+use crate::config::Config;
+use crate::rag::{Rag, embedder_from_config};
+use crate::secret::SecretString;
+use crate::store::{AuditQuery, DocumentMeta, DocumentRecord, UserRecord};
+
+fn auth_service(cfg: &Config) -> Result<AuthService, AnyError> {
+    let stores = open_stores(cfg)?;
+    let keys = Keyring::load_or_create(&cfg.keys_path())?;
+    let audit = Audit::new(stores.audit.clone());
+    Ok(AuthService::new(
+        cfg,
+        stores.users,
+        stores.sessions,
+        keys,
+        audit,
+    ))
+}
+
+fn rag_service(cfg: &Config) -> Result<Rag, AnyError> {
+    let stores = open_stores(cfg)?;
+    let embedder = embedder_from_config(&cfg.embeddings)?;
+    Ok(Rag::new(
+        stores.documents,
+        embedder,
+        cfg.rag.clone(),
+        Audit::new(stores.audit),
+    ))
+}
+
+pub struct AddUser<'a> {
+    pub username: &'a str,
+    pub password: SecretString,
+    pub tenant: &'a str,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+pub async fn add_user(cfg: &Config, u: AddUser<'_>) -> Result<UserRecord, AnyError> {
+    let rec = auth_service(cfg)?
+        .create_user(
+            &Operator::local_cli(),
+            NewAccount {
+                username: u.username,
+                password: u.password,
+                tenant: u.tenant,
+                roles: u.roles,
+                groups: u.groups,
+            },
+        )
+        .await
+        .map_err(|e| format!("could not add {}: {e}", u.username))?;
+    Ok(rec)
+}
+
+pub async fn list_users(cfg: &Config) -> Result<Vec<UserRecord>, AnyError> {
+    Ok(auth_service(cfg)?.all_users(&Operator::local_cli()).await?)
+}
+
+/// Changes a user's access (or disables them); every session of theirs ends.
+pub async fn update_user(
+    cfg: &Config,
+    username: &str,
+    change: AccessChange,
+) -> Result<UserView, AnyError> {
+    auth_service(cfg)?
+        .operator_update(&Operator::local_cli(), username, change)
+        .await
+        .map_err(|e| match e {
+            crate::auth::AuthError::NotFound => format!("no such user: {username}").into(),
+            other => AnyError::from(format!("could not update {username}: {other}")),
+        })
+}
+
+/// Reads a plain-text, Markdown or PDF file.
+pub fn read_document(file: &Path) -> Result<String, AnyError> {
+    if file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("pdf"))
+    {
+        Ok(pdf_extract::extract_text(file).map_err(|e| format!("{}: {e}", file.display()))?)
+    } else {
+        Ok(std::fs::read_to_string(file).map_err(|e| {
+            format!(
+                "{}: {e} (plain text, Markdown or PDF expected)",
+                file.display()
+            )
+        })?)
+    }
+}
+
+/// Ingests a document into `tenant`, with the embedder's name for the report.
+pub async fn add_document(
+    cfg: &Config,
+    tenant: &str,
+    title: &str,
+    text: &str,
+    acl: Acl,
+) -> Result<(DocumentRecord, String), AnyError> {
+    let rag = rag_service(cfg)?;
+    let admin = Operator::local_cli().document_admin(tenant);
+    let doc = rag
+        .ingest_as(&admin, title, text, acl, &ClientInfo::default())
+        .await
+        .map_err(|e| format!("could not ingest {title:?}: {e}"))?;
+    Ok((doc, rag.embedder_name().to_owned()))
+}
+
+pub async fn list_documents(cfg: &Config, tenant: &str) -> Result<Vec<DocumentMeta>, AnyError> {
+    let rag = rag_service(cfg)?;
+    let admin = Operator::local_cli().document_admin(tenant);
+    Ok(rag.list_as(&admin).await?)
+}
+
+pub async fn remove_document(cfg: &Config, tenant: &str, id: &str) -> Result<(), AnyError> {
+    let rag = rag_service(cfg)?;
+    let admin = Operator::local_cli().document_admin(tenant);
+    rag.delete_as(&admin, id, &ClientInfo::default())
+        .await
+        .map_err(|e| match e {
+            crate::rag::RagError::NotFound => format!("no document {id} in tenant {tenant}").into(),
+            other => AnyError::from(other.to_string()),
+        })
+}
+
+pub async fn audit_events(cfg: &Config, q: AuditQuery) -> Result<Vec<AuditEvent>, AnyError> {
+    let stores = open_stores(cfg)?;
+    Ok(Audit::new(stores.audit)
+        .all_events(&Operator::local_cli(), q)
+        .await?)
+}
+
+/// Makes a new active token key; returns its id.
+pub fn rotate_keys(cfg: &Config) -> Result<String, AnyError> {
+    let path = cfg.keys_path();
+    if !path.exists() {
+        Keyring::load_or_create(&path)?;
+    }
+    Ok(Keyring::rotate(&path)?)
+}

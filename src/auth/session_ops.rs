@@ -1,0 +1,304 @@
+//! Login, refresh, logout and the user's own sessions.
+
+use super::tokens::AccessClaims;
+use super::{AuthError, AuthService, ClientInfo, IssuedTokens, Principal};
+use crate::audit::{AuditEvent, AuditKind};
+use crate::secret::{RefreshToken, SecretString, new_id};
+use crate::store::{NewSession, RotateOutcome, RotateRequest, SessionRecord, UserRecord};
+use crate::timeutil::now_ms;
+
+impl AuthService {
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &SecretString,
+        client: &ClientInfo,
+    ) -> Result<IssuedTokens, AuthError> {
+        let user_key = username.to_lowercase();
+        let ip_key = client.ip.map(|i| i.to_string()).unwrap_or_default();
+        let throttled = self
+            .ip_throttle
+            .check(&ip_key)
+            .and_then(|()| self.user_throttle.check(&user_key));
+        if let Err(retry_after_secs) = throttled {
+            self.audit
+                .record(
+                    AuditEvent::new(AuditKind::LoginThrottled)
+                        .username(username)
+                        .client(client),
+                )
+                .await;
+            return Err(AuthError::Throttled { retry_after_secs });
+        }
+        self.ip_throttle.hit(&ip_key);
+
+        let user = self.users.user_by_username(username).await?;
+        let password_ok = self
+            .passwords
+            .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
+            .await;
+        let failure = match &user {
+            None => Some("unknown_user"),
+            Some(_) if !password_ok => Some("bad_password"),
+            Some(u) if u.disabled => Some("disabled"),
+            Some(_) => None,
+        };
+        let user = match (failure, user) {
+            (None, Some(u)) => u,
+            (reason, user) => {
+                self.user_throttle.hit(&user_key);
+                let mut ev = AuditEvent::new(AuditKind::LoginFailed)
+                    .username(username)
+                    .client(client)
+                    .reason(reason.unwrap_or("unknown_user"));
+                if let Some(u) = user {
+                    ev = ev.tenant(u.tenant).subject(u.id);
+                }
+                self.audit.record(ev).await;
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        self.user_throttle.reset(&user_key);
+
+        // Mint before persisting: if minting failed, no orphan session would remain.
+        let now = now_ms();
+        let session_id = new_id();
+        let absolute_expires_at = now.saturating_add(self.absolute_ttl_ms);
+        let refresh = RefreshToken::generate();
+        let refresh_hash = refresh.hash();
+        let issued = self.issue(&user, &session_id, absolute_expires_at, refresh, now)?;
+        let session = self
+            .sessions
+            .create_session(NewSession {
+                id: session_id,
+                tenant: user.tenant.clone(),
+                user_id: user.id.clone(),
+                now,
+                absolute_expires_at,
+                user_agent: client.user_agent.clone(),
+                refresh_hash,
+            })
+            .await?;
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::LoginSucceeded)
+                    .tenant(&user.tenant)
+                    .subject(&user.id)
+                    .username(&user.username)
+                    .session(&session.id)
+                    .client(client),
+            )
+            .await;
+        Ok(issued)
+    }
+
+    fn issue(
+        &self,
+        user: &UserRecord,
+        session_id: &str,
+        absolute_expires_at: i64,
+        refresh: RefreshToken,
+        now: i64,
+    ) -> Result<IssuedTokens, AuthError> {
+        let access_token = self
+            .tokens
+            .mint(&AccessClaims {
+                subject: user.id.clone(),
+                username: user.username.clone(),
+                tenant: user.tenant.clone(),
+                roles: user.roles.clone(),
+                groups: user.groups.clone(),
+                session_id: session_id.to_owned(),
+            })
+            .map_err(|_| AuthError::Mint)?;
+        Ok(IssuedTokens {
+            access_token,
+            expires_in: self.tokens.access_ttl().as_secs(),
+            session_id: session_id.to_owned(),
+            refresh,
+            refresh_max_age: ((absolute_expires_at - now) / 1000).max(0),
+        })
+    }
+
+    /// Rotates a refresh token. Reuse of a rotated one revokes the session.
+    pub async fn refresh(
+        &self,
+        presented: Option<&str>,
+        client: &ClientInfo,
+    ) -> Result<IssuedTokens, AuthError> {
+        let Some(presented) = presented.and_then(RefreshToken::parse) else {
+            return Err(AuthError::RefreshInvalid);
+        };
+        let replacement = RefreshToken::generate();
+        let now = now_ms();
+        let outcome = self
+            .sessions
+            .rotate_refresh(RotateRequest {
+                presented: presented.hash(),
+                replacement: replacement.hash(),
+                now,
+                grace_ms: self.grace_ms,
+                idle_ttl_ms: self.idle_ttl_ms,
+            })
+            .await?;
+        match outcome {
+            RotateOutcome::Rotated { session } => {
+                self.cache.invalidate(&session.id).await;
+                // Fresh roles and groups on every refresh, and a disabled user gets
+                // nothing even if revoking their sessions has not happened yet.
+                let user = self
+                    .users
+                    .user_by_id(&session.tenant, &session.user_id)
+                    .await?
+                    .filter(|u| !u.disabled)
+                    .ok_or(AuthError::RefreshInvalid)?;
+                let issued = self.issue(
+                    &user,
+                    &session.id,
+                    session.absolute_expires_at,
+                    replacement,
+                    now,
+                )?;
+                self.audit
+                    .record(
+                        AuditEvent::new(AuditKind::RefreshRotated)
+                            .tenant(&session.tenant)
+                            .subject(&session.user_id)
+                            .session(&session.id)
+                            .client(client),
+                    )
+                    .await;
+                Ok(issued)
+            }
+            RotateOutcome::InProgress => Err(AuthError::RefreshInProgress),
+            RotateOutcome::Reused { session } => {
+                self.cache.invalidate(&session.id).await;
+                self.audit
+                    .record(
+                        AuditEvent::new(AuditKind::RefreshReuseDetected)
+                            .tenant(&session.tenant)
+                            .subject(&session.user_id)
+                            .session(&session.id)
+                            .client(client)
+                            .reason("rotated_token_presented"),
+                    )
+                    .await;
+                Err(AuthError::RefreshReused)
+            }
+            RotateOutcome::Invalid => Err(AuthError::RefreshInvalid),
+        }
+    }
+
+    /// Revokes the caller's current session.
+    pub async fn logout(&self, p: &Principal, client: &ClientInfo) -> Result<(), AuthError> {
+        self.revoke_own(p, p.session_id(), "logout", client).await
+    }
+
+    /// Logout with only the refresh cookie (the access token may have expired).
+    pub async fn logout_with_refresh(
+        &self,
+        presented: &str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
+        let Some(token) = RefreshToken::parse(presented) else {
+            return Ok(());
+        };
+        if let Some(s) = self.sessions.session_for_refresh(token.hash()).await?
+            && s.revoked_at.is_none()
+        {
+            self.sessions
+                .revoke_session(&s.tenant, &s.user_id, &s.id, "logout", now_ms())
+                .await?;
+            self.cache.invalidate(&s.id).await;
+            self.audit
+                .record(
+                    AuditEvent::new(AuditKind::Logout)
+                        .tenant(&s.tenant)
+                        .subject(&s.user_id)
+                        .session(&s.id)
+                        .client(client),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Revokes one of the caller's own sessions. Another user's id is indistinguishable
+    /// from an unknown one: `NotFound`.
+    pub async fn revoke_own(
+        &self,
+        p: &Principal,
+        session_id: &str,
+        reason: &'static str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
+        let revoked = self
+            .sessions
+            .revoke_session(p.tenant(), p.subject(), session_id, reason, now_ms())
+            .await?;
+        if !revoked {
+            return Err(AuthError::NotFound);
+        }
+        self.cache.invalidate(session_id).await;
+        let kind = if reason == "logout" {
+            AuditKind::Logout
+        } else {
+            AuditKind::SessionRevoked
+        };
+        self.audit
+            .record(
+                AuditEvent::new(kind)
+                    .tenant(p.tenant())
+                    .subject(p.subject())
+                    .session(session_id)
+                    .client(client)
+                    .reason(reason),
+            )
+            .await;
+        Ok(())
+    }
+
+    pub async fn logout_all(&self, p: &Principal, client: &ClientInfo) -> Result<(), AuthError> {
+        self.end_all_sessions(p.tenant(), p.subject(), "logout_all", client)
+            .await
+    }
+
+    /// Revokes every session of (tenant, user), evicts them from the cache and records
+    /// each revocation.
+    pub(super) async fn end_all_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        reason: &'static str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
+        let ids = self
+            .sessions
+            .revoke_user_sessions(tenant, user_id, reason, now_ms())
+            .await?;
+        self.cache.invalidate_many(&ids).await;
+        for sid in &ids {
+            self.audit
+                .record(
+                    AuditEvent::new(AuditKind::SessionRevoked)
+                        .tenant(tenant)
+                        .subject(user_id)
+                        .session(sid)
+                        .client(client)
+                        .reason(reason),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    pub async fn sessions_of(&self, p: &Principal) -> Result<Vec<SessionRecord>, AuthError> {
+        let now = now_ms();
+        let mut list = self
+            .sessions
+            .list_sessions(p.tenant(), p.subject(), now)
+            .await?;
+        list.retain(|s| s.is_live(now, self.idle_ttl_ms));
+        Ok(list)
+    }
+}

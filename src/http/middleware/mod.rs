@@ -1,0 +1,11 @@
+//! Middleware, one concern per file.
+
+mod headers;
+mod limits;
+mod request_id;
+
+pub use headers::security_headers;
+pub use limits::limits;
+pub use request_id::{
+    REQUEST_ID_HEADER, RequestId, expose_request_id, request_id_layers, sanitize_inbound,
+};

@@ -1,0 +1,535 @@
+//! The store contract, as tests any backend must pass. They run over `&Stores`, opened
+//! for the store kind named by `PALISADE_TEST_STORE` (`embedded`, the default, or
+//! `cluster`), so a new backend adds an implementation, not a copy of the tests.
+//! Time is injected (`now` arguments), never slept.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::access::{AccessScope, Operator, Principal};
+use crate::config::{StoreConfig, StoreKind};
+use crate::secret::{RefreshToken, new_id};
+
+struct Opened {
+    stores: Stores,
+    _dir: tempfile::TempDir,
+}
+
+fn open() -> Opened {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kind = match std::env::var("PALISADE_TEST_STORE").as_deref() {
+        Ok("cluster") => StoreKind::Cluster,
+        _ => StoreKind::Embedded,
+    };
+    let cfg = StoreConfig {
+        kind,
+        ..StoreConfig::default()
+    };
+    let stores = Stores::open(&cfg, dir.path()).expect("open the stores under test");
+    Opened { stores, _dir: dir }
+}
+
+const T0: i64 = 1_800_000_000_000;
+const DAY: i64 = 86_400_000;
+
+async fn user(s: &Stores, tenant: &str, name: &str) -> UserRecord {
+    s.users
+        .create_user(NewUser {
+            id: new_id(),
+            tenant: tenant.into(),
+            username: format!("{name}-{}", new_id()),
+            password_hash: "$argon2id$test".into(),
+            roles: vec!["employee".into()],
+            groups: vec![],
+            now: T0,
+        })
+        .await
+        .expect("create user")
+}
+
+async fn session(s: &Stores, u: &UserRecord, refresh: &RefreshToken, now: i64) -> SessionRecord {
+    s.sessions
+        .create_session(NewSession {
+            id: new_id(),
+            tenant: u.tenant.clone(),
+            user_id: u.id.clone(),
+            now,
+            absolute_expires_at: now + 30 * DAY,
+            user_agent: None,
+            refresh_hash: refresh.hash(),
+        })
+        .await
+        .expect("create session")
+}
+
+fn rotate(presented: &RefreshToken, now: i64) -> RotateRequest {
+    RotateRequest {
+        presented: presented.hash(),
+        replacement: RefreshToken::generate().hash(),
+        now,
+        grace_ms: 5_000,
+        idle_ttl_ms: 7 * DAY,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_rotations_of_one_token_have_exactly_one_winner() {
+    let o = open();
+    let u = user(&o.stores, "acme", "alice").await;
+    let rt = RefreshToken::generate();
+    session(&o.stores, &u, &rt, T0).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = o.stores.sessions.clone();
+        let req = rotate(&rt, T0 + 1000);
+        tasks.push(tokio::spawn(async move { s.rotate_refresh(req).await }));
+    }
+    let (mut won, mut raced) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            RotateOutcome::Rotated { .. } => won += 1,
+            RotateOutcome::InProgress => raced += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((won, raced), (1, 19));
+}
+
+#[tokio::test]
+async fn reuse_after_the_grace_window_revokes_and_lifetimes_end_sessions() {
+    let o = open();
+    let s = &o.stores;
+    let u = user(s, "acme", "alice").await;
+    let rt = RefreshToken::generate();
+    let sess = session(s, &u, &rt, T0).await;
+    assert!(matches!(
+        s.sessions
+            .rotate_refresh(rotate(&rt, T0 + 1))
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated { .. }
+    ));
+    // Presented again a minute later: theft.
+    assert!(matches!(
+        s.sessions
+            .rotate_refresh(rotate(&rt, T0 + 60_000))
+            .await
+            .unwrap(),
+        RotateOutcome::Reused { .. }
+    ));
+    let after = s.sessions.session(&sess.id).await.unwrap().unwrap();
+    assert!(!after.is_live(T0 + 60_001, 7 * DAY));
+
+    // Idle timeout: no refresh for longer than the idle TTL ends the session.
+    let rt2 = RefreshToken::generate();
+    let idle = session(s, &u, &rt2, T0).await;
+    assert!(matches!(
+        s.sessions
+            .rotate_refresh(rotate(&rt2, T0 + 8 * DAY))
+            .await
+            .unwrap(),
+        RotateOutcome::Invalid
+    ));
+    assert!(!idle.is_live(T0 + 8 * DAY, 7 * DAY));
+    // Absolute lifetime, however recently refreshed.
+    let abs = session(s, &u, &RefreshToken::generate(), T0).await;
+    assert!(abs.is_live(T0 + DAY, 7 * DAY));
+    assert!(!abs.is_live(T0 + 31 * DAY, 365 * DAY));
+}
+
+fn principal(tenant: &str, name: &str) -> Principal {
+    Principal::for_tests(tenant, name, &["employee"], &[])
+}
+
+fn msg(content: &str, role: Role, now: i64) -> NewMessage {
+    NewMessage {
+        id: new_id(),
+        role,
+        content: content.into(),
+        citations: vec![],
+        now,
+    }
+}
+
+async fn thread(s: &Stores, owner: &crate::access::ThreadOwner) -> String {
+    let id = new_id();
+    let created = s
+        .threads
+        .create_thread(
+            owner,
+            NewThread {
+                id: id.clone(),
+                title: "t".into(),
+                now: T0,
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(created, CreateThread::Created(_)));
+    id
+}
+
+#[tokio::test]
+async fn nobody_but_the_owner_reads_or_writes_a_thread() {
+    let o = open();
+    let s = &o.stores;
+    let alice = principal("acme", "alice").thread_owner(false);
+    let id = thread(s, &alice).await;
+    let mallory = principal("acme", "mallory").thread_owner(false);
+    let eve = principal("globex", "alice").thread_owner(false);
+    for other in [&mallory, &eve] {
+        assert!(
+            s.threads
+                .thread_page(other, &id, None, 10)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            s.threads
+                .begin_turn(
+                    other,
+                    &id,
+                    msg("hi", Role::User, T0),
+                    10,
+                    HistoryBudget(100)
+                )
+                .await
+                .unwrap(),
+            TurnStart::NotFound
+        ));
+        assert!(matches!(
+            s.threads
+                .append_message(other, &id, msg("x", Role::Assistant, T0), 10)
+                .await
+                .unwrap(),
+            Append::NotFound
+        ));
+        assert!(!s.threads.delete_thread(other, &id).await.unwrap());
+        assert!(s.threads.list_threads(other).await.unwrap().is_empty());
+    }
+    // Strict binding: the same user from another session is a stranger.
+    let mut p2 = principal("acme", "alice");
+    p2 = Principal::verified(
+        p2.tenant().into(),
+        p2.subject().into(),
+        p2.username().into(),
+        vec![],
+        vec![],
+        "another-session".into(),
+    );
+    let strict_other = p2.thread_owner(true);
+    assert!(
+        s.threads
+            .thread_page(&strict_other, &id, None, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.threads
+            .thread_page(&p2.thread_owner(false), &id, None, 10)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Nothing was written by any of the attempts.
+    let page = s
+        .threads
+        .thread_page(&alice, &id, None, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.thread.message_count, 0);
+    assert!(page.messages.is_empty());
+}
+
+#[tokio::test]
+async fn limits_hold_and_history_is_bounded_by_the_budget() {
+    let o = open();
+    let s = &o.stores;
+    let alice = principal("acme", "alice").thread_owner(false);
+    let id = thread(s, &alice).await;
+    // Thread count limit.
+    for _ in 0..9 {
+        thread(s, &alice).await;
+    }
+    let eleventh = s
+        .threads
+        .create_thread(
+            &alice,
+            NewThread {
+                id: new_id(),
+                title: "x".into(),
+                now: T0,
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(eleventh, CreateThread::LimitReached));
+    // 30 messages of ~100 tokens each.
+    let long = "word ".repeat(80);
+    for i in 0..30 {
+        let r = s
+            .threads
+            .append_message(
+                &alice,
+                &id,
+                msg(&format!("{i} {long}"), Role::User, T0 + i),
+                31,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r, Append::Appended(_)));
+    }
+    // A budget of ~3.5 messages returns the newest 3, oldest first.
+    let budget = HistoryBudget(3 * threads::approx_tokens(&format!("29 {long}")) + 50);
+    let TurnStart::Started { history, message } = s
+        .threads
+        .begin_turn(&alice, &id, msg("q", Role::User, T0 + 100), 31, budget)
+        .await
+        .unwrap()
+    else {
+        panic!("turn refused");
+    };
+    assert_eq!(message.seq, 31);
+    let firsts: Vec<&str> = history
+        .iter()
+        .map(|m| m.content.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(firsts, ["27", "28", "29"]);
+    // The thread is now full.
+    assert!(matches!(
+        s.threads
+            .begin_turn(&alice, &id, msg("q", Role::User, T0), 31, budget)
+            .await
+            .unwrap(),
+        TurnStart::Full
+    ));
+}
+
+#[tokio::test]
+async fn pages_join_up_to_the_whole_thread() {
+    let o = open();
+    let s = &o.stores;
+    let alice = principal("acme", "alice").thread_owner(false);
+    let id = thread(s, &alice).await;
+    for i in 0..23 {
+        s.threads
+            .append_message(&alice, &id, msg(&format!("m{i}"), Role::User, T0 + i), 100)
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .threads
+            .thread_page(&alice, &id, before, 5)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(page.messages.len() <= 5);
+        let mut contents: Vec<String> = page.messages.into_iter().map(|m| m.content).collect();
+        contents.extend(seen);
+        seen = contents;
+        match page.next_before {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..23).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, expected);
+}
+
+fn acl_roles(r: &str) -> Acl {
+    Acl {
+        roles: vec![r.into()],
+        ..Acl::default()
+    }
+}
+
+async fn ingest(s: &Stores, tenant: &str, title: &str, text: &str, acl: Acl) -> String {
+    let admin = Operator::local_cli().document_admin(tenant);
+    let id = new_id();
+    let doc = NewDocument::new(
+        &admin,
+        id.clone(),
+        title.into(),
+        text.into(),
+        acl,
+        vec![NewChunk {
+            id: new_id(),
+            text: text.into(),
+            embedding: None,
+        }],
+        T0,
+    )
+    .unwrap();
+    s.documents.insert_document(doc).await.unwrap();
+    id
+}
+
+async fn search(s: &Stores, scope: &AccessScope, q: &str) -> Vec<String> {
+    s.documents
+        .search(
+            scope,
+            SearchQuery {
+                vector: None,
+                terms: q.split(' ').map(str::to_owned).collect(),
+                k: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .text
+        .into_iter()
+        .map(|h| h.document_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn retrieval_returns_everything_visible_and_nothing_else() {
+    let o = open();
+    let s = &o.stores;
+    let public = ingest(
+        s,
+        "acme",
+        "handbook",
+        "salary policy overview",
+        Acl {
+            public: true,
+            ..Acl::default()
+        },
+    )
+    .await;
+    let hr = ingest(
+        s,
+        "acme",
+        "bands",
+        "salary bands confidential",
+        acl_roles("hr"),
+    )
+    .await;
+    let other = ingest(s, "globex", "bands", "salary bands globex", acl_roles("hr")).await;
+
+    let hannah = Principal::for_tests("acme", "hannah", &["hr"], &[]).access_scope();
+    let mut got = search(s, &hannah, "salary").await;
+    got.sort();
+    let mut want = vec![public.clone(), hr.clone()];
+    want.sort();
+    assert_eq!(got, want, "recall: everything visible");
+    let nora = Principal::for_tests("acme", "nora", &[], &[]).access_scope();
+    assert_eq!(
+        search(s, &nora, "salary").await,
+        std::slice::from_ref(&public)
+    );
+    let eve = Principal::for_tests("globex", "eve", &["hr"], &[]).access_scope();
+    assert_eq!(
+        search(s, &eve, "salary").await,
+        std::slice::from_ref(&other)
+    );
+
+    // The document admin lists every document of its tenant, readable or not, and
+    // deletes one; the next search no longer finds it. Another tenant's admin cannot.
+    let acme_admin = Operator::local_cli().document_admin("acme");
+    let globex_admin = Operator::local_cli().document_admin("globex");
+    let listed: Vec<String> = s
+        .documents
+        .list_all_documents(&acme_admin)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&hr) && !listed.contains(&other));
+    assert!(
+        !s.documents
+            .delete_document(&globex_admin, &hr)
+            .await
+            .unwrap()
+    );
+    assert!(s.documents.delete_document(&acme_admin, &hr).await.unwrap());
+    assert_eq!(search(s, &hannah, "salary").await, [public]);
+    assert!(s.documents.document(&hannah, &hr).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn audit_events_are_kept_per_tenant_and_request() {
+    let o = open();
+    let s = &o.stores;
+    let mut ev = AuditEvent::new(AuditKind::Retrieval).tenant("acme");
+    ev.request_id = Some("req-1".into());
+    s.audit.append(&ev).await.unwrap();
+    s.audit
+        .append(&AuditEvent::new(AuditKind::Retrieval).tenant("globex"))
+        .await
+        .unwrap();
+    let acme = s
+        .audit
+        .query(AuditQuery {
+            tenant: Some("acme".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(acme.len(), 1);
+    let by_req = s
+        .audit
+        .query(AuditQuery {
+            request_id: Some("req-1".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_req.len(), 1);
+    assert_eq!(by_req[0].tenant.as_deref(), Some("acme"));
+    s.health.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_caller_never_receives_someone_elses_reply() {
+    // Cancel many reads and writes mid-flight; every completed call must still see
+    // exactly its own data.
+    let o = open();
+    let s = Arc::new(o.stores.clone());
+    let mut owners = Vec::new();
+    for i in 0..8 {
+        let owner = principal("acme", &format!("u{i}")).thread_owner(false);
+        let id = thread(&s, &owner).await;
+        s.threads
+            .append_message(
+                &owner,
+                &id,
+                msg(&format!("secret-{i}"), Role::User, T0),
+                100,
+            )
+            .await
+            .unwrap();
+        owners.push((owner, id, format!("secret-{i}")));
+    }
+    for round in 0..50u64 {
+        let mut tasks = Vec::new();
+        for (owner, id, secret) in owners.iter().cloned() {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let page = s.threads.thread_page(&owner, &id, None, 10);
+                // Some calls are abandoned after a few microseconds.
+                if round % 3 == 0 {
+                    let _ = tokio::time::timeout(std::time::Duration::from_micros(50), page).await;
+                    return;
+                }
+                let page = page.await.unwrap().unwrap();
+                assert!(page.messages.iter().all(|m| m.content == secret));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}

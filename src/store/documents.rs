@@ -1,0 +1,154 @@
+//! Documents and retrieval. Every read takes an [`AccessScope`] that is part of the
+//! SQL of the KNN and BM25 queries themselves (tenant partition + visible ACL ids),
+//! never a filter applied after ranking. Management (ingest, list every document's
+//! metadata, delete) takes a [`DocumentAdmin`].
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+use crate::access::{AccessScope, Acl, DocumentAdmin, Labels};
+
+/// A document ready to be stored. Its tenant comes from the [`DocumentAdmin`] and its
+/// labels from its ACL: neither can be passed in separately.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    id: String,
+    tenant: String,
+    created_by: String,
+    title: String,
+    text: String,
+    acl: Acl,
+    labels: Labels,
+    chunks: Vec<NewChunk>,
+    now: i64,
+}
+
+impl NewDocument {
+    /// `None` if the ACL names nobody.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        admin: &DocumentAdmin,
+        id: String,
+        title: String,
+        text: String,
+        acl: Acl,
+        chunks: Vec<NewChunk>,
+        now: i64,
+    ) -> Option<NewDocument> {
+        let labels = Labels::of(&acl)?;
+        Some(NewDocument {
+            id,
+            tenant: admin.tenant().to_owned(),
+            created_by: admin.actor().to_owned(),
+            title,
+            text,
+            acl,
+            labels,
+            chunks,
+            now,
+        })
+    }
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    pub fn created_by(&self) -> &str {
+        &self.created_by
+    }
+    pub fn title(&self) -> &str {
+        &self.title
+    }
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+    pub fn acl(&self) -> &Acl {
+        &self.acl
+    }
+    pub fn labels(&self) -> &[String] {
+        self.labels.as_slice()
+    }
+    pub fn chunks(&self) -> &[NewChunk] {
+        &self.chunks
+    }
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    pub id: String,
+    pub text: String,
+    /// Absent when no embedder is configured (BM25 only).
+    pub embedding: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DocumentRecord {
+    pub id: String,
+    pub title: String,
+    pub text: String,
+    pub acl: Acl,
+    pub created_at: i64,
+    pub created_by: String,
+    pub chunk_count: u32,
+}
+
+/// What a document administrator sees of any document of the tenant: never its text.
+#[derive(Debug, Clone)]
+pub struct DocumentMeta {
+    pub id: String,
+    pub title: String,
+    pub acl: Acl,
+    pub created_at: i64,
+    pub created_by: String,
+    pub chunk_count: u32,
+}
+
+/// A retrieved chunk, with what the in-code re-check needs.
+#[derive(Debug, Clone)]
+pub struct ChunkHit {
+    pub chunk_id: String,
+    pub document_id: String,
+    pub title: String,
+    pub text: String,
+    pub tenant: String,
+    pub labels: Vec<String>,
+    /// Rank-specific score: L2 distance of unit vectors (vector) or BM25 (text); lower
+    /// is better. Replaced by the fused score after fusion.
+    pub score: f64,
+}
+
+pub struct SearchQuery {
+    pub vector: Option<Vec<f32>>,
+    /// Plain words; the store quotes each one, so no query syntax can be injected.
+    pub terms: Vec<String>,
+    /// Results per ranking.
+    pub k: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Rankings {
+    pub vector: Vec<ChunkHit>,
+    pub text: Vec<ChunkHit>,
+}
+
+#[async_trait]
+pub trait DocumentStore: Send + Sync {
+    /// Inserts a document with all its chunks (and vectors) atomically.
+    async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord>;
+    /// The documents `scope` may read, newest first.
+    async fn list_documents(&self, scope: &AccessScope) -> StoreResult<Vec<DocumentRecord>>;
+    async fn document(&self, scope: &AccessScope, id: &str) -> StoreResult<Option<DocumentRecord>>;
+    /// Every document of the administrator's tenant, metadata only, newest first.
+    async fn list_all_documents(&self, admin: &DocumentAdmin) -> StoreResult<Vec<DocumentMeta>>;
+    /// Deletes a document of the administrator's tenant with its chunks and vectors.
+    async fn delete_document(&self, admin: &DocumentAdmin, id: &str) -> StoreResult<bool>;
+    /// Whether `scope` can see any document at all (lets retrieval skip embedding).
+    async fn any_visible(&self, scope: &AccessScope) -> StoreResult<bool>;
+    /// Both rankings over the chunks visible in `scope`, resolving the scope once:
+    /// exact KNN for `query.vector` (if any) and BM25 for `query.terms`.
+    async fn search(&self, scope: &AccessScope, query: SearchQuery) -> StoreResult<Rankings>;
+}

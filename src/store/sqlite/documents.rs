@@ -1,0 +1,508 @@
+//! Documents, chunks, vectors (sqlite-vec) and BM25 (FTS5) in SQLite.
+//!
+//! An ACL is stored once per distinct label set (`acls`); a chunk carries its
+//! document's `acl_id`, so the visibility filter is a set of integers inside the KNN and
+//! BM25 queries, resolved from the caller's labels once per search.
+//!
+//! Vectors live in one vec0 table per dimension, partitioned by (tenant, ACL) and
+//! carrying the `acl_id` as metadata. Two exact plans, chosen by how many partitions
+//! the caller may see:
+//! * few: one KNN per visible partition, merged — reads only what the caller may see;
+//! * many: one KNN over the tenant's partitions with `acl_id IN (…)` evaluated by vec0
+//!   while it ranks — one pass instead of hundreds of tiny ones.
+//!
+//! Both return the exact top k of the visible set (no post-filter shortfall).
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{SqliteStore, placeholders};
+use crate::access::{AccessScope, DocumentAdmin};
+use crate::store::{
+    ChunkHit, DocumentMeta, DocumentRecord, DocumentStore, NewDocument, Rankings, SearchQuery,
+    StoreResult,
+};
+
+/// Vectors per vec0 storage chunk. vec0 allocates whole chunks per partition, so with
+/// the default (1024) a tenant with 2,000 small ACL partitions holds 2,000 mostly empty
+/// 1.5 MiB blobs, and a KNN over 100 of them reads 150 MiB (BENCHMARKS.md). 64 keeps the
+/// waste per partition small and the per-chunk overhead of big partitions low.
+pub const VEC_CHUNK_SIZE: usize = 64;
+
+/// Up to this many visible partitions, search them one by one; above, one filtered scan.
+const PER_PARTITION_MAX: usize = 48;
+
+/// The vec0 partition of a (tenant, ACL) pair.
+fn acl_part(tenant: &str, acl_id: i64) -> String {
+    format!("{tenant}/{acl_id}")
+}
+
+/// The range of partition keys of one tenant: `tenant/` … `tenant0` (`'0'` follows `'/'`).
+fn tenant_parts(tenant: &str) -> (String, String) {
+    (format!("{tenant}/"), format!("{tenant}0"))
+}
+
+/// The vector table for one embedding dimension (created on first use). Vectors are
+/// L2-normalised, so vec0's L2 distance (which has a SIMD kernel) ranks like cosine.
+fn vec_table(dim: usize) -> String {
+    format!("vectors_{dim}")
+}
+
+fn ensure_vec_table(c: &Connection, dim: usize) -> rusqlite::Result<()> {
+    c.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING vec0(
+            chunk_id INTEGER PRIMARY KEY,
+            embedding float[{dim}],
+            acl_part TEXT partition key,
+            acl_id INTEGER,
+            chunk_size={VEC_CHUNK_SIZE}
+        )",
+        vec_table(dim)
+    ))
+}
+
+fn vec_tables(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'vectors_[0-9]*'
+         AND sql LIKE 'CREATE VIRTUAL TABLE%'",
+    )?;
+    stmt.query_map([], |r| r.get(0))?.collect()
+}
+
+fn vec_table_exists(c: &Connection, dim: usize) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT COUNT(*) FROM sqlite_master WHERE name = ?1")?
+        .query_row([vec_table(dim)], |r| r.get::<_, i64>(0))
+        .map(|n| n > 0)
+}
+
+/// The ACL ids whose label sets intersect the scope's labels, in the scope's tenant.
+/// The labels travel as one bound JSON parameter, never as SQL text.
+fn visible_acls(c: &Connection, scope: &AccessScope) -> rusqlite::Result<Vec<i64>> {
+    if scope.labels().is_empty() {
+        return Ok(Vec::new());
+    }
+    let labels = serde_json::to_string(scope.labels()).unwrap_or_else(|_| "[]".into());
+    let mut stmt = c.prepare_cached(
+        "SELECT DISTINCT a.id FROM acls a JOIN acl_labels l ON l.acl_id = a.id
+         WHERE a.tenant = ?1 AND l.label IN (SELECT value FROM json_each(?2))
+         ORDER BY a.id",
+    )?;
+    let ids = stmt
+        .query_map(params![scope.tenant(), labels], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+fn acl_id_for(c: &Connection, tenant: &str, labels: &[String]) -> rusqlite::Result<i64> {
+    let canonical = serde_json::to_string(labels).unwrap_or_else(|_| "[]".into());
+    if let Some(id) = c
+        .prepare_cached("SELECT id FROM acls WHERE tenant = ?1 AND labels = ?2")?
+        .query_row(params![tenant, canonical], |r| r.get(0))
+        .optional()?
+    {
+        return Ok(id);
+    }
+    c.execute(
+        "INSERT INTO acls (tenant, labels) VALUES (?1, ?2)",
+        params![tenant, canonical],
+    )?;
+    let id = c.last_insert_rowid();
+    for l in labels {
+        c.execute(
+            "INSERT INTO acl_labels (acl_id, label) VALUES (?1, ?2)",
+            params![id, l],
+        )?;
+    }
+    Ok(id)
+}
+
+fn f32_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+const DOC_COLS: &str = "id, title, body, acl, created_at, created_by, chunk_count";
+
+fn doc_row(r: &Row<'_>) -> rusqlite::Result<DocumentRecord> {
+    let acl: String = r.get(3)?;
+    Ok(DocumentRecord {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        text: r.get(2)?,
+        acl: serde_json::from_str(&acl).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        created_at: r.get(4)?,
+        created_by: r.get(5)?,
+        chunk_count: r.get(6)?,
+    })
+}
+
+const META_COLS: &str = "id, title, acl, created_at, created_by, chunk_count";
+
+fn meta_row(r: &Row<'_>) -> rusqlite::Result<DocumentMeta> {
+    let acl: String = r.get(2)?;
+    Ok(DocumentMeta {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        acl: serde_json::from_str(&acl).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        created_at: r.get(3)?,
+        created_by: r.get(4)?,
+        chunk_count: r.get(5)?,
+    })
+}
+
+/// Loads hits by internal chunk id, keeping the given order and scores.
+fn load_hits(c: &Connection, ranked: &[(i64, f64)]) -> rusqlite::Result<Vec<ChunkHit>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT c.public_id, c.document_id, d.title, c.text, c.tenant, a.labels
+         FROM chunks c JOIN documents d ON d.id = c.document_id JOIN acls a ON a.id = c.acl_id
+         WHERE c.id = ?1",
+    )?;
+    let mut out = Vec::with_capacity(ranked.len());
+    for (id, score) in ranked {
+        if let Some(hit) = stmt
+            .query_row([id], |r| {
+                let labels: String = r.get(5)?;
+                Ok(ChunkHit {
+                    chunk_id: r.get(0)?,
+                    document_id: r.get(1)?,
+                    title: r.get(2)?,
+                    text: r.get(3)?,
+                    tenant: r.get(4)?,
+                    // Unparseable labels permit nothing in the in-code re-check.
+                    labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    score: *score,
+                })
+            })
+            .optional()?
+        {
+            out.push(hit);
+        }
+    }
+    Ok(out)
+}
+
+fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
+    let acl_id = acl_id_for(c, doc.tenant(), doc.labels())?;
+    let acl_json = serde_json::to_string(doc.acl())?;
+    let chunks = doc.chunks();
+    c.execute(
+        "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            doc.id(),
+            doc.tenant(),
+            doc.title(),
+            doc.text(),
+            acl_json,
+            acl_id,
+            doc.created_by(),
+            doc.now(),
+            chunks.len() as i64
+        ],
+    )?;
+    let part = acl_part(doc.tenant(), acl_id);
+    let mut chunk_stmt = c.prepare_cached(
+        "INSERT INTO chunks (public_id, document_id, tenant, acl_id, seq, text)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (seq, chunk) in chunks.iter().enumerate() {
+        chunk_stmt.execute(params![
+            chunk.id,
+            doc.id(),
+            doc.tenant(),
+            acl_id,
+            seq as i64,
+            chunk.text
+        ])?;
+        let rowid = c.last_insert_rowid();
+        if let Some(v) = &chunk.embedding {
+            ensure_vec_table(c, v.len())?;
+            c.prepare_cached(&format!(
+                "INSERT INTO {} (chunk_id, embedding, acl_part, acl_id) VALUES (?1, ?2, ?3, ?4)",
+                vec_table(v.len())
+            ))?
+            .execute(params![rowid, f32_blob(v), part, acl_id])?;
+        }
+    }
+    Ok(DocumentRecord {
+        id: doc.id().to_owned(),
+        title: doc.title().to_owned(),
+        text: doc.text().to_owned(),
+        acl: doc.acl().clone(),
+        created_at: doc.now(),
+        created_by: doc.created_by().to_owned(),
+        chunk_count: chunks.len() as u32,
+    })
+}
+
+#[async_trait]
+impl DocumentStore for SqliteStore {
+    async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
+        self.write(move |c| insert(c, &doc)).await
+    }
+
+    async fn list_documents(&self, scope: &AccessScope) -> StoreResult<Vec<DocumentRecord>> {
+        let scope = scope.clone();
+        self.read(move |c| {
+            let acls = visible_acls(c, &scope)?;
+            if acls.is_empty() {
+                return Ok(Vec::new());
+            }
+            let sql = format!(
+                "SELECT {DOC_COLS} FROM documents WHERE tenant = ?1 AND acl_id IN ({})
+                 ORDER BY created_at DESC",
+                placeholders(2, acls.len())
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let mut values: Vec<rusqlite::types::Value> = vec![scope.tenant().to_owned().into()];
+            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), doc_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn document(&self, scope: &AccessScope, id: &str) -> StoreResult<Option<DocumentRecord>> {
+        let scope = scope.clone();
+        let id = id.to_owned();
+        self.read(move |c| {
+            let acls = visible_acls(c, &scope)?;
+            let row: Option<(DocumentRecord, i64)> = c
+                .prepare_cached(&format!(
+                    "SELECT {DOC_COLS}, acl_id FROM documents WHERE id = ?1 AND tenant = ?2"
+                ))?
+                .query_row(params![id, scope.tenant()], |r| {
+                    Ok((doc_row(r)?, r.get(7)?))
+                })
+                .optional()?;
+            Ok(row.filter(|(_, acl)| acls.contains(acl)).map(|(d, _)| d))
+        })
+        .await
+    }
+
+    async fn list_all_documents(&self, admin: &DocumentAdmin) -> StoreResult<Vec<DocumentMeta>> {
+        let tenant = admin.tenant().to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {META_COLS} FROM documents WHERE tenant = ?1 ORDER BY created_at DESC"
+            ))?;
+            let rows = stmt
+                .query_map([tenant], meta_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_document(&self, admin: &DocumentAdmin, id: &str) -> StoreResult<bool> {
+        let tenant = admin.tenant().to_owned();
+        let id = id.to_owned();
+        self.write(move |c| {
+            let exists = c
+                .prepare_cached("SELECT 1 FROM documents WHERE id = ?1 AND tenant = ?2")?
+                .query_row(params![id, tenant], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(false);
+            }
+            // Vectors first (vec0 has no foreign keys), then chunks (FTS via trigger),
+            // then the document: all or nothing (one savepoint).
+            for t in vec_tables(c)? {
+                c.execute(
+                    &format!(
+                        "DELETE FROM {t} WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?1)"
+                    ),
+                    [&id],
+                )?;
+            }
+            c.execute("DELETE FROM chunks WHERE document_id = ?1", [&id])?;
+            c.execute(
+                "DELETE FROM documents WHERE id = ?1 AND tenant = ?2",
+                params![id, tenant],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn any_visible(&self, scope: &AccessScope) -> StoreResult<bool> {
+        let scope = scope.clone();
+        self.read(move |c| Ok(!visible_acls(c, &scope)?.is_empty()))
+            .await
+    }
+
+    async fn search(&self, scope: &AccessScope, query: SearchQuery) -> StoreResult<Rankings> {
+        let scope = scope.clone();
+        self.read(move |c| {
+            let acls = visible_acls(c, &scope)?;
+            if acls.is_empty() || query.k == 0 {
+                return Ok(Rankings::default());
+            }
+            let vector = match &query.vector {
+                Some(v) => knn(c, &scope, &acls, v, query.k)?,
+                None => Vec::new(),
+            };
+            let text = bm25(c, &scope, &acls, &query.terms, query.k)?;
+            Ok(Rankings { vector, text })
+        })
+        .await
+    }
+}
+
+/// Exact KNN over the visible set, by the plan that suits how much of it there is.
+fn knn(
+    c: &Connection,
+    scope: &AccessScope,
+    acls: &[i64],
+    query: &[f32],
+    k: usize,
+) -> rusqlite::Result<Vec<ChunkHit>> {
+    if !vec_table_exists(c, query.len())? {
+        return Ok(Vec::new());
+    }
+    let blob = f32_blob(query);
+    let table = vec_table(query.len());
+    let mut ranked: Vec<(i64, f64)> = Vec::new();
+    if acls.len() <= PER_PARTITION_MAX {
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT chunk_id, distance FROM {table} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3"
+        ))?;
+        for acl in acls {
+            let rows = stmt.query_map(
+                params![blob, k as i64, acl_part(scope.tenant(), *acl)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            for row in rows {
+                ranked.push(row?);
+            }
+        }
+    } else {
+        let (lo, hi) = tenant_parts(scope.tenant());
+        let sql = format!(
+            "SELECT chunk_id, distance FROM {table} WHERE embedding MATCH ?1 AND k = ?2
+             AND acl_part > ?3 AND acl_part < ?4 AND acl_id IN ({})",
+            placeholders(5, acls.len())
+        );
+        let mut values: Vec<rusqlite::types::Value> =
+            vec![blob.into(), (k as i64).into(), lo.into(), hi.into()];
+        values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+        let mut stmt = c.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        for row in rows {
+            ranked.push(row?);
+        }
+    }
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    load_hits(c, &ranked)
+}
+
+/// BM25 with the tenant and the visible ACL ids in the WHERE clause. Each term becomes a
+/// quoted FTS5 string ("" escapes a quote), OR-ed: user text can never become FTS5
+/// operators, columns or NEAR groups.
+fn bm25(
+    c: &Connection,
+    scope: &AccessScope,
+    acls: &[i64],
+    terms: &[String],
+    k: usize,
+) -> rusqlite::Result<Vec<ChunkHit>> {
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let match_expr = terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let sql = format!(
+        "SELECT c.id, bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
+         WHERE chunks_fts MATCH ?1 AND c.tenant = ?2 AND c.acl_id IN ({})
+         ORDER BY score LIMIT ?3",
+        placeholders(4, acls.len())
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        match_expr.into(),
+        scope.tenant().to_owned().into(),
+        (k as i64).into(),
+    ];
+    values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+    let mut stmt = c.prepare(&sql)?;
+    let ranked = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<(i64, f64)>>>()?;
+    load_hits(c, &ranked)
+}
+
+impl SqliteStore {
+    /// `EXPLAIN QUERY PLAN` of the vector queries a scope produces, for the pushdown
+    /// test: the plan's detail and the partition constraint it was given.
+    pub async fn explain_vector_query(
+        &self,
+        scope: &AccessScope,
+        dim: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let scope = scope.clone();
+        self.read(move |c| {
+            let acls = visible_acls(c, &scope)?;
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3",
+                vec_table(dim)
+            );
+            let mut out = Vec::new();
+            for acl in acls {
+                let part = acl_part(scope.tenant(), acl);
+                let detail: String = c.query_row(
+                    &sql,
+                    params![f32_blob(&vec![0.0; dim]), 10i64, part],
+                    |r| r.get(3),
+                )?;
+                out.push((part, detail));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Moves vectors from the tables of earlier versions (`chunks_vec_N`, no `acl_id`
+/// metadata, default chunk size) into the current ones, once, at start-up.
+pub(super) fn upgrade_legacy_vectors(c: &Connection) -> StoreResult<()> {
+    let legacy: Vec<String> = c
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'chunks_vec_[0-9]*'
+             AND sql LIKE 'CREATE VIRTUAL TABLE%'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for old in legacy {
+        let Some(dim) = old
+            .strip_prefix("chunks_vec_")
+            .and_then(|d| d.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let tx = c.unchecked_transaction()?;
+        ensure_vec_table(&tx, dim)?;
+        tx.execute_batch(&format!(
+            "INSERT INTO {new} (chunk_id, embedding, acl_part, acl_id)
+               SELECT v.chunk_id, v.embedding, v.acl_part, c.acl_id
+               FROM {old} v JOIN chunks c ON c.id = v.chunk_id;
+             DROP TABLE {old};",
+            new = vec_table(dim)
+        ))?;
+        tx.commit()?;
+        tracing::info!(table = %old, "moved vectors to the current vector table");
+    }
+    Ok(())
+}

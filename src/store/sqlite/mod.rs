@@ -1,0 +1,310 @@
+//! The embedded store: one SQLite file (WAL, `synchronous=FULL`), migrated at start-up.
+//!
+//! * **Writes** go to one writer thread that owns the only write connection. It takes
+//!   every write that is waiting, runs each inside its own savepoint of one
+//!   transaction and commits once — one fsync for the whole batch (group commit) — and
+//!   only then answers each caller. "Acknowledged" still means "on disk": no reply
+//!   leaves before its commit, and a failed commit answers every caller of the batch
+//!   with an error. One writer also makes every multi-statement operation (refresh
+//!   rotation above all) atomic without retry loops.
+//! * **Reads** run on a small pool of read connections (WAL readers never wait for the
+//!   writer), on the blocking thread pool.
+//! * A request cancelled mid-call cannot hand its reply to anyone else: each call owns
+//!   a one-shot channel that the dropped future simply never reads (the redis-py bug that
+//!   showed ChatGPT users other people's chat titles cannot happen here).
+//!
+//! One file per concern: `users`, `sessions`, `threads`, `documents`, `audit`.
+
+mod audit;
+mod documents;
+mod sessions;
+mod threads;
+mod users;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+
+use super::{Health, StoreError, StoreResult};
+
+pub use documents::VEC_CHUNK_SIZE;
+
+/// The database file inside `data_dir`.
+pub const DB_FILE: &str = "palisade.db";
+
+/// Read connections; WAL lets them all read while the writer writes.
+const READERS: usize = 4;
+/// The most writes one transaction takes: bounds how long the first waits for the last.
+const MAX_BATCH: usize = 128;
+
+/// Each entry moves the schema one version forward; `PRAGMA user_version` records how
+/// many have run. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/01_sessions.sql"),
+    include_str!("migrations/02_threads.sql"),
+    include_str!("migrations/03_documents.sql"),
+    include_str!("migrations/04_request_ids_and_created_by.sql"),
+];
+
+impl From<rusqlite::Error> for StoreError {
+    /// The one place SQLite errors are classified: a constraint is a conflict, a damaged
+    /// file is corruption, anything else is unavailability (and fails closed upstream).
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                ConstraintViolation => StoreError::Conflict("constraint violated"),
+                DatabaseCorrupt | NotADatabase => StoreError::Corrupt(e.to_string()),
+                _ => StoreError::Unavailable(e.to_string()),
+            },
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(e.to_string()),
+            _ => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// A write: runs on the writer's connection inside a savepoint and returns whether it
+/// succeeded (else the savepoint is rolled back) and how to answer its caller once the
+/// batch has committed.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce() + Send>;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<mpsc::Sender<Job>>,
+    readers: Mutex<Vec<Connection>>,
+    read_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Registers sqlite-vec with every connection this process opens (once).
+fn register_sqlite_vec() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `sqlite3_vec_init` has the signature SQLite expects of an extension
+        // entry point; the statically linked extension is registered before any
+        // connection is opened, which is what `sqlite3_auto_extension` requires.
+        unsafe {
+            type Init = unsafe extern "C" fn(
+                *mut rusqlite::ffi::sqlite3,
+                *mut *mut std::os::raw::c_char,
+                *const rusqlite::ffi::sqlite3_api_routines,
+            ) -> std::os::raw::c_int;
+            let init: Init = std::mem::transmute(sqlite_vec::sqlite3_vec_init as *const ());
+            rusqlite::ffi::sqlite3_auto_extension(Some(init));
+        }
+    });
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // Other processes (the CLI) write to the same file; wait for them briefly.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+    )?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        register_sqlite_vec();
+        let mut writer = open_connection(path)?;
+        migrate(&mut writer)?;
+        documents::upgrade_legacy_vectors(&writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = open_connection(path)?;
+            r.execute_batch("PRAGMA query_only=1;")?;
+            readers.push(r);
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("palisade-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(tx),
+                readers: Mutex::new(readers),
+                read_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
+            }),
+        })
+    }
+
+    /// Runs `f` on the writer inside its own savepoint of the next group commit, and
+    /// answers once that commit is on disk. An `Err` from `f` rolls back `f`'s writes
+    /// only.
+    async fn write<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel::<StoreResult<R>>();
+        let job: Job = Box::new(move |c: &Connection| {
+            let res = std::panic::catch_unwind(AssertUnwindSafe(|| f(c))).unwrap_or_else(|_| {
+                Err(StoreError::Unavailable("a store operation panicked".into()))
+            });
+            let ok = res.is_ok();
+            let reply: Reply = Box::new(move || {
+                let _ = tx.send(res);
+            });
+            (ok, reply)
+        });
+        self.inner
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Unavailable("writer lock poisoned".into()))?
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        // A dropped reply means the batch did not commit.
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
+    }
+
+    /// Runs `f` with a read connection on the blocking pool, inside one read
+    /// transaction (every statement of `f` sees the same snapshot).
+    async fn read<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let permit = self
+            .inner
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("reader pool closed".into()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = inner
+                .readers
+                .lock()
+                .map_err(|_| StoreError::Unavailable("reader pool poisoned".into()))?
+                .pop()
+                .ok_or_else(|| StoreError::Unavailable("no free reader".into()))?;
+            let res = (|| {
+                let tx = conn.unchecked_transaction()?;
+                let out = f(&tx)?;
+                tx.finish()?;
+                Ok(out)
+            })();
+            if let Ok(mut pool) = inner.readers.lock() {
+                pool.push(conn);
+            }
+            res
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+/// The group-commit loop: one transaction per batch of waiting writes.
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            continue; // dropping the batch answers every caller with an error
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut broken = false;
+        for job in batch {
+            if conn.execute_batch("SAVEPOINT job").is_err() {
+                broken = true;
+                break;
+            }
+            let (ok, reply) = job(&conn);
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if conn.execute_batch(end).is_err() {
+                broken = true;
+                break;
+            }
+            replies.push(reply);
+        }
+        if broken || conn.execute_batch("COMMIT").is_err() {
+            tracing::error!("group commit failed; answering its writes with an error");
+            let _ = conn.execute_batch("ROLLBACK");
+            continue; // replies dropped: each caller sees "not committed"
+        }
+        for reply in replies {
+            reply();
+        }
+    }
+}
+
+/// Runs the migrations this file has not seen, each in its own transaction.
+/// (`rusqlite_migration` does the same with `user_version`, but has no release for the
+/// rusqlite version sqlite-vec needs here; this loop is the whole of what it would do.)
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this binary ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+pub(crate) fn parse_list(s: &str) -> rusqlite::Result<Vec<String>> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// `?N, ?N+1, …` for `n` bound values starting at `first`: only placeholders are
+/// formatted into SQL, never values.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[async_trait::async_trait]
+impl Health for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |_| Ok(()))?))
+            .await
+    }
+}

@@ -1,0 +1,144 @@
+//! Users in SQLite.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{SqliteStore, json_list, parse_list};
+use crate::store::{NewUser, StoreError, StoreResult, UserRecord, UserStore};
+
+const USER_COLS: &str = "id, tenant, username, password_hash, roles, groups_, disabled, created_at";
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        username: r.get(2)?,
+        password_hash: r.get(3)?,
+        roles: parse_list(&r.get::<_, String>(4)?)?,
+        groups: parse_list(&r.get::<_, String>(5)?)?,
+        disabled: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+fn by_id(c: &rusqlite::Connection, tenant: &str, id: &str) -> StoreResult<Option<UserRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {USER_COLS} FROM users WHERE tenant = ?1 AND id = ?2"),
+        [tenant, id],
+        user_row,
+    )
+    .optional()?)
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, u: NewUser) -> StoreResult<UserRecord> {
+        self.write(move |c| {
+            let rec = UserRecord {
+                id: u.id,
+                tenant: u.tenant,
+                username: u.username,
+                password_hash: u.password_hash,
+                roles: u.roles,
+                groups: u.groups,
+                disabled: false,
+                created_at: u.now,
+            };
+            c.execute(
+                &format!("INSERT INTO users ({USER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,0,?7)"),
+                params![
+                    rec.id,
+                    rec.tenant,
+                    rec.username,
+                    rec.password_hash,
+                    json_list(&rec.roles),
+                    json_list(&rec.groups),
+                    rec.created_at
+                ],
+            )
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => StoreError::Conflict("username already exists"),
+                other => other,
+            })?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE username = ?1"),
+                [username],
+                user_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, tenant: &str, id: &str) -> StoreResult<Option<UserRecord>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.read(move |c| by_id(c, &tenant, &id)).await
+    }
+
+    async fn list_users(&self, tenant: Option<&str>) -> StoreResult<Vec<UserRecord>> {
+        let tenant = tenant.map(str::to_owned);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {USER_COLS} FROM users WHERE (?1 IS NULL OR tenant = ?1)
+                 ORDER BY tenant, username"
+            ))?;
+            let rows = stmt
+                .query_map([tenant], user_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn set_disabled(
+        &self,
+        tenant: &str,
+        id: &str,
+        disabled: bool,
+    ) -> StoreResult<Option<UserRecord>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.write(move |c| {
+            c.execute(
+                "UPDATE users SET disabled = ?3 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, disabled],
+            )?;
+            by_id(c, &tenant, &id)
+        })
+        .await
+    }
+
+    async fn update_access(
+        &self,
+        tenant: &str,
+        id: &str,
+        roles: Option<Vec<String>>,
+        groups: Option<Vec<String>>,
+    ) -> StoreResult<Option<UserRecord>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let Some(mut user) = by_id(c, &tenant, &id)? else {
+                return Ok(None);
+            };
+            if let Some(r) = roles {
+                user.roles = r;
+            }
+            if let Some(g) = groups {
+                user.groups = g;
+            }
+            c.execute(
+                "UPDATE users SET roles = ?3, groups_ = ?4 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, json_list(&user.roles), json_list(&user.groups)],
+            )?;
+            Ok(Some(user))
+        })
+        .await
+    }
+}

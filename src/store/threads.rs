@@ -1,0 +1,165 @@
+//! Conversations. There is deliberately no method that takes a thread id without a
+//! [`ThreadOwner`]: every read and write is keyed by (tenant, owner, id) — plus the
+//! session under strict binding — inside the query itself.
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+use crate::access::ThreadOwner;
+
+#[derive(Debug, Clone)]
+pub struct ThreadRecord {
+    pub id: String,
+    pub title: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub message_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "system" => Some(Role::System),
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Citation {
+    pub document_id: String,
+    pub title: String,
+    pub chunk_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageRecord {
+    pub id: String,
+    /// Position in the thread, from 1: the pagination cursor.
+    pub seq: i64,
+    pub role: Role,
+    pub content: String,
+    pub citations: Vec<Citation>,
+    pub created_at: i64,
+}
+
+pub struct NewThread {
+    pub id: String,
+    pub title: String,
+    pub now: i64,
+}
+
+pub struct NewMessage {
+    pub id: String,
+    pub role: Role,
+    pub content: String,
+    pub citations: Vec<Citation>,
+    pub now: i64,
+}
+
+#[derive(Debug)]
+pub enum CreateThread {
+    Created(ThreadRecord),
+    /// The owner already has `max_threads` threads.
+    LimitReached,
+}
+
+#[derive(Debug)]
+pub enum Append {
+    Appended(MessageRecord),
+    /// No such thread *for this owner*.
+    NotFound,
+    /// The thread already holds `max_messages` messages.
+    Full,
+}
+
+/// How much stored history a turn may load, in approximate tokens
+/// ([`approx_tokens`]). The store reads newest-first and stops at the budget, so a
+/// turn's cost does not grow with the thread.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryBudget(pub usize);
+
+/// The token estimate every budget uses: about four characters a token, plus a few for
+/// the message frame.
+pub fn approx_tokens(text: &str) -> usize {
+    text.chars().count() / 4 + 4
+}
+
+/// The result of admitting a user turn.
+#[derive(Debug)]
+pub enum TurnStart {
+    /// The question is stored; `history` is the newest stored messages before it that
+    /// fit the budget, oldest first.
+    Started {
+        history: Vec<MessageRecord>,
+        message: MessageRecord,
+    },
+    NotFound,
+    Full,
+}
+
+/// One page of a thread, newest page first; messages oldest first within the page.
+#[derive(Debug)]
+pub struct ThreadPage {
+    pub thread: ThreadRecord,
+    pub messages: Vec<MessageRecord>,
+    /// The cursor for the next (older) page; `None` at the start of the thread.
+    pub next_before: Option<i64>,
+}
+
+#[async_trait]
+pub trait ThreadStore: Send + Sync {
+    async fn create_thread(
+        &self,
+        owner: &ThreadOwner,
+        thread: NewThread,
+        max_threads: u32,
+    ) -> StoreResult<CreateThread>;
+    /// Newest activity first.
+    async fn list_threads(&self, owner: &ThreadOwner) -> StoreResult<Vec<ThreadRecord>>;
+    /// The messages with `seq < before` (all when `None`), newest `limit` of them;
+    /// `None` if the thread is not the owner's.
+    async fn thread_page(
+        &self,
+        owner: &ThreadOwner,
+        id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Option<ThreadPage>>;
+    /// One atomic step: the thread is the owner's and has room, the question is
+    /// appended, and the history before it (within `budget`) is read.
+    async fn begin_turn(
+        &self,
+        owner: &ThreadOwner,
+        id: &str,
+        question: NewMessage,
+        max_messages: u32,
+        budget: HistoryBudget,
+    ) -> StoreResult<TurnStart>;
+    async fn append_message(
+        &self,
+        owner: &ThreadOwner,
+        id: &str,
+        msg: NewMessage,
+        max_messages: u32,
+    ) -> StoreResult<Append>;
+    async fn delete_thread(&self, owner: &ThreadOwner, id: &str) -> StoreResult<bool>;
+}
