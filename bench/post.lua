@@ -1,11 +1,27 @@
 -- wrk script: POST a chat completion with an optional bearer token.
--- Env: BODY (JSON), TOKEN (bearer, optional).
+-- Env: BODY (JSON), TOKEN (bearer, optional), THREADS (comma-separated thread ids,
+-- optional: each request goes to the next one as X-Palisade-Thread).
 wrk.method = "POST"
 wrk.body = os.getenv("BODY")
 wrk.headers["Content-Type"] = "application/json"
 local token = os.getenv("TOKEN")
 if token and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
+end
+
+local threads = {}
+for id in string.gmatch(os.getenv("THREADS") or "", "[^,]+") do
+  table.insert(threads, id)
+end
+local n = 0
+
+request = function()
+  if #threads == 0 then
+    return wrk.format()
+  end
+  n = n + 1
+  wrk.headers["X-Palisade-Thread"] = threads[(n % #threads) + 1]
+  return wrk.format()
 end
 
 done = function(summary, latency, requests)

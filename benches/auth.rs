@@ -49,7 +49,7 @@ fn verify_with_session(c: &mut Criterion) {
             &cfg,
             ops::AddUser {
                 username: "alice",
-                password: SecretString::new("correct horse battery".into()),
+                password: SecretString::from("correct horse battery"),
                 tenant: "acme",
                 roles: vec!["employee".into()],
                 groups: vec![],
@@ -64,7 +64,7 @@ fn verify_with_session(c: &mut Criterion) {
             .auth
             .login(
                 "alice",
-                &SecretString::new("correct horse battery".into()),
+                &SecretString::from("correct horse battery"),
                 &client,
             )
             .await
@@ -83,7 +83,7 @@ fn verify_with_session(c: &mut Criterion) {
 }
 
 fn passwords(c: &mut Criterion) {
-    let hash = hash_password(&SecretString::new("correct horse battery".into())).unwrap();
+    let hash = hash_password(&SecretString::from("correct horse battery")).unwrap();
     let mut g = c.benchmark_group("password");
     g.sample_size(20);
     g.bench_function("argon2id_verify", |b| {

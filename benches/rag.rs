@@ -53,7 +53,7 @@ async fn scope_for(
         cfg,
         ops::AddUser {
             username: name,
-            password: SecretString::new("bench-password-1".into()),
+            password: SecretString::from("bench-password-1"),
             tenant: "acme",
             roles,
             groups,
@@ -64,7 +64,7 @@ async fn scope_for(
     let client = ClientInfo::default();
     let t = state
         .auth
-        .login(name, &SecretString::new("bench-password-1".into()), &client)
+        .login(name, &SecretString::from("bench-password-1"), &client)
         .await
         .unwrap();
     state

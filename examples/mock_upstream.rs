@@ -1,6 +1,8 @@
 //! The tests' mock OpenAI-compatible upstream as a standalone server, for benchmarks:
 //! `cargo run --release --example mock_upstream -- 127.0.0.1:9100`
-//! Streaming answers are sent without pauses between chunks.
+//! Streaming answers are sent without pauses between chunks. With `MOCK_ANSWER_CHARS=N`
+//! every answer is a fixed text of N characters (a realistic reply) instead of the echo
+//! of the prompt, and nothing is recorded.
 
 #[path = "../tests/api/mock.rs"]
 mod mock;
@@ -12,6 +14,12 @@ async fn main() {
         .unwrap_or_else(|| "127.0.0.1:9100".into());
     let m = mock::Mock::start_on(&addr).await;
     m.set_chunk_delay(0);
+    if let Some(n) = std::env::var("MOCK_ANSWER_CHARS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        m.set_fixed_answer(n);
+    }
     println!("mock upstream listening on {}", m.base_url);
     let _ = tokio::signal::ctrl_c().await;
 }

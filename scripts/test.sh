@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Habits first, they are the cheapest to fail: formatting and lints (warnings are errors).
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+
 # The official OpenAI Python SDK, for the compatibility test, in a private venv.
 PYENV=target/pyenv
 if ! "$PYENV/bin/python" -c "import openai" 2>/dev/null; then

@@ -120,6 +120,14 @@ impl Principal {
     }
 }
 
+/// Names of users, tenants, roles and groups: 1–64 characters from `[A-Za-z0-9_.@:-]`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | ':'))
+}
+
 /// A document readable by everyone in its tenant carries this label.
 pub const PUBLIC_LABEL: &str = "public";
 

@@ -1,9 +1,9 @@
 //! Configuration: `palisade.toml`, overridden by `PALISADE_<SECTION>__<KEY>` environment
-//! variables, overridden by CLI flags (figment). The key names are part of the contract in
-//! `DESIGN.md`.
+//! variables, overridden by CLI flags (figment). The key names are part of the contract
+//! (README, "Configuration").
 //!
 //! Validation happens once, here, so that the server refuses to start with an obviously
-//! weak or inconsistent configuration instead of discovering it under load (SECURITY #33).
+//! weak or inconsistent configuration instead of discovering it under load.
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -381,10 +381,12 @@ impl Config {
         if self.store.kind == StoreKind::Cluster {
             return bad("store.kind = \"cluster\" is not available yet; use \"embedded\"");
         }
-        let origin = self.public_origin.as_str();
-        let valid_origin = (origin.starts_with("https://") || origin.starts_with("http://"))
-            && !origin.ends_with('/')
-            && origin.matches('/').count() == 2;
+        // The origin must be exactly what a browser sends in `Origin`: scheme, host and
+        // port only, in canonical form (no path, no trailing slash, no wildcard).
+        let valid_origin = url::Url::parse(&self.public_origin).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.origin().ascii_serialization() == self.public_origin
+        });
         if !valid_origin {
             return bad(
                 "public_origin must be a bare origin like https://chat.example.com (scheme and host, no path)",
@@ -394,9 +396,7 @@ impl Config {
             return bad("limits.max_body_bytes must be at least 1024");
         }
         if let Some(url) = &self.llm.base_url {
-            let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && !url.contains('@')
-                && !url.contains('?');
+            let ok = plain_http_url(url);
             if !ok {
                 return bad(
                     "llm.base_url must be an http(s) URL without credentials or query; put the key in the variable named by llm.api_key_env",
@@ -417,6 +417,11 @@ impl Config {
         if self.embeddings.kind == EmbeddingsKind::Openai && self.embeddings.base_url.is_none() {
             return bad("embeddings.kind = \"openai\" needs embeddings.base_url");
         }
+        if let Some(url) = &self.embeddings.base_url
+            && !plain_http_url(url)
+        {
+            return bad("embeddings.base_url must be an http(s) URL without credentials or query");
+        }
         if self.limits.login_failures_per_user == 0 || self.limits.login_attempts_per_ip == 0 {
             return bad("login limits must be at least 1");
         }
@@ -435,6 +440,19 @@ impl Config {
     }
 }
 
+/// An http(s) URL with a host and without credentials, query or fragment: secrets
+/// belong in the variable named by `api_key_env`, never in a URL that ends up in logs.
+fn plain_http_url(raw: &str) -> bool {
+    url::Url::parse(raw).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.has_host()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,13 +468,33 @@ mod tests {
         c.tokens.access_ttl = Duration::from_secs(3600);
         assert!(c.validate().is_err());
 
-        for origin in ["*", "https://chat.example.com/app", "chat.example.com"] {
+        for origin in [
+            "*",
+            "https://chat.example.com/app",
+            "https://chat.example.com/",
+            "https://Chat.Example.com",
+            "chat.example.com",
+            "ftp://chat.example.com",
+        ] {
             let c = Config {
                 public_origin: origin.into(),
                 ..Config::default()
             };
             assert!(c.validate().is_err(), "{origin}");
         }
+
+        for url in [
+            "http://user:sk-secret@127.0.0.1:11434/v1",
+            "http://127.0.0.1:11434/v1?api_key=sk-secret",
+            "file:///etc/passwd",
+        ] {
+            let mut c = Config::default();
+            c.llm.base_url = Some(url.into());
+            assert!(c.validate().is_err(), "{url}");
+        }
+        let mut c = Config::default();
+        c.llm.base_url = Some("http://127.0.0.1:11434/v1".into());
+        assert!(c.validate().is_ok());
 
         let mut c = Config::default();
         c.tokens.session_idle_ttl = Duration::from_secs(40 * 24 * 3600);

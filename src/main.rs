@@ -208,7 +208,7 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
                 &cfg,
                 AddUser {
                     username: &name,
-                    password: SecretString::new(password.clone()),
+                    password: SecretString::from(password.clone()),
                     tenant: &tenant,
                     roles: clean(roles),
                     groups: clean(groups),

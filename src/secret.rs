@@ -65,25 +65,9 @@ impl fmt::Debug for RefreshToken {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TokenHash(pub [u8; 32]);
 
-/// A password or other secret string that must never be printed.
-#[derive(Clone, serde::Deserialize)]
-#[serde(transparent)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(s: String) -> Self {
-        Self(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+/// A password or other secret string: redacted in `Debug`, zeroed when dropped, and
+/// read only through `expose_secret()` (the `secrecy` crate).
+pub use secrecy::{ExposeSecret, SecretString};
 
 #[cfg(test)]
 mod tests {

@@ -43,7 +43,7 @@ pub async fn seed(cfg: &Config, state: &AppState) -> Result<(), AnyError> {
                 &op,
                 NewAccount {
                     username: name,
-                    password: SecretString::new(password.clone()),
+                    password: SecretString::from(password.clone()),
                     tenant: DEMO_TENANT,
                     roles: roles.into_iter().map(String::from).collect(),
                     groups: groups.into_iter().map(String::from).collect(),

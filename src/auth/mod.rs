@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 pub use crate::access::{
     AccessScope, ClientInfo, PUBLIC_LABEL, Principal, group_label, role_label, user_label,
+    valid_name,
 };
 use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::config::Config;
@@ -190,12 +191,4 @@ fn principal_of(c: AccessClaims) -> Principal {
         c.groups,
         c.session_id,
     )
-}
-
-/// Names of users, tenants, roles and groups: 1–64 characters from `[A-Za-z0-9_.@:-]`.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | ':'))
 }

@@ -11,7 +11,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-use crate::secret::SecretString;
+use crate::secret::{ExposeSecret, SecretString};
 
 pub const MIN_PASSWORD_LEN: usize = 8;
 /// Longer inputs are refused outright; nobody types 1 KiB passwords.
@@ -33,7 +33,7 @@ pub enum PasswordError {
 
 /// Hashes a new password (CLI, admin). Blocking: call from a blocking context.
 pub fn hash_password(password: &SecretString) -> Result<String, PasswordError> {
-    let pw = password.expose();
+    let pw = password.expose_secret();
     if pw.chars().count() < MIN_PASSWORD_LEN || pw.len() > MAX_PASSWORD_LEN {
         return Err(PasswordError::Length);
     }
@@ -64,7 +64,7 @@ pub struct PasswordVerifierPool {
 
 impl PasswordVerifierPool {
     pub fn new() -> Self {
-        let dummy = SecretString::new(crate::secret::random_b64(24));
+        let dummy = SecretString::from(crate::secret::random_b64(24));
         let dummy_hash = hash_password(&dummy).unwrap_or_default();
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
@@ -76,7 +76,7 @@ impl PasswordVerifierPool {
     /// Verifies `password` against `phc`, or against the dummy hash when there is no
     /// user, so both paths do the same work.
     pub async fn verify(&self, password: &SecretString, phc: Option<&str>) -> bool {
-        let pw = password.expose();
+        let pw = password.expose_secret();
         let oversized = pw.len() > MAX_PASSWORD_LEN;
         let real = phc.is_some() && !oversized;
         let hash = match phc {
@@ -113,7 +113,7 @@ mod tests {
     fn owasp_parameters_and_roundtrip() {
         let p = Params::new(19 * 1024, 2, 1, None).unwrap();
         assert_eq!(p.m_cost(), 19456);
-        let h = hash_password(&SecretString::new("correct horse".into())).unwrap();
+        let h = hash_password(&SecretString::from("correct horse")).unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(verify_password_blocking("correct horse", &h));
         assert!(!verify_password_blocking("wrong horse", &h));
@@ -122,6 +122,6 @@ mod tests {
 
     #[test]
     fn short_passwords_are_refused() {
-        assert!(hash_password(&SecretString::new("short".into())).is_err());
+        assert!(hash_password(&SecretString::from("short")).is_err());
     }
 }

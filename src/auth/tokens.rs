@@ -3,7 +3,7 @@
 //! * The footer carries only the PASERK key id (`kid`), so keys can rotate.
 //! * The implicit assertion binds every token to this deployment and to the purpose
 //!   "access": a token from another deployment, or any other kind of token we may mint
-//!   later, fails authentication even under the same key (SECURITY #1, #5).
+//!   later, fails authentication even under the same key.
 //! * `v4.local.` is the only accepted header: `v4.public`, `v3.*` and JWTs are not
 //!   even parsed (there is no algorithm field to confuse).
 

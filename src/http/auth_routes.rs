@@ -27,7 +27,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Only these two fields are read; anything else in the body (tenant, roles, …) is
-/// ignored and can change nothing (SECURITY #18, #19).
+/// ignored and can change nothing.
 #[derive(Deserialize)]
 pub struct LoginRequest {
     username: String,

@@ -3,7 +3,7 @@
 //! The refresh token lives only in `__Host-palisade_refresh`: HttpOnly (no script can
 //! read it), Secure, SameSite=Strict, Path=/ and no Domain (the `__Host-` prefix makes
 //! browsers enforce the last three). Routes that act on it are POST-only and refuse
-//! cross-site requests by `Origin` and `Sec-Fetch-Site` (SECURITY #13, #14).
+//! cross-site requests by `Origin` and `Sec-Fetch-Site`.
 
 use axum::http::{HeaderMap, HeaderValue, header};
 

@@ -3,7 +3,8 @@
 //!
 //! With `X-Palisade-Thread: {id}` the exchange is persisted into one of the caller's
 //! threads and the *stored* history replaces whatever history the client sent: only the
-//! last user message of the request is taken (SECURITY #26; Open WebUI CVE-2026-45349).
+//! last user message of the request is taken (a peer shipped exactly this hole:
+//! continuing another user's chat by naming its id; see docs/threat-model.md).
 
 use axum::Router;
 use axum::extract::State;

@@ -7,6 +7,7 @@
 //!   a client that goes away cancels the model's work.
 
 use async_stream::try_stream;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Deserialize;
@@ -18,7 +19,9 @@ use crate::config::LlmConfig;
 
 pub struct OpenAiClient {
     http: reqwest::Client,
-    url: String,
+    /// Parsed once: parsing (and IDNA-mapping) the URL on every request showed up in
+    /// the profile.
+    url: reqwest::Url,
     model: String,
     max_retries: u32,
 }
@@ -49,7 +52,8 @@ impl OpenAiClient {
             .map_err(|_| "cannot build the upstream HTTP client".to_owned())?;
         Ok(Self {
             http,
-            url: format!("{base}/chat/completions"),
+            url: reqwest::Url::parse(&format!("{base}/chat/completions"))
+                .map_err(|_| "llm.base_url is not a valid URL".to_owned())?,
             model: cfg.model.clone(),
             max_retries: cfg.max_retries,
         })
@@ -69,7 +73,7 @@ impl OpenAiClient {
         let body = json!({"model": self.model, "messages": messages, "stream": stream});
         let mut attempt = 0;
         loop {
-            let result = self.http.post(&self.url).json(&body).send().await;
+            let result = self.http.post(self.url.clone()).json(&body).send().await;
             let err = match result {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {
@@ -115,41 +119,51 @@ impl OpenAiClient {
 
     pub async fn stream(&self, messages: &[ChatMessage]) -> Result<DeltaStream, LlmError> {
         let resp = self.send(messages, true).await?;
-        let mut body = resp.bytes_stream();
+        // Transport errors become our kinds; the whole answer is bounded in size, so an
+        // upstream that never ends an event cannot grow the parser's buffer forever.
+        let bytes = resp
+            .bytes_stream()
+            .map(|r| {
+                r.map_err(|e| {
+                    if e.is_timeout() {
+                        LlmError::Timeout
+                    } else {
+                        LlmError::Connect
+                    }
+                })
+            })
+            .scan(0usize, |seen, r| {
+                let r = r.and_then(|chunk| {
+                    *seen += chunk.len();
+                    if *seen > MAX_STREAM_BYTES {
+                        Err(LlmError::Malformed)
+                    } else {
+                        Ok(chunk)
+                    }
+                });
+                std::future::ready(Some(r))
+            });
+        let mut events = bytes.eventsource();
         let s = try_stream! {
-            let mut buf: Vec<u8> = Vec::new();
             let mut done = false;
-            while !done {
-                let chunk = match body.next().await {
-                    Some(Ok(c)) => c,
-                    Some(Err(e)) => Err(if e.is_timeout() { LlmError::Timeout } else { LlmError::Connect })?,
-                    None => break,
-                };
-                buf.extend_from_slice(&chunk);
-                if buf.len() > 1 << 20 {
-                    Err(LlmError::Malformed)?;
+            while let Some(event) = events.next().await {
+                let event = event.map_err(|e| match e {
+                    EventStreamError::Transport(t) => t,
+                    _ => LlmError::Malformed,
+                })?;
+                let data = event.data.trim();
+                if data == "[DONE]" {
+                    done = true;
+                    break;
                 }
-                // SSE events end with a blank line; each `data:` line is one JSON chunk.
-                while let Some(pos) = find_event_end(&buf) {
-                    let event: Vec<u8> = buf.drain(..pos.end).collect();
-                    let text = std::str::from_utf8(&event[..pos.start]).map_err(|_| LlmError::Malformed)?;
-                    for line in text.lines() {
-                        let Some(data) = line.strip_prefix("data:") else { continue };
-                        let data = data.trim();
-                        if data == "[DONE]" {
-                            done = true;
-                            break;
-                        }
-                        let chunk: StreamChunk = serde_json::from_str(data).map_err(|_| LlmError::Malformed)?;
-                        if let Some(delta) = chunk.choices.into_iter().next().and_then(|c| c.delta.content)
-                            && !delta.is_empty()
-                        {
-                            yield delta;
-                        }
-                    }
-                    if done {
-                        break;
-                    }
+                if data.is_empty() {
+                    continue;
+                }
+                let chunk: StreamChunk = serde_json::from_str(data).map_err(|_| LlmError::Malformed)?;
+                if let Some(delta) = chunk.choices.into_iter().next().and_then(|c| c.delta.content)
+                    && !delta.is_empty()
+                {
+                    yield delta;
                 }
             }
             if !done {
@@ -158,31 +172,14 @@ impl OpenAiClient {
             }
             // Read the body to its end (a few bytes of chunked framing at most) so the
             // connection goes back to the pool instead of being torn down.
-            let mut tail = 0usize;
-            while let Some(Ok(c)) = body.next().await {
-                tail += c.len();
-                if tail > 4096 {
-                    break;
-                }
-            }
+            while let Some(Ok(_)) = events.next().await {}
         };
         Ok(Box::pin(s))
     }
 }
 
-/// Where the next complete SSE event ends: `start` is the end of its text, `end` is
-/// past the blank-line separator.
-fn find_event_end(buf: &[u8]) -> Option<std::ops::Range<usize>> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i..i + 2);
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i..i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.start <= b.start { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
+/// The largest streamed answer accepted from the upstream.
+const MAX_STREAM_BYTES: usize = 16 << 20;
 
 #[derive(Deserialize)]
 struct CompletionResponse {
@@ -212,16 +209,4 @@ struct StreamChoice {
 #[derive(Deserialize)]
 struct Delta {
     content: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_sse_event_boundaries() {
-        assert_eq!(find_event_end(b"data: x\n\nrest"), Some(7..9));
-        assert_eq!(find_event_end(b"data: x\r\n\r\n"), Some(7..11));
-        assert_eq!(find_event_end(b"data: x\n"), None);
-    }
 }

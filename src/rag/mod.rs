@@ -169,7 +169,7 @@ impl Rag {
             return Err(RagError::TooLarge);
         }
         let names = acl.roles.iter().chain(&acl.groups).chain(&acl.users);
-        if let Some(bad) = names.clone().find(|n| !crate::auth::valid_name(n)) {
+        if let Some(bad) = names.clone().find(|n| !crate::access::valid_name(n)) {
             let shown: String = bad.chars().take(64).collect();
             return Err(RagError::Invalid(format!(
                 "Invalid name in the ACL: {shown:?}."

@@ -146,6 +146,11 @@ pub trait ThreadStore: Send + Sync {
     ) -> StoreResult<Option<ThreadPage>>;
     /// One atomic step: the thread is the owner's and has room, the question is
     /// appended, and the history before it (within `budget`) is read.
+    ///
+    /// The question's durability may be deferred to the next durable write (the turn's
+    /// answer, [`append_message`](Self::append_message)): nothing acknowledges the
+    /// question to the client before that. A backend must still survive a crash of the
+    /// gateway process without losing it once this call has returned.
     async fn begin_turn(
         &self,
         owner: &ThreadOwner,

@@ -43,6 +43,9 @@ pub struct MockState {
     pub chunk_delay_ms: AtomicUsize,
     /// Characters per streamed chunk.
     pub chunk_chars: AtomicUsize,
+    /// For benchmarks: answer with this text instead of the echo, and keep no record
+    /// (so the answer's size does not grow with the prompt, nor the mock's memory).
+    fixed_answer: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -66,6 +69,7 @@ impl Mock {
             completed_streams: AtomicUsize::new(0),
             chunk_delay_ms: AtomicUsize::new(5),
             chunk_chars: AtomicUsize::new(16),
+            fixed_answer: Mutex::new(None),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -90,6 +94,16 @@ impl Mock {
 
     pub fn set_mode(&self, m: Mode) {
         *self.state.mode.lock().unwrap() = m;
+    }
+
+    /// Benchmarks: a fixed answer of `chars` characters, and no recording.
+    pub fn set_fixed_answer(&self, chars: usize) {
+        let text: String = "The travel policy books flights under six hours in economy. "
+            .chars()
+            .cycle()
+            .take(chars)
+            .collect();
+        *self.state.fixed_answer.lock().unwrap() = Some(text);
     }
 
     pub fn set_chunk_delay(&self, ms: usize) {
@@ -163,9 +177,12 @@ async fn completions(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    state.auth.lock().unwrap().push(auth);
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.requests.lock().unwrap().push(req.clone());
+    let fixed = state.fixed_answer.lock().unwrap().clone();
+    if fixed.is_none() {
+        state.auth.lock().unwrap().push(auth);
+        state.requests.lock().unwrap().push(req.clone());
+    }
     let mode = *state.mode.lock().unwrap();
     match mode {
         Mode::Status(code) => {
@@ -188,7 +205,7 @@ async fn completions(
         }
         Mode::Echo | Mode::CutStream => {}
     }
-    let content = echo_of(&req["messages"]);
+    let content = fixed.unwrap_or_else(|| echo_of(&req["messages"]));
     let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
     if !req["stream"].as_bool().unwrap_or(false) {
         return axum::Json(json!({

@@ -12,6 +12,11 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
+/// The store kind the suite runs against: `PALISADE_TEST_STORE`, default `embedded`.
+pub fn store_kind() -> String {
+    std::env::var("PALISADE_TEST_STORE").unwrap_or_else(|_| "embedded".into())
+}
+
 pub struct Server {
     child: Option<Child>,
     pub base: String,
@@ -60,8 +65,11 @@ impl Server {
 
     fn command(&self) -> Command {
         let mut c = Command::new(BIN);
-        // Deterministic embeddings unless a test asks for the real model.
+        // Deterministic embeddings unless a test asks for the real model. The store kind
+        // under test comes from PALISADE_TEST_STORE (embedded by default): the whole
+        // suite runs against another backend by changing that one variable.
         c.env_remove("PALISADE_CONFIG")
+            .env("PALISADE_STORE__KIND", store_kind())
             .env("PALISADE_EMBEDDINGS__KIND", "hash")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PALISADE_PUBLIC_ORIGIN", "http://localhost:8080")

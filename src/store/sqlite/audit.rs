@@ -61,7 +61,7 @@ impl AuditStore for SqliteStore {
     }
 
     async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditEvent>> {
-        self.read(move |c| {
+        self.read_blocking(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT ts, kind, tenant, subject, username, session_id, ip, reason, resource, request_id
                  FROM audit_events

@@ -246,7 +246,7 @@ impl DocumentStore for SqliteStore {
 
     async fn list_documents(&self, scope: &AccessScope) -> StoreResult<Vec<DocumentRecord>> {
         let scope = scope.clone();
-        self.read(move |c| {
+        self.read_blocking(move |c| {
             let acls = visible_acls(c, &scope)?;
             if acls.is_empty() {
                 return Ok(Vec::new());
@@ -287,7 +287,7 @@ impl DocumentStore for SqliteStore {
 
     async fn list_all_documents(&self, admin: &DocumentAdmin) -> StoreResult<Vec<DocumentMeta>> {
         let tenant = admin.tenant().to_owned();
-        self.read(move |c| {
+        self.read_blocking(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {META_COLS} FROM documents WHERE tenant = ?1 ORDER BY created_at DESC"
             ))?;
@@ -339,7 +339,7 @@ impl DocumentStore for SqliteStore {
 
     async fn search(&self, scope: &AccessScope, query: SearchQuery) -> StoreResult<Rankings> {
         let scope = scope.clone();
-        self.read(move |c| {
+        self.read_blocking(move |c| {
             let acls = visible_acls(c, &scope)?;
             if acls.is_empty() || query.k == 0 {
                 return Ok(Rankings::default());
@@ -453,7 +453,7 @@ impl SqliteStore {
         dim: usize,
     ) -> StoreResult<Vec<(String, String)>> {
         let scope = scope.clone();
-        self.read(move |c| {
+        self.read_blocking(move |c| {
             let acls = visible_acls(c, &scope)?;
             let sql = format!(
                 "EXPLAIN QUERY PLAN SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3",

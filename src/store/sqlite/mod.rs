@@ -8,7 +8,8 @@
 //!   with an error. One writer also makes every multi-statement operation (refresh
 //!   rotation above all) atomic without retry loops.
 //! * **Reads** run on a small pool of read connections (WAL readers never wait for the
-//!   writer), on the blocking thread pool.
+//!   writer): point lookups inline on the calling task, scans (retrieval, listings) on
+//!   the blocking thread pool.
 //! * A request cancelled mid-call cannot hand its reply to anyone else: each call owns
 //!   a one-shot channel that the dropped future simply never reads (the redis-py bug that
 //!   showed ChatGPT users other people's chat titles cannot happen here).
@@ -74,7 +75,13 @@ impl From<serde_json::Error> for StoreError {
 /// A write: runs on the writer's connection inside a savepoint and returns whether it
 /// succeeded (else the savepoint is rolled back) and how to answer its caller once the
 /// batch has committed.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+struct Job {
+    run: Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>,
+    /// Must be fsynced before its caller is answered. A deferred write is on disk no
+    /// later than the next durable commit of anyone (the WAL is sequential), which is
+    /// what `synchronous_commit = off` means in PostgreSQL.
+    durable: bool,
+}
 type Reply = Box<dyn FnOnce() + Send>;
 
 #[derive(Clone)]
@@ -156,8 +163,29 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
+        self.submit(f, true).await
+    }
+
+    /// Like [`write`](Self::write), but answers once committed, before the fsync: for a
+    /// write whose caller will make a durable write before it acknowledges anything (a
+    /// turn's question, acknowledged only with its stored answer). It survives a crash
+    /// of the process (the commit is in the OS) and is on disk with the next durable
+    /// commit.
+    async fn write_deferred<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    async fn submit<R, F>(&self, f: F, durable: bool) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel::<StoreResult<R>>();
-        let job: Job = Box::new(move |c: &Connection| {
+        let run = Box::new(move |c: &Connection| {
             let res = std::panic::catch_unwind(AssertUnwindSafe(|| f(c))).unwrap_or_else(|_| {
                 Err(StoreError::Unavailable("a store operation panicked".into()))
             });
@@ -167,6 +195,7 @@ impl SqliteStore {
             });
             (ok, reply)
         });
+        let job = Job { run, durable };
         self.inner
             .writer
             .lock()
@@ -178,47 +207,72 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
     }
 
-    /// Runs `f` with a read connection on the blocking pool, inside one read
-    /// transaction (every statement of `f` sees the same snapshot).
+    /// Runs a short read (point lookups by key: a session, a thread page, the ACLs a
+    /// scope may see) with a pooled read connection, inline on the calling task, inside
+    /// one read transaction. Handing such a read to another thread would cost more (two
+    /// wake-ups, measured in BENCHMARKS.md) than the read itself.
     async fn read<R, F>(&self, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
-        let permit = self
-            .inner
-            .read_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("reader pool closed".into()))?;
+        let permit = self.reader_permit().await?;
+        let res = read_with(&self.inner, f);
+        drop(permit);
+        res
+    }
+
+    /// Runs a read that may scan (retrieval, listings) on the blocking pool, so that it
+    /// never holds up other requests' tasks.
+    async fn read_blocking<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let permit = self.reader_permit().await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let conn = inner
-                .readers
-                .lock()
-                .map_err(|_| StoreError::Unavailable("reader pool poisoned".into()))?
-                .pop()
-                .ok_or_else(|| StoreError::Unavailable("no free reader".into()))?;
-            let res = (|| {
-                let tx = conn.unchecked_transaction()?;
-                let out = f(&tx)?;
-                tx.finish()?;
-                Ok(out)
-            })();
-            if let Ok(mut pool) = inner.readers.lock() {
-                pool.push(conn);
-            }
-            res
+            read_with(&inner, f)
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
+
+    async fn reader_permit(&self) -> StoreResult<tokio::sync::OwnedSemaphorePermit> {
+        self.inner
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("reader pool closed".into()))
+    }
+}
+
+/// Takes a free read connection (the caller holds a permit, so there is one), runs `f`
+/// in one read transaction, and returns the connection to the pool.
+fn read_with<R>(inner: &Inner, f: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
+    let conn = inner
+        .readers
+        .lock()
+        .map_err(|_| StoreError::Unavailable("reader pool poisoned".into()))?
+        .pop()
+        .ok_or_else(|| StoreError::Unavailable("no free reader".into()))?;
+    let res = (|| {
+        let tx = conn.unchecked_transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    })();
+    if let Ok(mut pool) = inner.readers.lock() {
+        pool.push(conn);
+    }
+    res
 }
 
 /// The group-commit loop: one transaction per batch of waiting writes.
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut synced = true;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -226,6 +280,22 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        // fsync at commit only when some write of the batch needs it.
+        let durable = batch.iter().any(|j| j.durable);
+        if durable != synced {
+            let pragma = if durable {
+                "PRAGMA synchronous=FULL"
+            } else {
+                "PRAGMA synchronous=NORMAL"
+            };
+            if conn.execute_batch(pragma).is_err() {
+                tracing::error!(
+                    "cannot set the synchronous mode; answering the batch with an error"
+                );
+                continue;
+            }
+            synced = durable;
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "cannot begin a write transaction");
@@ -238,7 +308,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
                 broken = true;
                 break;
             }
-            let (ok, reply) = job(&conn);
+            let (ok, reply) = (job.run)(&conn);
             let end = if ok {
                 "RELEASE job"
             } else {
@@ -304,7 +374,14 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
 #[async_trait::async_trait]
 impl Health for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.read(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |_| Ok(()))?))
-            .await
+        self.read(|c| {
+            c.query_row(
+                "SELECT count(*) FROM (SELECT 1 FROM users LIMIT 1)",
+                [],
+                |_| Ok(()),
+            )?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -239,7 +239,9 @@ impl ThreadStore for SqliteStore {
     ) -> StoreResult<TurnStart> {
         let o = owner.clone();
         let id = id.to_owned();
-        self.write(move |c| match append(c, &o, &id, question, max_messages)? {
+        // Deferred durability: the turn is acknowledged only with its stored answer,
+        // whose durable commit also puts this one on disk (one fsync per turn).
+        self.write_deferred(move |c| match append(c, &o, &id, question, max_messages)? {
             Append::Appended(message) => {
                 let history = recent_history(c, &id, message.seq, budget)?;
                 Ok(TurnStart::Started { history, message })

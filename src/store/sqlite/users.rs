@@ -85,7 +85,7 @@ impl UserStore for SqliteStore {
 
     async fn list_users(&self, tenant: Option<&str>) -> StoreResult<Vec<UserRecord>> {
         let tenant = tenant.map(str::to_owned);
-        self.read(move |c| {
+        self.read_blocking(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {USER_COLS} FROM users WHERE (?1 IS NULL OR tenant = ?1)
                  ORDER BY tenant, username"
