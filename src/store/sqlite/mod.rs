@@ -76,13 +76,15 @@ impl From<serde_json::Error> for StoreError {
 /// succeeded (else the savepoint is rolled back) and how to answer its caller once the
 /// batch has committed.
 struct Job {
-    run: Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>,
+    run: Run,
     /// Must be fsynced before its caller is answered. A deferred write is on disk no
     /// later than the next durable commit of anyone (the WAL is sequential), which is
     /// what `synchronous_commit = off` means in PostgreSQL.
     durable: bool,
 }
 type Reply = Box<dyn FnOnce() + Send>;
+/// Runs the write; says whether it succeeded and how to answer its caller.
+type Run = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 #[derive(Clone)]
 pub struct SqliteStore {
