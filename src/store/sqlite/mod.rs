@@ -38,6 +38,8 @@ pub const DB_FILE: &str = "palisade.db";
 const READERS: usize = 4;
 /// The most writes one transaction takes: bounds how long the first waits for the last.
 const MAX_BATCH: usize = 128;
+/// How much of the database file SQLite may map into memory.
+const MMAP_BYTES: u64 = 1 << 30;
 
 /// Each entry moves the schema one version forward; `PRAGMA user_version` records how
 /// many have run. Never edit a released entry: append a new one.
@@ -128,6 +130,10 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     )?;
+    // Vector chunks are large blobs on overflow pages: read through mmap rather than
+    // one pread per page, a KNN over 100k vectors takes 19 ms instead of 49 ms
+    // (BENCHMARKS.md). Address space only; the kernel pages it like any file cache.
+    conn.execute_batch(&format!("PRAGMA mmap_size={MMAP_BYTES};"))?;
     Ok(conn)
 }
 
