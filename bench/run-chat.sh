@@ -98,5 +98,6 @@ for len in 10 1000 5000; do
   run "thread-bound turn, threads of $len messages" http://127.0.0.1:9300/v1/chat/completions "$NS" "$TOKEN" 1 "${SCAN[$len]}"
 done
 DUR=$FULL
-echo "palisade peak RSS: $(grep VmHWM /proc/$PAL/status | awk '{printf "%.1f MiB", $2/1024}'), now $(grep VmRSS /proc/$PAL/status | awk '{printf "%.1f MiB", $2/1024}')"
+mib() { grep "$1" "/proc/$PAL/status" | awk '{printf "%.1f MiB", $2/1024}'; }
+echo "palisade RSS: peak $(mib VmHWM); now $(mib VmRSS) = anonymous $(mib RssAnon) + file-backed $(mib RssFile)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"

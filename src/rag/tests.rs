@@ -3,7 +3,8 @@
 use super::*;
 use crate::access::Principal;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{AuditStore, SearchQuery};
+use crate::access::Acl;
+use crate::store::{AuditStore, NewChunk, NewDocument, SearchQuery};
 
 fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
     let dir = tempfile::tempdir().unwrap();

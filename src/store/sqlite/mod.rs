@@ -7,9 +7,9 @@
 //!   leaves before its commit, and a failed commit answers every caller of the batch
 //!   with an error. One writer also makes every multi-statement operation (refresh
 //!   rotation above all) atomic without retry loops.
-//! * **Reads** run on a small pool of read connections (WAL readers never wait for the
-//!   writer): point lookups inline on the calling task, scans (retrieval, listings) on
-//!   the blocking thread pool.
+//! * **Reads** run on read connections (WAL readers never wait for the writer): point
+//!   lookups on a pool of four, inline on the calling task; scans (retrieval, listings)
+//!   on a pool of two that read through mmap, on the blocking thread pool.
 //! * A request cancelled mid-call cannot hand its reply to anyone else: each call owns
 //!   a one-shot channel that the dropped future simply never reads (the redis-py bug that
 //!   showed ChatGPT users other people's chat titles cannot happen here).
@@ -36,9 +36,11 @@ pub const DB_FILE: &str = "palisade.db";
 
 /// Read connections; WAL lets them all read while the writer writes.
 const READERS: usize = 4;
+/// Read connections for scans (retrieval, listings).
+const SCANNERS: usize = 2;
 /// The most writes one transaction takes: bounds how long the first waits for the last.
 const MAX_BATCH: usize = 128;
-/// How much of the database file SQLite may map into memory.
+/// How much of the database file a scan connection may map into memory.
 const MMAP_BYTES: u64 = 1 << 30;
 
 /// Each entry moves the schema one version forward; `PRAGMA user_version` records how
@@ -95,8 +97,66 @@ pub struct SqliteStore {
 
 struct Inner {
     writer: Mutex<mpsc::Sender<Job>>,
-    readers: Mutex<Vec<Connection>>,
-    read_slots: Arc<tokio::sync::Semaphore>,
+    readers: Pool,
+    scanners: Pool,
+}
+
+/// Read connections and the permits to use them: holding a permit guarantees a free
+/// connection.
+struct Pool {
+    conns: Mutex<Vec<Connection>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Pool {
+    fn open(path: &Path, n: usize, mmap: bool) -> StoreResult<Pool> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = open_connection(path)?;
+            c.execute_batch("PRAGMA query_only=1;")?;
+            if mmap {
+                // Vector chunks are large blobs on overflow pages: read through mmap
+                // instead of one pread per page, a KNN over 100k vectors takes 19 ms
+                // instead of 49 ms (BENCHMARKS.md). The mapped pages are file cache
+                // (RssFile), shared and reclaimable, not the process's own memory.
+                c.execute_batch(&format!("PRAGMA mmap_size={MMAP_BYTES};"))?;
+            }
+            conns.push(c);
+        }
+        Ok(Pool {
+            conns: Mutex::new(conns),
+            slots: Arc::new(tokio::sync::Semaphore::new(n)),
+        })
+    }
+
+    async fn permit(&self) -> StoreResult<tokio::sync::OwnedSemaphorePermit> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("reader pool closed".into()))
+    }
+
+    /// Takes a free connection (the caller holds a permit, so there is one), runs `f`
+    /// in one read transaction, and returns the connection to the pool.
+    fn run<R>(&self, f: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
+        let conn = self
+            .conns
+            .lock()
+            .map_err(|_| StoreError::Unavailable("reader pool poisoned".into()))?
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("no free reader".into()))?;
+        let res = (|| {
+            let tx = conn.unchecked_transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if let Ok(mut pool) = self.conns.lock() {
+            pool.push(conn);
+        }
+        res
+    }
 }
 
 /// Registers sqlite-vec with every connection this process opens (once).
@@ -130,10 +190,6 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     )?;
-    // Vector chunks are large blobs on overflow pages: read through mmap rather than
-    // one pread per page, a KNN over 100k vectors takes 19 ms instead of 49 ms
-    // (BENCHMARKS.md). Address space only; the kernel pages it like any file cache.
-    conn.execute_batch(&format!("PRAGMA mmap_size={MMAP_BYTES};"))?;
     Ok(conn)
 }
 
@@ -143,12 +199,8 @@ impl SqliteStore {
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
         documents::upgrade_legacy_vectors(&writer)?;
-        let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            let r = open_connection(path)?;
-            r.execute_batch("PRAGMA query_only=1;")?;
-            readers.push(r);
-        }
+        let readers = Pool::open(path, READERS, false)?;
+        let scanners = Pool::open(path, SCANNERS, true)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("palisade-sqlite-writer".into())
@@ -157,8 +209,8 @@ impl SqliteStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(tx),
-                readers: Mutex::new(readers),
-                read_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
+                readers,
+                scanners,
             }),
         })
     }
@@ -224,8 +276,8 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
-        let permit = self.reader_permit().await?;
-        let res = read_with(&self.inner, f);
+        let permit = self.inner.readers.permit().await?;
+        let res = self.inner.readers.run(f);
         drop(permit);
         res
     }
@@ -237,45 +289,15 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
-        let permit = self.reader_permit().await?;
+        let permit = self.inner.scanners.permit().await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            read_with(&inner, f)
+            inner.scanners.run(f)
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
-
-    async fn reader_permit(&self) -> StoreResult<tokio::sync::OwnedSemaphorePermit> {
-        self.inner
-            .read_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("reader pool closed".into()))
-    }
-}
-
-/// Takes a free read connection (the caller holds a permit, so there is one), runs `f`
-/// in one read transaction, and returns the connection to the pool.
-fn read_with<R>(inner: &Inner, f: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
-    let conn = inner
-        .readers
-        .lock()
-        .map_err(|_| StoreError::Unavailable("reader pool poisoned".into()))?
-        .pop()
-        .ok_or_else(|| StoreError::Unavailable("no free reader".into()))?;
-    let res = (|| {
-        let tx = conn.unchecked_transaction()?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
-    })();
-    if let Ok(mut pool) = inner.readers.lock() {
-        pool.push(conn);
-    }
-    res
 }
 
 /// The group-commit loop: one transaction per batch of waiting writes.

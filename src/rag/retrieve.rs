@@ -1,0 +1,124 @@
+//! Hybrid retrieval within an `AccessScope`: exact KNN and BM25, each with the ACL
+//! inside its query, fused by reciprocal rank, re-checked against the scope in code.
+
+use std::collections::HashMap;
+
+use super::{CANDIDATES_PER_RESULT, RRF_K, Rag, RagError, query_terms};
+use crate::access::{AccessScope, ClientInfo, Principal};
+use crate::audit::{AuditEvent, AuditKind};
+use crate::store::{ChunkHit, Citation, SearchQuery};
+
+impl Rag {
+    /// Hybrid retrieval within `scope`: exact KNN and BM25, each with the ACL inside its
+    /// query, fused by reciprocal rank, then re-checked against the scope in code.
+    pub async fn retrieve(
+        &self,
+        scope: &AccessScope,
+        query: &str,
+        k: usize,
+    ) -> Result<Vec<ChunkHit>, RagError> {
+        let k = k.clamp(1, 50);
+        let candidates = k * CANDIDATES_PER_RESULT;
+        // Nothing visible: no need to spend an embedding on the question.
+        if !self.store.any_visible(scope).await? {
+            return Ok(Vec::new());
+        }
+        let vector = match &self.embedder {
+            Some(e) => {
+                let q = e
+                    .embed(vec![query.to_owned()])
+                    .await
+                    .map_err(|err| {
+                        tracing::error!(error = %err, "query embedding failed");
+                        RagError::Embedding
+                    })?
+                    .pop()
+                    .unwrap_or_default();
+                Some(q)
+            }
+            None => None,
+        };
+        let rankings = self
+            .store
+            .search(
+                scope,
+                SearchQuery {
+                    vector,
+                    terms: query_terms(query),
+                    k: candidates,
+                },
+            )
+            .await?;
+
+        let mut fused: HashMap<String, (f64, ChunkHit)> = HashMap::new();
+        for list in [rankings.vector, rankings.text] {
+            for (rank, hit) in list.into_iter().enumerate() {
+                let add = 1.0 / (RRF_K + rank as f64 + 1.0);
+                fused
+                    .entry(hit.chunk_id.clone())
+                    .and_modify(|(s, _)| *s += add)
+                    .or_insert((add, hit));
+            }
+        }
+        let mut ranked: Vec<(f64, ChunkHit)> = fused.into_values().collect();
+        ranked.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.chunk_id.cmp(&b.1.chunk_id))
+        });
+        let mut out = Vec::with_capacity(k);
+        for (score, mut hit) in ranked {
+            // Defence in depth: the SQL already filtered; a chunk that fails this check
+            // means a bug, and it is dropped and logged rather than shown.
+            if !scope.permits(&hit.tenant, &hit.labels) {
+                tracing::error!(chunk = %hit.chunk_id, "retrieval returned a chunk outside the scope; dropped");
+                continue;
+            }
+            hit.score = score;
+            out.push(hit);
+            if out.len() == k {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Retrieval for a prompt, recorded in the audit trail as data lineage: which
+    /// documents went to the model, for whom, in which request.
+    pub async fn retrieve_for_prompt(
+        &self,
+        p: &Principal,
+        query: &str,
+        client: &ClientInfo,
+    ) -> Result<Vec<ChunkHit>, RagError> {
+        let hits = self
+            .retrieve(&p.access_scope(), query, self.cfg.top_k)
+            .await?;
+        if !hits.is_empty() {
+            let mut docs: Vec<&str> = hits.iter().map(|h| h.document_id.as_str()).collect();
+            docs.sort();
+            docs.dedup();
+            self.audit
+                .record(
+                    AuditEvent::new(AuditKind::Retrieval)
+                        .tenant(p.tenant())
+                        .subject(p.subject())
+                        .session(p.session_id())
+                        .client(client)
+                        .resource(docs.join(",")),
+                )
+                .await;
+        }
+        Ok(hits)
+    }
+}
+
+/// Citations for the passages that were put into a prompt, one per chunk.
+pub fn citations(hits: &[ChunkHit]) -> Vec<Citation> {
+    hits.iter()
+        .map(|h| Citation {
+            document_id: h.document_id.clone(),
+            title: h.title.clone(),
+            chunk_id: h.chunk_id.clone(),
+        })
+        .collect()
+}
