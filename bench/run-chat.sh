@@ -58,6 +58,17 @@ for len in 10 1000 5000; do
 done
 
 NS='{"model":"mock-model","messages":[{"role":"user","content":"Summarise our travel policy in one sentence."}]}'
+# A stateless call carrying a client-sent history as long as a thread's stored one (the
+# 3,000-token budget): the same prompt size, so the difference is the cost of persistence.
+NSH=$(python3 -c '
+import json
+answer = ("The travel policy books flights under six hours in economy. " * 7)[:400]
+msgs = []
+for i in range(26):
+    msgs += [{"role": "user", "content": "Summarise our travel policy in one sentence."},
+             {"role": "assistant", "content": answer}]
+msgs.append({"role": "user", "content": "Summarise our travel policy in one sentence."})
+print(json.dumps({"model": "mock-model", "messages": msgs}))')
 ST='{"model":"mock-model","stream":true,"messages":[{"role":"user","content":"Summarise our travel policy in one sentence."}]}'
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$PAL/stat"; }
@@ -88,6 +99,7 @@ for c in 1 32; do
   run "bare pass-through (non-stream)" http://127.0.0.1:9200/v1/chat/completions "$NS" "" $c
   run "palisade stateless (non-stream)" http://127.0.0.1:9300/v1/chat/completions "$NS" "$TOKEN" $c
   run "palisade thread-bound turn (non-stream)" http://127.0.0.1:9300/v1/chat/completions "$NS" "$TOKEN" $c "$HOT"
+  run "palisade stateless, same-size history" http://127.0.0.1:9300/v1/chat/completions "$NSH" "$TOKEN" $c
   run "mock directly (stream)" http://127.0.0.1:9100/v1/chat/completions "$ST" "" $c
   run "palisade stateless (stream)" http://127.0.0.1:9300/v1/chat/completions "$ST" "$TOKEN" $c
   run "palisade thread-bound turn (stream)" http://127.0.0.1:9300/v1/chat/completions "$ST" "$TOKEN" $c "$HOT"

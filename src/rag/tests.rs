@@ -1,9 +1,9 @@
 //! Retrieval against the real embedded store: pushdown, recall, empty scopes, injection.
 
 use super::*;
+use crate::access::Acl;
 use crate::access::Principal;
 use crate::store::sqlite::SqliteStore;
-use crate::access::Acl;
 use crate::store::{AuditStore, NewChunk, NewDocument, SearchQuery};
 
 fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
