@@ -120,6 +120,12 @@ impl Principal {
     }
 }
 
+/// The one form of a username used for lookups, throttling and audit: trimmed and
+/// lower-cased, so `ALICE` and `alice` are the same account and the same counter.
+pub fn canonical_username(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
 /// Names of users, tenants, roles and groups: 1–64 characters from `[A-Za-z0-9_.@:-]`.
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()

@@ -81,6 +81,15 @@ impl Audit {
             .await?)
     }
 
+    /// Deletes events older than `retention` (zero: keep everything).
+    pub async fn prune(&self, retention: std::time::Duration) -> Result<u64, AuditError> {
+        if retention.is_zero() {
+            return Ok(0);
+        }
+        let before = crate::timeutil::now_ms() - crate::timeutil::ms(retention);
+        Ok(self.store.prune(before).await?)
+    }
+
     /// Every tenant's events, for the operator's CLI.
     pub async fn all_events(
         &self,

@@ -68,6 +68,9 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     pub redis_url: String,
     pub postgres_url: String,
+    /// Audit events older than this are deleted (hourly); `0s` keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -76,6 +79,7 @@ impl Default for StoreConfig {
             kind: StoreKind::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
             postgres_url: "postgres://postgres@127.0.0.1:5432/palisade".into(),
+            audit_retention: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }
@@ -130,7 +134,8 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Failed logins for one username within `login_failure_window` before 429.
+    /// Failed logins for one username *from one client address* within
+    /// `login_failure_window` before 429: a stranger elsewhere cannot lock the account.
     pub login_failures_per_user: u32,
     #[serde(with = "humantime_serde")]
     pub login_failure_window: Duration,
@@ -138,6 +143,15 @@ pub struct LimitsConfig {
     pub login_attempts_per_ip: u32,
     #[serde(with = "humantime_serde")]
     pub login_ip_window: Duration,
+    /// Login attempts for one username from anywhere: a burst of this many, then
+    /// `login_user_attempts_per_minute`. A ceiling that slows a distributed guessing
+    /// campaign without locking the real user out for long.
+    pub login_user_attempt_burst: u32,
+    pub login_user_attempts_per_minute: u32,
+    /// Repeated rejected tokens of one kind within this window are one audit event with
+    /// a count, not one write each.
+    #[serde(with = "humantime_serde")]
+    pub rejected_token_audit_window: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -149,6 +163,9 @@ impl Default for LimitsConfig {
             login_failure_window: Duration::from_secs(15 * 60),
             login_attempts_per_ip: 30,
             login_ip_window: Duration::from_secs(60),
+            login_user_attempt_burst: 100,
+            login_user_attempts_per_minute: 10,
+            rejected_token_audit_window: Duration::from_secs(10),
         }
     }
 }
@@ -258,7 +275,7 @@ impl Default for EmbeddingsConfig {
             base_url: None,
             model: "text-embedding-3-small".into(),
             dim: 384,
-            api_key_env: Some("OPENAI_API_KEY".into()),
+            api_key_env: None,
         }
     }
 }
@@ -422,7 +439,11 @@ impl Config {
         {
             return bad("embeddings.base_url must be an http(s) URL without credentials or query");
         }
-        if self.limits.login_failures_per_user == 0 || self.limits.login_attempts_per_ip == 0 {
+        if self.limits.login_failures_per_user == 0
+            || self.limits.login_attempts_per_ip == 0
+            || self.limits.login_user_attempt_burst == 0
+            || self.limits.login_user_attempts_per_minute == 0
+        {
             return bad("login limits must be at least 1");
         }
         Ok(())
@@ -456,6 +477,13 @@ fn plain_http_url(raw: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embeddings_host_gets_no_key_unless_configured() {
+        // The model's key must not travel to another host by default.
+        assert_eq!(Config::default().embeddings.api_key_env, None);
+        assert!(Config::default().llm.api_key_env.is_some());
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -144,7 +144,7 @@ enum UserCmd {
 #[derive(Subcommand)]
 enum KeysCmd {
     /// Make a new active token key; tokens minted under the old one verify until they
-    /// expire. A running server picks up the new key at its next start.
+    /// expire. Running servers pick up the new key within a second.
     Rotate,
 }
 
@@ -327,7 +327,7 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
         }
         Cmd::Keys(KeysCmd::Rotate) => {
             let id = ops::rotate_keys(&cfg)?;
-            println!("new active key {id}; restart running servers to mint with it");
+            println!("new active key {id}; running servers mint with it within a second");
             Ok(())
         }
     }

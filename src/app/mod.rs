@@ -45,12 +45,34 @@ pub fn open_stores(cfg: &Config) -> Result<Stores, AnyError> {
     Ok(Stores::open(&cfg.store, &cfg.data_dir)?)
 }
 
-fn ensure_data_dir(dir: &Path) -> std::io::Result<()> {
+/// Creates `data_dir` 0700, or checks an existing one: a directory others may write to
+/// is refused (they could swap the store or the keys); one others may list is accepted
+/// with a warning (every file palisade creates in it is 0600).
+fn ensure_data_dir(dir: &Path) -> Result<(), AnyError> {
+    use std::os::unix::fs::PermissionsExt;
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        return Ok(());
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "data_dir {} is writable by other users (mode {:o}); run: chmod 700 {}",
+            dir.display(),
+            mode & 0o777,
+            dir.display()
+        )
+        .into());
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "data_dir can be listed by other users; its files are 0600, but chmod 700 is better"
+        );
     }
     Ok(())
 }
@@ -110,6 +132,45 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     if demo {
         demo::seed(&cfg, &state).await?;
     }
+    // Housekeeping, once a second: pick up a key rotation made by the CLI or another
+    // node, and write the counts of repeated rejected tokens whose window has closed.
+    // Every few seconds, check the store as readiness does, so that a damaged file
+    // stops service even when nobody probes /readyz.
+    // Hourly (and at start): delete ended sessions, old rotated refresh tokens and audit
+    // events past their retention.
+    let housekeeping = {
+        let auth = state.auth.clone();
+        let health = state.health.clone();
+        let audit = state.audit.clone();
+        let retention = cfg.store.audit_retention;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            for n in 0u64.. {
+                tick.tick().await;
+                auth.reload_keys_if_changed();
+                auth.flush_rejections(false).await;
+                if n % 5 == 4 {
+                    health.check().await;
+                }
+                if n % 3600 == 0 {
+                    match (auth.prune_sessions().await, audit.prune(retention).await) {
+                        (Ok((s, t)), Ok(a)) => tracing::info!(
+                            sessions = s,
+                            refresh_tokens = t,
+                            audit_events = a,
+                            "pruned"
+                        ),
+                        (s, a) => tracing::warn!(
+                            sessions = s.is_err(),
+                            audit = a.is_err(),
+                            "pruning failed; will retry"
+                        ),
+                    }
+                }
+            }
+        })
+    };
+    let auth = state.auth.clone();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "palisade listening");
@@ -127,6 +188,8 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
+    housekeeping.abort();
+    auth.flush_rejections(true).await;
     tracing::info!("palisade stopped");
     Ok(())
 }

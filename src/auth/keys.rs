@@ -85,6 +85,7 @@ fn new_stored_key() -> Result<StoredKey, String> {
 impl Keyring {
     /// Loads the keys file, creating it (0600) with a fresh key if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        let _lock = lock_key_file(path)?;
         if !path.exists() {
             let first = new_stored_key().map_err(|msg| file_err(path, msg))?;
             let kf = KeyFile {
@@ -136,6 +137,9 @@ impl Keyring {
     /// Adds a new active key; the previous one verifies until it is pruned.
     /// Returns the new key id.
     pub fn rotate(path: &Path) -> Result<String, KeyError> {
+        // Read-modify-write under an exclusive lock: concurrent rotations (two
+        // operators, two nodes) each add their key; none is lost.
+        let _lock = lock_key_file(path)?;
         let mut kf = read_key_file(path)?;
         let now = now_ms();
         for k in &mut kf.keys {
@@ -172,6 +176,40 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> KeyError {
     KeyError::File {
         path: path.display().to_string(),
         msg: msg.to_string(),
+    }
+}
+
+/// An exclusive advisory lock on `<keys file>.lock`, held until dropped.
+fn lock_key_file(path: &Path) -> Result<fs::File, KeyError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    if let Some(dir) = lock_path.parent() {
+        fs::create_dir_all(dir).map_err(|e| file_err(path, e))?;
+    }
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| file_err(&lock_path, e))?;
+    f.lock().map_err(|e| file_err(&lock_path, e))?;
+    Ok(f)
+}
+
+impl Keyring {
+    /// Reads the keys file as it is now (for a running server picking up a rotation).
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        Self::from_file(&read_key_file(path)?, path)
+    }
+
+    /// Every key id, active first.
+    pub fn ids(&self) -> Vec<&str> {
+        std::iter::once(self.active.0.as_str())
+            .chain(self.verify_only.iter().map(|(id, _)| id.as_str()))
+            .collect()
     }
 }
 

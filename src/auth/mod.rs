@@ -11,6 +11,7 @@
 
 pub mod keys;
 pub mod password;
+mod rejections;
 mod session_ops;
 pub mod sessions;
 pub mod throttle;
@@ -30,6 +31,7 @@ use crate::store::{SessionStore, StoreError, UserStore};
 use crate::timeutil::ms;
 
 use password::PasswordVerifierPool;
+use rejections::{Disposition, RejectionLog};
 use sessions::{Liveness, SessionCache};
 use throttle::Throttle;
 use tokens::{AccessClaims, TokenRejection, TokenService};
@@ -94,8 +96,18 @@ pub struct AuthService {
     tokens: TokenService,
     passwords: PasswordVerifierPool,
     audit: Audit,
-    user_throttle: Throttle,
+    /// Failed logins per (canonical username, client address).
+    pair_throttle: Throttle,
+    /// Login attempts per client address.
     ip_throttle: Throttle,
+    /// Login attempts per canonical username, from anywhere (GCRA: a burst, then a rate).
+    user_ceiling: governor::DefaultKeyedRateLimiter<String>,
+    rejections: RejectionLog,
+    /// The keys file and the modification time of the keys in use.
+    keys_file: (
+        std::path::PathBuf,
+        std::sync::Mutex<Option<std::time::SystemTime>>,
+    ),
     idle_ttl_ms: i64,
     absolute_ttl_ms: i64,
     grace_ms: i64,
@@ -122,8 +134,24 @@ impl AuthService {
             tokens: TokenService::new(keys, t.access_ttl),
             passwords: PasswordVerifierPool::new(),
             audit,
-            user_throttle: Throttle::new(l.login_failures_per_user, l.login_failure_window),
+            pair_throttle: Throttle::new(l.login_failures_per_user, l.login_failure_window),
             ip_throttle: Throttle::new(l.login_attempts_per_ip, l.login_ip_window),
+            user_ceiling: governor::RateLimiter::keyed(
+                governor::Quota::per_minute(
+                    std::num::NonZeroU32::new(l.login_user_attempts_per_minute)
+                        .unwrap_or(std::num::NonZeroU32::MIN),
+                )
+                .allow_burst(
+                    std::num::NonZeroU32::new(l.login_user_attempt_burst)
+                        .unwrap_or(std::num::NonZeroU32::MIN),
+                ),
+            ),
+            rejections: RejectionLog::new(l.rejected_token_audit_window),
+            keys_file: {
+                let path = cfg.keys_path();
+                let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                (path, std::sync::Mutex::new(modified))
+            },
             idle_ttl_ms: ms(t.session_idle_ttl),
             absolute_ttl_ms: ms(t.session_absolute_ttl),
             grace_ms: ms(t.refresh_reuse_grace),
@@ -144,14 +172,15 @@ impl AuthService {
         let claims = match self.tokens.verify(token) {
             Ok(c) => c,
             Err(rejected) => {
+                let reason = rejected.why.reason();
                 let mut ev = AuditEvent::new(AuditKind::TokenRejected)
                     .client(client)
-                    .reason(rejected.why.reason());
+                    .reason(reason);
                 if let Some(c) = rejected.claims {
                     let c = *c;
                     ev = ev.tenant(c.tenant).subject(c.subject).session(c.session_id);
                 }
-                self.audit.record(ev).await;
+                self.record_rejection(ev, reason).await;
                 return Err(AuthError::Unauthorized);
             }
         };
@@ -162,22 +191,74 @@ impl AuthService {
         {
             Ok(Liveness::Live) => Ok(principal_of(claims)),
             Ok(Liveness::Dead) => {
-                self.audit
-                    .record(
-                        AuditEvent::new(AuditKind::TokenRejected)
-                            .tenant(&claims.tenant)
-                            .subject(&claims.subject)
-                            .session(&claims.session_id)
-                            .client(client)
-                            .reason(TokenRejection::SessionNotLive.reason()),
-                    )
-                    .await;
+                let reason = TokenRejection::SessionNotLive.reason();
+                let ev = AuditEvent::new(AuditKind::TokenRejected)
+                    .tenant(&claims.tenant)
+                    .subject(&claims.subject)
+                    .session(&claims.session_id)
+                    .client(client)
+                    .reason(reason);
+                self.record_rejection(ev, reason).await;
                 Err(AuthError::Unauthorized)
             }
             Err(e) => {
                 tracing::error!(error = %e, "session check failed; denying");
                 Err(AuthError::Store(e))
             }
+        }
+    }
+}
+
+impl AuthService {
+    /// The first rejection of its kind in the window is written; repeats are counted.
+    async fn record_rejection(&self, ev: AuditEvent, reason: &'static str) {
+        for aggregated in self.rejections.flush(false) {
+            self.audit.record(aggregated).await;
+        }
+        match self.rejections.note(ev, reason) {
+            Disposition::Record(ev) => self.audit.record(*ev).await,
+            Disposition::Counted => {}
+        }
+    }
+
+    /// Picks up a rotation made by `palisade keys rotate` (or another node): when the
+    /// keys file changed, new tokens are minted with its active key and every key in it
+    /// verifies. A file that cannot be read or belongs to another deployment is ignored
+    /// (the keys in use stay) and logged.
+    pub fn reload_keys_if_changed(&self) {
+        let (path, seen) = &self.keys_file;
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let Ok(mut seen) = seen.lock() else { return };
+        if modified.is_none() || modified == *seen {
+            return;
+        }
+        match keys::Keyring::load(path) {
+            Ok(fresh) => match self.tokens.replace_keys(fresh) {
+                Ok(()) => {
+                    *seen = modified;
+                    tracing::info!(active = %self.tokens.active_key_id(), "token keys reloaded");
+                }
+                Err(why) => tracing::error!(why, "token keys not reloaded"),
+            },
+            Err(e) => tracing::error!(error = %e, "token keys not reloaded"),
+        }
+    }
+
+    /// Deletes sessions that ended over an hour ago with their refresh families, and
+    /// rotated refresh tokens older than the idle timeout.
+    pub async fn prune_sessions(&self) -> Result<(u64, u64), AuthError> {
+        let now = crate::timeutil::now_ms();
+        Ok(self
+            .sessions
+            .prune(now - 3_600_000, self.idle_ttl_ms, now - self.idle_ttl_ms)
+            .await?)
+    }
+
+    /// Writes the counts of repeated rejections whose window has closed (`force`: all
+    /// of them, at shutdown).
+    pub async fn flush_rejections(&self, force: bool) {
+        for aggregated in self.rejections.flush(force) {
+            self.audit.record(aggregated).await;
         }
     }
 }

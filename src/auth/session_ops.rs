@@ -14,25 +14,24 @@ impl AuthService {
         password: &SecretString,
         client: &ClientInfo,
     ) -> Result<IssuedTokens, AuthError> {
-        let user_key = username.to_lowercase();
+        let canonical = crate::access::canonical_username(username);
         let ip_key = client.ip.map(|i| i.to_string()).unwrap_or_default();
-        let throttled = self
-            .ip_throttle
-            .check(&ip_key)
-            .and_then(|()| self.user_throttle.check(&user_key));
-        if let Err(retry_after_secs) = throttled {
+        let pair_key = format!("{canonical}\u{1f}{ip_key}");
+        // Every slot is taken before the slow hash, each in one atomic step, so a burst
+        // of concurrent guesses evaluates at most the limit; an attempt refused by one
+        // limit gives back what it took from the others.
+        if let Err(retry_after_secs) = self.admit_login(&canonical, &pair_key, &ip_key) {
             self.audit
                 .record(
                     AuditEvent::new(AuditKind::LoginThrottled)
-                        .username(username)
+                        .username(self.tokens.pseudonym(&canonical))
                         .client(client),
                 )
                 .await;
             return Err(AuthError::Throttled { retry_after_secs });
         }
-        self.ip_throttle.hit(&ip_key);
 
-        let user = self.users.user_by_username(username).await?;
+        let user = self.users.user_by_username(&canonical).await?;
         let password_ok = self
             .passwords
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
@@ -46,19 +45,21 @@ impl AuthService {
         let user = match (failure, user) {
             (None, Some(u)) => u,
             (reason, user) => {
-                self.user_throttle.hit(&user_key);
+                // The failure keeps the slot it took. A username that matches no account
+                // is recorded only as a keyed pseudonym: it may be a password typed into
+                // the wrong field.
                 let mut ev = AuditEvent::new(AuditKind::LoginFailed)
-                    .username(username)
                     .client(client)
                     .reason(reason.unwrap_or("unknown_user"));
-                if let Some(u) = user {
-                    ev = ev.tenant(u.tenant).subject(u.id);
-                }
+                ev = match user {
+                    Some(u) => ev.username(u.username).tenant(u.tenant).subject(u.id),
+                    None => ev.username(self.tokens.pseudonym(&canonical)),
+                };
                 self.audit.record(ev).await;
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        self.user_throttle.reset(&user_key);
+        self.pair_throttle.reset(&pair_key);
 
         // Mint before persisting: if minting failed, no orphan session would remain.
         let now = now_ms();
@@ -90,6 +91,24 @@ impl AuthService {
             )
             .await;
         Ok(issued)
+    }
+
+    /// Takes a login slot for (username, address), for the address and for the username
+    /// from anywhere, or none of them.
+    fn admit_login(&self, canonical: &str, pair_key: &str, ip_key: &str) -> Result<(), u64> {
+        self.pair_throttle.acquire(pair_key)?;
+        if let Err(retry) = self.ip_throttle.acquire(ip_key) {
+            self.pair_throttle.release(pair_key);
+            return Err(retry);
+        }
+        if let Err(not_until) = self.user_ceiling.check_key(&canonical.to_owned()) {
+            self.pair_throttle.release(pair_key);
+            self.ip_throttle.release(ip_key);
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(wait.as_secs().max(1));
+        }
+        Ok(())
     }
 
     fn issue(

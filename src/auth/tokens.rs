@@ -62,7 +62,9 @@ impl TokenRejection {
 }
 
 pub struct TokenService {
-    keys: Keyring,
+    /// Swapped whole when the keys file changes (a rotation by the CLI or another node).
+    keys: std::sync::RwLock<std::sync::Arc<Keyring>>,
+    deployment_id: String,
     access_ttl: Duration,
     implicit: Vec<u8>,
     audience: String,
@@ -77,11 +79,59 @@ impl TokenService {
         let implicit = format!("palisade:{TOKEN_TYPE}:{}", keys.deployment_id).into_bytes();
         let audience = format!("palisade:{}", keys.deployment_id);
         Self {
-            keys,
+            deployment_id: keys.deployment_id.clone(),
+            keys: std::sync::RwLock::new(std::sync::Arc::new(keys)),
             access_ttl,
             implicit,
             audience,
         }
+    }
+
+    /// A stable pseudonym of `value` for the audit trail (e.g. a username that matches
+    /// no account, which may be a password typed in the wrong field): HMAC-SHA-256 under
+    /// a key derived from the active token key for this one purpose. It changes when the
+    /// keys rotate.
+    pub fn pseudonym(&self, value: &str) -> String {
+        use hmac::{Hmac, Mac};
+        type H = Hmac<sha2::Sha256>;
+        let keys = self.keys();
+        let (_, key) = keys.active();
+        let Ok(mut kdf) = <H as Mac>::new_from_slice(key.as_bytes()) else {
+            return "unknown".into();
+        };
+        kdf.update(b"palisade:audit-pseudonym:v1");
+        let subkey = kdf.finalize().into_bytes();
+        let Ok(mut mac) = <H as Mac>::new_from_slice(&subkey) else {
+            return "unknown".into();
+        };
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("unknown:{hex}")
+    }
+
+    fn keys(&self) -> std::sync::Arc<Keyring> {
+        match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the keys with `fresh` (read from the keys file after a rotation). A file
+    /// of another deployment is refused: it would make every live token unverifiable.
+    pub fn replace_keys(&self, fresh: Keyring) -> Result<(), &'static str> {
+        if fresh.deployment_id != self.deployment_id {
+            return Err("the keys file now belongs to another deployment; keeping the loaded keys");
+        }
+        if let Ok(mut k) = self.keys.write() {
+            *k = std::sync::Arc::new(fresh);
+        }
+        Ok(())
+    }
+
+    /// The id of the key new tokens are minted with.
+    pub fn active_key_id(&self) -> String {
+        self.keys().active().0.to_owned()
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -115,7 +165,8 @@ impl TokenService {
             .add_additional("sid", c.session_id.as_str())
             .map_err(|_| MintError)?;
 
-        let (_, key) = self.keys.active();
+        let keys = self.keys();
+        let (_, key) = keys.active();
         let mut footer = Footer::new();
         footer.key_id(&Id::from(key));
         local::encrypt(key, &claims, Some(&footer), Some(&self.implicit)).map_err(|_| MintError)
@@ -139,7 +190,8 @@ impl TokenService {
         let footer: KeyFooter =
             serde_json::from_slice(footer).map_err(|_| TokenRejection::Malformed)?;
         let kid = footer.kid.as_str();
-        let key = self.keys.find(kid).ok_or(TokenRejection::UnknownKey)?;
+        let keys = self.keys();
+        let key = keys.find(kid).ok_or(TokenRejection::UnknownKey)?;
 
         // Authenticate first (the low-level decrypt checks only the tag), then validate
         // the claims ourselves, so that an authentic but expired token can still be

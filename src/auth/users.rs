@@ -135,7 +135,7 @@ impl AuthService {
             .create_user(NewUser {
                 id: new_id(),
                 tenant: a.tenant.to_owned(),
-                username: a.username.to_owned(),
+                username: crate::access::canonical_username(a.username),
                 password_hash: hash,
                 roles: a.roles,
                 groups: a.groups,
@@ -173,7 +173,7 @@ impl AuthService {
         change.validate()?;
         let user = self
             .users
-            .user_by_username(username)
+            .user_by_username(&crate::access::canonical_username(username))
             .await?
             .ok_or(AuthError::NotFound)?;
         let updated = self

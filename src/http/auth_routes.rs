@@ -102,10 +102,17 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_same_origin(&headers, &s.config.public_origin)?;
-    match (principal, read_refresh(&headers)) {
-        (Some(p), _) => s.auth.logout(&p, &client).await?,
-        (None, Some(cookie)) => s.auth.logout_with_refresh(&cookie, &client).await?,
-        (None, None) => return Err(ApiError::Unauthorized),
+    let cookie = read_refresh(&headers);
+    if principal.is_none() && cookie.is_none() {
+        return Err(ApiError::Unauthorized);
+    }
+    if let Some(p) = &principal {
+        s.auth.logout(p, &client).await?;
+    }
+    // The cookie is cleared below, so its session ends too — even when it is not the
+    // bearer token's session: never leave a live session behind a cleared cookie.
+    if let Some(cookie) = &cookie {
+        s.auth.logout_with_refresh(cookie, &client).await?;
     }
     Ok((
         StatusCode::NO_CONTENT,

@@ -19,8 +19,27 @@ pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready only when the store answers a real query.
-pub async fn readyz(State(s): State<AppState>) -> Result<Response, ApiError> {
-    s.health.ping().await?;
-    Ok(axum::Json(json!({"status": "ready"})).into_response())
+/// Ready only when the store works for real: a fresh connection reads the real tables
+/// and a durable write succeeds. Names the failing part, never its internals.
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    let checks = s.health.check().await;
+    let ok = checks.iter().all(|c| c.ok) && !s.health.degraded();
+    let report: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .map(|c| (c.name.to_owned(), json!(c.detail)))
+        .collect();
+    if ok {
+        return axum::Json(json!({"status": "ready", "checks": report})).into_response();
+    }
+    let e = ApiError::Unavailable;
+    (
+        e.status(),
+        axum::Json(json!({
+            "error": {"code": e.code(), "message": e.public_message()},
+            "status": "unavailable",
+            "checks": report,
+            "degraded": s.health.degraded(),
+        })),
+    )
+        .into_response()
 }

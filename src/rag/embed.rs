@@ -77,7 +77,14 @@ impl Embedder for HashingEmbedder {
         "hash"
     }
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
-        Ok(texts.iter().map(|t| self.embed_one(t)).collect())
+        // A question is one short text; a document is hundreds: off the async workers.
+        if texts.len() <= 4 {
+            return Ok(texts.iter().map(|t| self.embed_one(t)).collect());
+        }
+        let me = HashingEmbedder { dim: self.dim };
+        tokio::task::spawn_blocking(move || texts.iter().map(|t| me.embed_one(t)).collect())
+            .await
+            .map_err(|e| EmbedError::Model(e.to_string()))
     }
 }
 

@@ -48,7 +48,12 @@ pub struct Rag {
     embedder: Option<Arc<dyn Embedder>>,
     cfg: RagConfig,
     audit: Audit,
+    /// Ingestions running at once (each takes a blocking thread to chunk and embed).
+    ingest_slots: tokio::sync::Semaphore,
 }
+
+/// Ingestions that may chunk and embed at the same time.
+const INGEST_CONCURRENCY: usize = 1;
 
 /// Builds the configured embedder. A missing local model is not fatal: retrieval falls
 /// back to BM25 and says so in the log.
@@ -114,6 +119,7 @@ impl Rag {
             embedder,
             cfg,
             audit,
+            ingest_slots: tokio::sync::Semaphore::new(INGEST_CONCURRENCY),
         }
     }
 

@@ -76,6 +76,9 @@ pub struct AuditEvent {
     /// The `x-request-id` of the request that caused the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// For an aggregated event: how many more of the same kind happened in its window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl AuditEvent {
@@ -91,6 +94,7 @@ impl AuditEvent {
             reason: None,
             resource: None,
             request_id: None,
+            count: None,
         }
     }
     pub fn tenant(mut self, t: impl Into<String>) -> Self {
@@ -153,4 +157,6 @@ pub trait AuditStore: Send + Sync {
     async fn append(&self, event: &AuditEvent) -> StoreResult<()>;
     /// Newest first.
     async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditEvent>>;
+    /// Deletes events older than `before` (the configured retention). Returns how many.
+    async fn prune(&self, before: i64) -> StoreResult<u64>;
 }

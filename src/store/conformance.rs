@@ -489,7 +489,9 @@ async fn audit_events_are_kept_per_tenant_and_request() {
         .unwrap();
     assert_eq!(by_req.len(), 1);
     assert_eq!(by_req[0].tenant.as_deref(), Some("acme"));
-    s.health.ping().await.unwrap();
+    let checks = s.health.check().await;
+    assert!(checks.iter().all(|c| c.ok), "{checks:?}");
+    assert!(!s.health.degraded());
 }
 
 #[tokio::test]
@@ -532,4 +534,48 @@ async fn a_dropped_caller_never_receives_someone_elses_reply() {
             t.await.unwrap();
         }
     }
+}
+
+#[tokio::test]
+async fn ended_sessions_and_old_events_are_pruned_and_live_ones_kept() {
+    let o = open();
+    let s = &o.stores;
+    let u = user(s, "acme", "alice").await;
+    let live = session(s, &u, &RefreshToken::generate(), T0 + 29 * DAY).await;
+    let expired = session(s, &u, &RefreshToken::generate(), T0).await; // ends T0 + 30d
+    let revoked = session(s, &u, &RefreshToken::generate(), T0 + 29 * DAY).await;
+    s.sessions
+        .revoke_session("acme", &u.id, &revoked.id, "logout", T0 + 29 * DAY)
+        .await
+        .unwrap();
+    let now = T0 + 31 * DAY;
+    let (sessions, tokens) = s
+        .sessions
+        .prune(now - 3_600_000, 7 * DAY, now - 7 * DAY)
+        .await
+        .unwrap();
+    assert_eq!((sessions, tokens), (2, 2));
+    assert!(s.sessions.session(&expired.id).await.unwrap().is_none());
+    assert!(s.sessions.session(&revoked.id).await.unwrap().is_none());
+    assert!(s.sessions.session(&live.id).await.unwrap().is_some());
+
+    // One event from long ago (the other is stamped now).
+    let mut old = AuditEvent::new(AuditKind::Logout).tenant("acme");
+    old.ts = 1_000;
+    s.audit.append(&old).await.unwrap();
+    s.audit
+        .append(&AuditEvent::new(AuditKind::Logout).tenant("acme"))
+        .await
+        .unwrap();
+    assert_eq!(s.audit.prune(2_000).await.unwrap(), 1);
+    let left = s
+        .audit
+        .query(AuditQuery {
+            tenant: Some("acme".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
 }

@@ -59,10 +59,40 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Liveness of the backing stores, for `/readyz`.
+/// One readiness check: which part, and whether it works. `detail` is a fixed word
+/// (`ok`, `unavailable`, `corrupt`), never an internal error text.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: &'static str,
+}
+
+impl Check {
+    pub fn of(name: &'static str, r: &StoreResult<()>) -> Check {
+        let detail = match r {
+            Ok(()) => "ok",
+            Err(StoreError::Corrupt(_)) => "corrupt",
+            Err(_) => "unavailable",
+        };
+        Check {
+            name,
+            ok: r.is_ok(),
+            detail,
+        }
+    }
+}
+
+/// Health of the backing stores, for `/readyz` and for refusing service when the data
+/// cannot be trusted.
 #[async_trait::async_trait]
 pub trait Health: Send + Sync {
-    async fn ping(&self) -> StoreResult<()>;
+    /// Exercises the store for real: reads real tables the way a new connection sees
+    /// the files, and makes a durable write.
+    async fn check(&self) -> Vec<Check>;
+    /// True once the store has shown corruption: every protected request is then
+    /// refused (503) until an operator restarts the gateway on repaired data.
+    fn degraded(&self) -> bool;
 }
 
 /// Every store a running gateway needs, opened once from the configuration.

@@ -89,6 +89,16 @@ pub trait SessionStore: Send + Sync {
         reason: &str,
         now: i64,
     ) -> StoreResult<Vec<String>>;
+    /// Deletes sessions that ended (revoked, idle or past their absolute lifetime) before
+    /// `ended_before`, with their refresh families, and rotated refresh tokens issued
+    /// before `rotated_before` (reuse of one older than that is refused, just no longer
+    /// recognised as theft). Returns (sessions, refresh tokens) deleted.
+    async fn prune(
+        &self,
+        ended_before: i64,
+        idle_ttl_ms: i64,
+        rotated_before: i64,
+    ) -> StoreResult<(u64, u64)>;
     /// The user's sessions that are not revoked and not past their absolute lifetime.
     async fn list_sessions(
         &self,

@@ -32,6 +32,7 @@ pub struct NewUser {
 pub trait UserStore: Send + Sync {
     /// Fails with `Conflict` if the username is taken (usernames are unique per deployment).
     async fn create_user(&self, user: NewUser) -> StoreResult<UserRecord>;
+    /// Usernames compare without regard to ASCII case.
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>>;
     async fn user_by_id(&self, tenant: &str, id: &str) -> StoreResult<Option<UserRecord>>;
     /// The users of one tenant, or of every tenant (the operator's CLI) when `None`.

@@ -61,7 +61,10 @@ async fn status_of(s: &Server, token: &str) -> StatusCode {
 
 #[tokio::test]
 async fn forged_and_confused_tokens_are_rejected() {
-    let s = Server::start();
+    // A zero aggregation window records every rejection on its own, so each forgery's
+    // reason can be checked (repeats are aggregated by default; see
+    // garbage_tokens_do_not_write_one_audit_row_each).
+    let s = Server::start_with(&[("PALISADE_LIMITS__REJECTED_TOKEN_AUDIT_WINDOW", "0s")]);
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let me: Value = s.get("/auth/me", &a.access).await.json().await.unwrap();
@@ -312,4 +315,39 @@ async fn idle_sessions_expire_but_active_ones_live_on() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(status_of(&s, &active.access).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn garbage_tokens_do_not_write_one_audit_row_each() {
+    let s = Server::start_with(&[("PALISADE_LIMITS__REJECTED_TOKEN_AUDIT_WINDOW", "1s")]);
+    seed_acme(&s);
+    let mut tasks = Vec::new();
+    for i in 0..2000 {
+        let http = s.http.clone();
+        let url = s.url("/auth/me");
+        tasks.push(tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(format!("v4.local.garbage-{i}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let rows = s.audit_cli("token_rejected");
+    assert!(
+        rows.len() <= 3,
+        "{} rows for 2,000 garbage tokens",
+        rows.len()
+    );
+    // When the window closes, the repeats are recorded as one event with their count.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rows = s.audit_cli("token_rejected");
+    assert!(rows.len() <= 4, "{} rows", rows.len());
+    // A first-of-its-kind event stands for itself; an aggregated one for its count.
+    let total: u64 = rows.iter().map(|e| e["count"].as_u64().unwrap_or(1)).sum();
+    assert_eq!(total, 2000, "every rejection is accounted for: {rows:?}");
 }

@@ -9,6 +9,7 @@ mod auth_tokens;
 mod chat;
 mod cli_docs;
 mod foundation;
+mod hardening;
 mod hygiene;
 mod model;
 mod rag;

@@ -1,4 +1,5 @@
-//! Declared body size and total handling time, both answered in the error contract.
+//! Declared body size and total handling time, both answered in the error contract;
+//! and no service from a store that has shown corruption.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -7,6 +8,21 @@ use axum::response::{IntoResponse, Response};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
+
+/// Data that cannot be trusted is not served: once the store has shown corruption,
+/// every request but the health probes answers 503 alike — never a mix of answers and
+/// errors.
+pub async fn refuse_when_degraded(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+    if !probe && state.health.degraded() {
+        return ApiError::Unavailable.into_response();
+    }
+    next.run(req).await
+}
 
 pub async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let max = state.config.limits.max_body_bytes;

@@ -30,6 +30,7 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
         reason: r.get(7)?,
         resource: r.get(8)?,
         request_id: r.get(9)?,
+        count: r.get::<_, Option<i64>>(10)?.map(|n| n.max(0) as u64),
     })
 }
 
@@ -40,8 +41,8 @@ impl AuditStore for SqliteStore {
         self.write(move |c| {
             c.prepare_cached(
                 "INSERT INTO audit_events
-                   (ts, kind, tenant, subject, username, session_id, ip, reason, resource, request_id)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+                   (ts, kind, tenant, subject, username, session_id, ip, reason, resource, request_id, count)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
             )?
             .execute(params![
                 e.ts,
@@ -53,7 +54,8 @@ impl AuditStore for SqliteStore {
                 e.ip,
                 e.reason,
                 e.resource,
-                e.request_id
+                e.request_id,
+                e.count.map(|n| n.min(i64::MAX as u64) as i64)
             ])?;
             Ok(())
         })
@@ -63,7 +65,7 @@ impl AuditStore for SqliteStore {
     async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditEvent>> {
         self.read_blocking(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT ts, kind, tenant, subject, username, session_id, ip, reason, resource, request_id
+                "SELECT ts, kind, tenant, subject, username, session_id, ip, reason, resource, request_id, count
                  FROM audit_events
                  WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR kind = ?2)
                    AND (?3 IS NULL OR request_id = ?3)
@@ -73,6 +75,13 @@ impl AuditStore for SqliteStore {
                 .query_map(params![q.tenant, q.kind, q.request_id, q.limit], audit_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn prune(&self, before: i64) -> StoreResult<u64> {
+        self.write(move |c| {
+            Ok(c.execute("DELETE FROM audit_events WHERE ts < ?1", [before])? as u64)
         })
         .await
     }

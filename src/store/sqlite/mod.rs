@@ -27,7 +27,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
-use super::{Health, StoreError, StoreResult};
+use super::{Check, Health, StoreError, StoreResult};
 
 pub use documents::VEC_CHUNK_SIZE;
 
@@ -50,6 +50,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/02_threads.sql"),
     include_str!("migrations/03_documents.sql"),
     include_str!("migrations/04_request_ids_and_created_by.sql"),
+    include_str!("migrations/05_audit_counts.sql"),
+    include_str!("migrations/06_usernames_nocase.sql"),
+    include_str!("migrations/07_health.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -96,6 +99,9 @@ pub struct SqliteStore {
 }
 
 struct Inner {
+    path: std::path::PathBuf,
+    /// Set when any operation met a damaged file; sticky (see `Health::degraded`).
+    corrupt: std::sync::atomic::AtomicBool,
     writer: Mutex<mpsc::Sender<Job>>,
     readers: Pool,
     scanners: Pool,
@@ -195,9 +201,48 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// The store holds password hashes, conversations and restricted documents: it is
+/// created 0600 (SQLite gives its `-wal` and `-shm` files the database file's mode), and
+/// an existing one that others may read or write is refused rather than used.
+fn secure_files(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+            })?;
+    }
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    for f in files.iter().filter(|f| f.exists()) {
+        let mode = std::fs::metadata(f)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", f.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(StoreError::Unavailable(format!(
+                "{} is accessible to other users (mode {:o}); run: chmod 600 {}",
+                f.display(),
+                mode & 0o777,
+                f.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         register_sqlite_vec();
+        secure_files(path)?;
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
         documents::upgrade_legacy_vectors(&writer)?;
@@ -210,6 +255,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                corrupt: std::sync::atomic::AtomicBool::new(false),
                 writer: Mutex::new(tx),
                 readers,
                 scanners,
@@ -265,8 +312,23 @@ impl SqliteStore {
             .send(job)
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         // A dropped reply means the batch did not commit.
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
+        let res = rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the write was not committed".into()))?;
+        self.note(res)
+    }
+
+    /// Remembers corruption, so that the gateway stops serving from damaged data.
+    fn note<R>(&self, res: StoreResult<R>) -> StoreResult<R> {
+        if let Err(StoreError::Corrupt(why)) = &res
+            && !self
+                .inner
+                .corrupt
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::error!(error = %why, "the store is corrupt; refusing every protected request");
+        }
+        res
     }
 
     /// Runs a short read (point lookups by key: a session, a thread page, the ACLs a
@@ -281,7 +343,7 @@ impl SqliteStore {
         let permit = self.inner.readers.permit().await?;
         let res = self.inner.readers.run(f);
         drop(permit);
-        res
+        self.note(res)
     }
 
     /// Runs a read that may scan (retrieval, listings) on the blocking pool, so that it
@@ -293,12 +355,13 @@ impl SqliteStore {
     {
         let permit = self.inner.scanners.permit().await?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let res = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             inner.scanners.run(f)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.note(res)
     }
 }
 
@@ -411,15 +474,56 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
 
 #[async_trait::async_trait]
 impl Health for SqliteStore {
-    async fn ping(&self) -> StoreResult<()> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT count(*) FROM (SELECT 1 FROM users LIMIT 1)",
-                [],
-                |_| Ok(()),
+    async fn check(&self) -> Vec<Check> {
+        // A new connection, as a restarted node would open the files: a truncated or
+        // replaced database fails here even while the pool still reads from its caches.
+        let path = self.inner.path.clone();
+        let read = tokio::task::spawn_blocking(move || -> StoreResult<()> {
+            // The file itself first: SQLite would happily serve recent pages from the
+            // WAL of a database whose main file was truncated or replaced.
+            let mut magic = [0u8; 16];
+            std::fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .map_err(|e| StoreError::Corrupt(format!("database header: {e}")))?;
+            if &magic != b"SQLite format 3\0" {
+                return Err(StoreError::Corrupt("not a database file".into()));
+            }
+            let c = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
+            c.busy_timeout(std::time::Duration::from_secs(2))?;
+            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if usize::try_from(version).ok() != Some(MIGRATIONS.len()) {
+                return Err(StoreError::Corrupt(format!("schema version {version}")));
+            }
+            for table in ["users", "sessions", "threads", "documents", "audit_events"] {
+                c.query_row(
+                    &format!("SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"),
+                    [],
+                    |_| Ok(()),
+                )
+                .map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))?;
+            }
             Ok(())
         })
         .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+        let read = self.note(read);
+        let write = self
+            .write(|c| {
+                c.prepare_cached(
+                    "INSERT INTO health (id, checked_at) VALUES (1, ?1)
+                     ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at",
+                )?
+                .execute([crate::timeutil::now_ms()])?;
+                Ok(())
+            })
+            .await;
+        vec![Check::of("read", &read), Check::of("write", &write)]
+    }
+
+    fn degraded(&self) -> bool {
+        self.inner.corrupt.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

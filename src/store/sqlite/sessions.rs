@@ -197,6 +197,35 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn prune(
+        &self,
+        ended_before: i64,
+        idle_ttl_ms: i64,
+        rotated_before: i64,
+    ) -> StoreResult<(u64, u64)> {
+        self.write(move |c| {
+            // A session ended at the earliest of: revocation, idle deadline, absolute end.
+            let ended = "(revoked_at IS NOT NULL AND revoked_at < ?1)
+                 OR last_seen_at + ?2 < ?1 OR absolute_expires_at < ?1";
+            let tokens = c.execute(
+                &format!(
+                    "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE {ended})"
+                ),
+                params![ended_before, idle_ttl_ms],
+            )?;
+            let sessions = c.execute(
+                &format!("DELETE FROM sessions WHERE {ended}"),
+                params![ended_before, idle_ttl_ms],
+            )?;
+            let rotated = c.execute(
+                "DELETE FROM refresh_tokens WHERE rotated_at IS NOT NULL AND issued_at < ?1",
+                params![rotated_before],
+            )?;
+            Ok((sessions as u64, (tokens + rotated) as u64))
+        })
+        .await
+    }
+
     async fn list_sessions(
         &self,
         tenant: &str,

@@ -69,7 +69,7 @@ impl UserStore for SqliteStore {
         let username = username.to_owned();
         self.read(move |c| {
             Ok(c.query_row(
-                &format!("SELECT {USER_COLS} FROM users WHERE username = ?1"),
+                &format!("SELECT {USER_COLS} FROM users WHERE username = ?1 COLLATE NOCASE"),
                 [username],
                 user_row,
             )

@@ -1,0 +1,429 @@
+//! Attacks from the hardening pass, each reproduced: world-readable store files, a
+//! forced logout through one malformed cookie, logout of the wrong session, work done
+//! before validation.
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn store_files_are_private_even_in_a_preexisting_open_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .env("PALISADE_EMBEDDINGS__KIND", "none")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["user", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = data.join("palisade.db");
+    assert_eq!(mode(&db), 0o600);
+    for side in ["palisade.db-wal", "palisade.db-shm"] {
+        let p = data.join(side);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{side}");
+        }
+    }
+    assert_eq!(mode(&data.join("keys.json")), 0o600);
+
+    // A store file someone made readable by others is refused, not used.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["user", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // So is a data directory others may write to.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(&["user", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 700"));
+}
+
+#[tokio::test]
+async fn a_malformed_cookie_beside_ours_does_not_log_the_user_out() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let resp = s
+        .http
+        .post(s.url("/auth/refresh"))
+        .header(
+            "cookie",
+            reqwest::header::HeaderValue::from_bytes(
+                format!(
+                    "theme=d\u{e9}j\u{e0}; __Host-palisade_refresh={}; x=\"unclosed",
+                    a.cookie
+                )
+                .as_bytes(),
+            )
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the refresh cookie was read");
+    let set = set_cookie(&resp).unwrap();
+    assert!(!set.contains("Max-Age=0"), "the cookie was not cleared");
+}
+
+#[tokio::test]
+async fn logout_with_another_sessions_cookie_ends_both_sessions() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let one = s.login("alice", &acme.alice).await;
+    let two = s.login("alice", &acme.alice).await;
+    let resp = s
+        .http
+        .post(s.url("/auth/logout"))
+        .bearer_auth(&one.access)
+        .header("cookie", format!("__Host-palisade_refresh={}", two.cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(set_cookie(&resp).unwrap().contains("Max-Age=0"));
+    // The bearer's session is over, and the session whose cookie was cleared too: no
+    // live session is left behind a cookie the browser no longer has.
+    assert_eq!(
+        s.get("/auth/me", &one.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (st, _) = error_code(s.refresh(&two.cookie).await).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.get("/auth/me", &two.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_completion_is_refused_before_any_retrieval_or_audit() {
+    let (s, mock) = start_with_mock(&[("PALISADE_THREADS__MAX_MESSAGE_CHARS", "1000")]).await;
+    let acme = seed_acme(&s);
+    let adam = s.login("adam", &acme.adam).await;
+    let r = s
+        .post_auth("/v1/documents", &adam.access, &json!({"title": "Travel", "text": "Flights are booked in economy class.", "acl": {"public": true}}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let a = s.login("alice", &acme.alice).await;
+    let huge = format!("flights economy {}", "x".repeat(40_000));
+    let r = s
+        .post_auth(
+            "/v1/chat/completions",
+            &a.access,
+            &json!({"messages": [{"role": "user", "content": huge}]}),
+        )
+        .await;
+    let (st, code) = error_code(r).await;
+    assert_eq!(
+        (st, code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "message_too_long")
+    );
+    // An oversized message earlier in the history is refused the same way.
+    let r = s
+        .post_auth(
+            "/v1/chat/completions",
+            &a.access,
+            &json!({"messages": [{"role": "assistant", "content": huge}, {"role": "user", "content": "flights?"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(mock.count(), 0);
+    let retrievals: Vec<Value> = s.audit_cli("retrieval");
+    assert!(
+        retrievals.is_empty(),
+        "no documents went anywhere: {retrievals:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_guesses_evaluate_at_most_the_limit() {
+    let s = Server::start_with(&[("PALISADE_LIMITS__LOGIN_ATTEMPTS_PER_IP", "1000")]);
+    let acme = seed_acme(&s);
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let http = s.http.clone();
+        let url = s.url("/auth/login");
+        // The right password is among them.
+        let pw = if i == 57 {
+            acme.alice.clone()
+        } else {
+            format!("guess-{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"username": "alice", "password": pw}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    let mut throttled = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::TOO_MANY_REQUESTS {
+            throttled += 1;
+        }
+    }
+    // Each evaluated guess leaves a login_failed or login_succeeded event.
+    let evaluated = s.audit_cli("login_failed").len() + s.audit_cli("login_succeeded").len();
+    assert!(evaluated <= 5, "{evaluated} passwords were evaluated");
+    assert_eq!(throttled, 100 - evaluated);
+}
+
+async fn login_from(s: &Server, user: &str, password: &str, ip: &str) -> StatusCode {
+    s.http
+        .post(s.url("/auth/login"))
+        .header("x-forwarded-for", ip)
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_lock_an_account_with_case_variants() {
+    // Two client addresses, as seen behind a trusted proxy.
+    let s = Server::start_with(&[("PALISADE_TRUSTED_PROXIES", "[\"127.0.0.0/8\"]")]);
+    let acme = seed_acme(&s);
+    for variant in ["ALICE", "Alice", "alice", " aLiCe ", "ALICE", "alice"] {
+        login_from(&s, variant, "wrong", "203.0.113.66").await;
+    }
+    // The attacker's address is throttled for this account, under every spelling…
+    assert_eq!(
+        login_from(&s, "Alice", &acme.alice, "203.0.113.66").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // …and the real user, elsewhere, is not.
+    assert_eq!(
+        login_from(&s, "alice", &acme.alice, "198.51.100.7").await,
+        StatusCode::OK
+    );
+    // One canonical form: the variants were counted as one account in the audit trail.
+    let failed = s.audit_cli("login_failed");
+    assert!(
+        failed.iter().all(|e| e["username"] == "alice"),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_typed_as_the_username_never_reaches_the_audit_trail() {
+    let s = Server::start();
+    seed_acme(&s);
+    let secret = "Tr0ub4dor&3-typed-in-the-wrong-field";
+    for _ in 0..2 {
+        let r = s.login_raw(secret, "whatever").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let failed = s.audit_cli("login_failed");
+    assert_eq!(failed.len(), 2);
+    let names: Vec<&str> = failed
+        .iter()
+        .map(|e| e["username"].as_str().unwrap())
+        .collect();
+    assert!(names[0].starts_with("unknown:"), "{names:?}");
+    assert_eq!(
+        names[0], names[1],
+        "a stable pseudonym, so repeats can be correlated"
+    );
+    let everything =
+        String::from_utf8(s.cli(&["audit", "list", "--limit", "10000"], None).stdout).unwrap();
+    assert!(!everything.to_lowercase().contains(&secret.to_lowercase()));
+    assert!(!s.log().to_lowercase().contains(&secret.to_lowercase()));
+    // A known user's failures still name the account.
+    s.login_raw("Hannah", "wrong").await;
+    assert!(
+        s.audit_cli("login_failed")
+            .iter()
+            .any(|e| e["username"] == "hannah")
+    );
+}
+
+#[tokio::test]
+async fn parallel_key_rotations_keep_every_key_and_the_server_follows() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let before = s.login("alice", &acme.alice).await;
+    // The footer is base64url JSON carrying the key id.
+    let kid = |t: &str| {
+        use base64::Engine;
+        let footer = t.rsplit_once('.').unwrap().1;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(footer)
+            .unwrap();
+        serde_json::from_slice::<Value>(&raw).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // Eight operators rotate at once: each new key lands in the file.
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = std::process::Command::new(BIN);
+            c.env("PALISADE_EMBEDDINGS__KIND", "none")
+                .arg("--data-dir")
+                .arg(s.data_dir())
+                .args(["keys", "rotate"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut new_ids = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        new_ids.push(
+            line.split_whitespace()
+                .nth(3)
+                .unwrap()
+                .trim_end_matches(';')
+                .to_owned(),
+        );
+    }
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(s.data_dir().join("keys.json")).unwrap()).unwrap();
+    let stored: Vec<&str> = file["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored.len(), 9, "the first key and eight new ones");
+    for id in &new_ids {
+        assert!(stored.contains(&id.as_str()), "{id} was lost");
+    }
+    let active = file["active"].as_str().unwrap().to_owned();
+
+    // The running server mints with the newest key within a second or two, and still
+    // verifies tokens of the old one.
+    let mut minted = String::new();
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let t = s.login("hannah", &acme.hannah).await;
+        minted = kid(&t.access);
+        if minted == active {
+            break;
+        }
+    }
+    assert_eq!(minted, active, "the server mints with the newest key");
+    assert_ne!(kid(&before.access), active);
+    assert_eq!(
+        s.get("/auth/me", &before.access).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn readiness_exercises_the_store_and_a_truncated_database_stops_all_service() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["checks"], json!({"read": "ok", "write": "ok"}));
+
+    // Someone truncates the database under the running server.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.data_dir().join("palisade.db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["checks"]["read"], "corrupt");
+    assert_eq!(body["error"]["code"], "service_unavailable");
+    // From then on every protected request is refused alike — even one the caches
+    // could still have answered.
+    for path in ["/auth/me", "/v1/threads", "/v1/documents"] {
+        let r = s.get(path, &a.access).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+    }
+    let r = s.login_raw("alice", &acme.alice).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!s.log().contains("panicked"));
+}
+
+// Multi-threaded, with bodies serialised beforehand: the probe must not wait behind
+// this test's own upload traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_large_uploads_do_not_stall_other_requests() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let adam = s.login("adam", &acme.adam).await;
+    let para =
+        "Expenses are reimbursed within thirty days when submitted with receipts. ".repeat(12);
+    let text: String = std::iter::repeat_n(para.as_str(), 1050)
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    assert!(text.len() > 900_000 && text.len() < 1_000_000);
+    let upload = |title: &'static str| {
+        let http = s.http.clone();
+        let url = s.url("/v1/documents");
+        let tok = adam.access.clone();
+        let body =
+            serde_json::to_vec(&json!({"title": title, "text": text, "acl": {"public": true}}))
+                .unwrap();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(tok)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let started = std::time::Instant::now();
+    let (a, b) = (upload("big one"), upload("big two"));
+    let mut worst = std::time::Duration::ZERO;
+    let mut probes = 0;
+    while !(a.is_finished() && b.is_finished()) {
+        let t = std::time::Instant::now();
+        let r = s.http.get(s.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        worst = worst.max(t.elapsed());
+        probes += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.await.unwrap(), StatusCode::CREATED);
+    assert_eq!(b.await.unwrap(), StatusCode::CREATED);
+    eprintln!(
+        "worst /healthz {worst:?} over {probes} probes; uploads took {:?}",
+        started.elapsed()
+    );
+    assert!(probes >= 3, "the uploads took {:?}", started.elapsed());
+    assert!(
+        worst < std::time::Duration::from_millis(100),
+        "/healthz took {worst:?} while two 1 MB documents were ingested"
+    );
+}
