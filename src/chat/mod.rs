@@ -12,6 +12,7 @@
 
 mod prompt;
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +26,7 @@ use crate::access::{ClientInfo, Principal};
 use crate::llm::{ChatMessage, Llm, LlmError};
 use crate::rag::{Rag, RagError, citations};
 use crate::store::threads::approx_tokens;
-use crate::store::{Citation, HistoryBudget, MessageRecord, Role};
+use crate::store::{Citation, HistoryBudget, MessageRecord, Role, ThreadRecord};
 use crate::threads::{ThreadError, Threads};
 
 pub use prompt::context_block;
@@ -71,6 +72,26 @@ pub enum ChatEvent {
 }
 
 pub type ChatStream = BoxStream<'static, ChatEvent>;
+
+/// A stored message as the caller may see it now.
+pub struct ShownMessage {
+    pub record: MessageRecord,
+    /// It cites a document the caller can no longer read: show no text.
+    pub redacted: bool,
+}
+
+pub struct ShownPage {
+    pub thread: ThreadRecord,
+    pub messages: Vec<ShownMessage>,
+    pub next_before: Option<i64>,
+}
+
+/// Whether every document `m` cites is in `readable`.
+fn cites_only(m: &MessageRecord, readable: &HashSet<String>) -> bool {
+    m.citations
+        .iter()
+        .all(|c| readable.contains(&c.document_id))
+}
 
 /// A turn that has passed every check and has its prompt.
 struct Prepared {
@@ -173,10 +194,14 @@ impl ChatService {
                     .threads
                     .begin_turn(p, &id, question, HistoryBudget(budget), client)
                     .await?;
+                let readable = self.readable_citations(p, &turn.history).await?;
                 let history = turn
                     .history
                     .into_iter()
                     .filter(|m| m.role != Role::System)
+                    // Access is re-checked on every turn: an answer that quotes a document
+                    // the caller can no longer read never goes back to the model.
+                    .filter(|m| cites_only(m, &readable))
                     .map(|m| ChatMessage::new(m.role, m.content))
                     .chain(std::iter::once(ChatMessage::new(
                         Role::User,
@@ -195,6 +220,52 @@ impl ChatService {
             thread,
             prompt,
             passages,
+        })
+    }
+
+    /// The documents cited in `messages` that the caller may still read.
+    async fn readable_citations(
+        &self,
+        p: &Principal,
+        messages: &[MessageRecord],
+    ) -> Result<HashSet<String>, ChatError> {
+        let mut ids: Vec<String> = messages
+            .iter()
+            .flat_map(|m| m.citations.iter().map(|c| c.document_id.clone()))
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(self.rag.still_readable(p, ids).await?)
+    }
+
+    /// One page of a thread as the caller may see it now: a message citing a document
+    /// the caller can no longer read is marked redacted (its text withheld, never
+    /// deleted).
+    pub async fn thread_page(
+        &self,
+        p: &Principal,
+        id: &str,
+        before: Option<&str>,
+        limit: Option<u32>,
+        client: &ClientInfo,
+    ) -> Result<ShownPage, ChatError> {
+        let page = self.threads.page(p, id, before, limit, client).await?;
+        let readable = self.readable_citations(p, &page.messages).await?;
+        let messages = page
+            .messages
+            .into_iter()
+            .map(|m| ShownMessage {
+                redacted: !cites_only(&m, &readable),
+                record: m,
+            })
+            .collect();
+        Ok(ShownPage {
+            thread: page.thread,
+            messages,
+            next_before: page.next_before,
         })
     }
 

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Auth, Client, Json};
-use crate::chat::{ChatEvent, Conversation};
+use crate::chat::{ChatEvent, Conversation, ShownMessage};
 use crate::store::{Citation, MessageRecord, ThreadRecord};
 use crate::timeutil::rfc3339;
 
@@ -57,6 +57,8 @@ pub struct MessageView {
     content: String,
     created_at: String,
     citations: Vec<Citation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacted: Option<&'static str>,
 }
 
 impl From<MessageRecord> for MessageView {
@@ -67,6 +69,22 @@ impl From<MessageRecord> for MessageView {
             content: m.content,
             created_at: rfc3339(m.created_at),
             citations: m.citations,
+            redacted: None,
+        }
+    }
+}
+
+impl From<ShownMessage> for MessageView {
+    fn from(m: ShownMessage) -> Self {
+        if !m.redacted {
+            return m.record.into();
+        }
+        // Withheld, not deleted: the message is there, its text and sources are not.
+        Self {
+            content: String::new(),
+            citations: Vec::new(),
+            redacted: Some("source_no_longer_accessible"),
+            ..m.record.into()
         }
     }
 }
@@ -116,8 +134,8 @@ pub async fn get_thread(
 ) -> Result<Response, ApiError> {
     let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
     let page = s
-        .threads
-        .page(&p, &id, q.before.as_deref(), q.limit, &client)
+        .chat
+        .thread_page(&p, &id, q.before.as_deref(), q.limit, &client)
         .await?;
     let messages: Vec<MessageView> = page.messages.into_iter().map(Into::into).collect();
     let t = ThreadView::from(page.thread);

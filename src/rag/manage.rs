@@ -69,4 +69,14 @@ impl Rag {
             .await;
         Ok(())
     }
+
+    /// Which of the documents `ids` the caller may still read: history that cites
+    /// anything else is withheld from prompts and shown redacted.
+    pub async fn still_readable(
+        &self,
+        p: &Principal,
+        ids: Vec<String>,
+    ) -> Result<std::collections::HashSet<String>, RagError> {
+        Ok(self.store.readable_ids(&p.access_scope(), ids).await?)
+    }
 }

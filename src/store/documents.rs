@@ -146,6 +146,12 @@ pub trait DocumentStore: Send + Sync {
     async fn list_all_documents(&self, admin: &DocumentAdmin) -> StoreResult<Vec<DocumentMeta>>;
     /// Deletes a document of the administrator's tenant with its chunks and vectors.
     async fn delete_document(&self, admin: &DocumentAdmin, id: &str) -> StoreResult<bool>;
+    /// Which of `ids` `scope` may still read (for re-checking citations in history).
+    async fn readable_ids(
+        &self,
+        scope: &AccessScope,
+        ids: Vec<String>,
+    ) -> StoreResult<std::collections::HashSet<String>>;
     /// Whether `scope` can see any document at all (lets retrieval skip embedding).
     async fn any_visible(&self, scope: &AccessScope) -> StoreResult<bool>;
     /// Both rankings over the chunks visible in `scope`, resolving the scope once:

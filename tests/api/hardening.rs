@@ -427,3 +427,93 @@ async fn two_large_uploads_do_not_stall_other_requests() {
         "/healthz took {worst:?} while two 1 MB documents were ingested"
     );
 }
+
+#[tokio::test]
+async fn history_that_quotes_a_document_no_longer_readable_is_withheld_and_redacted() {
+    const CANARY: &str = "CANARY-HISTORY-8812";
+    let (s, mock) = start_with_mock(&[]).await;
+    let acme = seed_acme(&s);
+    let adam = s.login("adam", &acme.adam).await;
+    let r = s
+        .post_auth("/v1/documents", &adam.access, &json!({"title": "Salary bands", "text": format!("Senior engineers earn 105,000 to 135,000. Reference {CANARY}."), "acl": {"roles": ["hr"]}}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let hannah = s.login("hannah", &acme.hannah).await;
+    let t = s.new_thread(&hannah.access, "pay").await;
+    let ask = |tok: String, q: &'static str| {
+        let s = &s;
+        let t = t.clone();
+        async move {
+            s.post_auth(
+                &format!("/v1/threads/{t}/messages"),
+                &tok,
+                &json!({"content": q}),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        ask(hannah.access.clone(), "What do senior engineers earn?")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert!(
+        mock.everything_seen().contains(CANARY),
+        "positive control: HR could read it"
+    );
+    let before = s.thread_json(&hannah.access, &t).await;
+    assert!(before.to_string().contains(CANARY));
+
+    // HR's role is removed (which ends her sessions); she signs in again.
+    let users: Value = s
+        .get("/admin/users", &adam.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "hannah")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .http
+        .patch(s.url(&format!("/admin/users/{id}")))
+        .bearer_auth(&adam.access)
+        .json(&json!({"roles": ["employee"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let hannah = s.login("hannah", &acme.hannah).await;
+
+    // The next turn's prompt carries none of the old answer that quoted the document.
+    let seen_before = mock.count();
+    assert_eq!(
+        ask(hannah.access.clone(), "And what about travel?")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(mock.count(), seen_before + 1);
+    let last = serde_json::to_string(&mock.last_messages()).unwrap();
+    assert!(
+        !last.contains(CANARY),
+        "the withheld answer reached the model: {last}"
+    );
+
+    // The thread keeps every message; the one quoting the document is shown redacted.
+    let after = s.thread_json(&hannah.access, &t).await;
+    let msgs = after["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 4, "nothing deleted");
+    assert!(!after.to_string().contains(CANARY));
+    assert_eq!(msgs[1]["redacted"], "source_no_longer_accessible");
+    assert_eq!(msgs[1]["content"], "");
+    assert_eq!(msgs[0]["content"], "What do senior engineers earn?");
+    assert!(msgs[0].get("redacted").is_none());
+}

@@ -333,6 +333,35 @@ impl DocumentStore for SqliteStore {
         .await
     }
 
+    async fn readable_ids(
+        &self,
+        scope: &AccessScope,
+        ids: Vec<String>,
+    ) -> StoreResult<std::collections::HashSet<String>> {
+        let scope = scope.clone();
+        self.read(move |c| {
+            let acls = visible_acls(c, &scope)?;
+            if acls.is_empty() || ids.is_empty() {
+                return Ok(Default::default());
+            }
+            let ids_json = serde_json::to_string(&ids)?;
+            let sql = format!(
+                "SELECT id FROM documents WHERE tenant = ?1
+                   AND id IN (SELECT value FROM json_each(?2)) AND acl_id IN ({})",
+                placeholders(3, acls.len())
+            );
+            let mut values: Vec<rusqlite::types::Value> =
+                vec![scope.tenant().to_owned().into(), ids_json.into()];
+            values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
+            let mut stmt = c.prepare(&sql)?;
+            let found = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| r.get(0))?
+                .collect::<rusqlite::Result<std::collections::HashSet<String>>>()?;
+            Ok(found)
+        })
+        .await
+    }
+
     async fn any_visible(&self, scope: &AccessScope) -> StoreResult<bool> {
         let scope = scope.clone();
         self.read(move |c| Ok(!visible_acls(c, &scope)?.is_empty()))
