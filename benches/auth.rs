@@ -19,8 +19,6 @@ fn claims() -> AccessClaims {
         subject: "QWxhZGRpbjpvcGVuIHNlc2E".into(),
         username: "alice".into(),
         tenant: "acme".into(),
-        roles: vec!["employee".into(), "hr".into()],
-        groups: vec!["engineering".into()],
         session_id: "c2Vzc2lvbi1pZC0xMjM0NTY".into(),
     }
 }

@@ -189,7 +189,7 @@ impl AuthService {
             .check(&claims.session_id, &claims.tenant, &claims.subject)
             .await
         {
-            Ok(Liveness::Live) => Ok(principal_of(claims)),
+            Ok(Liveness::Live(access)) => Ok(principal_of(claims, &access)),
             Ok(Liveness::Dead) => {
                 let reason = TokenRejection::SessionNotLive.reason();
                 let ev = AuditEvent::new(AuditKind::TokenRejected)
@@ -263,13 +263,14 @@ impl AuthService {
     }
 }
 
-fn principal_of(c: AccessClaims) -> Principal {
+/// Who the token names, with what its live session grants.
+fn principal_of(c: AccessClaims, access: &sessions::Access) -> Principal {
     Principal::verified(
         c.tenant,
         c.subject,
         c.username,
-        c.roles,
-        c.groups,
+        access.roles.clone(),
+        access.groups.clone(),
         c.session_id,
     )
 }

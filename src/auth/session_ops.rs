@@ -78,6 +78,8 @@ impl AuthService {
                 absolute_expires_at,
                 user_agent: client.user_agent.clone(),
                 refresh_hash,
+                roles: user.roles.clone(),
+                groups: user.groups.clone(),
             })
             .await?;
         self.audit
@@ -125,8 +127,6 @@ impl AuthService {
                 subject: user.id.clone(),
                 username: user.username.clone(),
                 tenant: user.tenant.clone(),
-                roles: user.roles.clone(),
-                groups: user.groups.clone(),
                 session_id: session_id.to_owned(),
             })
             .map_err(|_| AuthError::Mint)?;
@@ -163,8 +163,9 @@ impl AuthService {
         match outcome {
             RotateOutcome::Rotated { session } => {
                 self.cache.invalidate(&session.id).await;
-                // Fresh roles and groups on every refresh, and a disabled user gets
-                // nothing even if revoking their sessions has not happened yet.
+                // A disabled user gets nothing even if revoking their sessions has not
+                // happened yet. (Roles and groups are the session's: a change of access
+                // ends every session, so a live one's are current.)
                 let user = self
                     .users
                     .user_by_id(&session.tenant, &session.user_id)

@@ -23,6 +23,14 @@ struct Entry {
     live_until: i64,
     tenant: String,
     user_id: String,
+    access: std::sync::Arc<Access>,
+}
+
+/// What a live session grants: its roles and groups.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 pub struct SessionCache {
@@ -34,7 +42,7 @@ pub struct SessionCache {
 /// The outcome of a liveness check.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Liveness {
-    Live,
+    Live(std::sync::Arc<Access>),
     Dead,
 }
 
@@ -66,7 +74,11 @@ impl SessionCache {
             .await
             .map_err(|e: Arc<StoreError>| StoreError::Unavailable(e.to_string()))?;
         let ok = now_ms() < entry.live_until && entry.tenant == tenant && entry.user_id == user_id;
-        Ok(if ok { Liveness::Live } else { Liveness::Dead })
+        Ok(if ok {
+            Liveness::Live(entry.access)
+        } else {
+            Liveness::Dead
+        })
     }
 
     fn entry_for(&self, rec: Option<&SessionRecord>, now: i64) -> Entry {
@@ -79,11 +91,16 @@ impl SessionCache {
                 },
                 tenant: r.tenant.clone(),
                 user_id: r.user_id.clone(),
+                access: std::sync::Arc::new(Access {
+                    roles: r.roles.clone(),
+                    groups: r.groups.clone(),
+                }),
             },
             None => Entry {
                 live_until: 0,
                 tenant: String::new(),
                 user_id: String::new(),
+                access: Default::default(),
             },
         }
     }

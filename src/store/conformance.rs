@@ -57,6 +57,8 @@ async fn session(s: &Stores, u: &UserRecord, refresh: &RefreshToken, now: i64) -
             absolute_expires_at: now + 30 * DAY,
             user_agent: None,
             refresh_hash: refresh.hash(),
+            roles: u.roles.clone(),
+            groups: u.groups.clone(),
         })
         .await
         .expect("create session")

@@ -16,6 +16,10 @@ pub struct SessionRecord {
     pub absolute_expires_at: i64,
     pub revoked_at: Option<i64>,
     pub user_agent: Option<String>,
+    /// The user's roles and groups when the session began. A change of access ends
+    /// every session of the user, so these are always current for a live session.
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 impl SessionRecord {
@@ -39,6 +43,8 @@ pub struct NewSession {
     pub absolute_expires_at: i64,
     pub user_agent: Option<String>,
     pub refresh_hash: TokenHash,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 /// What presenting a refresh token led to. Decided atomically inside the store.

@@ -42,9 +42,6 @@ fn claims_like(me: &Value, deployment: &str, typ: &str) -> Claims {
     c.add_additional("tenant", me["tenant"].clone()).unwrap();
     c.add_additional("username", me["username"].clone())
         .unwrap();
-    c.add_additional("roles", vec!["admin".to_string()])
-        .unwrap();
-    c.add_additional("groups", me["groups"].clone()).unwrap();
     c.add_additional("sid", me["session_id"].clone()).unwrap();
     c
 }

@@ -517,3 +517,34 @@ async fn history_that_quotes_a_document_no_longer_readable_is_withheld_and_redac
     assert_eq!(msgs[0]["content"], "What do senior engineers earn?");
     assert!(msgs[0].get("redacted").is_none());
 }
+
+#[tokio::test]
+async fn a_user_in_300_groups_gets_a_small_token_that_works() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    // Directory groups of ~25 characters, as enterprise IdPs send them.
+    let groups: Vec<String> = (0..300)
+        .map(|i| format!("dir-group-engineering-{i:03}"))
+        .collect();
+    let pw = s.add_user("gina", "employee", &groups.join(","), "acme");
+    let g = s.login("gina", &pw).await;
+    assert!(g.access.len() < 1024, "token of {} bytes", g.access.len());
+    let me: Value = s.get("/auth/me", &g.access).await.json().await.unwrap();
+    assert_eq!(me["groups"].as_array().unwrap().len(), 300);
+    // The groups count for retrieval: a document for the last one is found.
+    let adam = s.login("adam", &acme.adam).await;
+    let r = s
+        .post_auth("/v1/documents", &adam.access, &json!({"title": "Team 299 roster", "text": "The roster of team two hundred ninety nine.", "acl": {"groups": ["dir-group-engineering-299"]}}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let found = s
+        .post_auth("/v1/search", &g.access, &json!({"query": "roster team"}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(found.contains("Team 299 roster"));
+    // And a token cannot carry access of its own: alice's token says nothing of roles.
+    let alice = s.login("alice", &acme.alice).await;
+    assert!(alice.access.len() < 1024);
+}

@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/05_audit_counts.sql"),
     include_str!("migrations/06_usernames_nocase.sql"),
     include_str!("migrations/07_health.sql"),
+    include_str!("migrations/08_session_access.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -5,14 +5,14 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::SqliteStore;
+use super::{SqliteStore, json_list, parse_list};
 use crate::secret::TokenHash;
 use crate::store::{
     NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, StoreResult,
 };
 
-const SESSION_COLS: &str =
-    "id, tenant, user_id, created_at, last_seen_at, absolute_expires_at, revoked_at, user_agent";
+const SESSION_COLS: &str = "id, tenant, user_id, created_at, last_seen_at, absolute_expires_at, \
+     revoked_at, user_agent, roles, groups_";
 
 fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -24,6 +24,8 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         absolute_expires_at: r.get(5)?,
         revoked_at: r.get(6)?,
         user_agent: r.get(7)?,
+        roles: parse_list(&r.get::<_, String>(8)?)?,
+        groups: parse_list(&r.get::<_, String>(9)?)?,
     })
 }
 
@@ -96,7 +98,7 @@ impl SessionStore for SqliteStore {
         self.write(move |c| {
             c.execute(
                 &format!(
-                    "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1,?2,?3,?4,?4,?5,NULL,?6)"
+                    "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1,?2,?3,?4,?4,?5,NULL,?6,?7,?8)"
                 ),
                 params![
                     s.id,
@@ -104,7 +106,9 @@ impl SessionStore for SqliteStore {
                     s.user_id,
                     s.now,
                     s.absolute_expires_at,
-                    s.user_agent
+                    s.user_agent,
+                    json_list(&s.roles),
+                    json_list(&s.groups)
                 ],
             )?;
             c.execute(
@@ -120,6 +124,8 @@ impl SessionStore for SqliteStore {
                 absolute_expires_at: s.absolute_expires_at,
                 revoked_at: None,
                 user_agent: s.user_agent,
+                roles: s.roles,
+                groups: s.groups,
             })
         })
         .await
