@@ -45,7 +45,7 @@ fn verify_with_session(c: &mut Criterion) {
     rt.block_on(async {
         ops::add_user(
             &cfg,
-            ops::AddUser {
+            palisade::auth::NewAccount {
                 username: "alice",
                 password: SecretString::from("correct horse battery"),
                 tenant: "acme",

@@ -51,7 +51,7 @@ async fn scope_for(
 ) -> AccessScope {
     ops::add_user(
         cfg,
-        ops::AddUser {
+        palisade::auth::NewAccount {
             username: name,
             password: SecretString::from("bench-password-1"),
             tenant: "acme",

@@ -10,9 +10,10 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use palisade::app::ops::{self, AddUser};
+use palisade::app::ops;
 use palisade::app::{self, AnyError};
 use palisade::auth::AccessChange;
+use palisade::auth::NewAccount;
 use palisade::config::{CliOverrides, Config};
 use palisade::secret::SecretString;
 use palisade::store::AuditQuery;
@@ -206,7 +207,7 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
             let rec = ops::add_user(
                 &cfg,
-                AddUser {
+                NewAccount {
                     username: &name,
                     password: SecretString::from(password.clone()),
                     tenant: &tenant,

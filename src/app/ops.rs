@@ -12,7 +12,6 @@ use crate::auth::keys::Keyring;
 use crate::auth::{AccessChange, AuthService, NewAccount, UserView};
 use crate::config::Config;
 use crate::rag::{Rag, embedder_from_config};
-use crate::secret::SecretString;
 use crate::store::{AuditQuery, DocumentMeta, DocumentRecord, UserRecord};
 
 fn auth_service(cfg: &Config) -> Result<AuthService, AnyError> {
@@ -39,28 +38,12 @@ fn rag_service(cfg: &Config) -> Result<Rag, AnyError> {
     ))
 }
 
-pub struct AddUser<'a> {
-    pub username: &'a str,
-    pub password: SecretString,
-    pub tenant: &'a str,
-    pub roles: Vec<String>,
-    pub groups: Vec<String>,
-}
-
-pub async fn add_user(cfg: &Config, u: AddUser<'_>) -> Result<UserRecord, AnyError> {
+pub async fn add_user(cfg: &Config, account: NewAccount<'_>) -> Result<UserRecord, AnyError> {
+    let name = account.username.to_owned();
     let rec = auth_service(cfg)?
-        .create_user(
-            &Operator::local_cli(),
-            NewAccount {
-                username: u.username,
-                password: u.password,
-                tenant: u.tenant,
-                roles: u.roles,
-                groups: u.groups,
-            },
-        )
+        .create_user(&Operator::local_cli(), account)
         .await
-        .map_err(|e| format!("could not add {}: {e}", u.username))?;
+        .map_err(|e| format!("could not add {name}: {e}"))?;
     Ok(rec)
 }
 

@@ -466,21 +466,7 @@ async fn history_that_quotes_a_document_no_longer_readable_is_withheld_and_redac
     assert!(before.to_string().contains(CANARY));
 
     // HR's role is removed (which ends her sessions); she signs in again.
-    let users: Value = s
-        .get("/admin/users", &adam.access)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = users["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["username"] == "hannah")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = s.user_id(&adam.access, "hannah").await;
     let r = s
         .http
         .patch(s.url(&format!("/admin/users/{id}")))

@@ -335,21 +335,7 @@ async fn revoking_a_role_or_deleting_a_document_takes_effect_on_the_next_query()
 
     // The admin takes the hr role away: hannah's tokens die with their sessions, and a
     // fresh login no longer reaches the document.
-    let users: Value = s
-        .get("/admin/users", &w.admin.access)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = users["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["username"] == "hannah")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = s.user_id(&w.admin.access, "hannah").await;
     let r = s
         .http
         .patch(s.url(&format!("/admin/users/{id}")))

@@ -292,6 +292,25 @@ impl Server {
             .expect("request")
     }
 
+    /// The id of user `name`, as the admin `admin_token` of its tenant lists it.
+    pub async fn user_id(&self, admin_token: &str, name: &str) -> String {
+        let users: Value = self
+            .get("/admin/users", admin_token)
+            .await
+            .json()
+            .await
+            .expect("json");
+        users["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .find(|u| u["username"] == name)
+            .expect("the user is listed")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+
     /// Creates a thread and returns its id.
     pub async fn new_thread(&self, token: &str, title: &str) -> String {
         let resp = self
