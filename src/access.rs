@@ -15,14 +15,24 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The role that administers users and reads the audit trail of its tenant.
+pub const ADMIN_ROLE: &str = "admin";
+
+/// What a live session grants: its roles and groups. Shared (not copied) between the
+/// session cache and every principal made from it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+}
+
 /// A verified caller. Exists only after a token was verified and its session found live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     tenant: String,
     subject: String,
     username: String,
-    roles: Vec<String>,
-    groups: Vec<String>,
+    grants: std::sync::Arc<Grants>,
     session_id: String,
 }
 
@@ -32,16 +42,14 @@ impl Principal {
         tenant: String,
         subject: String,
         username: String,
-        roles: Vec<String>,
-        groups: Vec<String>,
+        grants: std::sync::Arc<Grants>,
         session_id: String,
     ) -> Self {
         Self {
             tenant,
             subject,
             username,
-            roles,
-            groups,
+            grants,
             session_id,
         }
     }
@@ -53,8 +61,10 @@ impl Principal {
             tenant.into(),
             format!("id-{username}"),
             username.into(),
-            roles.iter().map(|s| s.to_string()).collect(),
-            groups.iter().map(|s| s.to_string()).collect(),
+            std::sync::Arc::new(Grants {
+                roles: roles.iter().map(|s| s.to_string()).collect(),
+                groups: groups.iter().map(|s| s.to_string()).collect(),
+            }),
             "test-session".into(),
         )
     }
@@ -69,26 +79,26 @@ impl Principal {
         &self.username
     }
     pub fn roles(&self) -> &[String] {
-        &self.roles
+        &self.grants.roles
     }
     pub fn groups(&self) -> &[String] {
-        &self.groups
+        &self.grants.groups
     }
     pub fn session_id(&self) -> &str {
         &self.session_id
     }
     pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+        self.roles().iter().any(|r| r == role)
     }
 
     /// What this principal may retrieve: its tenant and its visibility labels, all taken
     /// from the verified token. The only way to make an [`AccessScope`].
     pub fn access_scope(&self) -> AccessScope {
-        let mut labels = Vec::with_capacity(2 + self.roles.len() + self.groups.len());
+        let mut labels = Vec::with_capacity(2 + self.roles().len() + self.groups().len());
         labels.push(PUBLIC_LABEL.to_owned());
         labels.push(user_label(&self.username));
-        labels.extend(self.roles.iter().map(|r| role_label(r)));
-        labels.extend(self.groups.iter().map(|g| group_label(g)));
+        labels.extend(self.roles().iter().map(|r| role_label(r)));
+        labels.extend(self.groups().iter().map(|g| group_label(g)));
         labels.sort();
         labels.dedup();
         AccessScope {

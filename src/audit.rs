@@ -32,9 +32,6 @@ pub enum AuditError {
     Store(#[from] StoreError),
 }
 
-/// The role that may read its tenant's audit trail.
-pub const AUDIT_READER_ROLE: &str = "admin";
-
 impl Audit {
     pub fn new(store: Arc<dyn AuditStore>) -> Self {
         Self { store }
@@ -67,7 +64,7 @@ impl Audit {
         admin: &Principal,
         f: AuditFilter,
     ) -> Result<Vec<AuditEvent>, AuditError> {
-        if !admin.has_role(AUDIT_READER_ROLE) {
+        if !admin.has_role(crate::access::ADMIN_ROLE) {
             return Err(AuditError::Forbidden);
         }
         Ok(self

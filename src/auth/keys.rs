@@ -204,13 +204,6 @@ impl Keyring {
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         Self::from_file(&read_key_file(path)?, path)
     }
-
-    /// Every key id, active first.
-    pub fn ids(&self) -> Vec<&str> {
-        std::iter::once(self.active.0.as_str())
-            .chain(self.verify_only.iter().map(|(id, _)| id.as_str()))
-            .collect()
-    }
 }
 
 fn read_key_file(path: &Path) -> Result<KeyFile, KeyError> {

@@ -21,8 +21,8 @@ mod users;
 use std::sync::Arc;
 
 pub use crate::access::{
-    AccessScope, ClientInfo, PUBLIC_LABEL, Principal, group_label, role_label, user_label,
-    valid_name,
+    ADMIN_ROLE, AccessScope, ClientInfo, PUBLIC_LABEL, Principal, group_label, role_label,
+    user_label, valid_name,
 };
 use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::config::Config;
@@ -37,9 +37,6 @@ use throttle::Throttle;
 use tokens::{AccessClaims, TokenRejection, TokenService};
 
 pub use users::{AccessChange, NewAccount, UserView};
-
-/// The role that may administer users and read the audit trail of its tenant.
-pub const ADMIN_ROLE: &str = "admin";
 
 /// What can go wrong in authentication and account administration. Mapped to HTTP
 /// statuses once, in `http::error`.
@@ -189,7 +186,7 @@ impl AuthService {
             .check(&claims.session_id, &claims.tenant, &claims.subject)
             .await
         {
-            Ok(Liveness::Live(access)) => Ok(principal_of(claims, &access)),
+            Ok(Liveness::Live(grants)) => Ok(principal_of(claims, grants)),
             Ok(Liveness::Dead) => {
                 let reason = TokenRejection::SessionNotLive.reason();
                 let ev = AuditEvent::new(AuditKind::TokenRejected)
@@ -264,13 +261,6 @@ impl AuthService {
 }
 
 /// Who the token names, with what its live session grants.
-fn principal_of(c: AccessClaims, access: &sessions::Access) -> Principal {
-    Principal::verified(
-        c.tenant,
-        c.subject,
-        c.username,
-        access.roles.clone(),
-        access.groups.clone(),
-        c.session_id,
-    )
+fn principal_of(c: AccessClaims, grants: std::sync::Arc<crate::access::Grants>) -> Principal {
+    Principal::verified(c.tenant, c.subject, c.username, grants, c.session_id)
 }

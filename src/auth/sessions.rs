@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use moka::future::Cache;
 
+use crate::access::Grants;
 use crate::store::{SessionRecord, SessionStore, StoreError};
 use crate::timeutil::now_ms;
 
@@ -23,14 +24,7 @@ struct Entry {
     live_until: i64,
     tenant: String,
     user_id: String,
-    access: std::sync::Arc<Access>,
-}
-
-/// What a live session grants: its roles and groups.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Access {
-    pub roles: Vec<String>,
-    pub groups: Vec<String>,
+    grants: Arc<Grants>,
 }
 
 pub struct SessionCache {
@@ -42,7 +36,7 @@ pub struct SessionCache {
 /// The outcome of a liveness check.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Liveness {
-    Live(std::sync::Arc<Access>),
+    Live(Arc<Grants>),
     Dead,
 }
 
@@ -75,7 +69,7 @@ impl SessionCache {
             .map_err(|e: Arc<StoreError>| StoreError::Unavailable(e.to_string()))?;
         let ok = now_ms() < entry.live_until && entry.tenant == tenant && entry.user_id == user_id;
         Ok(if ok {
-            Liveness::Live(entry.access)
+            Liveness::Live(entry.grants)
         } else {
             Liveness::Dead
         })
@@ -91,7 +85,7 @@ impl SessionCache {
                 },
                 tenant: r.tenant.clone(),
                 user_id: r.user_id.clone(),
-                access: std::sync::Arc::new(Access {
+                grants: Arc::new(Grants {
                     roles: r.roles.clone(),
                     groups: r.groups.clone(),
                 }),
@@ -100,7 +94,7 @@ impl SessionCache {
                 live_until: 0,
                 tenant: String::new(),
                 user_id: String::new(),
-                access: Default::default(),
+                grants: Default::default(),
             },
         }
     }

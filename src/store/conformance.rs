@@ -217,8 +217,7 @@ async fn nobody_but_the_owner_reads_or_writes_a_thread() {
         p2.tenant().into(),
         p2.subject().into(),
         p2.username().into(),
-        vec![],
-        vec![],
+        Default::default(),
         "another-session".into(),
     );
     let strict_other = p2.thread_owner(true);
