@@ -56,7 +56,7 @@ fn verify_with_session(c: &mut Criterion) {
         .await
         .unwrap();
     });
-    let state = app::build_state(cfg.clone()).unwrap();
+    let state = rt.block_on(app::build_state(cfg.clone())).unwrap();
     let token = rt.block_on(async {
         let issued = state
             .auth

@@ -94,7 +94,7 @@ async fn corpus(n: usize, acl_of: impl Fn(usize) -> (usize, Acl)) -> Corpus {
     };
     cfg.embeddings.kind = EmbeddingsKind::None;
     cfg.log.level = "warn".into();
-    let stores = app::open_stores(&cfg).unwrap();
+    let stores = app::open_stores(&cfg).await.unwrap();
     let state = app::build_state_with(cfg.clone(), stores.clone()).unwrap();
     let admin = palisade::access::Operator::local_cli().document_admin("acme");
     let t = Instant::now();

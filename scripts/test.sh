@@ -19,7 +19,16 @@ export PALISADE_TEST_PYTHON="$PWD/$PYENV/bin/python"
 # The real embedding model for the semantic-retrieval test (SHA-256 verified).
 ./scripts/fetch-model.sh
 
+# PostgreSQL with pgvector and Redis, for the cluster store.
+./scripts/services.sh
+
 # Tests spawn the real `palisade` binary on ephemeral ports; keep the parallelism
 # modest on a 2-core machine so timing-based assertions stay honest.
+# The whole suite runs twice, switched by one variable: on the embedded store
+# (SQLite), then on the cluster store (Redis + PostgreSQL; each test gets a database
+# and a Redis key prefix of its own).
 export RUST_BACKTRACE=0
-cargo test --locked -- --test-threads="${PALISADE_TEST_THREADS:-4}"
+for store in embedded cluster; do
+  echo "== tests on the $store store"
+  PALISADE_TEST_STORE=$store cargo test --locked -- --test-threads="${PALISADE_TEST_THREADS:-4}"
+done

@@ -66,7 +66,11 @@ pub enum StoreKind {
 #[serde(default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
+    /// Cluster store: Redis for sessions and refresh families (`rediss://` for TLS).
     pub redis_url: String,
+    /// Prefix of every Redis key, so that several deployments can share one Redis.
+    pub redis_prefix: String,
+    /// Cluster store: PostgreSQL (with pgvector) for everything durable.
     pub postgres_url: String,
     /// Audit events older than this are deleted (hourly); `0s` keeps them forever.
     #[serde(with = "humantime_serde")]
@@ -78,6 +82,7 @@ impl Default for StoreConfig {
         Self {
             kind: StoreKind::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "palisade:".into(),
             postgres_url: "postgres://postgres@127.0.0.1:5432/palisade".into(),
             audit_retention: Duration::from_secs(365 * 24 * 3600),
         }
@@ -152,6 +157,22 @@ pub struct LimitsConfig {
     /// a count, not one write each.
     #[serde(with = "humantime_serde")]
     pub rejected_token_audit_window: Duration,
+    /// A new connection (or one on which a next request has begun) must send a whole
+    /// request head within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// A response write (a streamed answer to a client that stopped reading) that makes
+    /// no progress for this long closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub write_stall_timeout: Duration,
+    /// Open client connections; past it, new ones are closed at once.
+    pub max_connections: usize,
+    /// On SIGTERM: how long requests in flight may finish before the rest are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -166,6 +187,11 @@ impl Default for LimitsConfig {
             login_user_attempt_burst: 100,
             login_user_attempts_per_minute: 10,
             rejected_token_audit_window: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            write_stall_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            shutdown_drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -395,8 +421,10 @@ impl Config {
         if t.format == TokenFormat::Jwe {
             return bad("tokens.format = \"jwe\" is not available yet; use \"paseto\"");
         }
-        if self.store.kind == StoreKind::Cluster {
-            return bad("store.kind = \"cluster\" is not available yet; use \"embedded\"");
+        if self.store.kind == StoreKind::Cluster
+            && (self.store.redis_url.is_empty() || self.store.postgres_url.is_empty())
+        {
+            return bad("store.kind = \"cluster\" needs store.redis_url and store.postgres_url");
         }
         // The origin must be exactly what a browser sends in `Origin`: scheme, host and
         // port only, in canonical form (no path, no trailing slash, no wildcard).
@@ -438,6 +466,18 @@ impl Config {
             && !plain_http_url(url)
         {
             return bad("embeddings.base_url must be an http(s) URL without credentials or query");
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || [
+                l.header_read_timeout,
+                l.keep_alive_timeout,
+                l.write_stall_timeout,
+            ]
+            .iter()
+            .any(|d| d.is_zero())
+        {
+            return bad("limits.max_connections and the connection timeouts must be above zero");
         }
         if self.limits.login_failures_per_user == 0
             || self.limits.login_attempts_per_ip == 0

@@ -5,9 +5,7 @@
 mod demo;
 pub mod ops;
 
-use axum::serve::ListenerExt;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +15,7 @@ use crate::auth::AuthService;
 use crate::auth::keys::Keyring;
 use crate::chat::ChatService;
 use crate::config::{Config, LogFormat};
+use crate::http::server::ConnectionLimits;
 use crate::http::{AppState, router};
 use crate::llm::Llm;
 use crate::rag::{Rag, embedder_from_config};
@@ -40,9 +39,9 @@ pub fn init_tracing(cfg: &Config) {
 }
 
 /// Creates `data_dir` (0700) and opens the configured stores.
-pub fn open_stores(cfg: &Config) -> Result<Stores, AnyError> {
+pub async fn open_stores(cfg: &Config) -> Result<Stores, AnyError> {
     ensure_data_dir(&cfg.data_dir)?;
-    Ok(Stores::open(&cfg.store, &cfg.data_dir)?)
+    Ok(Stores::open(&cfg.store, &cfg.data_dir).await?)
 }
 
 /// Creates `data_dir` 0700, or checks an existing one: a directory others may write to
@@ -78,8 +77,8 @@ fn ensure_data_dir(dir: &Path) -> Result<(), AnyError> {
 }
 
 /// Everything a running gateway needs, built from the configuration.
-pub fn build_state(cfg: Config) -> Result<AppState, AnyError> {
-    let stores = open_stores(&cfg)?;
+pub async fn build_state(cfg: Config) -> Result<AppState, AnyError> {
+    let stores = open_stores(&cfg).await?;
     build_state_with(cfg, stores)
 }
 
@@ -128,7 +127,7 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
 
 pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     let listen = cfg.listen;
-    let state = build_state(cfg.clone())?;
+    let state = build_state(cfg.clone()).await?;
     if demo {
         demo::seed(&cfg, &state).await?;
     }
@@ -173,25 +172,54 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     let auth = state.auth.clone();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "palisade listening");
+    let mut limits = ConnectionLimits::from_config(&cfg.limits);
+    limits.max_connections = fit_descriptor_limit(limits.max_connections);
+    tracing::info!(addr = %local, max_connections = limits.max_connections, "palisade listening");
     // Tests and scripts read this line to find an ephemeral port.
     println!("palisade listening on http://{local}");
     let _ = std::io::stdout().flush();
-    // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and
-    // delayed ACKs add ~40 ms per event.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    crate::http::server::serve(listener, router(state), limits, shutdown_signal()).await;
     housekeeping.abort();
     auth.flush_rejections(true).await;
     tracing::info!("palisade stopped");
     Ok(())
+}
+
+/// Every connection is a file descriptor, beside the store's files, the upstream's
+/// connections and the listener. Raises the soft `RLIMIT_NOFILE` towards the hard one
+/// when the connection limit needs it; lowers the connection limit (with a warning)
+/// when even the hard one is too small, so that the limit, not `accept`, refuses.
+fn fit_descriptor_limit(max_connections: usize) -> usize {
+    const RESERVED: u64 = 256;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return max_connections;
+    }
+    let wanted = max_connections as u64 + RESERVED;
+    if lim.rlim_cur < wanted && lim.rlim_max > lim.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: wanted.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = raised.rlim_cur;
+        }
+    }
+    if lim.rlim_cur < wanted {
+        let fitted = lim.rlim_cur.saturating_sub(RESERVED).max(16) as usize;
+        tracing::warn!(
+            configured = max_connections,
+            open_files_limit = lim.rlim_cur,
+            using = fitted,
+            "limits.max_connections is above what the open-files limit allows"
+        );
+        return fitted.min(max_connections);
+    }
+    max_connections
 }
 
 async fn shutdown_signal() {

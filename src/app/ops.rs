@@ -14,8 +14,8 @@ use crate::config::Config;
 use crate::rag::{Rag, embedder_from_config};
 use crate::store::{AuditQuery, DocumentMeta, DocumentRecord, UserRecord};
 
-fn auth_service(cfg: &Config) -> Result<AuthService, AnyError> {
-    let stores = open_stores(cfg)?;
+async fn auth_service(cfg: &Config) -> Result<AuthService, AnyError> {
+    let stores = open_stores(cfg).await?;
     let keys = Keyring::load_or_create(&cfg.keys_path())?;
     let audit = Audit::new(stores.audit.clone());
     Ok(AuthService::new(
@@ -27,8 +27,8 @@ fn auth_service(cfg: &Config) -> Result<AuthService, AnyError> {
     ))
 }
 
-fn rag_service(cfg: &Config) -> Result<Rag, AnyError> {
-    let stores = open_stores(cfg)?;
+async fn rag_service(cfg: &Config) -> Result<Rag, AnyError> {
+    let stores = open_stores(cfg).await?;
     let embedder = embedder_from_config(&cfg.embeddings)?;
     Ok(Rag::new(
         stores.documents,
@@ -40,7 +40,8 @@ fn rag_service(cfg: &Config) -> Result<Rag, AnyError> {
 
 pub async fn add_user(cfg: &Config, account: NewAccount<'_>) -> Result<UserRecord, AnyError> {
     let name = account.username.to_owned();
-    let rec = auth_service(cfg)?
+    let rec = auth_service(cfg)
+        .await?
         .create_user(&Operator::local_cli(), account)
         .await
         .map_err(|e| format!("could not add {name}: {e}"))?;
@@ -48,7 +49,10 @@ pub async fn add_user(cfg: &Config, account: NewAccount<'_>) -> Result<UserRecor
 }
 
 pub async fn list_users(cfg: &Config) -> Result<Vec<UserRecord>, AnyError> {
-    Ok(auth_service(cfg)?.all_users(&Operator::local_cli()).await?)
+    Ok(auth_service(cfg)
+        .await?
+        .all_users(&Operator::local_cli())
+        .await?)
 }
 
 /// Changes a user's access (or disables them); every session of theirs ends.
@@ -57,7 +61,8 @@ pub async fn update_user(
     username: &str,
     change: AccessChange,
 ) -> Result<UserView, AnyError> {
-    auth_service(cfg)?
+    auth_service(cfg)
+        .await?
         .operator_update(&Operator::local_cli(), username, change)
         .await
         .map_err(|e| match e {
@@ -91,7 +96,7 @@ pub async fn add_document(
     text: &str,
     acl: Acl,
 ) -> Result<(DocumentRecord, String), AnyError> {
-    let rag = rag_service(cfg)?;
+    let rag = rag_service(cfg).await?;
     let admin = Operator::local_cli().document_admin(tenant);
     let doc = rag
         .ingest_as(&admin, title, text, acl, &ClientInfo::default())
@@ -101,13 +106,13 @@ pub async fn add_document(
 }
 
 pub async fn list_documents(cfg: &Config, tenant: &str) -> Result<Vec<DocumentMeta>, AnyError> {
-    let rag = rag_service(cfg)?;
+    let rag = rag_service(cfg).await?;
     let admin = Operator::local_cli().document_admin(tenant);
     Ok(rag.list_as(&admin).await?)
 }
 
 pub async fn remove_document(cfg: &Config, tenant: &str, id: &str) -> Result<(), AnyError> {
-    let rag = rag_service(cfg)?;
+    let rag = rag_service(cfg).await?;
     let admin = Operator::local_cli().document_admin(tenant);
     rag.delete_as(&admin, id, &ClientInfo::default())
         .await
@@ -118,7 +123,7 @@ pub async fn remove_document(cfg: &Config, tenant: &str, id: &str) -> Result<(),
 }
 
 pub async fn audit_events(cfg: &Config, q: AuditQuery) -> Result<Vec<AuditEvent>, AnyError> {
-    let stores = open_stores(cfg)?;
+    let stores = open_stores(cfg).await?;
     Ok(Audit::new(stores.audit)
         .all_events(&Operator::local_cli(), q)
         .await?)

@@ -2,7 +2,8 @@
 //!
 //! A positive answer is served from memory for at most `session_cache_ttl` (default 1 s);
 //! revocations made by this process evict the entry at once. Revocations made elsewhere
-//! (the CLI, another node) are seen within the TTL. Concurrent misses for one session
+//! (the CLI, another node) are seen within the TTL — or at once, when the store
+//! publishes them (the cluster store's revocation feed). Concurrent misses for one session
 //! are coalesced into one store read. A store error denies (503) and is not cached.
 
 use std::sync::Arc;
@@ -42,12 +43,32 @@ pub enum Liveness {
 
 impl SessionCache {
     pub fn new(store: Arc<dyn SessionStore>, ttl: Duration, idle_ttl_ms: i64) -> Self {
+        let entries: Cache<String, Entry> = Cache::builder()
+            .max_capacity(MAX_ENTRIES)
+            .time_to_live(ttl.max(Duration::from_millis(1)))
+            .build();
+        // Revocations published by other processes evict at once.
+        if let (Some(mut feed), Ok(rt)) = (
+            store.revocation_feed(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let entries = entries.clone();
+            rt.spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match feed.recv().await {
+                        Ok(sid) if sid == "*" => entries.invalidate_all(),
+                        Ok(sid) => entries.invalidate(&sid).await,
+                        // Fell behind: some were missed, so none can be trusted.
+                        Err(RecvError::Lagged(_)) => entries.invalidate_all(),
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
         Self {
             store,
-            entries: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
+            entries,
             idle_ttl_ms,
         }
     }

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod middleware;
 pub mod openai_routes;
 pub mod ops;
+pub mod server;
 pub mod threads_routes;
 
 use axum::Router;

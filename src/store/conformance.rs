@@ -13,20 +13,87 @@ use crate::secret::{RefreshToken, new_id};
 struct Opened {
     stores: Stores,
     _dir: tempfile::TempDir,
+    _db: Option<testdb::TestDatabase>,
 }
 
-fn open() -> Opened {
+async fn open() -> Opened {
     let dir = tempfile::tempdir().expect("tempdir");
-    let kind = match std::env::var("PALISADE_TEST_STORE").as_deref() {
-        Ok("cluster") => StoreKind::Cluster,
-        _ => StoreKind::Embedded,
-    };
-    let cfg = StoreConfig {
-        kind,
-        ..StoreConfig::default()
-    };
-    let stores = Stores::open(&cfg, dir.path()).expect("open the stores under test");
-    Opened { stores, _dir: dir }
+    let mut cfg = StoreConfig::default();
+    let mut db = None;
+    if std::env::var("PALISADE_TEST_STORE").as_deref() == Ok("cluster") {
+        let fresh = testdb::TestDatabase::create().await;
+        cfg.kind = StoreKind::Cluster;
+        cfg.postgres_url = fresh.url.clone();
+        cfg.redis_prefix = fresh.redis_prefix.clone();
+        db = Some(fresh);
+    }
+    let stores = Stores::open(&cfg, dir.path())
+        .await
+        .expect("open the stores under test");
+    Opened {
+        stores,
+        _dir: dir,
+        _db: db,
+    }
+}
+
+/// A database of its own for each test of the cluster store (and a Redis key prefix of
+/// its own), dropped afterwards.
+mod testdb {
+    pub struct TestDatabase {
+        pub url: String,
+        pub redis_prefix: String,
+        name: String,
+    }
+
+    fn admin_url() -> String {
+        std::env::var("PALISADE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    impl TestDatabase {
+        pub async fn create() -> TestDatabase {
+            let id: String = crate::secret::new_id()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        'x'
+                    }
+                })
+                .collect();
+            let name = format!("palisade_conf_{id}");
+            let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect to PostgreSQL");
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create a test database");
+            let mut url = url::Url::parse(&admin_url()).expect("postgres url");
+            url.set_path(&name);
+            TestDatabase {
+                url: url.to_string(),
+                redis_prefix: format!("{name}:"),
+                name,
+            }
+        }
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("psql")
+                .arg(admin_url())
+                .arg("-qc")
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .output();
+        }
+    }
 }
 
 const T0: i64 = 1_800_000_000_000;
@@ -76,7 +143,7 @@ fn rotate(presented: &RefreshToken, now: i64) -> RotateRequest {
 
 #[tokio::test]
 async fn concurrent_rotations_of_one_token_have_exactly_one_winner() {
-    let o = open();
+    let o = open().await;
     let u = user(&o.stores, "acme", "alice").await;
     let rt = RefreshToken::generate();
     session(&o.stores, &u, &rt, T0).await;
@@ -99,7 +166,7 @@ async fn concurrent_rotations_of_one_token_have_exactly_one_winner() {
 
 #[tokio::test]
 async fn reuse_after_the_grace_window_revokes_and_lifetimes_end_sessions() {
-    let o = open();
+    let o = open().await;
     let s = &o.stores;
     let u = user(s, "acme", "alice").await;
     let rt = RefreshToken::generate();
@@ -174,7 +241,7 @@ async fn thread(s: &Stores, owner: &crate::access::ThreadOwner) -> String {
 
 #[tokio::test]
 async fn nobody_but_the_owner_reads_or_writes_a_thread() {
-    let o = open();
+    let o = open().await;
     let s = &o.stores;
     let alice = principal("acme", "alice").thread_owner(false);
     let id = thread(s, &alice).await;
@@ -248,7 +315,7 @@ async fn nobody_but_the_owner_reads_or_writes_a_thread() {
 
 #[tokio::test]
 async fn limits_hold_and_history_is_bounded_by_the_budget() {
-    let o = open();
+    let o = open().await;
     let s = &o.stores;
     let alice = principal("acme", "alice").thread_owner(false);
     let id = thread(s, &alice).await;
@@ -313,7 +380,7 @@ async fn limits_hold_and_history_is_bounded_by_the_budget() {
 
 #[tokio::test]
 async fn pages_join_up_to_the_whole_thread() {
-    let o = open();
+    let o = open().await;
     let s = &o.stores;
     let alice = principal("acme", "alice").thread_owner(false);
     let id = thread(s, &alice).await;
@@ -393,7 +460,7 @@ async fn search(s: &Stores, scope: &AccessScope, q: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn retrieval_returns_everything_visible_and_nothing_else() {
-    let o = open();
+    let o = open().await;
     let s = &o.stores;
     let public = ingest(
         s,
@@ -460,7 +527,7 @@ async fn retrieval_returns_everything_visible_and_nothing_else() {
 
 #[tokio::test]
 async fn audit_events_are_kept_per_tenant_and_request() {
-    let o = open();
+    let o = open().await;
     let s = &o.stores;
     let mut ev = AuditEvent::new(AuditKind::Retrieval).tenant("acme");
     ev.request_id = Some("req-1".into());
@@ -499,7 +566,7 @@ async fn audit_events_are_kept_per_tenant_and_request() {
 async fn a_dropped_caller_never_receives_someone_elses_reply() {
     // Cancel many reads and writes mid-flight; every completed call must still see
     // exactly its own data.
-    let o = open();
+    let o = open().await;
     let s = Arc::new(o.stores.clone());
     let mut owners = Vec::new();
     for i in 0..8 {
@@ -539,7 +606,7 @@ async fn a_dropped_caller_never_receives_someone_elses_reply() {
 
 #[tokio::test]
 async fn ended_sessions_and_old_events_are_pruned_and_live_ones_kept() {
-    let o = open();
+    let o = open().await;
     let s = &o.stores;
     let u = user(s, "acme", "alice").await;
     let live = session(s, &u, &RefreshToken::generate(), T0 + 29 * DAY).await;

@@ -17,6 +17,7 @@
 //! [`DocumentAdmin`]: crate::access::DocumentAdmin
 
 pub mod audit;
+pub mod cluster;
 #[cfg(test)]
 mod conformance;
 mod documents;
@@ -107,16 +108,18 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Opens the configured backend. The embedded one lives in `data_dir/palisade.db`.
-    pub fn open(cfg: &StoreConfig, data_dir: &Path) -> StoreResult<Stores> {
+    /// Opens the configured backend. The embedded one lives in `data_dir/palisade.db`;
+    /// the cluster one connects to Redis and PostgreSQL (and migrates the latter).
+    pub async fn open(cfg: &StoreConfig, data_dir: &Path) -> StoreResult<Stores> {
         match cfg.kind {
             StoreKind::Embedded => {
                 let db = sqlite::SqliteStore::open(&data_dir.join(sqlite::DB_FILE))?;
                 Ok(Stores::from_one(Arc::new(db)))
             }
-            StoreKind::Cluster => Err(StoreError::Unavailable(
-                "store.kind = \"cluster\" is not implemented yet; use \"embedded\"".into(),
-            )),
+            StoreKind::Cluster => {
+                let store = cluster::ClusterStore::open(cfg).await?;
+                Ok(Stores::from_one(Arc::new(store)))
+            }
         }
     }
 

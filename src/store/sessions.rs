@@ -112,4 +112,11 @@ pub trait SessionStore: Send + Sync {
         user_id: &str,
         now: i64,
     ) -> StoreResult<Vec<SessionRecord>>;
+    /// Ids of sessions revoked by any process sharing this store, as they happen
+    /// (`"*"`: some may have been missed; forget every cached session). `None` for a
+    /// store without such a feed: other processes' revocations are then seen when a
+    /// cached answer expires (`tokens.session_cache_ttl`).
+    fn revocation_feed(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 }

@@ -341,7 +341,8 @@ async fn parallel_key_rotations_keep_every_key_and_the_server_follows() {
 
 #[tokio::test]
 async fn readiness_exercises_the_store_and_a_truncated_database_stops_all_service() {
-    let s = Server::start();
+    // A damaged local file: the embedded store's fault, whatever store the suite runs on.
+    let s = Server::start_with(&[("PALISADE_STORE__KIND", "embedded")]);
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let r = s.http.get(s.url("/readyz")).send().await.unwrap();
@@ -533,4 +534,99 @@ async fn a_user_in_300_groups_gets_a_small_token_that_works() {
     // And a token cannot carry access of its own: alice's token says nothing of roles.
     let alice = s.login("alice", &acme.alice).await;
     assert!(alice.access.len() < 1024);
+}
+
+/// The ranking oracle (item 5): a writer plants two documents and reads the order of its
+/// own results to learn whether a guessed word occurs in documents it may not read —
+/// another tenant's, or another ACL's in its own tenant. The order (and the scores) must
+/// be the same whether or not the word exists there.
+#[tokio::test]
+async fn ranking_reveals_nothing_about_documents_the_caller_cannot_read() {
+    let s = Server::start_with(&[("PALISADE_EMBEDDINGS__KIND", "none")]);
+    let acme = seed_acme(&s);
+    let eve_pw = s.add_user("eve", "employee,admin", "executives", "globex");
+    let eve = s.login("eve", &eve_pw).await;
+    let adam = s.login("adam", &acme.adam).await;
+    let post = |token: String, title: &'static str, text: String, acl: Value| {
+        let s = &s;
+        async move {
+            let resp = s
+                .post_auth(
+                    "/v1/documents",
+                    &token,
+                    &json!({"title": title, "text": text, "acl": acl}),
+                )
+                .await;
+            assert_eq!(resp.status(), StatusCode::CREATED, "{title}");
+        }
+    };
+    // Equal but for the guessed word and length: the shorter one wins while the two
+    // words are equally rare.
+    post(
+        eve.access.clone(),
+        "probe-a",
+        "7731 report".into(),
+        json!({"public": true}),
+    )
+    .await;
+    post(
+        eve.access.clone(),
+        "probe-b",
+        "zebra quarterly report notes".into(),
+        json!({"public": true}),
+    )
+    .await;
+    let ranking = || async {
+        let resp = s
+            .post_auth(
+                "/v1/search",
+                &eve.access,
+                &json!({"query": "7731 zebra", "k": 5}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["title"].as_str().unwrap().to_owned(),
+                    r["score"].as_f64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = ranking().await;
+    assert_eq!(
+        before.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+        ["probe-a", "probe-b"]
+    );
+
+    // The word becomes common where eve cannot look: in another tenant, and behind an
+    // ACL of her own tenant that she may write to but not read.
+    for i in 0..20 {
+        post(
+            adam.access.clone(),
+            "acme secret",
+            format!("Project 7731 acquisition budget line {i}"),
+            json!({"roles": ["hr"]}),
+        )
+        .await;
+    }
+    for i in 0..20 {
+        post(
+            eve.access.clone(),
+            "globex hr only",
+            format!("7731 severance plan {i}"),
+            json!({"roles": ["hr"]}),
+        )
+        .await;
+    }
+    let after = ranking().await;
+    assert_eq!(
+        after, before,
+        "the order of eve's results moved with unreadable text"
+    );
 }

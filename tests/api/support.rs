@@ -23,17 +23,91 @@ pub struct Server {
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
     pub http: Client,
+    /// Under the cluster store: this server's own database and Redis key prefix.
+    cluster: Option<ClusterSpace>,
+}
+
+/// A PostgreSQL database and a Redis key prefix of one test's own, so that tests in
+/// parallel never see each other's users; removed when the test ends.
+pub struct ClusterSpace {
+    pub postgres_url: String,
+    pub redis_prefix: String,
+    name: String,
+}
+
+fn admin_postgres_url() -> String {
+    std::env::var("PALISADE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl ClusterSpace {
+    pub fn create() -> ClusterSpace {
+        let mut b = [0u8; 12];
+        getrandom::fill(&mut b).expect("random");
+        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let name = format!("palisade_e2e_{id}");
+        let out = Command::new("psql")
+            .arg(admin_postgres_url())
+            .arg("-qc")
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "create database: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let base = admin_postgres_url();
+        let (head, _) = base.rsplit_once('/').expect("postgres url");
+        ClusterSpace {
+            postgres_url: format!("{head}/{name}"),
+            redis_prefix: format!("{name}:"),
+            name,
+        }
+    }
+}
+
+impl Drop for ClusterSpace {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(admin_postgres_url())
+            .arg("-qc")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "redis-cli --scan --pattern '{}*' | xargs -r redis-cli del >/dev/null",
+                self.redis_prefix
+            ))
+            .output();
+    }
 }
 
 impl Server {
     /// Starts a server with extra `PALISADE_*` settings.
     pub fn start_with(env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let env = env
+        let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let cluster = (store_kind() == "cluster").then(ClusterSpace::create);
+        if let Some(c) = &cluster {
+            env.push((
+                "PALISADE_STORE__POSTGRES_URL".into(),
+                c.postgres_url.clone(),
+            ));
+            env.push((
+                "PALISADE_STORE__REDIS_PREFIX".into(),
+                c.redis_prefix.clone(),
+            ));
+        }
         let mut s = Server {
+            cluster,
             child: None,
             base: String::new(),
             dir,
@@ -49,6 +123,46 @@ impl Server {
 
     pub fn start() -> Server {
         Self::start_with(&[])
+    }
+
+    /// Everything the server's stores hold, as bytes: the SQLite file and its WAL, or a
+    /// dump of its PostgreSQL database and of every Redis value under its prefix.
+    pub fn stored_bytes(&self) -> Vec<Vec<u8>> {
+        match &self.cluster {
+            None => vec![
+                std::fs::read(self.dir.path().join("palisade.db")).expect("database file"),
+                std::fs::read(self.dir.path().join("palisade.db-wal")).unwrap_or_default(),
+            ],
+            Some(c) => {
+                let pg = Command::new("pg_dump")
+                    .arg(&c.postgres_url)
+                    .output()
+                    .expect("pg_dump");
+                assert!(
+                    pg.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&pg.stderr)
+                );
+                assert!(String::from_utf8_lossy(&pg.stdout).contains("COPY public.users"));
+                let script = format!(
+                    "redis-cli --scan --pattern '{}*' | while read -r k; do \
+                       echo \"$k\"; case $(redis-cli type \"$k\") in \
+                       hash) redis-cli hgetall \"$k\";; set) redis-cli smembers \"$k\";; \
+                       zset) redis-cli zrange \"$k\" 0 -1;; string) redis-cli get \"$k\";; esac; done",
+                    c.redis_prefix
+                );
+                let redis = Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .output()
+                    .expect("redis-cli");
+                assert!(
+                    !redis.stdout.is_empty(),
+                    "nothing in Redis under the prefix"
+                );
+                vec![pg.stdout, redis.stdout]
+            }
+        }
     }
 
     pub fn data_dir(&self) -> &Path {

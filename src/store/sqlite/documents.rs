@@ -12,6 +12,12 @@
 //!   while it ranks — one pass instead of hundreds of tiny ones.
 //!
 //! Both return the exact top k of the visible set (no post-filter shortfall).
+//!
+//! Full text has one FTS5 index per (tenant, ACL) partition too (`text_<acl_id>`), so
+//! BM25's statistics — how many chunks contain a word, how long they are — are those
+//! of one partition: a caller's ranking depends only on partitions it may read, and
+//! cannot reveal whether a word occurs in another tenant's or another ACL's documents.
+//! The visible partitions' top hits are merged by score.
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -118,6 +124,66 @@ fn acl_id_for(c: &Connection, tenant: &str, labels: &[String]) -> rusqlite::Resu
     Ok(id)
 }
 
+/// The full-text index of one ACL partition.
+fn text_table(acl_id: i64) -> String {
+    format!("text_{acl_id}")
+}
+
+fn ensure_text_table(c: &Connection, acl_id: i64) -> rusqlite::Result<()> {
+    let known = c
+        .prepare_cached("SELECT 1 FROM text_parts WHERE acl_id = ?1")?
+        .query_row([acl_id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if known {
+        return Ok(());
+    }
+    c.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING fts5(
+            text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+        )",
+        text_table(acl_id)
+    ))?;
+    c.execute("INSERT INTO text_parts (acl_id) VALUES (?1)", [acl_id])?;
+    Ok(())
+}
+
+/// Indexes chunks of partitions that have no full-text index yet: a store written
+/// before full text was partitioned (migration 09 dropped the shared index).
+pub(super) fn build_text_partitions(c: &Connection) -> StoreResult<()> {
+    let missing: Vec<i64> = c
+        .prepare("SELECT DISTINCT acl_id FROM chunks WHERE acl_id NOT IN (SELECT acl_id FROM text_parts)")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let built = missing.iter().try_for_each(|acl| {
+        ensure_text_table(c, *acl)?;
+        c.execute(
+            &format!(
+                "INSERT INTO {}(rowid, text) SELECT id, text FROM chunks WHERE acl_id = ?1",
+                text_table(*acl)
+            ),
+            [acl],
+        )
+        .map(|_| ())
+    });
+    match built {
+        Ok(()) => c.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    tracing::info!(
+        partitions = missing.len(),
+        "built per-partition full-text indexes"
+    );
+    Ok(())
+}
+
 fn f32_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -206,6 +272,11 @@ fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
         ],
     )?;
     let part = acl_part(doc.tenant(), acl_id);
+    ensure_text_table(c, acl_id)?;
+    let mut text_stmt = c.prepare_cached(&format!(
+        "INSERT INTO {}(rowid, text) VALUES (?1, ?2)",
+        text_table(acl_id)
+    ))?;
     let mut chunk_stmt = c.prepare_cached(
         "INSERT INTO chunks (public_id, document_id, tenant, acl_id, seq, text)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -220,6 +291,7 @@ fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
             chunk.text
         ])?;
         let rowid = c.last_insert_rowid();
+        text_stmt.execute(params![rowid, chunk.text])?;
         if let Some(v) = &chunk.embedding {
             ensure_vec_table(c, v.len())?;
             c.prepare_cached(&format!(
@@ -305,16 +377,25 @@ impl DocumentStore for SqliteStore {
         let tenant = admin.tenant().to_owned();
         let id = id.to_owned();
         self.write(move |c| {
-            let exists = c
-                .prepare_cached("SELECT 1 FROM documents WHERE id = ?1 AND tenant = ?2")?
-                .query_row(params![id, tenant], |_| Ok(()))
+            let Some(acl_id) = c
+                .prepare_cached("SELECT acl_id FROM documents WHERE id = ?1 AND tenant = ?2")?
+                .query_row(params![id, tenant], |r| r.get::<_, i64>(0))
                 .optional()?
-                .is_some();
-            if !exists {
+            else {
                 return Ok(false);
-            }
-            // Vectors first (vec0 has no foreign keys), then chunks (FTS via trigger),
-            // then the document: all or nothing (one savepoint).
+            };
+            // Vectors and full text first (neither has foreign keys; an external-content
+            // FTS5 index is told the text it drops), then chunks, then the document: all
+            // or nothing (one savepoint).
+            ensure_text_table(c, acl_id)?;
+            let text = text_table(acl_id);
+            c.execute(
+                &format!(
+                    "INSERT INTO {text}({text}, rowid, text)
+                     SELECT 'delete', id, text FROM chunks WHERE document_id = ?1"
+                ),
+                [&id],
+            )?;
             for t in vec_tables(c)? {
                 c.execute(
                     &format!(
@@ -379,7 +460,7 @@ impl DocumentStore for SqliteStore {
                 Some(v) => knn(c, &scope, &acls, v, query.k)?,
                 None => Vec::new(),
             };
-            let text = bm25(c, &scope, &acls, &query.terms, query.k)?;
+            let text = bm25(c, &acls, &query.terms, query.k)?;
             Ok(Rankings { vector, text })
         })
         .await
@@ -436,12 +517,11 @@ fn knn(
     load_hits(c, &ranked)
 }
 
-/// BM25 with the tenant and the visible ACL ids in the WHERE clause. Each term becomes a
-/// quoted FTS5 string ("" escapes a quote), OR-ed: user text can never become FTS5
+/// BM25 within each visible partition's own index, merged by score. Each term becomes
+/// a quoted FTS5 string ("" escapes a quote), OR-ed: user text can never become FTS5
 /// operators, columns or NEAR groups.
 fn bm25(
     c: &Connection,
-    scope: &AccessScope,
     acls: &[i64],
     terms: &[String],
     k: usize,
@@ -454,24 +534,27 @@ fn bm25(
         .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(" OR ");
-    let sql = format!(
-        "SELECT c.id, bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
-         WHERE chunks_fts MATCH ?1 AND c.tenant = ?2 AND c.acl_id IN ({})
-         ORDER BY score LIMIT ?3",
-        placeholders(4, acls.len())
-    );
-    let mut values: Vec<rusqlite::types::Value> = vec![
-        match_expr.into(),
-        scope.tenant().to_owned().into(),
-        (k as i64).into(),
-    ];
-    values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
-    let mut stmt = c.prepare(&sql)?;
-    let ranked = stmt
-        .query_map(rusqlite::params_from_iter(values), |r| {
+    let mut indexed = c.prepare_cached("SELECT 1 FROM text_parts WHERE acl_id = ?1")?;
+    let mut ranked: Vec<(i64, f64)> = Vec::new();
+    for acl in acls {
+        if indexed.query_row([acl], |_| Ok(())).optional()?.is_none() {
+            continue;
+        }
+        let table = text_table(*acl);
+        // Not cached: one statement per partition would evict the hot ones.
+        let mut stmt = c.prepare(&format!(
+            "SELECT rowid, bm25({table}) AS score FROM {table} WHERE {table} MATCH ?1
+             ORDER BY score LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![match_expr, k as i64], |r| {
             Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<(i64, f64)>>>()?;
+        })?;
+        for row in rows {
+            ranked.push(row?);
+        }
+    }
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
     load_hits(c, &ranked)
 }
 

@@ -54,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/06_usernames_nocase.sql"),
     include_str!("migrations/07_health.sql"),
     include_str!("migrations/08_session_access.sql"),
+    include_str!("migrations/09_text_partitions.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -247,6 +248,7 @@ impl SqliteStore {
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
         documents::upgrade_legacy_vectors(&writer)?;
+        documents::build_text_partitions(&writer)?;
         let readers = Pool::open(path, READERS, false)?;
         let scanners = Pool::open(path, SCANNERS, true)?;
         let (tx, rx) = mpsc::channel::<Job>();

@@ -1,0 +1,507 @@
+//! Documents, chunks, vectors (pgvector) and full text (tsvector) in PostgreSQL.
+//!
+//! As in the embedded store, an ACL is stored once per distinct label set and every
+//! chunk carries its `acl_id`, so the visibility filter is `tenant = $ AND acl_id =
+//! ANY($)` inside each query, never applied after ranking.
+//!
+//! Vectors live in one table per dimension (`vectors_<dim>`, created on first use) with
+//! an HNSW index and a (tenant, acl_id) index. The plan depends on how many vectors the
+//! caller may see:
+//! * up to [`EXACT_MAX`]: exact search over the visible rows (the index scan is turned
+//!   off for the query, so PostgreSQL reads them through the ACL index and sorts);
+//! * above: HNSW with `hnsw.iterative_scan = strict_order`, which keeps scanning the
+//!   graph until k visible rows are found in exact distance order; should it still
+//!   come back short, the exact plan runs instead.
+//!
+//! Full text ranks with `ts_rank`, a function of the chunk's own words only: no
+//! statistic of another tenant's or ACL's chunks moves a caller's ranking.
+
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use pgvector::Vector;
+use std::collections::HashMap;
+use tokio_postgres::Row;
+
+use super::{ClusterStore, DDL_LOCK, timed};
+use crate::access::{AccessScope, DocumentAdmin};
+use crate::store::{
+    ChunkHit, DocumentMeta, DocumentRecord, DocumentStore, NewDocument, Rankings, SearchQuery,
+    StoreError, StoreResult,
+};
+
+/// Up to this many visible vectors, search exactly (measured in BENCHMARKS.md: ~10 ms).
+const EXACT_MAX: i64 = 20_000;
+
+fn vec_table(dim: usize) -> String {
+    format!("vectors_{dim}")
+}
+
+const DOC_COLS: &str = "id, title, body, acl, created_at, created_by, chunk_count";
+const META_COLS: &str = "id, title, acl, created_at, created_by, chunk_count";
+
+fn acl_of(v: serde_json::Value) -> StoreResult<crate::access::Acl> {
+    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("acl: {e}")))
+}
+
+fn doc_row(r: &Row) -> StoreResult<DocumentRecord> {
+    Ok(DocumentRecord {
+        id: r.try_get(0)?,
+        title: r.try_get(1)?,
+        text: r.try_get(2)?,
+        acl: acl_of(r.try_get(3)?)?,
+        created_at: r.try_get(4)?,
+        created_by: r.try_get(5)?,
+        chunk_count: r.try_get::<_, i32>(6)?.max(0) as u32,
+    })
+}
+
+fn meta_row(r: &Row) -> StoreResult<DocumentMeta> {
+    Ok(DocumentMeta {
+        id: r.try_get(0)?,
+        title: r.try_get(1)?,
+        acl: acl_of(r.try_get(2)?)?,
+        created_at: r.try_get(3)?,
+        created_by: r.try_get(4)?,
+        chunk_count: r.try_get::<_, i32>(5)?.max(0) as u32,
+    })
+}
+
+/// The ACL ids of the scope's tenant that share a label with it.
+async fn visible_acls(c: &impl GenericClient, scope: &AccessScope) -> StoreResult<Vec<i64>> {
+    if scope.labels().is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = c
+        .query(
+            "SELECT id FROM acls WHERE tenant = $1 AND labels && $2::TEXT[] ORDER BY id",
+            &[&scope.tenant(), &scope.labels()],
+        )
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+async fn acl_id_for(c: &impl GenericClient, tenant: &str, labels: &[String]) -> StoreResult<i64> {
+    let labels = labels.to_vec();
+    if let Some(r) = c
+        .query_opt(
+            "INSERT INTO acls (tenant, labels) VALUES ($1, $2)
+             ON CONFLICT (tenant, labels) DO NOTHING RETURNING id",
+            &[&tenant, &labels],
+        )
+        .await?
+    {
+        return Ok(r.try_get(0)?);
+    }
+    Ok(c.query_one(
+        "SELECT id FROM acls WHERE tenant = $1 AND labels = $2",
+        &[&tenant, &labels],
+    )
+    .await?
+    .try_get(0)?)
+}
+
+/// Hits by internal chunk id, in the given order, with the given scores.
+async fn load_hits(c: &impl GenericClient, ranked: &[(i64, f64)]) -> StoreResult<Vec<ChunkHit>> {
+    if ranked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
+    let rows = c
+        .query(
+            "SELECT c.id, c.public_id, c.document_id, d.title, c.text, c.tenant, a.labels
+             FROM chunks c JOIN documents d ON d.id = c.document_id JOIN acls a ON a.id = c.acl_id
+             WHERE c.id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut by_id: HashMap<i64, ChunkHit> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        by_id.insert(
+            r.try_get(0)?,
+            ChunkHit {
+                chunk_id: r.try_get(1)?,
+                document_id: r.try_get(2)?,
+                title: r.try_get(3)?,
+                text: r.try_get(4)?,
+                tenant: r.try_get(5)?,
+                labels: r.try_get(6)?,
+                score: 0.0,
+            },
+        );
+    }
+    Ok(ranked
+        .iter()
+        .filter_map(|(id, score)| {
+            by_id.remove(id).map(|mut h| {
+                h.score = *score;
+                h
+            })
+        })
+        .collect())
+}
+
+impl ClusterStore {
+    /// Creates the vector table of one dimension, once per process (and safely when
+    /// several nodes try at once: DDL runs under the advisory lock).
+    async fn ensure_vec_table(&self, dim: usize) -> StoreResult<()> {
+        if self
+            .known_dims
+            .lock()
+            .map(|d| d.contains(&dim))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let mut c = self.pg().await?;
+        let tx = c.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+            .await?;
+        let t = vec_table(dim);
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {t} (
+                chunk_id  BIGINT PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,
+                tenant    TEXT NOT NULL,
+                acl_id    BIGINT NOT NULL,
+                embedding vector({dim}) NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} USING hnsw (embedding vector_l2_ops);
+            CREATE INDEX IF NOT EXISTS {t}_acl ON {t} (tenant, acl_id);"
+        ))
+        .await?;
+        tx.commit().await?;
+        if let Ok(mut d) = self.known_dims.lock() {
+            d.insert(dim);
+        }
+        Ok(())
+    }
+
+    async fn vec_table_exists(&self, c: &impl GenericClient, dim: usize) -> StoreResult<bool> {
+        if self
+            .known_dims
+            .lock()
+            .map(|d| d.contains(&dim))
+            .unwrap_or(false)
+        {
+            return Ok(true);
+        }
+        let found = c
+            .query_opt("SELECT to_regclass($1)::TEXT", &[&vec_table(dim)])
+            .await?
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .is_some();
+        if found && let Ok(mut d) = self.known_dims.lock() {
+            d.insert(dim);
+        }
+        Ok(found)
+    }
+}
+
+/// Exact top k of the visible vectors, or HNSW with iterative scan when there are many.
+async fn knn(
+    store: &ClusterStore,
+    c: &mut deadpool_postgres::Object,
+    scope: &AccessScope,
+    acls: &[i64],
+    query: &[f32],
+    k: usize,
+) -> StoreResult<Vec<(i64, f64)>> {
+    let dim = query.len();
+    if !store.vec_table_exists(&*c, dim).await? {
+        return Ok(Vec::new());
+    }
+    let t = vec_table(dim);
+    let v = Vector::from(query.to_vec());
+    let k = k as i64;
+    let visible: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM {t} WHERE tenant = $1 AND acl_id = ANY($2)"),
+            &[&scope.tenant(), &acls],
+        )
+        .await?
+        .try_get(0)?;
+    if visible == 0 {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT chunk_id, (embedding <-> $3)::FLOAT8 FROM {t}
+         WHERE tenant = $1 AND acl_id = ANY($2) ORDER BY embedding <-> $3, chunk_id LIMIT $4"
+    );
+    let tenant = scope.tenant();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&tenant, &acls, &v, &k];
+    let tx = c.transaction().await?;
+    if visible > EXACT_MAX {
+        tx.batch_execute(&format!(
+            "SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL hnsw.ef_search = {}",
+            (k * 2).clamp(40, 1000)
+        ))
+        .await?;
+        // The secondary sort key would stop the HNSW index from serving the order.
+        let hnsw = format!(
+            "SELECT chunk_id, (embedding <-> $3)::FLOAT8 FROM {t}
+             WHERE tenant = $1 AND acl_id = ANY($2) ORDER BY embedding <-> $3 LIMIT $4"
+        );
+        let rows = tx.query(&hnsw, &params).await?;
+        if rows.len() as i64 >= k.min(visible) {
+            tx.commit().await?;
+            return rows
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect();
+        }
+    }
+    // Exact: no index may serve the ORDER BY, so every visible row is ranked.
+    tx.batch_execute("SET LOCAL enable_indexscan = off").await?;
+    let rows = tx.query(&sql, &params).await?;
+    tx.commit().await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Full-text ranking within the visible chunks. Each term is its own bound
+/// `plainto_tsquery` (OR-ed): user text never becomes tsquery syntax.
+async fn text_rank(
+    c: &impl GenericClient,
+    scope: &AccessScope,
+    acls: &[i64],
+    terms: &[String],
+    k: usize,
+) -> StoreResult<Vec<(i64, f64)>> {
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = (0..terms.len())
+        .map(|i| format!("plainto_tsquery('simple', ${})", i + 4))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let sql = format!(
+        "SELECT c.id, ts_rank(c.tsv, q.q)::FLOAT8 AS score
+         FROM chunks c, (SELECT {q} AS q) q
+         WHERE c.tenant = $1 AND c.acl_id = ANY($2) AND c.tsv @@ q.q
+         ORDER BY score DESC, c.id LIMIT $3"
+    );
+    let k = k as i64;
+    let tenant = scope.tenant();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tenant, &acls, &k];
+    for t in terms {
+        params.push(t);
+    }
+    let rows = c.query(&sql, &params).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+#[async_trait]
+impl DocumentStore for ClusterStore {
+    async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
+        let dims: std::collections::BTreeSet<usize> = doc
+            .chunks()
+            .iter()
+            .filter_map(|c| c.embedding.as_ref().map(Vec::len))
+            .collect();
+        for dim in dims {
+            timed(self.ensure_vec_table(dim)).await?;
+        }
+        timed(async {
+            let mut c = self.pg().await?;
+            let tx = c.transaction().await?;
+            let acl_id = acl_id_for(&tx, doc.tenant(), doc.labels()).await?;
+            let acl_json = serde_json::to_value(doc.acl())
+                .map_err(|e| StoreError::Corrupt(format!("acl: {e}")))?;
+            let chunks = doc.chunks();
+            let count = chunks.len() as i32;
+            tx.execute(
+                "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &doc.id(),
+                    &doc.tenant(),
+                    &doc.title(),
+                    &doc.text(),
+                    &acl_json,
+                    &acl_id,
+                    &doc.created_by(),
+                    &doc.now(),
+                    &count,
+                ],
+            )
+            .await?;
+            // All chunks in one statement (arrays unnested), ids back in order.
+            let public: Vec<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
+            let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+            let seqs: Vec<i32> = (0..count).collect();
+            let rows = tx
+                .query(
+                    "INSERT INTO chunks (public_id, document_id, tenant, acl_id, seq, text)
+                     SELECT p, $2, $3, $4, s, t FROM unnest($1::TEXT[], $5::INT4[], $6::TEXT[]) AS u(p, s, t)
+                     RETURNING id, seq",
+                    &[&public, &doc.id(), &doc.tenant(), &acl_id, &seqs, &texts],
+                )
+                .await?;
+            let mut ids = vec![0i64; chunks.len()];
+            for r in rows {
+                let seq: i32 = r.try_get(1)?;
+                if let Some(slot) = ids.get_mut(seq as usize) {
+                    *slot = r.try_get(0)?;
+                }
+            }
+            let mut by_dim: HashMap<usize, (Vec<i64>, Vec<Vector>)> = HashMap::new();
+            for (chunk, id) in chunks.iter().zip(&ids) {
+                if let Some(e) = &chunk.embedding {
+                    let entry = by_dim.entry(e.len()).or_default();
+                    entry.0.push(*id);
+                    entry.1.push(Vector::from(e.clone()));
+                }
+            }
+            for (dim, (ids, vectors)) in by_dim {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {} (chunk_id, tenant, acl_id, embedding)
+                         SELECT i, $2, $3, v FROM unnest($1::INT8[], $4::vector[]) AS u(i, v)",
+                        vec_table(dim)
+                    ),
+                    &[&ids, &doc.tenant(), &acl_id, &vectors],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(DocumentRecord {
+                id: doc.id().to_owned(),
+                title: doc.title().to_owned(),
+                text: doc.text().to_owned(),
+                acl: doc.acl().clone(),
+                created_at: doc.now(),
+                created_by: doc.created_by().to_owned(),
+                chunk_count: chunks.len() as u32,
+            })
+        })
+        .await
+    }
+
+    async fn list_documents(&self, scope: &AccessScope) -> StoreResult<Vec<DocumentRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            let acls = visible_acls(&c, scope).await?;
+            if acls.is_empty() {
+                return Ok(Vec::new());
+            }
+            c.query(
+                &format!(
+                    "SELECT {DOC_COLS} FROM documents WHERE tenant = $1 AND acl_id = ANY($2)
+                     ORDER BY created_at DESC"
+                ),
+                &[&scope.tenant(), &acls],
+            )
+            .await?
+            .iter()
+            .map(doc_row)
+            .collect()
+        })
+        .await
+    }
+
+    async fn document(&self, scope: &AccessScope, id: &str) -> StoreResult<Option<DocumentRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            let acls = visible_acls(&c, scope).await?;
+            if acls.is_empty() {
+                return Ok(None);
+            }
+            c.query_opt(
+                &format!(
+                    "SELECT {DOC_COLS} FROM documents
+                     WHERE id = $1 AND tenant = $2 AND acl_id = ANY($3)"
+                ),
+                &[&id, &scope.tenant(), &acls],
+            )
+            .await?
+            .map(|r| doc_row(&r))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_all_documents(&self, admin: &DocumentAdmin) -> StoreResult<Vec<DocumentMeta>> {
+        timed(async {
+            let c = self.pg().await?;
+            c.query(
+                &format!(
+                    "SELECT {META_COLS} FROM documents WHERE tenant = $1 ORDER BY created_at DESC"
+                ),
+                &[&admin.tenant()],
+            )
+            .await?
+            .iter()
+            .map(meta_row)
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_document(&self, admin: &DocumentAdmin, id: &str) -> StoreResult<bool> {
+        timed(async {
+            let c = self.pg().await?;
+            // Chunks and their vectors go with it (ON DELETE CASCADE), in one statement.
+            let n = c
+                .execute(
+                    "DELETE FROM documents WHERE id = $1 AND tenant = $2",
+                    &[&id, &admin.tenant()],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn readable_ids(
+        &self,
+        scope: &AccessScope,
+        ids: Vec<String>,
+    ) -> StoreResult<std::collections::HashSet<String>> {
+        timed(async {
+            let c = self.pg().await?;
+            let acls = visible_acls(&c, scope).await?;
+            if acls.is_empty() || ids.is_empty() {
+                return Ok(Default::default());
+            }
+            c.query(
+                "SELECT id FROM documents WHERE tenant = $1 AND id = ANY($2) AND acl_id = ANY($3)",
+                &[&scope.tenant(), &ids, &acls],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
+        })
+        .await
+    }
+
+    async fn any_visible(&self, scope: &AccessScope) -> StoreResult<bool> {
+        timed(async {
+            let c = self.pg().await?;
+            Ok(!visible_acls(&c, scope).await?.is_empty())
+        })
+        .await
+    }
+
+    async fn search(&self, scope: &AccessScope, query: SearchQuery) -> StoreResult<Rankings> {
+        timed(async {
+            let mut c = self.pg().await?;
+            let acls = visible_acls(&c, scope).await?;
+            if acls.is_empty() || query.k == 0 {
+                return Ok(Rankings::default());
+            }
+            let vector = match &query.vector {
+                Some(v) => knn(self, &mut c, scope, &acls, v, query.k).await?,
+                None => Vec::new(),
+            };
+            let text = text_rank(&c, scope, &acls, &query.terms, query.k).await?;
+            Ok(Rankings {
+                vector: load_hits(&c, &vector).await?,
+                text: load_hits(&c, &text).await?,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,281 @@
+//! The cluster store: several stateless gateway nodes share one Redis and one
+//! PostgreSQL (with pgvector).
+//!
+//! * **Redis** (`sessions.rs`): sessions and refresh families — the conversation's
+//!   security state, which every node must see at once. Rotation is one Lua script
+//!   (one round trip; Redis runs scripts one at a time, so of any number of concurrent
+//!   rotations of one token exactly one sees it current). Every revocation is also
+//!   published, so that each node drops its cached session at once.
+//! * **PostgreSQL** (`users.rs`, `threads.rs`, `documents.rs`, `audit.rs`): durable
+//!   data, migrated at start-up under an advisory lock (nodes may start together).
+//!
+//! Both clients are multiplexed and cancellation-safe: a request dropped mid-call
+//! leaves no reply behind for another caller (tokio-postgres and redis' multiplexed
+//! connection match each reply to the sender that asked, and a dropped receiver's reply
+//! is discarded). A store that cannot be reached answers `Unavailable`, which every
+//! request path turns into 503; both clients reconnect by themselves.
+
+mod audit;
+mod documents;
+mod sessions;
+mod threads;
+mod users;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Check, Health, StoreError, StoreResult};
+use crate::config::StoreConfig;
+
+pub use sessions::Revocations;
+
+/// Each entry moves the PostgreSQL schema one version forward; never edit a released one.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/01_init.sql")];
+
+/// How long any one store call may take before it counts as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Key of the advisory lock that serialises migrations and DDL between nodes.
+const DDL_LOCK: i64 = 0x7061_6c69_7361_6465; // "palisade"
+
+#[derive(Clone)]
+pub struct ClusterStore {
+    pg: Pool,
+    redis: redis::aio::ConnectionManager,
+    /// Prefix of every Redis key (several deployments may share one Redis).
+    prefix: Arc<str>,
+    revocations: Revocations,
+    /// Dimensions whose vector table is known to exist.
+    known_dims: Arc<std::sync::Mutex<std::collections::HashSet<usize>>>,
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// A unique violation is a conflict; anything else is unavailability (fail closed).
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            return StoreError::Conflict("constraint violated");
+        }
+        StoreError::Unavailable(pg_error_text(&e))
+    }
+}
+
+/// The error without the connection string (tokio-postgres never prints it, but a
+/// database error's detail can quote row values; keep the code and message only).
+fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("postgres {}: {}", db.code().code(), db.message()),
+        None => format!("postgres: {e}"),
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Unavailable(format!("postgres pool: {other}")),
+        }
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        // The error's text can carry the URL's password in some versions: keep the kind.
+        StoreError::Unavailable(format!("redis: {:?}", e.kind()))
+    }
+}
+
+/// A URL with its password (if any) replaced, for messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("REDACTED"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+impl ClusterStore {
+    /// Connects to both stores and migrates PostgreSQL. Fails if either is unreachable
+    /// at start: a node that cannot reach its stores should not join the pool.
+    pub async fn open(cfg: &StoreConfig) -> StoreResult<Self> {
+        let pg_cfg: tokio_postgres::Config = cfg.postgres_url.parse().map_err(|_| {
+            StoreError::Unavailable(format!(
+                "store.postgres_url is not a PostgreSQL URL: {}",
+                redact_url(&cfg.postgres_url)
+            ))
+        })?;
+        let mut pg_cfg = pg_cfg;
+        pg_cfg.connect_timeout(CALL_TIMEOUT);
+        pg_cfg.application_name("palisade");
+        let manager = Manager::from_config(
+            pg_cfg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                // A recycled connection is checked with a round trip, so a pool that
+                // outlived a PostgreSQL restart hands out no dead connections.
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pg = Pool::builder(manager)
+            .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CALL_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
+
+        let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "store.redis_url is not a Redis URL: {}",
+                redact_url(&cfg.redis_url)
+            ))
+        })?;
+        let manager_cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1);
+        let redis = tokio::time::timeout(
+            CALL_TIMEOUT,
+            redis::aio::ConnectionManager::new_with_config(client.clone(), manager_cfg),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis: connect timed out".into()))??;
+
+        let prefix: Arc<str> = Arc::from(cfg.redis_prefix.as_str());
+        let store = ClusterStore {
+            pg,
+            redis,
+            revocations: Revocations::start(client, prefix.clone()),
+            prefix,
+            known_dims: Default::default(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut c = self.pg.get().await?;
+        let tx = c.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+            .await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS palisade_schema (version INTEGER NOT NULL)")
+            .await?;
+        let version: Option<i32> = tx
+            .query_opt("SELECT max(version) FROM palisade_schema", &[])
+            .await?
+            .and_then(|r| r.get(0));
+        let version = version.unwrap_or(0) as usize;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {version} is newer than this binary ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO palisade_schema (version) VALUES ($1)",
+                &[&((i + 1) as i32)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A pooled PostgreSQL connection, or `Unavailable`.
+    async fn pg(&self) -> StoreResult<deadpool_postgres::Object> {
+        Ok(self.pg.get().await?)
+    }
+
+    fn redis(&self) -> redis::aio::ConnectionManager {
+        self.redis.clone()
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = String::with_capacity(64);
+        k.push_str(&self.prefix);
+        for p in parts {
+            k.push_str(p);
+        }
+        k
+    }
+}
+
+/// Runs `f` with the call deadline: a store that hangs counts as unavailable.
+async fn timed<T>(f: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    tokio::time::timeout(CALL_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("store call timed out".into())))
+}
+
+#[async_trait::async_trait]
+impl Health for ClusterStore {
+    async fn check(&self) -> Vec<Check> {
+        let pg_read = timed(async {
+            let c = self.pg().await?;
+            for table in ["users", "threads", "documents", "audit_events"] {
+                c.query_one(
+                    &format!("SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1) t"),
+                    &[],
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await;
+        let pg_write = timed(async {
+            let c = self.pg().await?;
+            c.execute(
+                "INSERT INTO health_probe (node, checked_at) VALUES ($1, $2)
+                 ON CONFLICT (node) DO UPDATE SET checked_at = excluded.checked_at",
+                &[&node_name(), &crate::timeutil::now_ms()],
+            )
+            .await?;
+            Ok(())
+        })
+        .await;
+        let redis = timed(async {
+            let mut r = self.redis();
+            let key = self.key(&["health:", &node_name()]);
+            let now = crate::timeutil::now_ms();
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(now)
+                .arg("PX")
+                .arg(60_000)
+                .query_async(&mut r)
+                .await?;
+            let back: Option<i64> = redis::cmd("GET").arg(&key).query_async(&mut r).await?;
+            if back != Some(now) {
+                return Err(StoreError::Unavailable("redis: read back differs".into()));
+            }
+            Ok(())
+        })
+        .await;
+        vec![
+            Check::of("postgres_read", &pg_read),
+            Check::of("postgres_write", &pg_write),
+            Check::of("redis", &redis),
+        ]
+    }
+
+    /// Network stores are unavailable or not; they are never "corrupt" in the sense of a
+    /// damaged local file. Each request fails closed on its own store error.
+    fn degraded(&self) -> bool {
+        false
+    }
+}
+
+/// This node's name in the health table: the host name and process id.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".into());
+    format!("{host}:{}", std::process::id())
+}

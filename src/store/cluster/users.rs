@@ -1,0 +1,153 @@
+//! Users in PostgreSQL.
+
+use async_trait::async_trait;
+use tokio_postgres::Row;
+
+use super::{ClusterStore, timed};
+use crate::store::{NewUser, StoreError, StoreResult, UserRecord, UserStore};
+
+const USER_COLS: &str = "id, tenant, username, password_hash, roles, groups_, disabled, created_at";
+
+fn user_row(r: &Row) -> StoreResult<UserRecord> {
+    Ok(UserRecord {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        username: r.try_get(2)?,
+        password_hash: r.try_get(3)?,
+        roles: r.try_get(4)?,
+        groups: r.try_get(5)?,
+        disabled: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+    })
+}
+
+#[async_trait]
+impl UserStore for ClusterStore {
+    async fn create_user(&self, u: NewUser) -> StoreResult<UserRecord> {
+        timed(async {
+            let c = self.pg().await?;
+            c.execute(
+                &format!("INSERT INTO users ({USER_COLS}) VALUES ($1,$2,$3,$4,$5,$6,FALSE,$7)"),
+                &[
+                    &u.id,
+                    &u.tenant,
+                    &u.username,
+                    &u.password_hash,
+                    &u.roles,
+                    &u.groups,
+                    &u.now,
+                ],
+            )
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => StoreError::Conflict("username already exists"),
+                other => other,
+            })?;
+            Ok(UserRecord {
+                id: u.id,
+                tenant: u.tenant,
+                username: u.username,
+                password_hash: u.password_hash,
+                roles: u.roles,
+                groups: u.groups,
+                disabled: false,
+                created_at: u.now,
+            })
+        })
+        .await
+    }
+
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            let stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLS} FROM users WHERE lower(username) = lower($1)"
+                ))
+                .await?;
+            c.query_opt(&stmt, &[&username])
+                .await?
+                .map(|r| user_row(&r))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, tenant: &str, id: &str) -> StoreResult<Option<UserRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            let stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLS} FROM users WHERE tenant = $1 AND id = $2"
+                ))
+                .await?;
+            c.query_opt(&stmt, &[&tenant, &id])
+                .await?
+                .map(|r| user_row(&r))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_users(&self, tenant: Option<&str>) -> StoreResult<Vec<UserRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            c.query(
+                &format!(
+                    "SELECT {USER_COLS} FROM users WHERE ($1::TEXT IS NULL OR tenant = $1)
+                     ORDER BY tenant, username"
+                ),
+                &[&tenant],
+            )
+            .await?
+            .iter()
+            .map(user_row)
+            .collect()
+        })
+        .await
+    }
+
+    async fn set_disabled(
+        &self,
+        tenant: &str,
+        id: &str,
+        disabled: bool,
+    ) -> StoreResult<Option<UserRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            c.query_opt(
+                &format!(
+                    "UPDATE users SET disabled = $3 WHERE tenant = $1 AND id = $2 RETURNING {USER_COLS}"
+                ),
+                &[&tenant, &id, &disabled],
+            )
+            .await?
+            .map(|r| user_row(&r))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn update_access(
+        &self,
+        tenant: &str,
+        id: &str,
+        roles: Option<Vec<String>>,
+        groups: Option<Vec<String>>,
+    ) -> StoreResult<Option<UserRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            c.query_opt(
+                &format!(
+                    "UPDATE users SET roles = COALESCE($3, roles), groups_ = COALESCE($4, groups_)
+                     WHERE tenant = $1 AND id = $2 RETURNING {USER_COLS}"
+                ),
+                &[&tenant, &id, &roles, &groups],
+            )
+            .await?
+            .map(|r| user_row(&r))
+            .transpose()
+        })
+        .await
+    }
+}
