@@ -66,6 +66,9 @@ pub enum ApiError {
     /// A store or dependency on the request path failed. Authorisation fails closed.
     #[error("unavailable")]
     Unavailable,
+    /// A backing store (Redis, PostgreSQL, the database file) cannot be reached.
+    #[error("store unavailable")]
+    StoreUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -90,7 +93,7 @@ impl ApiError {
             MessageTooLong => StatusCode::PAYLOAD_TOO_LARGE,
             ThreadLimit | ThreadFull => StatusCode::UNPROCESSABLE_ENTITY,
             Upstream => StatusCode::BAD_GATEWAY,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +122,7 @@ impl ApiError {
             ThreadFull => "thread_full",
             Upstream => "upstream_error",
             Unavailable => "service_unavailable",
+            StoreUnavailable => "store_unavailable",
             Internal => "internal_error",
         }
     }
@@ -150,6 +154,7 @@ impl ApiError {
             ThreadFull => "This conversation has reached its maximum length.".into(),
             Upstream => "The model is unavailable right now; try again later.".into(),
             Unavailable => "The service is temporarily unavailable.".into(),
+            StoreUnavailable => "A backing store cannot be reached; try again shortly.".into(),
             Internal => "Internal error.".into(),
         }
     }
@@ -170,6 +175,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            ApiError::StoreUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         resp
@@ -189,8 +197,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => ApiError::Conflict(what),
-            other => {
-                tracing::error!(error = %other, "store failure");
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "store unavailable");
+                ApiError::StoreUnavailable
+            }
+            corrupt @ StoreError::Corrupt(_) => {
+                tracing::error!(error = %corrupt, "store failure");
                 ApiError::Unavailable
             }
         }

@@ -23,7 +23,7 @@ pub async fn healthz() -> Response {
 /// and a durable write succeeds. Names the failing part, never its internals.
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let checks = s.health.check().await;
-    let ok = checks.iter().all(|c| c.ok) && !s.health.degraded();
+    let ok = checks.iter().all(|c| c.ok) && !s.health.degraded() && !s.health.unreachable();
     let report: serde_json::Map<String, serde_json::Value> = checks
         .iter()
         .map(|c| (c.name.to_owned(), json!(c.detail)))
@@ -31,7 +31,12 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     if ok {
         return axum::Json(json!({"status": "ready", "checks": report})).into_response();
     }
-    let e = ApiError::Unavailable;
+    // Damaged data is the operator's to repair; an unreachable store comes back.
+    let e = if s.health.degraded() || checks.iter().any(|c| c.detail == "corrupt") {
+        ApiError::Unavailable
+    } else {
+        ApiError::StoreUnavailable
+    };
     (
         e.status(),
         axum::Json(json!({
@@ -39,6 +44,7 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
             "status": "unavailable",
             "checks": report,
             "degraded": s.health.degraded(),
+            "unreachable": s.health.unreachable(),
         })),
     )
         .into_response()

@@ -94,6 +94,12 @@ pub trait Health: Send + Sync {
     /// True once the store has shown corruption: every protected request is then
     /// refused (503) until an operator restarts the gateway on repaired data.
     fn degraded(&self) -> bool;
+    /// True while a network store is known to be unreachable: every request but the
+    /// probes is refused (503 `store_unavailable`) until it is back, which the store
+    /// notices by itself.
+    fn unreachable(&self) -> bool {
+        false
+    }
 }
 
 /// Every store a running gateway needs, opened once from the configuration.

@@ -8,6 +8,7 @@ mod auth_refresh;
 mod auth_tokens;
 mod chat;
 mod cli_docs;
+mod cluster;
 mod connections;
 mod foundation;
 mod hardening;

@@ -23,8 +23,9 @@ pub struct Server {
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
     pub http: Client,
-    /// Under the cluster store: this server's own database and Redis key prefix.
-    cluster: Option<ClusterSpace>,
+    /// Under the cluster store: the database and Redis key prefix it uses (its own, or
+    /// shared with the other nodes of a multi-node test).
+    cluster: Option<std::sync::Arc<ClusterSpace>>,
 }
 
 /// A PostgreSQL database and a Redis key prefix of one test's own, so that tests in
@@ -90,21 +91,49 @@ impl Drop for ClusterSpace {
 impl Server {
     /// Starts a server with extra `PALISADE_*` settings.
     pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let cluster =
+            (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
+        Self::start_in(cluster, env)
+    }
+
+    /// One node of a cluster: on the cluster store of `space` (whatever store the suite
+    /// runs on), with the token keys in `keys_file`, shared with the other nodes.
+    pub fn start_node(
+        space: &std::sync::Arc<ClusterSpace>,
+        keys_file: &Path,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let keys = keys_file.to_string_lossy().into_owned();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("PALISADE_STORE__KIND", "cluster"),
+            ("PALISADE_TOKENS__KEYS_FILE", keys.as_str()),
+        ];
+        all.extend_from_slice(env);
+        Self::start_in(Some(space.clone()), &all)
+    }
+
+    fn start_in(cluster: Option<std::sync::Arc<ClusterSpace>>, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let cluster = (store_kind() == "cluster").then(ClusterSpace::create);
         if let Some(c) = &cluster {
-            env.push((
-                "PALISADE_STORE__POSTGRES_URL".into(),
-                c.postgres_url.clone(),
-            ));
-            env.push((
-                "PALISADE_STORE__REDIS_PREFIX".into(),
-                c.redis_prefix.clone(),
-            ));
+            // Ahead of the test's own settings, which win (a fault test's own store).
+            env.insert(
+                0,
+                (
+                    "PALISADE_STORE__POSTGRES_URL".into(),
+                    c.postgres_url.clone(),
+                ),
+            );
+            env.insert(
+                0,
+                (
+                    "PALISADE_STORE__REDIS_PREFIX".into(),
+                    c.redis_prefix.clone(),
+                ),
+            );
         }
         let mut s = Server {
             cluster,
@@ -446,6 +475,15 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what the server said about it.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- server log (last {} lines) ---", tail.len());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

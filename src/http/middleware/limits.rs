@@ -11,7 +11,8 @@ use crate::http::error::ApiError;
 
 /// Data that cannot be trusted is not served: once the store has shown corruption,
 /// every request but the health probes answers 503 alike — never a mix of answers and
-/// errors.
+/// errors. The same while a network store is known to be unreachable (503
+/// `store_unavailable`): no request is answered from caches alone.
 pub async fn refuse_when_degraded(
     State(state): State<AppState>,
     req: Request,
@@ -20,6 +21,9 @@ pub async fn refuse_when_degraded(
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
     if !probe && state.health.degraded() {
         return ApiError::Unavailable.into_response();
+    }
+    if !probe && state.health.unreachable() {
+        return ApiError::StoreUnavailable.into_response();
     }
     next.run(req).await
 }

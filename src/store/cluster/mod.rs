@@ -23,6 +23,7 @@ mod users;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{Check, Health, StoreError, StoreResult};
@@ -48,6 +49,16 @@ pub struct ClusterStore {
     revocations: Revocations,
     /// Dimensions whose vector table is known to exist.
     known_dims: Arc<std::sync::Mutex<std::collections::HashSet<usize>>>,
+    /// Set by the watchers while a store is known to be unreachable.
+    reach: Arc<Reachability>,
+}
+
+/// What the watchers know: each holds one connection open to its store and notices at
+/// once when the store goes away (the socket closes), and when it is back.
+#[derive(Default)]
+pub struct Reachability {
+    pub redis_down: AtomicBool,
+    pub postgres_down: AtomicBool,
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -147,12 +158,16 @@ impl ClusterStore {
         .map_err(|_| StoreError::Unavailable("redis: connect timed out".into()))??;
 
         let prefix: Arc<str> = Arc::from(cfg.redis_prefix.as_str());
+        let reach = Arc::new(Reachability::default());
+        let revocations = Revocations::start(client, prefix.clone(), reach.clone());
+        watch_postgres(cfg.postgres_url.clone(), reach.clone(), revocations.alive());
         let store = ClusterStore {
             pg,
             redis,
-            revocations: Revocations::start(client, prefix.clone()),
+            revocations,
             prefix,
             known_dims: Default::default(),
+            reach,
         };
         store.migrate().await?;
         Ok(store)
@@ -269,6 +284,70 @@ impl Health for ClusterStore {
     /// damaged local file. Each request fails closed on its own store error.
     fn degraded(&self) -> bool {
         false
+    }
+
+    fn unreachable(&self) -> bool {
+        self.reach.redis_down.load(Ordering::Acquire)
+            || self.reach.postgres_down.load(Ordering::Acquire)
+    }
+}
+
+/// Keeps one connection to PostgreSQL open and pings it every second: when the socket
+/// closes or a ping fails, PostgreSQL is marked unreachable at once; when a new
+/// connection succeeds, reachable again. Stops when the store is dropped.
+fn watch_postgres(url: String, reach: Arc<Reachability>, alive: std::sync::Weak<()>) {
+    tokio::spawn(async move {
+        while alive.strong_count() > 0 {
+            let connected = tokio::time::timeout(
+                CALL_TIMEOUT,
+                tokio_postgres::connect(&url, tokio_postgres::NoTls),
+            )
+            .await;
+            let (client, conn) = match connected {
+                Ok(Ok(c)) => c,
+                _ => {
+                    mark(&reach.postgres_down, true, "postgres");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            mark(&reach.postgres_down, false, "postgres");
+            // The connection runs on its own task (it drives the client's I/O); its end
+            // is the socket's end.
+            let mut ended = tokio::spawn(conn);
+            loop {
+                tokio::select! {
+                    _ = &mut ended => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if alive.strong_count() == 0 {
+                            ended.abort();
+                            return;
+                        }
+                        let ping = tokio::time::timeout(CALL_TIMEOUT, client.simple_query("SELECT 1")).await;
+                        if !matches!(ping, Ok(Ok(_))) {
+                            tracing::warn!("postgres did not answer a ping");
+                            ended.abort();
+                            break;
+                        }
+                    }
+                }
+            }
+            mark(&reach.postgres_down, true, "postgres");
+        }
+    });
+}
+
+/// Records a change of reachability, logging only the changes.
+pub(crate) fn mark(flag: &AtomicBool, down: bool, store: &'static str) {
+    if flag.swap(down, Ordering::AcqRel) != down {
+        if down {
+            tracing::error!(
+                store,
+                "store unreachable; refusing requests until it is back"
+            );
+        } else {
+            tracing::info!(store, "store reachable");
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-use super::{ClusterStore, timed};
+use super::{ClusterStore, Reachability, mark, timed};
 use crate::secret::TokenHash;
 use crate::store::{
     NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, StoreError, StoreResult,
@@ -456,7 +456,7 @@ impl Revocations {
     /// "Forget every cached session".
     pub const ALL: &'static str = "*";
 
-    pub fn start(client: redis::Client, prefix: Arc<str>) -> Self {
+    pub fn start(client: redis::Client, prefix: Arc<str>, reach: Arc<Reachability>) -> Self {
         let (tx, _) = broadcast::channel(1024);
         let alive = Arc::new(());
         let watch = Arc::downgrade(&alive);
@@ -470,10 +470,14 @@ impl Revocations {
             };
             let run = async {
                 loop {
-                    if let Err(e) = listen(&client, &channel, &feed).await {
-                        tracing::warn!(error = %StoreError::from(e), "revocation feed lost; reconnecting");
+                    if let Err(e) = listen(&client, &channel, &feed, &reach).await {
+                        tracing::debug!(error = %StoreError::from(e), "revocation feed lost; reconnecting");
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Lost: Redis is unreachable until a new subscription works, and
+                    // revocations may be missed meanwhile, so no cached session counts.
+                    mark(&reach.redis_down, true, "redis");
+                    let _ = feed.send(Revocations::ALL.to_owned());
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             };
             tokio::select! {
@@ -487,17 +491,26 @@ impl Revocations {
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.tx.subscribe()
     }
+
+    /// A handle that lives as long as this feed (for other watchers to stop with it).
+    pub fn alive(&self) -> std::sync::Weak<()> {
+        Arc::downgrade(&self._alive)
+    }
 }
 
 async fn listen(
     client: &redis::Client,
     channel: &str,
     feed: &broadcast::Sender<String>,
+    reach: &Reachability,
 ) -> redis::RedisResult<()> {
     use futures_util::StreamExt;
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub())
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
     pubsub.subscribe(channel).await?;
     let _ = feed.send(Revocations::ALL.to_owned());
+    mark(&reach.redis_down, false, "redis");
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {
         if let Ok(sid) = msg.get_payload::<String>() {

@@ -1,0 +1,488 @@
+//! Cluster mode: several gateway nodes on one Redis and one PostgreSQL. Two nodes share
+//! sessions, revocations and refresh families; a store that goes away stops all service
+//! (503 `store_unavailable`, never a 2xx) until it is back; a killed node loses nothing
+//! it acknowledged. Fault tests run their own Redis or PostgreSQL on a free port.
+//!
+//! These run in the suite's cluster pass (`PALISADE_TEST_STORE=cluster`) only.
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn cluster_pass() -> bool {
+    if store_kind() != "cluster" {
+        eprintln!("cluster tests run in the cluster pass of the suite");
+        return false;
+    }
+    true
+}
+
+/// Two nodes on one store, with one keys file.
+struct Pair {
+    a: Server,
+    b: Server,
+    _keys: tempfile::TempDir,
+}
+
+fn pair(env: &[(&str, &str)]) -> Pair {
+    let space = Arc::new(ClusterSpace::create());
+    let keys = tempfile::tempdir().unwrap();
+    let file = keys.path().join("keys.json");
+    let a = Server::start_node(&space, &file, env);
+    let b = Server::start_node(&space, &file, env);
+    Pair { a, b, _keys: keys }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_session_works_on_both_nodes_and_logout_reaches_the_other_within_a_second() {
+    if !cluster_pass() {
+        return;
+    }
+    let p = pair(&[]);
+    let acme = seed_acme(&p.a);
+    let a = p.a.login("alice", &acme.alice).await;
+    // Logged in on A, used on B: one session store, one set of keys.
+    assert_eq!(
+        p.b.get("/auth/me", &a.access).await.status(),
+        StatusCode::OK
+    );
+    let id = p.b.new_thread(&a.access, "from b").await;
+    assert_eq!(p.a.thread_json(&a.access, &id).await["title"], "from b");
+
+    // Keep B's cache warm, then log out on A and time how long B still accepts it.
+    for _ in 0..5 {
+        assert_eq!(
+            p.b.get("/auth/me", &a.access).await.status(),
+            StatusCode::OK
+        );
+    }
+    let resp = p.a.post_auth("/auth/logout", &a.access, &json!({})).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let t = Instant::now();
+    loop {
+        let st = p.b.get("/auth/me", &a.access).await.status();
+        if st == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(st, StatusCode::OK);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "B still accepts a logged-out session"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("revocation reached the other node after {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn a_refresh_token_rotated_on_one_node_and_replayed_on_the_other_ends_the_session() {
+    if !cluster_pass() {
+        return;
+    }
+    let p = pair(&[("PALISADE_TOKENS__REFRESH_REUSE_GRACE", "1s")]);
+    let acme = seed_acme(&p.a);
+    let a = p.a.login("alice", &acme.alice).await;
+    let rotated = p.a.refresh(&a.cookie).await;
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let fresh = Session::from_response(rotated).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The thief replays the old cookie on the other node.
+    let replay = p.b.refresh(&a.cookie).await;
+    let (status, code) = error_code(replay).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "refresh_reused")
+    );
+    // The session is dead everywhere, for every token it had.
+    for node in [&p.a, &p.b] {
+        assert_eq!(
+            node.get("/auth/me", &fresh.access).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            node.get("/auth/me", &a.access).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        p.a.refresh(&fresh.cookie).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        p.b.refresh(&fresh.cookie).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_refreshes_over_both_nodes_have_exactly_one_winner() {
+    if !cluster_pass() {
+        return;
+    }
+    let p = pair(&[]);
+    let acme = seed_acme(&p.a);
+    let a = p.a.login("alice", &acme.alice).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let node = if i % 2 == 0 { &p.a } else { &p.b };
+            let http = node.http.clone();
+            let url = node.url("/auth/refresh");
+            let cookie = a.cookie.clone();
+            tokio::spawn(async move {
+                http.post(url)
+                    .header("cookie", format!("__Host-palisade_refresh={cookie}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let raced = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((won, raced), (1, 19), "{statuses:?}");
+    // The race is not theft: the session lives on both nodes.
+    assert_eq!(
+        p.b.get("/auth/me", &a.access).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// A Redis of the test's own, persisting every write (as a production one must, or a
+/// restart ends every session).
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A PostgreSQL of the test's own (initdb as the `postgres` user; pgvector comes from
+/// the machine's installation).
+struct OwnPostgres {
+    port: u16,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn pg_bin(tool: &str) -> PathBuf {
+    let dir = Command::new("sh")
+        .arg("-c")
+        .arg("ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| PG_BIN.into());
+    Path::new(&dir).join(tool)
+}
+
+impl OwnPostgres {
+    fn start() -> OwnPostgres {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        Command::new("chown")
+            .arg("postgres")
+            .arg(tmp.path())
+            .status()
+            .unwrap();
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = OwnPostgres {
+            port: free_port(),
+            dir,
+            _tmp: tmp,
+        };
+        pg.ctl("start");
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn ctl(&self, action: &str) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            self.dir.display()
+        );
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"])
+            .arg(pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-o", &opts, "-m", "immediate", "-w", "-l"])
+            .arg(self.dir.join("log"))
+            .arg(action)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        assert!(c.status().unwrap().success(), "pg_ctl {action}");
+        if action == "start" {
+            wait_for_port(self.port);
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Protected requests of several kinds, over and over, for `d`; counts the outcomes
+/// and checks that refusals are quick (a node that knows its store is gone answers at
+/// once instead of waiting on it: the median refusal takes well under 50 ms).
+async fn hammer(s: &Server, token: &str, thread: &str, d: Duration) -> (usize, usize, usize) {
+    let (mut ok, mut refused, mut other) = (0, 0, 0);
+    let mut refusals = Vec::new();
+    let t = Instant::now();
+    let paths = [
+        "/auth/me".to_owned(),
+        "/v1/threads".to_owned(),
+        format!("/v1/threads/{thread}"),
+    ];
+    while t.elapsed() < d {
+        for path in &paths {
+            let sent = Instant::now();
+            let resp = s.get(path, token).await;
+            match resp.status() {
+                st if st.is_success() => ok += 1,
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    refusals.push(sent.elapsed());
+                    let (_, code) = error_code(resp).await;
+                    assert_eq!(code, "store_unavailable");
+                    refused += 1;
+                }
+                _ => other += 1,
+            }
+        }
+    }
+    refusals.sort();
+    if let Some(median) = refusals.get(refusals.len() / 2) {
+        assert!(
+            *median < Duration::from_millis(50),
+            "the median refusal took {median:?}"
+        );
+    }
+    (ok, refused, other)
+}
+
+async fn outage(s: &Server, token: &str, thread: &str, stop: impl FnOnce(), start: impl FnOnce()) {
+    let (ok, _, _) = hammer(s, token, thread, Duration::from_millis(300)).await;
+    assert!(ok > 0);
+    stop();
+    // The node notices the closed connection at once; allow it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ok, refused, other) = hammer(s, token, thread, Duration::from_secs(2)).await;
+    eprintln!("while down: {ok} served, {refused} refused, {other} other");
+    assert_eq!(
+        (ok, other),
+        (0, 0),
+        "served or mis-answered while a store was down"
+    );
+    assert!(refused > 10);
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (_, code) = error_code(r).await;
+    assert_eq!(code, "store_unavailable");
+    assert!(!s.log().contains("panicked"));
+
+    start();
+    // Back by itself, without a restart of the node.
+    let t = Instant::now();
+    loop {
+        if s.get("/auth/me", token).await.status() == StatusCode::OK
+            && s.get(&format!("/v1/threads/{thread}"), token)
+                .await
+                .status()
+                == StatusCode::OK
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the node did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("recovered {:?} after the store came back", t.elapsed());
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn with_redis_down_nothing_protected_is_served_and_service_resumes_by_itself() {
+    if !cluster_pass() {
+        return;
+    }
+    let redis = Arc::new(std::sync::Mutex::new(OwnRedis::start()));
+    let url = redis.lock().unwrap().url();
+    let s = Server::start_with(&[("PALISADE_STORE__REDIS_URL", url.as_str())]);
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let thread = s.new_thread(&a.access, "kept").await;
+    let (r1, r2) = (redis.clone(), redis.clone());
+    outage(
+        &s,
+        &a.access,
+        &thread,
+        move || r1.lock().unwrap().stop(),
+        move || r2.lock().unwrap().spawn(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_postgres_down_nothing_protected_is_served_and_service_resumes_by_itself() {
+    if !cluster_pass() {
+        return;
+    }
+    let pg = Arc::new(OwnPostgres::start());
+    let url = pg.url();
+    let s = Server::start_with(&[("PALISADE_STORE__POSTGRES_URL", url.as_str())]);
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let thread = s.new_thread(&a.access, "kept").await;
+    let (p1, p2) = (pg.clone(), pg.clone());
+    outage(
+        &s,
+        &a.access,
+        &thread,
+        move || p1.ctl("stop"),
+        move || p2.ctl("start"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_conversation_loses_no_acknowledged_message() {
+    if !cluster_pass() {
+        return;
+    }
+    let (mut s, _mock) = start_with_mock(&[]).await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let thread = s.new_thread(&a.access, "durable").await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let q = format!("question number {i}");
+        let resp = s
+            .post_auth(
+                &format!("/v1/threads/{thread}/messages"),
+                &a.access,
+                &json!({"content": q}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        acknowledged.push(q);
+    }
+    s.kill9();
+    s.restart();
+    let body = s.thread_json(&a.access, &thread).await;
+    let stored = body["messages"].to_string();
+    for q in &acknowledged {
+        assert!(stored.contains(q.as_str()), "{q} was lost");
+    }
+    assert_eq!(body["messages"].as_array().unwrap().len(), 40);
+}
