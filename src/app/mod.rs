@@ -86,13 +86,7 @@ pub async fn build_state(cfg: Config) -> Result<AppState, AnyError> {
 pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyError> {
     let keys = Keyring::load_or_create(&cfg.keys_path())?;
     let audit = Audit::new(stores.audit.clone());
-    let auth = AuthService::new(
-        &cfg,
-        stores.users.clone(),
-        stores.sessions.clone(),
-        keys,
-        audit.clone(),
-    );
+    let auth = AuthService::new(&cfg, &stores, keys, audit.clone());
     let threads = Arc::new(Threads::new(
         stores.threads.clone(),
         cfg.threads.clone(),
@@ -113,6 +107,7 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
         cfg.llm.system_prompt.clone(),
         cfg.threads.history_budget_tokens,
         cfg.threads.chat_requests_per_minute,
+        stores.limits.clone(),
     );
     Ok(AppState {
         config: Arc::new(cfg),

@@ -14,7 +14,6 @@ pub mod password;
 mod rejections;
 mod session_ops;
 pub mod sessions;
-pub mod throttle;
 pub mod tokens;
 mod users;
 
@@ -27,13 +26,12 @@ pub use crate::access::{
 use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::config::Config;
 use crate::secret::RefreshToken;
-use crate::store::{SessionStore, StoreError, UserStore};
+use crate::store::{Limit, LimitKind, LimitStore, SessionStore, StoreError, Stores, UserStore};
 use crate::timeutil::ms;
 
 use password::PasswordVerifierPool;
 use rejections::{Disposition, RejectionLog};
 use sessions::{Liveness, SessionCache};
-use throttle::Throttle;
 use tokens::{AccessClaims, TokenRejection, TokenService};
 
 pub use users::{AccessChange, NewAccount, UserView};
@@ -93,12 +91,14 @@ pub struct AuthService {
     tokens: TokenService,
     passwords: PasswordVerifierPool,
     audit: Audit,
+    /// Shared with every process on the store (every node, in cluster mode).
+    limits: Arc<dyn LimitStore>,
     /// Failed logins per (canonical username, client address).
-    pair_throttle: Throttle,
+    pair_limit: Limit,
     /// Login attempts per client address.
-    ip_throttle: Throttle,
+    ip_limit: Limit,
     /// Login attempts per canonical username, from anywhere (GCRA: a burst, then a rate).
-    user_ceiling: governor::DefaultKeyedRateLimiter<String>,
+    user_ceiling: Limit,
     rejections: RejectionLog,
     /// The keys file and the modification time of the keys in use.
     keys_file: (
@@ -111,13 +111,10 @@ pub struct AuthService {
 }
 
 impl AuthService {
-    pub fn new(
-        cfg: &Config,
-        users: Arc<dyn UserStore>,
-        sessions: Arc<dyn SessionStore>,
-        keys: keys::Keyring,
-        audit: Audit,
-    ) -> Self {
+    pub fn new(cfg: &Config, stores: &Stores, keys: keys::Keyring, audit: Audit) -> Self {
+        let users = stores.users.clone();
+        let sessions = stores.sessions.clone();
+        let limits = stores.limits.clone();
         let t = &cfg.tokens;
         let l = &cfg.limits;
         Self {
@@ -131,18 +128,28 @@ impl AuthService {
             tokens: TokenService::new(keys, t.access_ttl),
             passwords: PasswordVerifierPool::new(),
             audit,
-            pair_throttle: Throttle::new(l.login_failures_per_user, l.login_failure_window),
-            ip_throttle: Throttle::new(l.login_attempts_per_ip, l.login_ip_window),
-            user_ceiling: governor::RateLimiter::keyed(
-                governor::Quota::per_minute(
-                    std::num::NonZeroU32::new(l.login_user_attempts_per_minute)
-                        .unwrap_or(std::num::NonZeroU32::MIN),
-                )
-                .allow_burst(
-                    std::num::NonZeroU32::new(l.login_user_attempt_burst)
-                        .unwrap_or(std::num::NonZeroU32::MIN),
-                ),
-            ),
+            limits,
+            pair_limit: Limit {
+                name: "login_failures",
+                kind: LimitKind::Window {
+                    max: l.login_failures_per_user,
+                    period: l.login_failure_window,
+                },
+            },
+            ip_limit: Limit {
+                name: "login_ip",
+                kind: LimitKind::Window {
+                    max: l.login_attempts_per_ip,
+                    period: l.login_ip_window,
+                },
+            },
+            user_ceiling: Limit {
+                name: "login_user",
+                kind: LimitKind::Rate {
+                    burst: l.login_user_attempt_burst,
+                    per_minute: l.login_user_attempts_per_minute,
+                },
+            },
             rejections: RejectionLog::new(l.rejected_token_audit_window),
             keys_file: {
                 let path = cfg.keys_path();

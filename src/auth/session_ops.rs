@@ -4,7 +4,9 @@ use super::tokens::AccessClaims;
 use super::{AuthError, AuthService, ClientInfo, IssuedTokens, Principal};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::secret::{RefreshToken, SecretString, new_id};
-use crate::store::{NewSession, RotateOutcome, RotateRequest, SessionRecord, UserRecord};
+use crate::store::{
+    Admission, NewSession, RotateOutcome, RotateRequest, SessionRecord, UserRecord,
+};
 use crate::timeutil::now_ms;
 
 impl AuthService {
@@ -15,12 +17,15 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<IssuedTokens, AuthError> {
         let canonical = crate::access::canonical_username(username);
+        // Limits are keyed by a pseudonym of the username: it may be a password typed
+        // into the wrong field, and the limits may live in a shared store.
+        let user_key = self.tokens.pseudonym(&canonical);
         let ip_key = client.ip.map(|i| i.to_string()).unwrap_or_default();
-        let pair_key = format!("{canonical}\u{1f}{ip_key}");
+        let pair_key = format!("{user_key}\u{1f}{ip_key}");
         // Every slot is taken before the slow hash, each in one atomic step, so a burst
         // of concurrent guesses evaluates at most the limit; an attempt refused by one
         // limit gives back what it took from the others.
-        if let Err(retry_after_secs) = self.admit_login(&canonical, &pair_key, &ip_key) {
+        if let Err(retry_after_secs) = self.admit_login(&user_key, &pair_key, &ip_key).await? {
             self.audit
                 .record(
                     AuditEvent::new(AuditKind::LoginThrottled)
@@ -59,7 +64,7 @@ impl AuthService {
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        self.pair_throttle.reset(&pair_key);
+        self.limits.reset(&self.pair_limit, &pair_key).await?;
 
         // Mint before persisting: if minting failed, no orphan session would remain.
         let now = now_ms();
@@ -97,20 +102,38 @@ impl AuthService {
 
     /// Takes a login slot for (username, address), for the address and for the username
     /// from anywhere, or none of them.
-    fn admit_login(&self, canonical: &str, pair_key: &str, ip_key: &str) -> Result<(), u64> {
-        self.pair_throttle.acquire(pair_key)?;
-        if let Err(retry) = self.ip_throttle.acquire(ip_key) {
-            self.pair_throttle.release(pair_key);
-            return Err(retry);
+    /// A store error refuses the login (fail closed).
+    async fn admit_login(
+        &self,
+        user_key: &str,
+        pair_key: &str,
+        ip_key: &str,
+    ) -> Result<Result<(), u64>, AuthError> {
+        let l = &self.limits;
+        if let Admission::RetryAfter(s) = l.take(&self.pair_limit, pair_key).await? {
+            return Ok(Err(s));
         }
-        if let Err(not_until) = self.user_ceiling.check_key(&canonical.to_owned()) {
-            self.pair_throttle.release(pair_key);
-            self.ip_throttle.release(ip_key);
-            use governor::clock::{Clock, DefaultClock};
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Err(wait.as_secs().max(1));
+        match l.take(&self.ip_limit, ip_key).await {
+            Ok(Admission::Admitted) => {}
+            refused => {
+                l.give_back(&self.pair_limit, pair_key).await?;
+                return match refused? {
+                    Admission::RetryAfter(s) => Ok(Err(s)),
+                    Admission::Admitted => Ok(Ok(())),
+                };
+            }
         }
-        Ok(())
+        match l.take(&self.user_ceiling, user_key).await {
+            Ok(Admission::Admitted) => Ok(Ok(())),
+            refused => {
+                l.give_back(&self.pair_limit, pair_key).await?;
+                l.give_back(&self.ip_limit, ip_key).await?;
+                match refused? {
+                    Admission::RetryAfter(s) => Ok(Err(s)),
+                    Admission::Admitted => Ok(Ok(())),
+                }
+            }
+        }
     }
 
     fn issue(

@@ -13,20 +13,19 @@
 mod prompt;
 
 use std::collections::HashSet;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::access::{ClientInfo, Principal};
 use crate::llm::{ChatMessage, Llm, LlmError};
 use crate::rag::{Rag, RagError, citations};
 use crate::store::threads::approx_tokens;
-use crate::store::{Citation, HistoryBudget, MessageRecord, Role, ThreadRecord};
+use crate::store::{
+    Admission, Citation, HistoryBudget, Limit, LimitKind, LimitStore, MessageRecord, Role,
+    ThreadRecord,
+};
 use crate::threads::{ThreadError, Threads};
 
 pub use prompt::context_block;
@@ -106,12 +105,10 @@ pub struct ChatService {
     llm: Arc<Llm>,
     system_prompt: String,
     history_budget_tokens: usize,
-    rate: DefaultKeyedRateLimiter<String>,
-    admitted: AtomicU64,
+    /// Chat requests per user, shared by every process on the store.
+    rate: Limit,
+    limits: Arc<dyn LimitStore>,
 }
-
-/// How often the rate limiter forgets idle users (in admissions).
-const RATE_SWEEP_EVERY: u64 = 4096;
 
 impl ChatService {
     pub fn new(
@@ -121,16 +118,23 @@ impl ChatService {
         system_prompt: String,
         history_budget_tokens: usize,
         requests_per_minute: u32,
+        limits: Arc<dyn LimitStore>,
     ) -> Self {
-        let per_minute = NonZeroU32::new(requests_per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
             threads,
             rag,
             llm,
             system_prompt,
             history_budget_tokens,
-            rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            admitted: AtomicU64::new(0),
+            // A burst of one minute's allowance, refilled evenly (GCRA).
+            rate: Limit {
+                name: "chat",
+                kind: LimitKind::Rate {
+                    burst: requests_per_minute.max(1),
+                    per_minute: requests_per_minute.max(1),
+                },
+            },
+            limits,
         }
     }
 
@@ -139,22 +143,17 @@ impl ChatService {
     }
 
     /// Counts one chat request against the caller's per-minute allowance: check and
-    /// count are one atomic step (GCRA), so concurrent requests cannot overshoot.
-    fn admit(&self, p: &Principal) -> Result<(), ChatError> {
-        if self
-            .admitted
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(RATE_SWEEP_EVERY)
-        {
-            self.rate.retain_recent();
-        }
+    /// count are one atomic step (GCRA), so concurrent requests cannot overshoot — on
+    /// one node or across a cluster. A store error refuses (fail closed).
+    async fn admit(&self, p: &Principal) -> Result<(), ChatError> {
         let key = format!("{}\u{1f}{}", p.tenant(), p.subject());
-        self.rate.check_key(&key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ChatError::RateLimited {
-                retry_after_secs: wait.as_secs().max(1),
+        match self.limits.take(&self.rate, &key).await {
+            Ok(Admission::Admitted) => Ok(()),
+            Ok(Admission::RetryAfter(retry_after_secs)) => {
+                Err(ChatError::RateLimited { retry_after_secs })
             }
-        })
+            Err(e) => Err(ChatError::Thread(e.into())),
+        }
     }
 
     /// Everything before the model: validation, admission, thread, retrieval, prompt.
@@ -165,7 +164,7 @@ impl ChatService {
         client: &ClientInfo,
     ) -> Result<Prepared, ChatError> {
         // 1. Admission: every request counts, valid or not.
-        self.admit(p)?;
+        self.admit(p).await?;
         // 2. The whole request is valid, or nothing happens (no retrieval, no audit).
         let question = match &conv {
             Conversation::Thread { question, .. } => {

@@ -647,3 +647,66 @@ async fn ended_sessions_and_old_events_are_pruned_and_live_ones_kept() {
         .unwrap();
     assert_eq!(left.len(), 1);
 }
+
+#[tokio::test]
+async fn limits_hold_under_concurrency_and_slots_come_back() {
+    let o = open().await;
+    let l = o.stores.limits.clone();
+    let window = Limit {
+        name: "conformance_window",
+        kind: LimitKind::Window {
+            max: 5,
+            period: std::time::Duration::from_secs(60),
+        },
+    };
+    let key = format!("k-{}", new_id());
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (l, key) = (l.clone(), key.clone());
+            tokio::spawn(async move { l.take(&window, &key).await.expect("take") })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Admission::Admitted => admitted += 1,
+            Admission::RetryAfter(s) => assert!((1..=60).contains(&s)),
+        }
+    }
+    assert_eq!(admitted, 5);
+    // Another key, and another limit on the same key, are counted apart.
+    let other = format!("k-{}", new_id());
+    assert_eq!(l.take(&window, &other).await.unwrap(), Admission::Admitted);
+    // A slot given back can be taken again, once; a reset clears the count.
+    l.give_back(&window, &key).await.unwrap();
+    assert_eq!(l.take(&window, &key).await.unwrap(), Admission::Admitted);
+    assert!(matches!(
+        l.take(&window, &key).await.unwrap(),
+        Admission::RetryAfter(_)
+    ));
+    l.reset(&window, &key).await.unwrap();
+    assert_eq!(l.take(&window, &key).await.unwrap(), Admission::Admitted);
+
+    // A rate: the burst, then refusals telling how long to wait.
+    let rate = Limit {
+        name: "conformance_rate",
+        kind: LimitKind::Rate {
+            burst: 3,
+            per_minute: 6,
+        },
+    };
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (l, key) = (l.clone(), key.clone());
+            tokio::spawn(async move { l.take(&rate, &key).await.expect("take") })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Admission::Admitted => admitted += 1,
+            Admission::RetryAfter(s) => assert!((1..=10).contains(&s), "{s}"),
+        }
+    }
+    assert_eq!(admitted, 3);
+}

@@ -21,6 +21,7 @@ pub mod cluster;
 #[cfg(test)]
 mod conformance;
 mod documents;
+pub mod limits;
 mod sessions;
 pub mod sqlite;
 pub mod threads;
@@ -34,6 +35,7 @@ pub use documents::{
     ChunkHit, DocumentMeta, DocumentRecord, DocumentStore, NewChunk, NewDocument, Rankings,
     SearchQuery,
 };
+pub use limits::{Admission, Limit, LimitKind, LimitStore};
 pub use sessions::{NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore};
 pub use threads::{
     Append, Citation, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role,
@@ -111,6 +113,8 @@ pub struct Stores {
     pub documents: Arc<dyn DocumentStore>,
     pub audit: Arc<dyn AuditStore>,
     pub health: Arc<dyn Health>,
+    /// Rate limits and throttles, shared by every process on this store.
+    pub limits: Arc<dyn LimitStore>,
 }
 
 impl Stores {
@@ -120,17 +124,22 @@ impl Stores {
         match cfg.kind {
             StoreKind::Embedded => {
                 let db = sqlite::SqliteStore::open(&data_dir.join(sqlite::DB_FILE))?;
-                Ok(Stores::from_one(Arc::new(db)))
+                // One process serves an embedded store: its limits live in its memory.
+                Ok(Stores::from_one(
+                    Arc::new(db),
+                    Arc::new(limits::MemoryLimits::default()),
+                ))
             }
             StoreKind::Cluster => {
-                let store = cluster::ClusterStore::open(cfg).await?;
-                Ok(Stores::from_one(Arc::new(store)))
+                let store = Arc::new(cluster::ClusterStore::open(cfg).await?);
+                Ok(Stores::from_one(store.clone(), store))
             }
         }
     }
 
-    /// A bundle served by one backend that implements every concern.
-    pub fn from_one<S>(s: Arc<S>) -> Stores
+    /// A bundle served by one backend that implements every concern (limits may come
+    /// from elsewhere).
+    pub fn from_one<S>(s: Arc<S>, limits: Arc<dyn LimitStore>) -> Stores
     where
         S: UserStore + SessionStore + ThreadStore + DocumentStore + AuditStore + Health + 'static,
     {
@@ -141,6 +150,7 @@ impl Stores {
             documents: s.clone(),
             audit: s.clone(),
             health: s,
+            limits,
         }
     }
 }

@@ -486,3 +486,187 @@ async fn a_node_killed_mid_conversation_loses_no_acknowledged_message() {
     }
     assert_eq!(body["messages"].as_array().unwrap().len(), 40);
 }
+
+#[tokio::test]
+async fn throttles_and_rate_limits_count_across_nodes() {
+    if !cluster_pass() {
+        return;
+    }
+    let mock = crate::mock::Mock::start().await;
+    let p = pair(&[
+        ("PALISADE_LLM__BASE_URL", mock.base_url.as_str()),
+        ("PALISADE_LLM__MODEL", "mock-model"),
+        ("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "5"),
+    ]);
+    let acme = seed_acme(&p.a);
+    // Five wrong guesses spread over both nodes use up alice's allowance from this
+    // address: the right password is then refused on either node.
+    for i in 0..5 {
+        let node = if i % 2 == 0 { &p.a } else { &p.b };
+        let r = node.login_raw("alice", "wrong-password-123").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    for node in [&p.a, &p.b] {
+        let r = node.login_raw("alice", &acme.alice).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    // The chat allowance (5 a minute) is one allowance, whichever node is asked.
+    let h = p.b.login("hannah", &acme.hannah).await;
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &p.a } else { &p.b };
+        let r = node
+            .post_auth(
+                "/v1/chat/completions",
+                &h.access,
+                &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        statuses.push(r.status());
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((ok, limited), (5, 5), "{statuses:?}");
+    assert_eq!(mock.count(), 5);
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+/// Every marker but user `me`'s.
+fn foreign_marker_in(text: &str, me: usize, users: usize) -> Option<usize> {
+    (0..users).find(|j| *j != me && text.contains(&format!("mk{j}x")))
+}
+
+/// Cancellation chaos: 50 users on two nodes, each talking to its own thread while its
+/// client gives up at random moments (mid-request, mid-stream). No user ever receives
+/// a byte of another user's thread or session data, then or afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_users_aborting_at_random_never_see_each_others_data() {
+    if !cluster_pass() {
+        return;
+    }
+    const USERS: usize = 50;
+    let mock = crate::mock::Mock::start().await;
+    mock.set_chunk_delay(2);
+    let p = Arc::new(pair(&[
+        ("PALISADE_LLM__BASE_URL", mock.base_url.as_str()),
+        ("PALISADE_LLM__MODEL", "mock-model"),
+        ("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "100000"),
+        ("PALISADE_LIMITS__LOGIN_ATTEMPTS_PER_IP", "1000"),
+    ]));
+    // Accounts through the CLI, a few processes at a time.
+    let passwords: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..USERS)
+            .collect::<Vec<_>>()
+            .chunks(10)
+            .map(|batch| {
+                let p = &p;
+                let batch = batch.to_vec();
+                scope.spawn(move || {
+                    batch
+                        .into_iter()
+                        .map(|i| p.a.add_user(&format!("user{i}"), "employee", "", "acme"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut sessions = Vec::new();
+    for (i, pw) in passwords.iter().enumerate() {
+        let node = if i % 2 == 0 { &p.a } else { &p.b };
+        let s = node.login(&format!("user{i}"), pw).await;
+        let thread = node
+            .new_thread(&s.access, &format!("thread of mk{i}x"))
+            .await;
+        sessions.push((s, thread));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let tasks: Vec<_> = sessions
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(me, (s, thread))| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let mut seen = 0usize;
+                let mut n = 0u32;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let node = if rand_u32().is_multiple_of(2) { &p.a } else { &p.b };
+                    // Give up after 1..120 ms: often mid-request or mid-stream.
+                    let patience = Duration::from_millis(1 + u64::from(rand_u32() % 120));
+                    let token = s.access.clone();
+                    let req = match rand_u32() % 4 {
+                        0 => node
+                            .http
+                            .post(node.url(&format!("/v1/threads/{thread}/messages")))
+                            .bearer_auth(&token)
+                            .json(&json!({"content": format!("note {n} from mk{me}x"), "stream": true})),
+                        1 => node
+                            .http
+                            .post(node.url(&format!("/v1/threads/{thread}/messages")))
+                            .bearer_auth(&token)
+                            .json(&json!({"content": format!("question {n} of mk{me}x")})),
+                        2 => node.http.get(node.url(&format!("/v1/threads/{thread}"))).bearer_auth(&token),
+                        _ => node.http.get(node.url("/auth/me")).bearer_auth(&token),
+                    };
+                    let got = tokio::time::timeout(patience, async {
+                        let resp = req.send().await.ok()?;
+                        let status = resp.status();
+                        let body = resp.text().await.ok()?;
+                        Some((status, body))
+                    })
+                    .await;
+                    if let Ok(Some((status, body))) = got {
+                        seen += 1;
+                        if let Some(j) = foreign_marker_in(&body, me, USERS) {
+                            panic!("user {me} received user {j}'s data ({status}): {body}");
+                        }
+                        if body.contains("\"username\"") {
+                            assert!(body.contains(&format!("\"user{me}\"")), "{body}");
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut completed = 0;
+    for t in tasks {
+        completed += t.await.unwrap();
+    }
+    eprintln!("{completed} responses read in full, the rest abandoned");
+    assert!(completed > 100);
+
+    // Afterwards: every thread holds its owner's words only, on either node.
+    for (me, (s, thread)) in sessions.iter().enumerate() {
+        for node in [&p.a, &p.b] {
+            let body = node.thread_json(&s.access, thread).await.to_string();
+            assert_eq!(
+                foreign_marker_in(&body, me, USERS),
+                None,
+                "thread of user {me}"
+            );
+            let list = node
+                .get("/v1/threads", &s.access)
+                .await
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(foreign_marker_in(&list, me, USERS), None);
+        }
+    }
+    assert!(!p.a.log().contains("panicked") && !p.b.log().contains("panicked"));
+}

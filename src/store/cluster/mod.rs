@@ -17,6 +17,7 @@
 
 mod audit;
 mod documents;
+mod limits;
 mod sessions;
 mod threads;
 mod users;

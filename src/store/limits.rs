@@ -1,0 +1,143 @@
+//! Rate limits and throttles, shared by every process that shares the store: taking a
+//! slot is one atomic step, so concurrent requests (on one node or on several) can never
+//! overshoot a limit. The embedded store keeps them in memory (one process); the
+//! cluster store in Redis (every node counts against the same allowance).
+
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::StoreResult;
+
+/// One named limit. Keys are the caller's (a pseudonymous username, an address, a user
+/// id); the name keeps different limits on one key apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub name: &'static str,
+    pub kind: LimitKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// At most `max` per fixed window of `period` (counts can be given back).
+    Window { max: u32, period: Duration },
+    /// GCRA: a burst of `burst`, refilled at `per_minute`.
+    Rate { burst: u32, per_minute: u32 },
+}
+
+/// Whether a slot was taken; if not, how long until one frees (whole seconds, ≥ 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    RetryAfter(u64),
+}
+
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// Takes one slot of `limit` for `key`, atomically.
+    async fn take(&self, limit: &Limit, key: &str) -> StoreResult<Admission>;
+    /// Gives back a slot of a window limit (an attempt another limit then refused).
+    async fn give_back(&self, limit: &Limit, key: &str) -> StoreResult<()>;
+    /// Forgets `key`'s count of a window limit (a successful login clears failures).
+    async fn reset(&self, limit: &Limit, key: &str) -> StoreResult<()>;
+}
+
+/// Past this many entries, expired windows are swept.
+const SWEEP_THRESHOLD: usize = 10_000;
+
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+type Keyed = governor::DefaultKeyedRateLimiter<String>;
+
+/// In-process limits for the embedded store.
+#[derive(Default)]
+pub struct MemoryLimits {
+    windows: Mutex<HashMap<(&'static str, String), Window>>,
+    rates: Mutex<HashMap<&'static str, Arc<Keyed>>>,
+}
+
+impl MemoryLimits {
+    fn rate_limiter(&self, name: &'static str, burst: u32, per_minute: u32) -> Option<Arc<Keyed>> {
+        let mut rates = self.rates.lock().ok()?;
+        let limiter = rates.entry(name).or_insert_with(|| {
+            let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+            Arc::new(governor::RateLimiter::keyed(
+                governor::Quota::per_minute(nz(per_minute)).allow_burst(nz(burst)),
+            ))
+        });
+        if limiter.len() >= SWEEP_THRESHOLD {
+            limiter.retain_recent();
+        }
+        Some(limiter.clone())
+    }
+}
+
+#[async_trait]
+impl LimitStore for MemoryLimits {
+    async fn take(&self, limit: &Limit, key: &str) -> StoreResult<Admission> {
+        match limit.kind {
+            LimitKind::Window { max, period } => {
+                let now = Instant::now();
+                let Ok(mut map) = self.windows.lock() else {
+                    // A poisoned lock means we cannot count: refuse.
+                    return Ok(Admission::RetryAfter(period.as_secs().max(1)));
+                };
+                if map.len() >= SWEEP_THRESHOLD {
+                    map.retain(|_, w| now.duration_since(w.start) < period);
+                }
+                let w = map.entry((limit.name, key.to_owned())).or_insert(Window {
+                    start: now,
+                    count: 0,
+                });
+                if now.duration_since(w.start) >= period {
+                    *w = Window {
+                        start: now,
+                        count: 0,
+                    };
+                }
+                if w.count >= max {
+                    let left = period.saturating_sub(now.duration_since(w.start));
+                    return Ok(Admission::RetryAfter(left.as_secs().max(1)));
+                }
+                w.count += 1;
+                Ok(Admission::Admitted)
+            }
+            LimitKind::Rate { burst, per_minute } => {
+                use governor::clock::{Clock, DefaultClock};
+                let Some(limiter) = self.rate_limiter(limit.name, burst, per_minute) else {
+                    return Ok(Admission::RetryAfter(60));
+                };
+                Ok(match limiter.check_key(&key.to_owned()) {
+                    Ok(()) => Admission::Admitted,
+                    Err(not_until) => Admission::RetryAfter(
+                        not_until
+                            .wait_time_from(DefaultClock::default().now())
+                            .as_secs()
+                            .max(1),
+                    ),
+                })
+            }
+        }
+    }
+
+    async fn give_back(&self, limit: &Limit, key: &str) -> StoreResult<()> {
+        if let Ok(mut map) = self.windows.lock()
+            && let Some(w) = map.get_mut(&(limit.name, key.to_owned()))
+        {
+            w.count = w.count.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, limit: &Limit, key: &str) -> StoreResult<()> {
+        if let Ok(mut map) = self.windows.lock() {
+            map.remove(&(limit.name, key.to_owned()));
+        }
+        Ok(())
+    }
+}
