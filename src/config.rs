@@ -70,8 +70,12 @@ pub struct StoreConfig {
     pub redis_url: String,
     /// Prefix of every Redis key, so that several deployments can share one Redis.
     pub redis_prefix: String,
-    /// Cluster store: PostgreSQL (with pgvector) for everything durable.
+    /// Cluster store: PostgreSQL (with pgvector) for everything durable. With
+    /// `?sslmode=require` the connection is TLS, and the server's certificate is verified.
     pub postgres_url: String,
+    /// PEM file of the CA that signed PostgreSQL's certificate (a private CA); absent:
+    /// the public web roots.
+    pub postgres_ca_file: Option<PathBuf>,
     /// Audit events older than this are deleted (hourly); `0s` keeps them forever.
     #[serde(with = "humantime_serde")]
     pub audit_retention: Duration,
@@ -84,6 +88,7 @@ impl Default for StoreConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "palisade:".into(),
             postgres_url: "postgres://postgres@127.0.0.1:5432/palisade".into(),
+            postgres_ca_file: None,
             audit_retention: Duration::from_secs(365 * 24 * 3600),
         }
     }

@@ -261,6 +261,11 @@ fn pg_bin(tool: &str) -> PathBuf {
 
 impl OwnPostgres {
     fn start() -> OwnPostgres {
+        Self::start_with(|_| {})
+    }
+
+    /// `prepare` may change the data directory (as root) before the first start.
+    fn start_with(prepare: impl FnOnce(&Path)) -> OwnPostgres {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         Command::new("chown")
@@ -280,6 +285,12 @@ impl OwnPostgres {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        prepare(&dir);
+        Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
         let pg = OwnPostgres {
             port: free_port(),
             dir,
@@ -669,4 +680,130 @@ async fn fifty_users_aborting_at_random_never_see_each_others_data() {
         }
     }
     assert!(!p.a.log().contains("panicked") && !p.b.log().contains("panicked"));
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn postgres_over_verified_tls_only() {
+    if !cluster_pass() {
+        return;
+    }
+    // A private CA and a server certificate for 127.0.0.1.
+    let pki = tempfile::tempdir().unwrap();
+    let d = pki.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=palisade test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let (cert, key) = (d.join("server.pem"), d.join("server.key"));
+    let pg = OwnPostgres::start_with(|data| {
+        std::fs::copy(&cert, data.join("server.crt")).unwrap();
+        std::fs::copy(&key, data.join("server.key")).unwrap();
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        // TLS or nothing, over TCP.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+    });
+    let ca = d.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let tls_url = format!("{}?sslmode=require", pg.url());
+
+    // Verified against the private CA: the node works.
+    let s = Server::start_with(&[
+        ("PALISADE_STORE__POSTGRES_URL", tls_url.as_str()),
+        ("PALISADE_STORE__POSTGRES_CA_FILE", ca),
+    ]);
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let id = s.new_thread(&a.access, "over tls").await;
+    assert_eq!(s.thread_json(&a.access, &id).await["title"], "over tls");
+
+    // Without the CA the certificate is not trusted; without TLS the server refuses.
+    let plain_url = pg.url();
+    for url in [tls_url.as_str(), plain_url.as_str()] {
+        let data = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .env("PALISADE_STORE__KIND", "cluster")
+            .env("PALISADE_STORE__REDIS_PREFIX", "palisade_tls_test:")
+            .env("PALISADE_STORE__POSTGRES_URL", url)
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["user", "list"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url} connected");
+    }
 }

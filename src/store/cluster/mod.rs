@@ -26,6 +26,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Check, Health, StoreError, StoreResult};
 use crate::config::StoreConfig;
@@ -123,15 +124,16 @@ impl ClusterStore {
         let mut pg_cfg = pg_cfg;
         pg_cfg.connect_timeout(CALL_TIMEOUT);
         pg_cfg.application_name("palisade");
-        let manager = Manager::from_config(
-            pg_cfg,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                // A recycled connection is checked with a round trip, so a pool that
-                // outlived a PostgreSQL restart hands out no dead connections.
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
+        let tls = postgres_tls(cfg, &pg_cfg)?;
+        let manager_cfg = ManagerConfig {
+            // A recycled connection is checked with a round trip, so a pool that
+            // outlived a PostgreSQL restart hands out no dead connections.
+            recycling_method: RecyclingMethod::Verified,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(pg_cfg.clone(), tls.clone(), manager_cfg),
+            None => Manager::from_config(pg_cfg.clone(), tokio_postgres::NoTls, manager_cfg),
+        };
         let pg = Pool::builder(manager)
             .max_size(16)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -161,7 +163,7 @@ impl ClusterStore {
         let prefix: Arc<str> = Arc::from(cfg.redis_prefix.as_str());
         let reach = Arc::new(Reachability::default());
         let revocations = Revocations::start(client, prefix.clone(), reach.clone());
-        watch_postgres(cfg.postgres_url.clone(), reach.clone(), revocations.alive());
+        watch_postgres(pg_cfg, tls, reach.clone(), revocations.alive());
         let store = ClusterStore {
             pg,
             redis,
@@ -296,15 +298,29 @@ impl Health for ClusterStore {
 /// Keeps one connection to PostgreSQL open and pings it every second: when the socket
 /// closes or a ping fails, PostgreSQL is marked unreachable at once; when a new
 /// connection succeeds, reachable again. Stops when the store is dropped.
-fn watch_postgres(url: String, reach: Arc<Reachability>, alive: std::sync::Weak<()>) {
+fn watch_postgres(
+    pg: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+    reach: Arc<Reachability>,
+    alive: std::sync::Weak<()>,
+) {
     tokio::spawn(async move {
         while alive.strong_count() > 0 {
-            let connected = tokio::time::timeout(
-                CALL_TIMEOUT,
-                tokio_postgres::connect(&url, tokio_postgres::NoTls),
-            )
-            .await;
-            let (client, conn) = match connected {
+            // The connection runs on its own task (it drives the client's I/O); its end
+            // is the socket's end.
+            let connect = async {
+                Ok::<_, tokio_postgres::Error>(match &tls {
+                    Some(tls) => {
+                        let (client, conn) = pg.connect(tls.clone()).await?;
+                        (client, tokio::spawn(async move { conn.await.map(|_| ()) }))
+                    }
+                    None => {
+                        let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
+                        (client, tokio::spawn(async move { conn.await.map(|_| ()) }))
+                    }
+                })
+            };
+            let (client, mut ended) = match tokio::time::timeout(CALL_TIMEOUT, connect).await {
                 Ok(Ok(c)) => c,
                 _ => {
                     mark(&reach.postgres_down, true, "postgres");
@@ -313,9 +329,6 @@ fn watch_postgres(url: String, reach: Arc<Reachability>, alive: std::sync::Weak<
                 }
             };
             mark(&reach.postgres_down, false, "postgres");
-            // The connection runs on its own task (it drives the client's I/O); its end
-            // is the socket's end.
-            let mut ended = tokio::spawn(conn);
             loop {
                 tokio::select! {
                     _ = &mut ended => break,
@@ -336,6 +349,51 @@ fn watch_postgres(url: String, reach: Arc<Reachability>, alive: std::sync::Weak<
             mark(&reach.postgres_down, true, "postgres");
         }
     });
+}
+
+/// TLS for PostgreSQL when the URL asks for it (`sslmode=require`): rustls, verifying
+/// the server's certificate against `store.postgres_ca_file` (a private CA) or the
+/// public web roots. `prefer` (tokio-postgres' default) and `disable` stay plain: a
+/// connection is either verified TLS or knowingly plain, never an unverified middle.
+fn postgres_tls(
+    cfg: &StoreConfig,
+    pg: &tokio_postgres::Config,
+) -> StoreResult<Option<MakeRustlsConnect>> {
+    if pg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.postgres_ca_file {
+        Some(path) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                StoreError::Unavailable(format!("store.postgres_ca_file {}: {e}", path.display()))
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "store.postgres_ca_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "store.postgres_ca_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Unavailable(format!("tls: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(MakeRustlsConnect::new(config)))
 }
 
 /// Records a change of reachability, logging only the changes.
