@@ -7,7 +7,9 @@
 //! plus MiniLM embedding throughput when the model is present.
 //!
 //! Run: `cargo bench --bench rag` (prints a table). Scopes come from real logins, the
-//! only way to obtain one.
+//! only way to obtain one. `PALISADE_BENCH_STORE=cluster` runs it on the cluster store
+//! (PostgreSQL + pgvector at `PALISADE_BENCH_POSTGRES`, default the local server; a
+//! fresh database per corpus, dropped afterwards; Redis on 127.0.0.1:6379).
 
 use std::time::{Duration, Instant};
 
@@ -77,7 +79,30 @@ async fn scope_for(
 
 /// A corpus of `n` chunks in documents of 50; `acl_of(doc)` gives each document's ACL
 /// and the ACL index used by the brute-force reference.
+/// A database of the corpus' own on the cluster store, dropped with it.
+struct BenchDb(String);
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .arg(admin_url())
+            .arg("-qc")
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
+            .output();
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var("PALISADE_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn cluster() -> bool {
+    std::env::var("PALISADE_BENCH_STORE").as_deref() == Ok("cluster")
+}
+
 struct Corpus {
+    _db: Option<BenchDb>,
     stores: Stores,
     state: palisade::http::AppState,
     cfg: Config,
@@ -94,6 +119,30 @@ async fn corpus(n: usize, acl_of: impl Fn(usize) -> (usize, Acl)) -> Corpus {
     };
     cfg.embeddings.kind = EmbeddingsKind::None;
     cfg.log.level = "warn".into();
+    let db = cluster().then(|| {
+        let name = format!(
+            "palisade_bench_{}",
+            std::process::id() as u64 * 1000 + n as u64 % 997
+        );
+        let ok = std::process::Command::new("psql")
+            .arg(admin_url())
+            .arg("-qc")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"
+            ))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "create the bench database");
+        let (head, _) = admin_url()
+            .rsplit_once('/')
+            .map(|(h, t)| (h.to_owned(), t.to_owned()))
+            .unwrap();
+        cfg.store.kind = palisade::config::StoreKind::Cluster;
+        cfg.store.postgres_url = format!("{head}/{name}");
+        cfg.store.redis_prefix = format!("{name}:");
+        BenchDb(name)
+    });
     let stores = app::open_stores(&cfg).await.unwrap();
     let state = app::build_state_with(cfg.clone(), stores.clone()).unwrap();
     let admin = palisade::access::Operator::local_cli().document_admin("acme");
@@ -126,6 +175,7 @@ async fn corpus(n: usize, acl_of: impl Fn(usize) -> (usize, Acl)) -> Corpus {
     }
     let ingest = t.elapsed();
     Corpus {
+        _db: db,
         stores,
         state,
         cfg,
@@ -320,6 +370,14 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     rt.block_on(async {
+        println!(
+            "store: {}",
+            if cluster() {
+                "cluster (PostgreSQL + pgvector)"
+            } else {
+                "embedded (SQLite + sqlite-vec)"
+            }
+        );
         println!("| chunks | ACLs | scope | p50 | p99 | recall@10 | ingest |");
         println!("|---|---|---|---|---|---|---|");
         let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
