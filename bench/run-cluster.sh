@@ -43,10 +43,12 @@ CLUSTER=(PALISADE_STORE__KIND=cluster "PALISADE_STORE__POSTGRES_URL=${PG_ADMIN%/
 echo "bench-password-123" | $T/palisade --data-dir "$WORK/emb" user add bench --roles employee --tenant acme --password-stdin >/dev/null
 echo "bench-password-123" | env "${CLUSTER[@]}" $T/palisade --data-dir "$WORK/a" user add bench --roles employee --tenant acme --password-stdin >/dev/null
 
+declare -A PORT_PID
+pid_of() { echo "${PORT_PID[$1]}"; }
 serve() { # name port [env...]
   local name=$1 port=$2; shift 2
   env "$@" $T/palisade --data-dir "$WORK/$name" serve --listen "127.0.0.1:$port" >"$WORK/$name.out" 2>"$WORK/$name.log" &
-  pids+=($!)
+  pids+=($!); PORT_PID[$port]=$!
   until grep -q "listening" "$WORK/$name.out" 2>/dev/null; do sleep 0.01; done
 }
 serve emb 9300
@@ -67,30 +69,63 @@ TE=$(token 9300); TC=$(token 9301)
 HOT_E=$(threads 9300 "$TE" 32); HOT_A=$(threads 9301 "$TC" 16); HOT_B=$(threads 9301 "$TC" 16)
 NS='{"model":"mock-model","messages":[{"role":"user","content":"Summarise our travel policy in one sentence."}]}'
 
+TCK=$(getconf CLK_TCK)
+ticks() { # pids... -> summed user+system ticks
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo $t
+}
+store_pids() { pgrep -d' ' -x postgres; pgrep -d' ' -x redis-server; }
+PAL_PIDS=""
+# Store CPU: every Redis and PostgreSQL process at the end of a run, less what each had
+# at its start (0 for a backend that a pool opened during the run).
+declare -A STO_BEGIN
+cpu_begin() {
+  STO_BEGIN=()
+  local p
+  for p in $(store_pids); do STO_BEGIN[$p]=$(ticks "$p"); done
+  B_PAL=$(ticks $PAL_PIDS)
+}
+store_delta() {
+  local t=0 p
+  for p in $(store_pids); do t=$((t + $(ticks "$p") - ${STO_BEGIN[$p]:-0})); done
+  echo $t
+}
+cpu_end() { # requests -> "palisade_us stores_us" per request
+  local pal sto
+  pal=$(( $(ticks $PAL_PIDS) - B_PAL )); sto=$(store_delta)
+  awk -v a="$pal" -v b="$sto" -v r="$1" -v t="$TCK" 'BEGIN{ printf "%.0f %.0f\n", a/t*1e6/r, b/t*1e6/r }'
+}
+
 wrk1() { # url token conc threads -> "rps p50 p99 errors"
   BODY="$NS" TOKEN="$2" THREADS="${4:-}" wrk -t"$([ "$3" -gt 1 ] && echo 2 || echo 1)" -c"$3" -d"${DUR}s" \
     -s bench/post.lua "$1" 2>&1 | grep RESULT | sed -E 's/.*rps=([0-9.]+) p50_ms=([0-9.]+) p99_ms=([0-9.]+) errors=([0-9]+).*/\1 \2 \3 \4/'
 }
-row() { # name conc rps p50 p99 errors
-  printf '| %-40s | %4s | %8.1f | %7.2f | %7.2f | %s |\n' "$@"
+row() { # name conc rps p50 p99 errors palisade_us stores_us
+  printf '| %-40s | %4s | %8.1f | %7.2f | %7.2f | %s | %s | %s |\n' "$@"
 }
 one() { # name port token conc [threads]
+  PAL_PIDS=$(pid_of "$2"); cpu_begin
   read -r rps p50 p99 err < <(wrk1 "http://127.0.0.1:$2/v1/chat/completions" "$3" "$4" "${5:-}")
-  row "$1" "$4" "$rps" "$p50" "$p99" "$err"
+  read -r cp cs < <(cpu_end "$(awk -v r="$rps" -v d="$DUR" 'BEGIN{print r*d}')")
+  row "$1" "$4" "$rps" "$p50" "$p99" "$err" "$cp" "$cs"
 }
 two() { # name conc [threads-a threads-b]
   local half=$(( $2 / 2 ))
+  PAL_PIDS="$(pid_of 9301) $(pid_of 9302)"; cpu_begin
   wrk1 http://127.0.0.1:9301/v1/chat/completions "$TC" "$half" "${3:-}" >"$WORK/wa" &
   local w=$!
   wrk1 http://127.0.0.1:9302/v1/chat/completions "$TC" "$half" "${4:-}" >"$WORK/wb"
   wait $w
   read -r r1 a1 p1 e1 <"$WORK/wa"; read -r r2 a2 p2 e2 <"$WORK/wb"
-  row "$1" "$2" "$(echo "$r1 + $r2" | bc)" "$(echo "if ($a1 > $a2) $a1 else $a2" | bc)" \
-    "$(echo "if ($p1 > $p2) $p1 else $p2" | bc)" "$((e1 + e2))"
+  local rps; rps=$(echo "$r1 + $r2" | bc)
+  read -r cp cs < <(cpu_end "$(awk -v r="$rps" -v d="$DUR" 'BEGIN{print r*d}')")
+  row "$1" "$2" "$rps" "$(echo "if ($a1 > $a2) $a1 else $a2" | bc)" \
+    "$(echo "if ($p1 > $p2) $p1 else $p2" | bc)" "$((e1 + e2))" "$cp" "$cs"
 }
 
-echo "| target | conc | req/s | p50 ms | p99 ms | errors |"
-echo "|---|---|---|---|---|---|"
+echo "| target | conc | req/s | p50 ms | p99 ms | errors | palisade CPU µs/req | Redis+PostgreSQL CPU µs/req |"
+echo "|---|---|---|---|---|---|---|---|"
 for c in 1 32; do
   one "embedded, stateless" 9300 "$TE" $c
   one "cluster, 1 node, stateless" 9301 "$TC" $c

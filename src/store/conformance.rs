@@ -710,3 +710,42 @@ async fn limits_hold_under_concurrency_and_slots_come_back() {
     }
     assert_eq!(admitted, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_fill_a_thread_exactly_with_unique_positions() {
+    let o = open().await;
+    let s = o.stores.clone();
+    let alice = principal("acme", "alice").thread_owner(false);
+    let id = thread(&s, &alice).await;
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let (s, alice, id) = (s.clone(), alice.clone(), id.clone());
+            tokio::spawn(async move {
+                s.threads
+                    .append_message(&alice, &id, msg(&format!("m{i}"), Role::User, T0 + i), 12)
+                    .await
+                    .expect("append")
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    let mut full = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Append::Appended(m) => seqs.push(m.seq),
+            Append::Full => full += 1,
+            Append::NotFound => panic!("the owner's thread was not found"),
+        }
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=12).collect::<Vec<i64>>());
+    assert_eq!(full, 18);
+    let page = s
+        .threads
+        .thread_page(&alice, &id, None, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.messages.len(), 12);
+    assert_eq!(page.thread.message_count, 12);
+}

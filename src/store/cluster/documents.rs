@@ -22,7 +22,7 @@ use pgvector::Vector;
 use std::collections::HashMap;
 use tokio_postgres::Row;
 
-use super::{ClusterStore, DDL_LOCK, timed};
+use super::{ClusterStore, DDL_LOCK, row, rows, timed};
 use crate::access::{AccessScope, DocumentAdmin};
 use crate::store::{
     ChunkHit, DocumentMeta, DocumentRecord, DocumentStore, NewDocument, Rankings, SearchQuery,
@@ -71,13 +71,15 @@ async fn visible_acls(c: &impl GenericClient, scope: &AccessScope) -> StoreResul
     if scope.labels().is_empty() {
         return Ok(Vec::new());
     }
-    let rows = c
-        .query(
-            "SELECT id FROM acls WHERE tenant = $1 AND labels && $2::TEXT[] ORDER BY id",
-            &[&scope.tenant(), &scope.labels()],
-        )
-        .await?;
-    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    rows(
+        c,
+        "SELECT id FROM acls WHERE tenant = $1 AND labels && $2::TEXT[] ORDER BY id",
+        &[&scope.tenant(), &scope.labels()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get(0)?))
+    .collect()
 }
 
 async fn acl_id_for(c: &impl GenericClient, tenant: &str, labels: &[String]) -> StoreResult<i64> {
@@ -106,16 +108,16 @@ async fn load_hits(c: &impl GenericClient, ranked: &[(i64, f64)]) -> StoreResult
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
-    let rows = c
-        .query(
-            "SELECT c.id, c.public_id, c.document_id, d.title, c.text, c.tenant, a.labels
-             FROM chunks c JOIN documents d ON d.id = c.document_id JOIN acls a ON a.id = c.acl_id
-             WHERE c.id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
-    let mut by_id: HashMap<i64, ChunkHit> = HashMap::with_capacity(rows.len());
-    for r in rows {
+    let found = rows(
+        c,
+        "SELECT c.id, c.public_id, c.document_id, d.title, c.text, c.tenant, a.labels
+         FROM chunks c JOIN documents d ON d.id = c.document_id JOIN acls a ON a.id = c.acl_id
+         WHERE c.id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    let mut by_id: HashMap<i64, ChunkHit> = HashMap::with_capacity(found.len());
+    for r in found {
         by_id.insert(
             r.try_get(0)?,
             ChunkHit {
@@ -212,13 +214,15 @@ async fn knn(
     let t = vec_table(dim);
     let v = Vector::from(query.to_vec());
     let k = k as i64;
-    let visible: i64 = c
-        .query_one(
-            &format!("SELECT count(*) FROM {t} WHERE tenant = $1 AND acl_id = ANY($2)"),
-            &[&scope.tenant(), &acls],
-        )
-        .await?
-        .try_get(0)?;
+    let visible: i64 = row(
+        &*c,
+        &format!("SELECT count(*) FROM {t} WHERE tenant = $1 AND acl_id = ANY($2)"),
+        &[&scope.tenant(), &acls],
+    )
+    .await?
+    .map(|r| r.try_get(0))
+    .transpose()?
+    .unwrap_or(0);
     if visible == 0 {
         return Ok(Vec::new());
     }
@@ -240,10 +244,10 @@ async fn knn(
             "SELECT chunk_id, (embedding <-> $3)::FLOAT8 FROM {t}
              WHERE tenant = $1 AND acl_id = ANY($2) ORDER BY embedding <-> $3 LIMIT $4"
         );
-        let rows = tx.query(&hnsw, &params).await?;
-        if rows.len() as i64 >= k.min(visible) {
+        let found = rows(&tx, &hnsw, &params).await?;
+        if found.len() as i64 >= k.min(visible) {
             tx.commit().await?;
-            return rows
+            return found
                 .iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect();
@@ -251,9 +255,10 @@ async fn knn(
     }
     // Exact: no index may serve the ORDER BY, so every visible row is ranked.
     tx.batch_execute("SET LOCAL enable_indexscan = off").await?;
-    let rows = tx.query(&sql, &params).await?;
+    let found = rows(&tx, &sql, &params).await?;
     tx.commit().await?;
-    rows.iter()
+    found
+        .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect()
 }
@@ -286,8 +291,9 @@ async fn text_rank(
     for t in terms {
         params.push(t);
     }
-    let rows = c.query(&sql, &params).await?;
-    rows.iter()
+    rows(c, &sql, &params)
+        .await?
+        .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect()
 }

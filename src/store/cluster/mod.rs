@@ -225,6 +225,39 @@ impl ClusterStore {
     }
 }
 
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Runs `sql` as a prepared statement from the connection's cache: one round trip once
+/// prepared (an unprepared query costs two: prepare, then execute).
+async fn rows(
+    c: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+) -> StoreResult<Vec<tokio_postgres::Row>> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query(&stmt, params).await?)
+}
+
+/// [`rows`], at most one.
+async fn row(
+    c: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+) -> StoreResult<Option<tokio_postgres::Row>> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query_opt(&stmt, params).await?)
+}
+
+/// [`rows`], for a statement without results: how many rows it touched.
+async fn exec(
+    c: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+) -> StoreResult<u64> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.execute(&stmt, params).await?)
+}
+
 /// Runs `f` with the call deadline: a store that hangs counts as unavailable.
 async fn timed<T>(f: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
     tokio::time::timeout(CALL_TIMEOUT, f)

@@ -1,13 +1,13 @@
 //! Threads and messages in PostgreSQL. Every statement carries the owner key next to
-//! the id ([`OWNED`]); there is no query by id alone. Appends lock the thread row
-//! (`FOR UPDATE`), so the room check and the sequence number are one atomic step
-//! across every node.
+//! the id ([`OWNED`]); there is no query by id alone. An append is one statement that
+//! locks the thread row (`FOR UPDATE`), checks the room, inserts the message with the
+//! next sequence number and counts it: atomic across every node, one round trip.
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::{ClusterStore, timed};
+use super::{ClusterStore, exec, row, rows, timed};
 use crate::access::ThreadOwner;
 use crate::store::threads::approx_tokens;
 use crate::store::{
@@ -54,64 +54,90 @@ async fn owned_thread(
     c: &impl GenericClient,
     o: &ThreadOwner,
     id: &str,
-    lock: bool,
 ) -> StoreResult<Option<ThreadRecord>> {
-    let sql = format!(
-        "SELECT {THREAD_COLS} FROM threads WHERE {OWNED}{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    c.query_opt(&sql, &[&id, &o.tenant(), &o.user(), &o.required_session()])
-        .await?
-        .map(|r| thread_row(&r))
-        .transpose()
+    row(
+        c,
+        &format!("SELECT {THREAD_COLS} FROM threads WHERE {OWNED}"),
+        &[&id, &o.tenant(), &o.user(), &o.required_session()],
+    )
+    .await?
+    .map(|r| thread_row(&r))
+    .transpose()
 }
 
-/// Appends to an owned thread with room, inside the caller's transaction.
+/// Lock, room check, insert and count in one statement. Under concurrent appends the
+/// second waits for the first's lock and then sees its count (read committed
+/// re-checks a locked row), so sequence numbers never collide. Timestamps never go
+/// backwards within a thread, whatever the nodes' clocks say. `$11` false commits
+/// without waiting for the WAL flush (the statement is its own transaction, and
+/// `set_config(…, true)` lasts until its commit): a turn's question, made durable by
+/// the answer's synchronous commit that follows (the WAL is flushed in order).
+const APPEND: &str = "
+WITH durability AS (
+    SELECT set_config('synchronous_commit', CASE WHEN $11 THEN 'on' ELSE 'off' END, true)
+), t AS (
+    SELECT id, message_count, updated_at FROM threads
+    WHERE id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)
+    FOR UPDATE
+), ins AS (
+    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at)
+    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at)
+    FROM t WHERE t.message_count < $10
+    RETURNING seq, created_at
+), counted AS (
+    UPDATE threads SET message_count = threads.message_count + 1, updated_at = ins.created_at
+    FROM ins WHERE threads.id = $1
+    RETURNING threads.id
+)
+SELECT ins.seq, ins.created_at, (SELECT count(*) FROM counted), (SELECT 1 FROM durability)
+FROM t LEFT JOIN ins ON TRUE";
+
+/// Appends to an owned thread with room, in one statement; `durable`: the commit waits
+/// for the WAL flush.
 async fn append(
-    tx: &impl GenericClient,
+    c: &impl GenericClient,
     o: &ThreadOwner,
     id: &str,
     msg: NewMessage,
     max_messages: u32,
+    durable: bool,
 ) -> StoreResult<Append> {
-    let Some(thread) = owned_thread(tx, o, id, true).await? else {
-        return Ok(Append::NotFound);
-    };
-    if thread.message_count >= max_messages {
-        return Ok(Append::Full);
-    }
-    // Timestamps never go backwards within a thread, whatever the nodes' clocks say.
-    let now = msg.now.max(thread.updated_at);
-    let rec = MessageRecord {
-        id: msg.id,
-        seq: i64::from(thread.message_count) + 1,
-        role: msg.role,
-        content: msg.content,
-        citations: msg.citations,
-        created_at: now,
-    };
-    let citations = serde_json::to_value(&rec.citations)
+    let citations = serde_json::to_value(&msg.citations)
         .map_err(|e| StoreError::Corrupt(format!("citations: {e}")))?;
-    tx.execute(
-        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    let Some(r) = row(
+        c,
+        APPEND,
         &[
-            &rec.id,
             &id,
-            &rec.seq,
-            &rec.role.as_str(),
-            &rec.content,
+            &o.tenant(),
+            &o.user(),
+            &o.required_session(),
+            &msg.id,
+            &msg.role.as_str(),
+            &msg.content,
             &citations,
-            &now,
+            &msg.now,
+            &i32::try_from(max_messages).unwrap_or(i32::MAX),
+            &durable,
         ],
     )
-    .await?;
-    tx.execute(
-        "UPDATE threads SET message_count = message_count + 1, updated_at = $2 WHERE id = $1",
-        &[&id, &now],
-    )
-    .await?;
-    Ok(Append::Appended(rec))
+    .await?
+    else {
+        return Ok(Append::NotFound);
+    };
+    let seq: Option<i64> = r.try_get(0)?;
+    let created_at: Option<i64> = r.try_get(1)?;
+    Ok(match (seq, created_at) {
+        (Some(seq), Some(created_at)) => Append::Appended(MessageRecord {
+            id: msg.id,
+            seq,
+            role: msg.role,
+            content: msg.content,
+            citations: msg.citations,
+            created_at,
+        }),
+        _ => Append::Full,
+    })
 }
 
 /// The newest messages before `before_seq` that fit `budget`, oldest first; read
@@ -130,12 +156,10 @@ async fn recent_history(
     let mut out = Vec::new();
     let mut cursor = before_seq;
     'outer: loop {
-        let rows = c
-            .query(&sql, &[&thread_id, &cursor, &HISTORY_BATCH])
-            .await?;
-        let n = rows.len();
-        for row in rows {
-            let m = message_row(&row)?;
+        let batch = rows(c, &sql, &[&thread_id, &cursor, &HISTORY_BATCH]).await?;
+        let n = batch.len();
+        for r in batch {
+            let m = message_row(&r)?;
             let cost = approx_tokens(&m.content);
             if cost > left {
                 break 'outer;
@@ -208,7 +232,8 @@ impl ThreadStore for ClusterStore {
     async fn list_threads(&self, owner: &ThreadOwner) -> StoreResult<Vec<ThreadRecord>> {
         timed(async {
             let c = self.pg().await?;
-            c.query(
+            rows(
+                &c,
                 &format!(
                     "SELECT {THREAD_COLS} FROM threads
                      WHERE tenant = $1 AND owner = $2 AND ($3::TEXT IS NULL OR session_id = $3)
@@ -240,21 +265,21 @@ impl ThreadStore for ClusterStore {
                 .read_only(true)
                 .start()
                 .await?;
-            let Some(thread) = owned_thread(&tx, owner, id, false).await? else {
+            let Some(thread) = owned_thread(&tx, owner, id).await? else {
                 return Ok(None);
             };
-            let mut messages = tx
-                .query(
-                    &format!(
-                        "SELECT {MESSAGE_COLS} FROM messages
-                         WHERE thread_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-                    ),
-                    &[&id, &before.unwrap_or(i64::MAX), &(i64::from(limit) + 1)],
-                )
-                .await?
-                .iter()
-                .map(message_row)
-                .collect::<StoreResult<Vec<_>>>()?;
+            let mut messages = rows(
+                &tx,
+                &format!(
+                    "SELECT {MESSAGE_COLS} FROM messages
+                     WHERE thread_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                ),
+                &[&id, &before.unwrap_or(i64::MAX), &(i64::from(limit) + 1)],
+            )
+            .await?
+            .iter()
+            .map(message_row)
+            .collect::<StoreResult<Vec<_>>>()?;
             tx.commit().await?;
             let next_before = if messages.len() > limit as usize {
                 messages.truncate(limit as usize);
@@ -281,23 +306,21 @@ impl ThreadStore for ClusterStore {
         budget: HistoryBudget,
     ) -> StoreResult<TurnStart> {
         timed(async {
-            let mut c = self.pg().await?;
-            let tx = c.transaction().await?;
-            // Deferred durability, as the contract allows: the question is committed
-            // (and survives a gateway crash) but PostgreSQL need not wait for its
-            // fsync; the turn's answer is a synchronous commit that follows it.
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await?;
-            let started = match append(&tx, owner, id, question, max_messages).await? {
-                Append::Appended(message) => {
-                    let history = recent_history(&tx, id, message.seq, budget).await?;
-                    TurnStart::Started { history, message }
-                }
-                Append::NotFound => TurnStart::NotFound,
-                Append::Full => TurnStart::Full,
-            };
-            tx.commit().await?;
-            Ok(started)
+            let c = self.pg().await?;
+            // The question is committed before the history is read: a crash of this
+            // node cannot lose it, and the history (seq below it) cannot change. Its
+            // WAL flush is deferred to the answer's durable commit, as the contract
+            // allows: nothing acknowledges the question before that.
+            Ok(
+                match append(&c, owner, id, question, max_messages, false).await? {
+                    Append::Appended(message) => {
+                        let history = recent_history(&c, id, message.seq, budget).await?;
+                        TurnStart::Started { history, message }
+                    }
+                    Append::NotFound => TurnStart::NotFound,
+                    Append::Full => TurnStart::Full,
+                },
+            )
         })
         .await
     }
@@ -310,11 +333,8 @@ impl ThreadStore for ClusterStore {
         max_messages: u32,
     ) -> StoreResult<Append> {
         timed(async {
-            let mut c = self.pg().await?;
-            let tx = c.transaction().await?;
-            let appended = append(&tx, owner, id, msg, max_messages).await?;
-            tx.commit().await?;
-            Ok(appended)
+            let c = self.pg().await?;
+            append(&c, owner, id, msg, max_messages, true).await
         })
         .await
     }
@@ -322,17 +342,17 @@ impl ThreadStore for ClusterStore {
     async fn delete_thread(&self, owner: &ThreadOwner, id: &str) -> StoreResult<bool> {
         timed(async {
             let c = self.pg().await?;
-            let n = c
-                .execute(
-                    &format!("DELETE FROM threads WHERE {OWNED}"),
-                    &[
-                        &id,
-                        &owner.tenant(),
-                        &owner.user(),
-                        &owner.required_session(),
-                    ],
-                )
-                .await?;
+            let n = exec(
+                &c,
+                &format!("DELETE FROM threads WHERE {OWNED}"),
+                &[
+                    &id,
+                    &owner.tenant(),
+                    &owner.user(),
+                    &owner.required_session(),
+                ],
+            )
+            .await?;
             Ok(n == 1)
         })
         .await
