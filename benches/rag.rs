@@ -23,7 +23,26 @@ use palisade::store::{NewChunk, NewDocument, SearchQuery, Stores};
 const DIM: usize = 384;
 const CHUNKS_PER_DOC: usize = 50;
 
+/// A unit vector: uniformly random (the worst case for an approximate index: no
+/// structure at all), or with `PALISADE_BENCH_VECTORS=clustered`, one of 256 clusters
+/// plus noise, as real embeddings are (same-cluster cosine ≈ 0.6, others ≈ 0).
 fn vector(seed: u64) -> Vec<f32> {
+    if std::env::var("PALISADE_BENCH_VECTORS").as_deref() != Ok("clustered") {
+        return random_unit(seed);
+    }
+    let centroid = random_unit(1_000_000_000 + seed.wrapping_mul(2_654_435_761) % 256);
+    let noise = random_unit(seed);
+    let mut v: Vec<f32> = centroid
+        .iter()
+        .zip(&noise)
+        .map(|(c, n)| c + 0.8 * n)
+        .collect();
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|a| *a /= n);
+    v
+}
+
+fn random_unit(seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     let mut v: Vec<f32> = (0..DIM)
         .map(|_| {
@@ -127,9 +146,9 @@ async fn corpus(n: usize, acl_of: impl Fn(usize) -> (usize, Acl)) -> Corpus {
         let ok = std::process::Command::new("psql")
             .arg(admin_url())
             .arg("-qc")
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"
-            ))
+            .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .arg("-c")
+            .arg(format!("CREATE DATABASE {name}"))
             .status()
             .unwrap()
             .success();
@@ -240,6 +259,36 @@ async fn measure(
     )
 }
 
+/// p50 and p99 of 50 full-text searches (two words, one of them in every chunk).
+async fn measure_text(c: &Corpus, scope: &AccessScope) -> (f64, f64) {
+    let mut lat = Vec::new();
+    for q in 0..50 {
+        let t = Instant::now();
+        let got = c
+            .stores
+            .documents
+            .search(
+                scope,
+                SearchQuery {
+                    vector: None,
+                    terms: vec!["chunk".into(), format!("{}", q * 7)],
+                    k: 10,
+                },
+            )
+            .await
+            .unwrap()
+            .text;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(!got.is_empty());
+    }
+    lat.sort_by(f64::total_cmp);
+    (pct(&lat, 0.5), pct(&lat, 0.99))
+}
+
+fn text_row(n: usize, acls: &str, scope: &str, (p50, p99): (f64, f64)) {
+    println!("| {n:>7} | {acls:<10} | {scope:<22} | {p50:>7.2} ms | {p99:>7.2} ms | full text | |");
+}
+
 fn row(n: usize, acls: &str, scope: &str, (p50, p99, recall): (f64, f64, f64), ingest: Duration) {
     println!(
         "| {n:>7} | {acls:<10} | {scope:<22} | {p50:>7.2} ms | {p99:>7.2} ms | {recall:.3} | {:>5.1} s |",
@@ -278,6 +327,8 @@ async fn few_acls(n: usize) {
         measure(&c, &broad, |a| a < ACLS / 2).await,
         c.ingest,
     );
+    text_row(n, "20", "narrow 5 %", measure_text(&c, &narrow).await);
+    text_row(n, "20", "broad 50 %", measure_text(&c, &broad).await);
 }
 
 /// One ACL for everything (the ingestion baseline).
@@ -343,6 +394,24 @@ async fn many_acls(n: usize) {
         measure(&c, &thousand, |a| a >= 1000).await,
         c.ingest,
     );
+    text_row(
+        n,
+        "2,000",
+        "sees 1 ACL (0.05 %)",
+        measure_text(&c, &one).await,
+    );
+    text_row(
+        n,
+        "2,000",
+        "sees 100 ACLs (5 %)",
+        measure_text(&c, &hundred).await,
+    );
+    text_row(
+        n,
+        "2,000",
+        "sees 1,000 ACLs (50 %)",
+        measure_text(&c, &thousand).await,
+    );
 }
 
 async fn embedding_throughput() {
@@ -378,11 +447,21 @@ fn main() {
                 "embedded (SQLite + sqlite-vec)"
             }
         );
+        println!(
+            "vectors: {}",
+            std::env::var("PALISADE_BENCH_VECTORS").unwrap_or_else(|_| "random".into())
+        );
         println!("| chunks | ACLs | scope | p50 | p99 | recall@10 | ingest |");
         println!("|---|---|---|---|---|---|---|");
         let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
+        // PALISADE_BENCH_SIZES=100000 skips the 10k corpora (pgvector's ingestion with a
+        // live HNSW index is the slow part of a cluster run).
+        let sizes: Vec<usize> = std::env::var("PALISADE_BENCH_SIZES")
+            .ok()
+            .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![10_000, 100_000]);
         if want("few") {
-            for n in [10_000, 100_000] {
+            for n in sizes.iter().copied() {
                 few_acls(n).await;
             }
         }

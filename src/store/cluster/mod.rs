@@ -34,7 +34,10 @@ use crate::config::StoreConfig;
 pub use sessions::Revocations;
 
 /// Each entry moves the PostgreSQL schema one version forward; never edit a released one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/01_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/01_init.sql"),
+    include_str!("migrations/02_acl_counts.sql"),
+];
 
 /// How long any one store call may take before it counts as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
