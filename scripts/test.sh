@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A cold build (CI, a fresh clone) gains nothing from incremental compilation.
+[ -d target/debug ] || export CARGO_INCREMENTAL=0
+
 # Habits first, they are the cheapest to fail: formatting and lints (warnings are errors).
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
