@@ -660,20 +660,7 @@ async fn limits_hold_under_concurrency_and_slots_come_back() {
         },
     };
     let key = format!("k-{}", new_id());
-    let tasks: Vec<_> = (0..40)
-        .map(|_| {
-            let (l, key) = (l.clone(), key.clone());
-            tokio::spawn(async move { l.take(&window, &key).await.expect("take") })
-        })
-        .collect();
-    let mut admitted = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Admission::Admitted => admitted += 1,
-            Admission::RetryAfter(s) => assert!((1..=60).contains(&s)),
-        }
-    }
-    assert_eq!(admitted, 5);
+    assert_eq!(take_concurrently(&l, window, &key, 40, 60).await, 5);
     // Another key, and another limit on the same key, are counted apart.
     let other = format!("k-{}", new_id());
     assert_eq!(l.take(&window, &other).await.unwrap(), Admission::Admitted);
@@ -695,20 +682,32 @@ async fn limits_hold_under_concurrency_and_slots_come_back() {
             per_minute: 6,
         },
     };
-    let tasks: Vec<_> = (0..20)
+    assert_eq!(take_concurrently(&l, rate, &key, 20, 10).await, 3);
+}
+
+/// `n` concurrent takes of `limit` for `key`: how many were admitted. Every refusal
+/// must say to retry within 1..=`max_wait` seconds.
+async fn take_concurrently(
+    l: &Arc<dyn LimitStore>,
+    limit: Limit,
+    key: &str,
+    n: usize,
+    max_wait: u64,
+) -> usize {
+    let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let (l, key) = (l.clone(), key.clone());
-            tokio::spawn(async move { l.take(&rate, &key).await.expect("take") })
+            let (l, key) = (l.clone(), key.to_owned());
+            tokio::spawn(async move { l.take(&limit, &key).await.expect("take") })
         })
         .collect();
     let mut admitted = 0;
     for t in tasks {
         match t.await.unwrap() {
             Admission::Admitted => admitted += 1,
-            Admission::RetryAfter(s) => assert!((1..=10).contains(&s), "{s}"),
+            Admission::RetryAfter(s) => assert!((1..=max_wait).contains(&s), "{s}"),
         }
     }
-    assert_eq!(admitted, 3);
+    admitted
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

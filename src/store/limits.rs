@@ -46,6 +46,9 @@ pub trait LimitStore: Send + Sync {
 
 /// Past this many entries, expired windows are swept.
 const SWEEP_THRESHOLD: usize = 10_000;
+/// Every this many rate checks, idle keys are forgotten (a sweep visits every key, so
+/// it stays off the per-request path).
+const RATE_SWEEP_EVERY: u64 = 4096;
 
 struct Window {
     start: Instant,
@@ -59,6 +62,7 @@ type Keyed = governor::DefaultKeyedRateLimiter<String>;
 pub struct MemoryLimits {
     windows: Mutex<HashMap<(&'static str, String), Window>>,
     rates: Mutex<HashMap<&'static str, Arc<Keyed>>>,
+    rate_checks: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryLimits {
@@ -70,7 +74,10 @@ impl MemoryLimits {
                 governor::Quota::per_minute(nz(per_minute)).allow_burst(nz(burst)),
             ))
         });
-        if limiter.len() >= SWEEP_THRESHOLD {
+        let checks = self
+            .rate_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if checks.is_multiple_of(RATE_SWEEP_EVERY) {
             limiter.retain_recent();
         }
         Some(limiter.clone())

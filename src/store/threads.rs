@@ -103,6 +103,39 @@ pub fn approx_tokens(text: &str) -> usize {
     text.chars().count() / 4 + 4
 }
 
+/// Fills a [`HistoryBudget`] from messages offered newest first: the one rule both
+/// backends apply while they read (stop at the first message that does not fit).
+pub struct HistoryFill {
+    left: usize,
+    taken: Vec<MessageRecord>,
+}
+
+impl HistoryFill {
+    pub fn new(budget: HistoryBudget) -> Self {
+        Self {
+            left: budget.0,
+            taken: Vec::new(),
+        }
+    }
+
+    /// Takes `m` if it fits; `false` means the budget is spent and reading can stop.
+    pub fn offer(&mut self, m: MessageRecord) -> bool {
+        let cost = approx_tokens(&m.content);
+        if cost > self.left {
+            return false;
+        }
+        self.left -= cost;
+        self.taken.push(m);
+        true
+    }
+
+    /// The messages taken, oldest first.
+    pub fn into_history(mut self) -> Vec<MessageRecord> {
+        self.taken.reverse();
+        self.taken
+    }
+}
+
 /// The result of admitting a user turn.
 #[derive(Debug)]
 pub enum TurnStart {

@@ -77,8 +77,10 @@ async fn a_session_works_on_both_nodes_and_logout_reaches_the_other_within_a_sec
             break;
         }
         assert_eq!(st, StatusCode::OK);
+        // The cache alone would keep it for up to a second; the published revocation
+        // ends it on B at once.
         assert!(
-            t.elapsed() < Duration::from_secs(1),
+            t.elapsed() < Duration::from_millis(250),
             "B still accepts a logged-out session"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 
 use super::{ClusterStore, exec, row, rows, timed};
 use crate::access::ThreadOwner;
-use crate::store::threads::approx_tokens;
+use crate::store::threads::HistoryFill;
 use crate::store::{
     Append, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role, StoreError,
     StoreResult, ThreadPage, ThreadRecord, ThreadStore, TurnStart,
@@ -152,28 +152,23 @@ async fn recent_history(
         "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = $1 AND seq < $2
          ORDER BY seq DESC LIMIT $3"
     );
-    let mut left = budget.0;
-    let mut out = Vec::new();
+    let mut fill = HistoryFill::new(budget);
     let mut cursor = before_seq;
     'outer: loop {
         let batch = rows(c, &sql, &[&thread_id, &cursor, &HISTORY_BATCH]).await?;
         let n = batch.len();
         for r in batch {
             let m = message_row(&r)?;
-            let cost = approx_tokens(&m.content);
-            if cost > left {
+            cursor = m.seq;
+            if !fill.offer(m) {
                 break 'outer;
             }
-            left -= cost;
-            cursor = m.seq;
-            out.push(m);
         }
         if (n as i64) < HISTORY_BATCH {
             break;
         }
     }
-    out.reverse();
-    Ok(out)
+    Ok(fill.into_history())
 }
 
 #[async_trait]

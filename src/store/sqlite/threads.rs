@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
 use crate::access::ThreadOwner;
-use crate::store::threads::approx_tokens;
+use crate::store::threads::HistoryFill;
 use crate::store::{
     Append, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role, StoreResult,
     ThreadPage, ThreadRecord, ThreadStore, TurnStart,
@@ -121,19 +121,13 @@ fn recent_history(
         "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = ?1 AND seq < ?2 ORDER BY seq DESC"
     ))?;
     let mut rows = stmt.query(params![thread_id, before_seq])?;
-    let mut left = budget.0;
-    let mut out = Vec::new();
+    let mut fill = HistoryFill::new(budget);
     while let Some(row) = rows.next()? {
-        let m = message_row(row)?;
-        let cost = approx_tokens(&m.content);
-        if cost > left {
+        if !fill.offer(message_row(row)?) {
             break;
         }
-        left -= cost;
-        out.push(m);
     }
-    out.reverse();
-    Ok(out)
+    Ok(fill.into_history())
 }
 
 #[async_trait]
