@@ -11,11 +11,13 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 
-# The official OpenAI Python SDK, for the compatibility test, in a private venv.
+# Real clients, in a private venv: the official OpenAI Python SDK and LangChain's
+# ChatOpenAI (compatibility and tool loops), and the official MCP Python SDK.
 PYENV=target/pyenv
-if ! "$PYENV/bin/python" -c "import openai" 2>/dev/null; then
+if ! "$PYENV/bin/python" -c "import openai, langchain_openai, mcp" 2>/dev/null; then
   python3 -m venv "$PYENV"
-  "$PYENV/bin/pip" install --quiet --disable-pip-version-check "openai>=1.40,<3"
+  "$PYENV/bin/pip" install --quiet --disable-pip-version-check \
+    "openai>=1.40,<3" "langchain-openai>=0.3,<2" "mcp>=1.9,<3"
 fi
 export PALISADE_TEST_PYTHON="$PWD/$PYENV/bin/python"
 

@@ -254,6 +254,59 @@ pub struct LlmConfig {
     pub read_timeout: Duration,
     /// Retries for 429/5xx/connect errors before the first byte.
     pub max_retries: u32,
+    /// The most output tokens any request may ask for (`max_tokens` and
+    /// `max_completion_tokens` are capped to it; a request that says nothing gets it).
+    pub max_tokens: u32,
+    /// The model used when a request names none (default: the first of `models`).
+    pub default_model: Option<String>,
+    /// Several upstreams and models; when empty, `base_url` and `model` describe one.
+    pub models: Vec<ModelConfig>,
+}
+
+/// One model callers can name (`[[llm.models]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The name clients send as `model` and see in `GET /v1/models`.
+    pub name: String,
+    /// An OpenAI-compatible base URL ending in `/v1`.
+    pub base_url: String,
+    /// The model id sent upstream (default: `name`).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// The *name* of the environment variable holding this upstream's API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Roles that may use the model; empty: everyone.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Whether image content parts may be sent to it.
+    #[serde(default)]
+    pub multimodal: bool,
+    /// A lower output-token cap for this model than `llm.max_tokens`.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+}
+
+impl LlmConfig {
+    /// `models`, or the one model `base_url` + `model` describe, or none (the
+    /// extractive responder).
+    pub fn effective_models(&self) -> Vec<ModelConfig> {
+        if !self.models.is_empty() {
+            return self.models.clone();
+        }
+        match &self.base_url {
+            Some(url) => vec![ModelConfig {
+                name: self.model.clone(),
+                base_url: url.clone(),
+                upstream_model: None,
+                api_key_env: self.api_key_env.clone(),
+                roles: Vec::new(),
+                multimodal: false,
+                max_tokens: None,
+            }],
+            None => Vec::new(),
+        }
+    }
 }
 
 impl Default for LlmConfig {
@@ -269,6 +322,9 @@ impl Default for LlmConfig {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(60),
             max_retries: 2,
+            max_tokens: 4096,
+            default_model: None,
+            models: Vec::new(),
         }
     }
 }
@@ -322,6 +378,12 @@ pub struct RagConfig {
     pub max_document_chars: usize,
     /// Roles holding the `documents:write` permission.
     pub writer_roles: Vec<String>,
+    /// Offer the model a `search_documents` tool that palisade runs itself under the
+    /// caller's scope, instead of retrieving before the model is asked.
+    pub tool: bool,
+    /// Rounds of `search_documents` calls per answer; the model is asked at most this
+    /// many times plus one.
+    pub tool_max_steps: u32,
 }
 
 impl Default for RagConfig {
@@ -332,6 +394,8 @@ impl Default for RagConfig {
             chunk_overlap: 30,
             max_document_chars: 2_000_000,
             writer_roles: vec!["admin".into()],
+            tool: false,
+            tool_max_steps: 3,
         }
     }
 }
@@ -452,6 +516,23 @@ impl Config {
                     "llm.base_url must be an http(s) URL without credentials or query; put the key in the variable named by llm.api_key_env",
                 );
             }
+        }
+        let models = self.llm.effective_models();
+        for (i, m) in models.iter().enumerate() {
+            if !plain_http_url(&m.base_url) {
+                return bad(
+                    "llm.models: every base_url must be an http(s) URL without credentials or query; put the key in the variable named by api_key_env",
+                );
+            }
+            if m.name.is_empty() || models[..i].iter().any(|o| o.name == m.name) {
+                return bad("llm.models: every model needs a name of its own");
+            }
+        }
+        if self.llm.max_tokens == 0 {
+            return bad("llm.max_tokens must be at least 1");
+        }
+        if self.rag.tool_max_steps == 0 || self.rag.tool_max_steps > 10 {
+            return bad("rag.tool_max_steps must be between 1 and 10");
         }
         if self.threads.max_message_chars == 0 || self.threads.chat_requests_per_minute == 0 {
             return bad("threads limits must be at least 1");

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use crate::audit::Audit;
 use crate::auth::AuthService;
 use crate::auth::keys::Keyring;
-use crate::chat::ChatService;
+use crate::chat::{ChatService, ChatSettings};
 use crate::config::{Config, LogFormat};
 use crate::http::server::ConnectionLimits;
 use crate::http::{AppState, router};
-use crate::llm::Llm;
+use crate::llm::Models;
 use crate::rag::{Rag, embedder_from_config};
 use crate::store::Stores;
 use crate::threads::Threads;
@@ -92,7 +92,7 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
         cfg.threads.clone(),
         audit.clone(),
     ));
-    let llm = Arc::new(Llm::from_config(&cfg.llm)?);
+    let models = Arc::new(Models::from_config(&cfg.llm)?);
     let embedder = embedder_from_config(&cfg.embeddings)?;
     let rag = Arc::new(Rag::new(
         stores.documents.clone(),
@@ -103,10 +103,14 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
     let chat = ChatService::new(
         threads.clone(),
         rag.clone(),
-        llm,
-        cfg.llm.system_prompt.clone(),
-        cfg.threads.history_budget_tokens,
-        cfg.threads.chat_requests_per_minute,
+        models,
+        ChatSettings {
+            system_prompt: cfg.llm.system_prompt.clone(),
+            history_budget_tokens: cfg.threads.history_budget_tokens,
+            requests_per_minute: cfg.threads.chat_requests_per_minute,
+            search_tool: cfg.rag.tool,
+            tool_max_steps: cfg.rag.tool_max_steps,
+        },
         stores.limits.clone(),
     );
     Ok(AppState {

@@ -11,6 +11,8 @@
 //! never the client's.
 
 mod prompt;
+pub mod tools;
+mod validate;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,13 +21,17 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use crate::access::{ClientInfo, Principal};
-use crate::llm::{ChatMessage, Llm, LlmError};
+use crate::llm::{
+    Call, ChatMessage, Completion, Delta, LlmError, Model, Models, Options, ToolCall,
+    ToolCallAssembler, Usage,
+};
 use crate::rag::{Rag, RagError, citations};
 use crate::store::threads::approx_tokens;
 use crate::store::{
-    Admission, Citation, HistoryBudget, Limit, LimitKind, LimitStore, MessageRecord, Role,
-    ThreadRecord,
+    Admission, ChunkHit, Citation, HistoryBudget, Limit, LimitKind, LimitStore, MessageRecord,
+    Role, ThreadRecord,
 };
+pub use crate::threads::TurnInput;
 use crate::threads::{ThreadError, Threads};
 
 pub use prompt::context_block;
@@ -36,6 +42,12 @@ pub enum ChatError {
     RateLimited { retry_after_secs: u64 },
     #[error("invalid request: {0}")]
     Invalid(&'static str),
+    /// The model is unknown or the caller's roles may not use it (one answer for both).
+    #[error("model not allowed")]
+    ModelNotAllowed,
+    /// The model kept calling `search_documents` past `rag.tool_max_steps`.
+    #[error("tool steps exceeded")]
+    ToolStepsExceeded,
     #[error(transparent)]
     Thread(#[from] ThreadError),
     #[error(transparent)]
@@ -46,27 +58,58 @@ pub enum ChatError {
 
 /// What the caller asks.
 pub enum Conversation {
-    /// A turn in one of the caller's threads: only the question is taken from the
+    /// A turn in one of the caller's threads: only the turn's new messages (a question,
+    /// or results of the tool calls the stored answer asked for) are taken from the
     /// client; the history is the stored one.
-    Thread { id: String, question: String },
+    Thread { id: String, input: Vec<TurnInput> },
     /// A stateless completion: the client's own conversation (nothing is stored). The
     /// last user message is the retrieval query.
     Stateless { messages: Vec<ChatMessage> },
 }
 
+/// One chat request: the conversation, the model it names (or the default), and the
+/// options to forward.
+pub struct ChatRequest {
+    pub conversation: Conversation,
+    pub model: Option<String>,
+    pub options: Options,
+}
+
+impl ChatRequest {
+    /// A question in a stored thread, with the default model and options.
+    pub fn thread_question(id: String, question: String) -> Self {
+        Self {
+            conversation: Conversation::Thread {
+                id,
+                input: vec![TurnInput::Question(question)],
+            },
+            model: None,
+            options: Options::default(),
+        }
+    }
+}
+
 /// A finished answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The model's name as callers know it.
+    pub model: String,
     pub content: String,
+    /// Calls of the client's own tools the model asks for.
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: String,
+    /// Summed over every upstream call of the answer; `None` if the upstream sent none.
+    pub usage: Option<Usage>,
     pub citations: Vec<Citation>,
     /// The stored assistant message, for a thread turn.
     pub stored: Option<MessageRecord>,
 }
 
-/// What a streamed turn yields: deltas, then exactly one `Done` or `Failed`.
+/// What a streamed turn yields: content and tool-call pieces, then exactly one `Done`
+/// or `Failed`.
 pub enum ChatEvent {
-    Delta(String),
-    Done(Answer),
+    Delta(Delta),
+    Done(Box<Answer>),
     Failed(ChatError),
 }
 
@@ -95,51 +138,73 @@ fn cites_only(m: &MessageRecord, readable: &HashSet<String>) -> bool {
 /// A turn that has passed every check and has its prompt.
 struct Prepared {
     thread: Option<String>,
+    model: Arc<Model>,
     prompt: Vec<ChatMessage>,
-    passages: Vec<crate::store::ChunkHit>,
+    passages: Vec<ChunkHit>,
+    options: Options,
+    /// The model was offered `search_documents`.
+    search_tool: bool,
 }
 
 pub struct ChatService {
     threads: Arc<Threads>,
     rag: Arc<Rag>,
-    llm: Arc<Llm>,
+    models: Arc<Models>,
     system_prompt: String,
     history_budget_tokens: usize,
     /// Chat requests per user, shared by every process on the store.
     rate: Limit,
     limits: Arc<dyn LimitStore>,
+    /// Offer the model `search_documents` instead of retrieving up front.
+    search_tool: bool,
+    tool_max_steps: u32,
+}
+
+/// How the chat service is set up.
+pub struct ChatSettings {
+    pub system_prompt: String,
+    pub history_budget_tokens: usize,
+    pub requests_per_minute: u32,
+    pub search_tool: bool,
+    pub tool_max_steps: u32,
 }
 
 impl ChatService {
     pub fn new(
         threads: Arc<Threads>,
         rag: Arc<Rag>,
-        llm: Arc<Llm>,
-        system_prompt: String,
-        history_budget_tokens: usize,
-        requests_per_minute: u32,
+        models: Arc<Models>,
+        settings: ChatSettings,
         limits: Arc<dyn LimitStore>,
     ) -> Self {
+        let rpm = settings.requests_per_minute.max(1);
         Self {
             threads,
             rag,
-            llm,
-            system_prompt,
-            history_budget_tokens,
+            models,
+            system_prompt: settings.system_prompt,
+            history_budget_tokens: settings.history_budget_tokens,
             // A burst of one minute's allowance, refilled evenly (GCRA).
             rate: Limit {
                 name: "chat",
                 kind: LimitKind::Rate {
-                    burst: requests_per_minute.max(1),
-                    per_minute: requests_per_minute.max(1),
+                    burst: rpm,
+                    per_minute: rpm,
                 },
             },
             limits,
+            search_tool: settings.search_tool,
+            tool_max_steps: settings.tool_max_steps.max(1),
         }
     }
 
-    pub fn model_name(&self) -> &str {
-        self.llm.model_name()
+    /// The models `p` may use, the default first.
+    pub fn models_for(&self, p: &Principal) -> Vec<Arc<Model>> {
+        self.models.visible(p.roles())
+    }
+
+    pub fn rag(&self) -> &Arc<Rag> {
+        &self.rag
     }
 
     /// Counts one chat request against the caller's per-minute allowance: check and
@@ -156,42 +221,44 @@ impl ChatService {
         }
     }
 
-    /// Everything before the model: validation, admission, thread, retrieval, prompt.
+    /// Everything before the model: admission, validation, model access, thread,
+    /// retrieval, prompt.
     async fn prepare(
         &self,
         p: &Principal,
-        conv: Conversation,
+        req: ChatRequest,
         client: &ClientInfo,
     ) -> Result<Prepared, ChatError> {
         // 1. Admission: every request counts, valid or not.
         self.admit(p).await?;
-        // 2. The whole request is valid, or nothing happens (no retrieval, no audit).
-        let question = match &conv {
-            Conversation::Thread { question, .. } => {
-                self.threads.validate_content(question)?;
-                question.clone()
-            }
-            Conversation::Stateless { messages } => {
-                for m in messages {
-                    self.threads.validate_content(&m.content)?;
-                }
-                messages
+        // 2. The model, and the whole request valid for it, or nothing happens (no
+        //    retrieval, no audit, no upstream call).
+        let model = self
+            .models
+            .resolve(req.model.as_deref(), p.roles())
+            .ok_or(ChatError::ModelNotAllowed)?;
+        let search_tool = self.search_tool && model.calls_tools();
+        let mut options = req.options;
+        validate::options(&mut options, &model, search_tool)?;
+        if let Conversation::Stateless { messages } = &req.conversation {
+            validate::messages(messages, &model, &self.threads)?;
+        }
+        // 3. Ownership and the stored turn, before any retrieval or model call.
+        let (thread, history) = match req.conversation {
+            Conversation::Thread { id, input } => {
+                let new_cost: usize = input
                     .iter()
-                    .rev()
-                    .find(|m| m.role == Role::User)
-                    .map(|m| m.content.clone())
-                    .ok_or(ChatError::Invalid("A user message is required."))?
-            }
-        };
-        // 3. Ownership and the stored question, before any retrieval or model call.
-        let (thread, history) = match conv {
-            Conversation::Thread { id, question } => {
+                    .map(|i| match i {
+                        TurnInput::Question(q) => approx_tokens(q),
+                        TurnInput::ToolResult { content, .. } => approx_tokens(content),
+                    })
+                    .sum();
                 let budget = self
                     .history_budget_tokens
-                    .saturating_sub(approx_tokens(&self.system_prompt) + approx_tokens(&question));
+                    .saturating_sub(approx_tokens(&self.system_prompt) + new_cost);
                 let turn = self
                     .threads
-                    .begin_turn(p, &id, question, HistoryBudget(budget), client)
+                    .begin_turn(p, &id, input, HistoryBudget(budget), client)
                     .await?;
                 let readable = self.readable_citations(p, &turn.history).await?;
                 let history = turn
@@ -201,25 +268,82 @@ impl ChatService {
                     // Access is re-checked on every turn: an answer that quotes a document
                     // the caller can no longer read never goes back to the model.
                     .filter(|m| cites_only(m, &readable))
-                    .map(|m| ChatMessage::new(m.role, m.content))
-                    .chain(std::iter::once(ChatMessage::new(
-                        Role::User,
-                        turn.question.content,
-                    )))
+                    .map(prompt::from_record)
                     .collect();
                 (Some(id), history)
             }
             Conversation::Stateless { messages } => (None, messages),
         };
-        // 4. Retrieval within the caller's scope (audited as lineage).
-        let passages = self.rag.retrieve_for_prompt(p, &question, client).await?;
+        let history = prompt::well_formed(history);
+        let question = history
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(ChatMessage::text)
+            .ok_or(ChatError::Invalid("A user message is required."))?;
+        // 4. Retrieval within the caller's scope (audited as lineage) — up front, or
+        //    by the model through `search_documents`.
+        let passages = if search_tool {
+            Vec::new()
+        } else {
+            self.rag.retrieve_for_prompt(p, &question, client).await?
+        };
         // 5. The prompt, built here.
         let prompt = prompt::build(&self.system_prompt, context_block(&passages), history);
         Ok(Prepared {
             thread,
+            model,
             prompt,
             passages,
+            options,
+            search_tool,
         })
+    }
+
+    /// Runs `search_documents` calls under the caller's scope: the results go into the
+    /// prompt, the passages into the answer's citations.
+    async fn run_searches(
+        &self,
+        p: &Principal,
+        prep: &mut Prepared,
+        content: String,
+        calls: Vec<ToolCall>,
+        client: &ClientInfo,
+    ) -> Result<(), ChatError> {
+        prep.prompt
+            .push(ChatMessage::tool_calls(content, calls.clone()));
+        for call in calls {
+            let result = match tools::search_query(&call.function.arguments) {
+                Some(q) => {
+                    let hits = self.rag.tool_search(p, &q, "chat", client).await?;
+                    let text = tools::render_results(&hits);
+                    for h in hits {
+                        if !prep.passages.iter().any(|x| x.chunk_id == h.chunk_id) {
+                            prep.passages.push(h);
+                        }
+                    }
+                    text
+                }
+                None => tools::BAD_ARGUMENTS.to_owned(),
+            };
+            prep.prompt.push(ChatMessage::tool_result(call.id, result));
+        }
+        Ok(())
+    }
+
+    /// The options of step `step`: on the last one, `search_documents` is withdrawn so
+    /// that the model has to answer.
+    fn step_options(&self, prep: &Prepared, step: u32) -> Options {
+        let mut o = prep.options.clone();
+        if prep.search_tool && step == self.tool_max_steps {
+            o.tools.retain(|t| t.function.name != tools::SEARCH_TOOL);
+            if o.tools.is_empty() {
+                // No tools left: `tool_choice` and `parallel_tool_calls` would be refused.
+                o.tool_choice = None;
+                o.parallel_tool_calls = None;
+            }
+        }
+        o
     }
 
     /// The documents cited in `messages` that the caller may still read.
@@ -272,22 +396,62 @@ impl ChatService {
     pub async fn complete(
         &self,
         p: &Principal,
-        conv: Conversation,
+        req: ChatRequest,
         client: &ClientInfo,
     ) -> Result<Answer, ChatError> {
-        let prep = self.prepare(p, conv, client).await?;
+        let mut prep = self.prepare(p, req, client).await?;
+        let mut usage: Option<Usage> = None;
+        let mut step = 0;
+        let completion = loop {
+            let options = self.step_options(&prep, step);
+            let c = prep
+                .model
+                .complete(&Call {
+                    messages: &prep.prompt,
+                    options: &options,
+                    user: p.subject(),
+                    passages: &prep.passages,
+                })
+                .await?;
+            add_usage(&mut usage, c.usage.as_ref());
+            let (ours, theirs) = tools::split_calls(c.tool_calls, prep.search_tool);
+            // The client's own calls go back to it (palisade's are dropped: the model
+            // asks again if it still needs them).
+            if ours.is_empty() || !theirs.is_empty() {
+                break Completion {
+                    tool_calls: theirs,
+                    ..c
+                };
+            }
+            if step == self.tool_max_steps {
+                return Err(ChatError::ToolStepsExceeded);
+            }
+            self.run_searches(p, &mut prep, c.content, ours, client)
+                .await?;
+            step += 1;
+        };
         let cites = citations(&prep.passages);
-        let completion = self.llm.complete(&prep.prompt, &prep.passages).await?;
         let stored = match &prep.thread {
             Some(id) => Some(
                 self.threads
-                    .finish_turn(p, id, completion.content.clone(), cites.clone(), client)
+                    .finish_turn(
+                        p,
+                        id,
+                        completion.content.clone(),
+                        cites.clone(),
+                        completion.tool_calls.clone(),
+                        client,
+                    )
                     .await?,
             ),
             None => None,
         };
         Ok(Answer {
+            model: prep.model.name().to_owned(),
             content: completion.content,
+            tool_calls: completion.tool_calls,
+            finish_reason: completion.finish_reason,
+            usage,
             citations: cites,
             stored,
         })
@@ -300,35 +464,117 @@ impl ChatService {
     pub async fn stream(
         self: &Arc<Self>,
         p: &Principal,
-        conv: Conversation,
+        req: ChatRequest,
         client: &ClientInfo,
     ) -> Result<ChatStream, ChatError> {
-        let prep = self.prepare(p, conv, client).await?;
-        let cites = citations(&prep.passages);
-        let mut upstream = self.llm.stream(&prep.prompt, &prep.passages).await?;
-        let (svc, p, client, thread) = (self.clone(), p.clone(), client.clone(), prep.thread);
+        let mut prep = self.prepare(p, req, client).await?;
+        let first = prep
+            .model
+            .stream(&Call {
+                messages: &prep.prompt,
+                options: &self.step_options(&prep, 0),
+                user: p.subject(),
+                passages: &prep.passages,
+            })
+            .await?;
+        let (svc, p, client) = (self.clone(), p.clone(), client.clone());
         let events = async_stream::stream! {
+            let mut upstream = first;
             let mut full = String::new();
-            while let Some(item) = upstream.next().await {
-                match item {
-                    Ok(delta) => {
-                        full.push_str(&delta);
-                        yield ChatEvent::Delta(delta);
+            let mut usage: Option<Usage> = None;
+            let mut step = 0;
+            loop {
+                let mut router = tools::DeltaRouter::new(prep.search_tool);
+                let mut calls = ToolCallAssembler::default();
+                let mut content = String::new();
+                let mut finish = None;
+                while let Some(item) = upstream.next().await {
+                    match item {
+                        Ok(Delta::Content(t)) => {
+                            content.push_str(&t);
+                            yield ChatEvent::Delta(Delta::Content(t));
+                        }
+                        Ok(Delta::ToolCall(d)) => {
+                            calls.push(&d);
+                            for piece in router.route(d) {
+                                yield ChatEvent::Delta(Delta::ToolCall(piece));
+                            }
+                        }
+                        Ok(Delta::Finish(r)) => finish = Some(r),
+                        Ok(Delta::Usage(u)) => add_usage(&mut usage, Some(&u)),
+                        Err(e) => {
+                            yield ChatEvent::Failed(ChatError::Llm(e));
+                            return;
+                        }
                     }
+                }
+                full.push_str(&content);
+                let (ours, theirs) = tools::split_calls(calls.finish(), prep.search_tool);
+                if ours.is_empty() || router.relayed_any() {
+                    let cites = citations(&prep.passages);
+                    let finish_reason = finish.unwrap_or_else(|| "stop".into());
+                    let stored = match &prep.thread {
+                        Some(id) => match svc
+                            .threads
+                            .finish_turn(&p, id, full.clone(), cites.clone(), theirs.clone(), &client)
+                            .await
+                        {
+                            Ok(m) => Some(m),
+                            Err(e) => {
+                                yield ChatEvent::Failed(e.into());
+                                return;
+                            }
+                        },
+                        None => None,
+                    };
+                    yield ChatEvent::Done(Box::new(Answer {
+                        model: prep.model.name().to_owned(),
+                        content: full,
+                        tool_calls: theirs,
+                        finish_reason,
+                        usage,
+                        citations: cites,
+                        stored,
+                    }));
+                    return;
+                }
+                if step == svc.tool_max_steps {
+                    yield ChatEvent::Failed(ChatError::ToolStepsExceeded);
+                    return;
+                }
+                if let Err(e) = svc.run_searches(&p, &mut prep, content, ours, &client).await {
+                    yield ChatEvent::Failed(e);
+                    return;
+                }
+                step += 1;
+                let options = svc.step_options(&prep, step);
+                let next = prep
+                    .model
+                    .stream(&Call {
+                        messages: &prep.prompt,
+                        options: &options,
+                        user: p.subject(),
+                        passages: &prep.passages,
+                    })
+                    .await;
+                upstream = match next {
+                    Ok(s) => s,
                     Err(e) => {
                         yield ChatEvent::Failed(ChatError::Llm(e));
                         return;
                     }
-                }
-            }
-            match thread {
-                Some(id) => match svc.threads.finish_turn(&p, &id, full.clone(), cites.clone(), &client).await {
-                    Ok(m) => yield ChatEvent::Done(Answer { content: full, citations: cites, stored: Some(m) }),
-                    Err(e) => yield ChatEvent::Failed(e.into()),
-                },
-                None => yield ChatEvent::Done(Answer { content: full, citations: cites, stored: None }),
+                };
             }
         };
         Ok(Box::pin(events))
+    }
+}
+
+fn add_usage(total: &mut Option<Usage>, u: Option<&Usage>) {
+    if let Some(u) = u {
+        match total {
+            Some(t) => t.add(u),
+            None => *total = Some(u.clone()),
+        }
     }
 }

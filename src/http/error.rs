@@ -63,6 +63,12 @@ pub enum ApiError {
     /// The model upstream failed; the client learns nothing more specific.
     #[error("upstream error")]
     Upstream,
+    /// The named model is unknown or not for the caller's roles (one answer for both).
+    #[error("model not allowed")]
+    ModelNotAllowed,
+    /// The model kept calling `search_documents` past the configured steps.
+    #[error("tool steps exceeded")]
+    ToolStepsExceeded,
     /// A store or dependency on the request path failed. Authorisation fails closed.
     #[error("unavailable")]
     Unavailable,
@@ -81,7 +87,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             RefreshInProgress | Conflict(_) => StatusCode::CONFLICT,
-            CrossSite | Forbidden => StatusCode::FORBIDDEN,
+            CrossSite | Forbidden | ModelNotAllowed => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -92,7 +98,7 @@ impl ApiError {
             Timeout => StatusCode::REQUEST_TIMEOUT,
             MessageTooLong => StatusCode::PAYLOAD_TOO_LARGE,
             ThreadLimit | ThreadFull => StatusCode::UNPROCESSABLE_ENTITY,
-            Upstream => StatusCode::BAD_GATEWAY,
+            Upstream | ToolStepsExceeded => StatusCode::BAD_GATEWAY,
             Unavailable | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -121,6 +127,8 @@ impl ApiError {
             ThreadLimit => "thread_limit_reached",
             ThreadFull => "thread_full",
             Upstream => "upstream_error",
+            ModelNotAllowed => "model_not_allowed",
+            ToolStepsExceeded => "tool_steps_exceeded",
             Unavailable => "service_unavailable",
             StoreUnavailable => "store_unavailable",
             Internal => "internal_error",
@@ -153,6 +161,10 @@ impl ApiError {
             ThreadLimit => "You have reached the maximum number of conversations.".into(),
             ThreadFull => "This conversation has reached its maximum length.".into(),
             Upstream => "The model is unavailable right now; try again later.".into(),
+            ModelNotAllowed => "The model does not exist or you may not use it.".into(),
+            ToolStepsExceeded => {
+                "The model kept searching without answering; try a more specific question.".into()
+            }
             Unavailable => "The service is temporarily unavailable.".into(),
             StoreUnavailable => "A backing store cannot be reached; try again shortly.".into(),
             Internal => "Internal error.".into(),
@@ -265,6 +277,8 @@ impl From<ChatError> for ApiError {
                 ApiError::TooManyRequests { retry_after_secs }
             }
             ChatError::Invalid(m) => ApiError::Unprocessable(m.to_owned()),
+            ChatError::ModelNotAllowed => ApiError::ModelNotAllowed,
+            ChatError::ToolStepsExceeded => ApiError::ToolStepsExceeded,
             ChatError::Thread(t) => t.into(),
             ChatError::Rag(r) => r.into(),
             ChatError::Llm(l) => l.into(),

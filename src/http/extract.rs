@@ -39,9 +39,14 @@ fn map_json_rejection(rej: &JsonRejection) -> ApiError {
     match rej {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
         _ if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        JsonRejection::JsonDataError(_) => ApiError::Unprocessable(
-            "The JSON body does not have the expected fields or types.".into(),
-        ),
+        JsonRejection::JsonDataError(e) => {
+            // serde's account of the first mismatch (a field path and the expected type),
+            // bounded in length: it quotes only the caller's own request.
+            let detail: String = e.body_text().chars().take(300).collect();
+            ApiError::Unprocessable(format!(
+                "The JSON body does not have the expected fields or types: {detail}"
+            ))
+        }
         _ => ApiError::BadRequest("The request body is not valid JSON.".into()),
     }
 }

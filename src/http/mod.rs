@@ -8,6 +8,7 @@ pub mod cookies;
 pub mod documents_routes;
 pub mod error;
 pub mod extract;
+pub mod mcp;
 pub mod middleware;
 pub mod openai_routes;
 pub mod ops;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(documents_routes::router())
         .merge(admin::router())
         .merge(ops::router())
+        .merge(mcp::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

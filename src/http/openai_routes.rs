@@ -20,8 +20,11 @@ use std::convert::Infallible;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Auth, Client, Json};
-use crate::chat::{ChatEvent, Conversation};
-use crate::llm::ChatMessage;
+use crate::chat::{ChatEvent, ChatRequest, Conversation, TurnInput};
+use crate::llm::{
+    ChatMessage, Content, ContentPart, Delta, Options, ResponseFormat, Stop, ToolCall, ToolChoice,
+    ToolDef,
+};
 use crate::store::Role;
 
 pub fn router() -> Router<AppState> {
@@ -32,17 +35,64 @@ pub fn router() -> Router<AppState> {
 
 pub const THREAD_HEADER: &str = "x-palisade-thread";
 
+/// The body of `POST /v1/chat/completions`. Fields not listed here are not forwarded;
+/// `user` is read only to be replaced by the caller's subject id.
 #[derive(Deserialize)]
 pub struct CompletionRequest {
     messages: Vec<InMessage>,
     #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
     stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    tools: Option<Vec<ToolDef>>,
+    #[serde(default)]
+    tool_choice: Option<ToolChoice>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
 }
 
 #[derive(Deserialize)]
 struct InMessage {
     role: String,
-    content: Value,
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+fn unprocessable(m: &str) -> ApiError {
+    ApiError::Unprocessable(m.to_owned())
 }
 
 impl InMessage {
@@ -51,36 +101,119 @@ impl InMessage {
             "system" | "developer" => Ok(Role::System),
             "user" => Ok(Role::User),
             "assistant" => Ok(Role::Assistant),
-            _ => Err(ApiError::Unprocessable(
-                "Only system, user and assistant messages are accepted.".into(),
+            "tool" => Ok(Role::Tool),
+            _ => Err(unprocessable(
+                "A message's role must be system, developer, user, assistant or tool.",
             )),
         }
     }
 
-    /// A string, or an array of `{"type":"text","text":…}` parts.
-    fn text(&self) -> Result<String, ApiError> {
+    /// A string, or an array of text and image_url parts.
+    fn content(&self) -> Result<Option<Content>, ApiError> {
         match &self.content {
-            Value::String(s) => Ok(s.clone()),
-            Value::Array(parts) => parts
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(Content::Text(s.clone()))),
+            Some(Value::Array(parts)) => parts
                 .iter()
                 .map(|p| {
-                    match (
-                        p.get("type").and_then(Value::as_str),
-                        p.get("text").and_then(Value::as_str),
-                    ) {
-                        (Some("text"), Some(t)) => Ok(t.to_owned()),
-                        _ => Err(ApiError::Unprocessable(
-                            "Only text content parts are accepted.".into(),
-                        )),
-                    }
+                    serde_json::from_value::<ContentPart>(p.clone()).map_err(|_| {
+                        unprocessable("Only text and image_url content parts are accepted.")
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map(|v| v.join("\n")),
-            _ => Err(ApiError::Unprocessable(
-                "Message content must be text.".into(),
+                .map(|v| Some(Content::Parts(v))),
+            Some(_) => Err(unprocessable(
+                "Message content must be a string or an array of parts.",
             )),
         }
     }
+
+    fn into_message(self) -> Result<ChatMessage, ApiError> {
+        let role = self.role()?;
+        let content = self.content()?;
+        if role != Role::Assistant && content.is_none() {
+            return Err(unprocessable(
+                "Every message but an assistant's needs content.",
+            ));
+        }
+        if role != Role::Assistant && self.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(unprocessable("Only assistant messages carry tool_calls."));
+        }
+        Ok(ChatMessage {
+            role,
+            content,
+            tool_calls: self.tool_calls.unwrap_or_default(),
+            tool_call_id: if role == Role::Tool {
+                self.tool_call_id
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl CompletionRequest {
+    fn options(&mut self) -> Options {
+        Options {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            stop: self.stop.take(),
+            seed: self.seed,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            response_format: self.response_format.take(),
+            tools: self.tools.take().unwrap_or_default(),
+            tool_choice: self.tool_choice.take(),
+            parallel_tool_calls: self.parallel_tool_calls,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        }
+    }
+}
+
+/// The new messages of a thread turn: what follows the request's last assistant
+/// message — tool results, and the last user message. Everything before it (history,
+/// system prompts, assistant messages) is the stored thread's, not the client's.
+fn thread_input(messages: Vec<InMessage>) -> Result<Vec<TurnInput>, ApiError> {
+    let tail_start = messages
+        .iter()
+        .rposition(|m| m.role == "assistant")
+        .map_or(0, |i| i + 1);
+    let mut input = Vec::new();
+    let mut question = None;
+    for m in messages.into_iter().skip(tail_start) {
+        let msg = m.into_message()?;
+        match msg.role {
+            Role::Tool => input.push(TurnInput::ToolResult {
+                call_id: msg.tool_call_id.clone().unwrap_or_default(),
+                content: msg.text(),
+            }),
+            Role::User => {
+                if msg.has_image() {
+                    return Err(unprocessable(
+                        "Images are not stored in threads; send them without X-Palisade-Thread.",
+                    ));
+                }
+                question = Some(msg.text());
+            }
+            _ => {}
+        }
+    }
+    if input
+        .iter()
+        .any(|i| matches!(i, TurnInput::ToolResult { call_id, .. } if call_id.is_empty()))
+    {
+        return Err(unprocessable("A tool message needs a tool_call_id."));
+    }
+    input.extend(question.map(TurnInput::Question));
+    if input.is_empty() {
+        return Err(unprocessable("A user message is required."));
+    }
+    Ok(input)
 }
 
 pub async fn chat_completions(
@@ -88,71 +221,133 @@ pub async fn chat_completions(
     Auth(p): Auth,
     Client(client): Client,
     headers: HeaderMap,
-    Json(req): Json<CompletionRequest>,
+    Json(mut req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     if req.messages.is_empty() {
-        return Err(ApiError::Unprocessable(
-            "messages must not be empty.".into(),
+        return Err(unprocessable("messages must not be empty."));
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(unprocessable(
+            "n other than 1 is not supported; send separate requests.",
         ));
     }
-    let conv = match headers.get(THREAD_HEADER) {
-        // A stored thread: only the last user message is taken; the stored history
+    let options = req.options();
+    let include_usage = options.include_usage;
+    let messages = std::mem::take(&mut req.messages);
+    let conversation = match headers.get(THREAD_HEADER) {
+        // A stored thread: only the turn's new messages are taken; the stored history
         // replaces whatever the client sent.
         Some(v) => {
             let id = v.to_str().map_err(|_| ApiError::NotFound)?.to_owned();
-            let question = req
-                .messages
-                .iter()
-                .rev()
-                .find(|m| m.role == "user")
-                .ok_or_else(|| ApiError::Unprocessable("A user message is required.".into()))?
-                .text()?;
-            Conversation::Thread { id, question }
+            Conversation::Thread {
+                id,
+                input: thread_input(messages)?,
+            }
         }
         None => Conversation::Stateless {
-            messages: req
-                .messages
-                .iter()
-                .map(|m| Ok(ChatMessage::new(m.role()?, m.text()?)))
+            messages: messages
+                .into_iter()
+                .map(InMessage::into_message)
                 .collect::<Result<Vec<_>, ApiError>>()?,
         },
     };
-    let model = s.chat.model_name().to_owned();
+    let chat_req = ChatRequest {
+        conversation,
+        model: req.model.take(),
+        options,
+    };
     let id = format!("chatcmpl-{}", crate::secret::new_id());
     let created = crate::timeutil::now_ms() / 1000;
 
     if !req.stream {
-        let answer = s.chat.complete(&p, conv, &client).await?;
+        let a = s.chat.complete(&p, chat_req, &client).await?;
+        let mut message = json!({
+            "role": "assistant",
+            "content": if a.content.is_empty() && !a.tool_calls.is_empty() { Value::Null } else { json!(a.content) },
+            "refusal": Value::Null,
+        });
+        if !a.tool_calls.is_empty() {
+            message["tool_calls"] = json!(a.tool_calls);
+        }
         return Ok(axum::Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            "citations": answer.citations,
+            "id": id, "object": "chat.completion", "created": created, "model": a.model,
+            "choices": [{"index": 0, "message": message, "logprobs": Value::Null, "finish_reason": a.finish_reason}],
+            "usage": a.usage.unwrap_or_default(),
+            "citations": a.citations,
         }))
         .into_response());
     }
 
-    let stream = s.chat.stream(&p, conv, &client).await?;
-    let chunk = move |delta: Value, finish: Value| {
+    let model_name = chat_req.model.clone().unwrap_or_default();
+    let stream = s.chat.stream(&p, chat_req, &client).await?;
+    let chunk = move |model: &str, delta: Value, finish: Value| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": Value::Null, "finish_reason": finish}],
         })
-        .to_string()
     };
-    let first = Event::default().data(chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    ));
+    // The name the caller used (or the default's, which the first answer tells).
+    let shown = if model_name.is_empty() {
+        s.chat
+            .models_for(&p)
+            .first()
+            .map(|m| m.name().to_owned())
+            .unwrap_or_default()
+    } else {
+        model_name
+    };
+    let first = Event::default().data(
+        chunk(
+            &shown,
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )
+        .to_string(),
+    );
     let body = stream.flat_map(move |ev| {
         let out: Vec<Event> = match ev {
-            ChatEvent::Delta(d) => {
-                vec![Event::default().data(chunk(json!({"content": d}), Value::Null))]
+            ChatEvent::Delta(Delta::Content(d)) => {
+                vec![
+                    Event::default()
+                        .data(chunk(&shown, json!({"content": d}), Value::Null).to_string()),
+                ]
             }
-            ChatEvent::Done(_) => vec![
-                Event::default().data(chunk(json!({}), json!("stop"))),
-                Event::default().data("[DONE]"),
-            ],
+            ChatEvent::Delta(Delta::ToolCall(t)) => {
+                let mut call = json!({"index": t.index});
+                if let Some(id) = t.id {
+                    call["id"] = json!(id);
+                    call["type"] = json!("function");
+                }
+                let mut function = serde_json::Map::new();
+                if let Some(n) = t.name {
+                    function.insert("name".into(), json!(n));
+                }
+                if let Some(a) = t.arguments {
+                    function.insert("arguments".into(), json!(a));
+                }
+                call["function"] = Value::Object(function);
+                vec![
+                    Event::default().data(
+                        chunk(&shown, json!({"tool_calls": [call]}), Value::Null).to_string(),
+                    ),
+                ]
+            }
+            ChatEvent::Delta(_) => Vec::new(),
+            ChatEvent::Done(a) => {
+                let mut last = chunk(&shown, json!({}), json!(a.finish_reason));
+                if !a.citations.is_empty() {
+                    last["citations"] = json!(a.citations);
+                }
+                let mut out = vec![Event::default().data(last.to_string())];
+                if include_usage {
+                    let mut u = chunk(&shown, json!({}), Value::Null);
+                    u["choices"] = json!([]);
+                    u["usage"] = json!(a.usage.unwrap_or_default());
+                    out.push(Event::default().data(u.to_string()));
+                }
+                out.push(Event::default().data("[DONE]"));
+                out
+            }
             ChatEvent::Failed(e) => {
                 let e = ApiError::from(e);
                 vec![Event::default().data(
@@ -168,10 +363,13 @@ pub async fn chat_completions(
         .into_response())
 }
 
-pub async fn models(State(s): State<AppState>, Auth(_): Auth) -> Response {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{"id": s.chat.model_name(), "object": "model", "created": 0, "owned_by": "palisade"}],
-    }))
-    .into_response()
+/// The models the caller may use: what `model` may name.
+pub async fn models(State(s): State<AppState>, Auth(p): Auth) -> Response {
+    let data: Vec<Value> = s
+        .chat
+        .models_for(&p)
+        .iter()
+        .map(|m| json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "palisade"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }

@@ -15,8 +15,9 @@ use std::convert::Infallible;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Auth, Client, Json};
-use crate::chat::{ChatEvent, Conversation, ShownMessage};
-use crate::store::{Citation, MessageRecord, ThreadRecord};
+use crate::chat::{ChatEvent, ChatRequest, ShownMessage};
+use crate::llm::Delta;
+use crate::store::{Citation, MessageRecord, ThreadRecord, ToolCall, ToolData};
 use crate::timeutil::rfc3339;
 
 pub fn router() -> Router<AppState> {
@@ -57,13 +58,26 @@ pub struct MessageView {
     content: String,
     created_at: String,
     citations: Vec<Citation>,
+    /// An assistant message asking for tool calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<ToolCall>>,
+    /// A tool message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     redacted: Option<&'static str>,
 }
 
 impl From<MessageRecord> for MessageView {
     fn from(m: MessageRecord) -> Self {
+        let (tool_calls, tool_call_id) = match m.tool {
+            Some(ToolData::Calls(c)) => (Some(c), None),
+            Some(ToolData::Result { call_id }) => (None, Some(call_id)),
+            None => (None, None),
+        };
         Self {
+            tool_calls,
+            tool_call_id,
             id: m.id,
             role: m.role.as_str(),
             content: m.content,
@@ -175,10 +189,7 @@ pub async fn post_message(
     Path(id): Path<String>,
     Json(req): Json<PostMessage>,
 ) -> Result<Response, ApiError> {
-    let conv = Conversation::Thread {
-        id,
-        question: req.content,
-    };
+    let conv = ChatRequest::thread_question(id, req.content);
     if !req.stream {
         let answer = s.chat.complete(&p, conv, &client).await?;
         let msg = answer.stored.ok_or(ApiError::Internal)?;
@@ -186,11 +197,13 @@ pub async fn post_message(
     }
     let events = s.chat.stream(&p, conv, &client).await?.flat_map(|ev| {
         let out: Vec<Event> = match ev {
-            ChatEvent::Delta(d) => vec![
+            ChatEvent::Delta(Delta::Content(d)) => vec![
                 Event::default()
                     .event("delta")
                     .data(json!({"content": d}).to_string()),
             ],
+            // This route declares no tools; a stray call piece is not shown.
+            ChatEvent::Delta(_) => Vec::new(),
             ChatEvent::Done(answer) => match answer.stored {
                 Some(msg) => vec![
                     Event::default()

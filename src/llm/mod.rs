@@ -1,32 +1,24 @@
-//! The model upstream: an OpenAI-compatible chat-completions client (streaming
-//! included), or the built-in extractive responder when none is configured.
+//! The model upstreams: the configured models (`[[llm.models]]`), each an
+//! OpenAI-compatible chat-completions endpoint (streaming included) or the built-in
+//! extractive responder, with the roles that may use it.
 //!
 //! Failures are reduced to an [`LlmError`] kind: the upstream's body, headers and API key
 //! never reach a client or a log line.
 
 pub mod extractive;
+pub mod message;
 pub mod openai;
 
 use futures_util::stream::BoxStream;
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-use crate::config::LlmConfig;
-use crate::store::{ChunkHit, Role};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: Role,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-        }
-    }
-}
+use crate::config::{LlmConfig, ModelConfig};
+use crate::store::ChunkHit;
+pub use message::{
+    ChatMessage, Completion, Content, ContentPart, Delta, FunctionCall, FunctionDef, Options,
+    ResponseFormat, Stop, ToolCall, ToolCallAssembler, ToolCallDelta, ToolChoice, ToolChoiceMode,
+    ToolDef, ToolKind, Usage,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
@@ -40,63 +32,154 @@ pub enum LlmError {
     Malformed,
 }
 
-/// A finished, non-streamed completion.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub content: String,
+/// The pieces of a streamed completion; ends after the last one.
+pub type DeltaStream = BoxStream<'static, Result<Delta, LlmError>>;
+
+/// One upstream call: the prompt, the options, and the caller's subject id (sent as
+/// `user`, whatever the client put there).
+pub struct Call<'a> {
+    pub messages: &'a [ChatMessage],
+    pub options: &'a Options,
+    pub user: &'a str,
+    /// The retrieved passages already in `messages`; only the extractive responder
+    /// uses them directly.
+    pub passages: &'a [ChunkHit],
 }
 
-/// Text deltas of a streamed completion; ends after the last delta.
-pub type DeltaStream = BoxStream<'static, Result<String, LlmError>>;
-
-pub enum Llm {
+enum Upstream {
     OpenAi(openai::OpenAiClient),
     Extractive,
 }
 
-impl Llm {
-    pub fn from_config(cfg: &LlmConfig) -> Result<Self, String> {
-        match &cfg.base_url {
-            Some(_) => Ok(Llm::OpenAi(openai::OpenAiClient::new(cfg)?)),
-            None => Ok(Llm::Extractive),
-        }
+/// One model callers can name.
+pub struct Model {
+    name: String,
+    upstream: Upstream,
+    /// Roles that may use it; empty: every role.
+    roles: Vec<String>,
+    multimodal: bool,
+    max_tokens: u32,
+}
+
+pub const EXTRACTIVE_MODEL: &str = "palisade-extractive";
+
+impl Model {
+    fn from_config(m: &ModelConfig, cfg: &LlmConfig) -> Result<Self, String> {
+        Ok(Self {
+            name: m.name.clone(),
+            upstream: Upstream::OpenAi(openai::OpenAiClient::new(m, cfg)?),
+            roles: m.roles.clone(),
+            multimodal: m.multimodal,
+            max_tokens: m.max_tokens.unwrap_or(cfg.max_tokens).min(cfg.max_tokens),
+        })
     }
 
-    pub fn model_name(&self) -> &str {
-        match self {
-            Llm::OpenAi(c) => c.model(),
-            Llm::Extractive => "palisade-extractive",
-        }
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// `passages` are the retrieved chunks already in `messages`; only the extractive
-    /// responder uses them directly.
-    pub async fn complete(
-        &self,
-        messages: &[ChatMessage],
-        passages: &[ChunkHit],
-    ) -> Result<Completion, LlmError> {
-        match self {
-            Llm::OpenAi(c) => c.complete(messages).await,
-            Llm::Extractive => Ok(Completion {
-                content: extractive::answer(passages),
+    /// Whether a caller holding `roles` may use this model.
+    pub fn allows(&self, roles: &[String]) -> bool {
+        self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r))
+    }
+
+    /// Whether image content parts may be sent to it.
+    pub fn multimodal(&self) -> bool {
+        self.multimodal
+    }
+
+    /// The most output tokens a request may ask for (and what is asked when it does not say).
+    pub fn max_tokens(&self) -> u32 {
+        self.max_tokens
+    }
+
+    /// Whether it calls tools at all (the extractive responder does not).
+    pub fn calls_tools(&self) -> bool {
+        matches!(self.upstream, Upstream::OpenAi(_))
+    }
+
+    pub async fn complete(&self, call: &Call<'_>) -> Result<Completion, LlmError> {
+        match &self.upstream {
+            Upstream::OpenAi(c) => c.complete(call).await,
+            Upstream::Extractive => Ok(Completion {
+                content: extractive::answer(call.passages),
+                finish_reason: "stop".into(),
+                ..Completion::default()
             }),
         }
     }
 
-    pub async fn stream(
-        &self,
-        messages: &[ChatMessage],
-        passages: &[ChunkHit],
-    ) -> Result<DeltaStream, LlmError> {
-        match self {
-            Llm::OpenAi(c) => c.stream(messages).await,
-            Llm::Extractive => {
-                let answer = extractive::answer(passages);
-                Ok(Box::pin(futures_util::stream::once(
-                    async move { Ok(answer) },
-                )))
+    pub async fn stream(&self, call: &Call<'_>) -> Result<DeltaStream, LlmError> {
+        match &self.upstream {
+            Upstream::OpenAi(c) => c.stream(call).await,
+            Upstream::Extractive => {
+                let answer = extractive::answer(call.passages);
+                Ok(Box::pin(futures_util::stream::iter([
+                    Ok(Delta::Content(answer)),
+                    Ok(Delta::Finish("stop".into())),
+                ])))
             }
         }
+    }
+}
+
+/// Every configured model, and the one used when a request names none.
+pub struct Models {
+    models: Vec<Arc<Model>>,
+    default: usize,
+}
+
+impl Models {
+    /// `[[llm.models]]`; or, without it, the single model of `llm.base_url` and
+    /// `llm.model`; or, without either, the extractive responder.
+    pub fn from_config(cfg: &LlmConfig) -> Result<Self, String> {
+        let mut models = Vec::new();
+        for m in cfg.effective_models() {
+            models.push(Arc::new(Model::from_config(&m, cfg)?));
+        }
+        if models.is_empty() {
+            models.push(Arc::new(Model {
+                name: EXTRACTIVE_MODEL.into(),
+                upstream: Upstream::Extractive,
+                roles: Vec::new(),
+                multimodal: false,
+                max_tokens: cfg.max_tokens,
+            }));
+        }
+        let default = match &cfg.default_model {
+            Some(name) => models
+                .iter()
+                .position(|m| &m.name == name)
+                .ok_or_else(|| format!("llm.default_model {name:?} is not a configured model"))?,
+            None => 0,
+        };
+        Ok(Self { models, default })
+    }
+
+    /// The model `name` (or the default), if a caller with `roles` may use it. An
+    /// unknown model and a forbidden one give the same answer.
+    pub fn resolve(&self, name: Option<&str>, roles: &[String]) -> Option<Arc<Model>> {
+        let m = match name {
+            Some(n) => self.models.iter().find(|m| m.name == n)?,
+            None => &self.models[self.default],
+        };
+        m.allows(roles).then(|| m.clone())
+    }
+
+    /// The models a caller with `roles` may use, default first.
+    pub fn visible(&self, roles: &[String]) -> Vec<Arc<Model>> {
+        let mut out: Vec<Arc<Model>> = Vec::new();
+        let order = std::iter::once(self.default)
+            .chain((0..self.models.len()).filter(|i| *i != self.default));
+        for i in order {
+            if self.models[i].allows(roles) {
+                out.push(self.models[i].clone());
+            }
+        }
+        out
+    }
+
+    pub fn default_name(&self) -> &str {
+        &self.models[self.default].name
     }
 }

@@ -10,12 +10,14 @@ use async_stream::try_stream;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use super::{ChatMessage, Completion, DeltaStream, LlmError};
-use crate::config::LlmConfig;
+use super::{
+    Call, ChatMessage, Completion, Delta, DeltaStream, FunctionCall, LlmError, Options, ToolCall,
+    ToolCallDelta, ToolKind, Usage,
+};
+use crate::config::{LlmConfig, ModelConfig};
 
 pub struct OpenAiClient {
     http: reqwest::Client,
@@ -27,14 +29,10 @@ pub struct OpenAiClient {
 }
 
 impl OpenAiClient {
-    pub fn new(cfg: &LlmConfig) -> Result<Self, String> {
-        let base = cfg
-            .base_url
-            .as_deref()
-            .unwrap_or_default()
-            .trim_end_matches('/');
+    pub fn new(m: &ModelConfig, cfg: &LlmConfig) -> Result<Self, String> {
+        let base = m.base_url.trim_end_matches('/');
         let mut headers = HeaderMap::new();
-        if let Some(var) = &cfg.api_key_env
+        if let Some(var) = &m.api_key_env
             && let Ok(key) = std::env::var(var)
             && !key.is_empty()
         {
@@ -53,24 +51,25 @@ impl OpenAiClient {
         Ok(Self {
             http,
             url: reqwest::Url::parse(&format!("{base}/chat/completions"))
-                .map_err(|_| "llm.base_url is not a valid URL".to_owned())?,
-            model: cfg.model.clone(),
+                .map_err(|_| format!("the base_url of model {:?} is not a valid URL", m.name))?,
+            model: m.upstream_model.clone().unwrap_or_else(|| m.name.clone()),
             max_retries: cfg.max_retries,
         })
     }
 
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     /// Sends the request, retrying what is safe to retry. Returns a response with a
     /// success status whose body has not been read yet.
-    async fn send(
-        &self,
-        messages: &[ChatMessage],
-        stream: bool,
-    ) -> Result<reqwest::Response, LlmError> {
-        let body = json!({"model": self.model, "messages": messages, "stream": stream});
+    async fn send(&self, call: &Call<'_>, stream: bool) -> Result<reqwest::Response, LlmError> {
+        let body = Body {
+            model: &self.model,
+            messages: call.messages,
+            stream,
+            options: call.options,
+            user: call.user,
+            stream_options: (stream && call.options.include_usage).then_some(StreamOptions {
+                include_usage: true,
+            }),
+        };
         let mut attempt = 0;
         loop {
             let result = self.http.post(self.url.clone()).json(&body).send().await;
@@ -97,8 +96,8 @@ impl OpenAiClient {
         }
     }
 
-    pub async fn complete(&self, messages: &[ChatMessage]) -> Result<Completion, LlmError> {
-        let resp = self.send(messages, false).await?;
+    pub async fn complete(&self, call: &Call<'_>) -> Result<Completion, LlmError> {
+        let resp = self.send(call, false).await?;
         let bytes = resp.bytes().await.map_err(|e| {
             if e.is_timeout() {
                 LlmError::Timeout
@@ -108,17 +107,31 @@ impl OpenAiClient {
         })?;
         let parsed: CompletionResponse =
             serde_json::from_slice(&bytes).map_err(|_| LlmError::Malformed)?;
-        let content = parsed
+        let choice = parsed
             .choices
             .into_iter()
             .next()
-            .and_then(|c| c.message.content)
             .ok_or(LlmError::Malformed)?;
-        Ok(Completion { content })
+        let tool_calls: Vec<ToolCall> = choice
+            .message
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .map(UpstreamToolCall::into_call)
+            .collect();
+        if choice.message.content.is_none() && tool_calls.is_empty() {
+            return Err(LlmError::Malformed);
+        }
+        Ok(Completion {
+            content: choice.message.content.unwrap_or_default(),
+            tool_calls,
+            finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".into()),
+            usage: parsed.usage,
+        })
     }
 
-    pub async fn stream(&self, messages: &[ChatMessage]) -> Result<DeltaStream, LlmError> {
-        let resp = self.send(messages, true).await?;
+    pub async fn stream(&self, call: &Call<'_>) -> Result<DeltaStream, LlmError> {
+        let resp = self.send(call, true).await?;
         // Transport errors become our kinds; the whole answer is bounded in size, so an
         // upstream that never ends an event cannot grow the parser's buffer forever.
         let bytes = resp
@@ -160,10 +173,26 @@ impl OpenAiClient {
                     continue;
                 }
                 let chunk: StreamChunk = serde_json::from_str(data).map_err(|_| LlmError::Malformed)?;
-                if let Some(delta) = chunk.choices.into_iter().next().and_then(|c| c.delta.content)
-                    && !delta.is_empty()
-                {
-                    yield delta;
+                if let Some(choice) = chunk.choices.into_iter().next() {
+                    if let Some(text) = choice.delta.content
+                        && !text.is_empty()
+                    {
+                        yield Delta::Content(text);
+                    }
+                    for t in choice.delta.tool_calls.unwrap_or_default() {
+                        yield Delta::ToolCall(ToolCallDelta {
+                            index: t.index,
+                            id: t.id,
+                            name: t.function.as_ref().and_then(|f| f.name.clone()),
+                            arguments: t.function.and_then(|f| f.arguments),
+                        });
+                    }
+                    if let Some(reason) = choice.finish_reason {
+                        yield Delta::Finish(reason);
+                    }
+                }
+                if let Some(usage) = chunk.usage {
+                    yield Delta::Usage(usage);
                 }
             }
             if !done {
@@ -181,32 +210,110 @@ impl OpenAiClient {
 /// The largest streamed answer accepted from the upstream.
 const MAX_STREAM_BYTES: usize = 16 << 20;
 
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    stream: bool,
+    #[serde(flatten)]
+    options: &'a Options,
+    user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
 #[derive(Deserialize)]
 struct CompletionResponse {
     choices: Vec<CompletionChoice>,
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
 #[derive(Deserialize)]
 struct CompletionChoice {
     message: AssistantMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct AssistantMessage {
+    #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<UpstreamToolCall>>,
+}
+
+/// A tool call as upstreams send it (some leave out `type`).
+#[derive(Deserialize)]
+struct UpstreamToolCall {
+    id: String,
+    function: UpstreamFunction,
+}
+
+#[derive(Deserialize)]
+struct UpstreamFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+impl UpstreamToolCall {
+    fn into_call(self) -> ToolCall {
+        ToolCall {
+            id: self.id,
+            kind: ToolKind::Function,
+            function: FunctionCall {
+                name: self.function.name,
+                arguments: self.function.arguments,
+            },
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct StreamChunk {
+    #[serde(default)]
     choices: Vec<StreamChoice>,
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
 #[derive(Deserialize)]
 struct StreamChoice {
-    delta: Delta,
+    #[serde(default)]
+    delta: StreamDelta,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamDelta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallPiece>>,
 }
 
 #[derive(Deserialize)]
-struct Delta {
-    content: Option<String>,
+struct ToolCallPiece {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionPiece>,
+}
+
+#[derive(Deserialize)]
+struct FunctionPiece {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
 }

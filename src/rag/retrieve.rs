@@ -112,6 +112,37 @@ impl Rag {
     }
 }
 
+impl Rag {
+    /// `search_documents`, as the model or an MCP client calls it: retrieval within the
+    /// caller's own scope (nothing of the call's arguments but the query is read, so
+    /// no argument can widen it), recorded as a `tool_call` audit event naming the
+    /// caller, the channel (`via`) and the documents returned.
+    pub async fn tool_search(
+        &self,
+        p: &Principal,
+        query: &str,
+        via: &'static str,
+        client: &ClientInfo,
+    ) -> Result<Vec<ChunkHit>, RagError> {
+        let hits = self.retrieve_for_prompt(p, query, client).await?;
+        let mut docs: Vec<&str> = hits.iter().map(|h| h.document_id.as_str()).collect();
+        docs.sort();
+        docs.dedup();
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::ToolCall)
+                    .tenant(p.tenant())
+                    .subject(p.subject())
+                    .session(p.session_id())
+                    .client(client)
+                    .reason(via)
+                    .resource(docs.join(",")),
+            )
+            .await;
+        Ok(hits)
+    }
+}
+
 /// Citations for the passages that were put into a prompt, one per chunk.
 pub fn citations(hits: &[ChunkHit]) -> Vec<Citation> {
     hits.iter()

@@ -24,6 +24,8 @@ pub enum AuditKind {
     DocumentCreated,
     DocumentDeleted,
     Retrieval,
+    /// The model (or an MCP client) called palisade's `search_documents` tool.
+    ToolCall,
 }
 
 impl AuditKind {
@@ -46,6 +48,7 @@ impl AuditKind {
             DocumentCreated => "document_created",
             DocumentDeleted => "document_deleted",
             Retrieval => "retrieval",
+            ToolCall => "tool_call",
         }
     }
 }

@@ -216,6 +216,7 @@ fn msg(content: &str, role: Role, now: i64) -> NewMessage {
         role,
         content: content.into(),
         citations: vec![],
+        tool: None,
         now,
     }
 }
@@ -410,6 +411,56 @@ async fn pages_join_up_to_the_whole_thread() {
     }
     let expected: Vec<String> = (0..23).map(|i| format!("m{i}")).collect();
     assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn tool_calls_and_results_are_kept_as_their_own_kinds() {
+    let o = open().await;
+    let s = &o.stores;
+    let alice = principal("acme", "alice").thread_owner(false);
+    let id = thread(s, &alice).await;
+    let calls = ToolData::Calls(vec![ToolCall {
+        id: "call_1".into(),
+        kind: ToolKind::Function,
+        function: FunctionCall {
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        },
+    }]);
+    let result = ToolData::Result {
+        call_id: "call_1".into(),
+    };
+    let mut ask = msg("", Role::Assistant, T0 + 1);
+    ask.tool = Some(calls.clone());
+    let mut answer = msg("18 degrees", Role::Tool, T0 + 2);
+    answer.tool = Some(result.clone());
+    for m in [msg("weather?", Role::User, T0), ask, answer] {
+        s.threads.append_message(&alice, &id, m, 100).await.unwrap();
+    }
+    let turn = s
+        .threads
+        .begin_turn(
+            &alice,
+            &id,
+            msg("thanks", Role::User, T0 + 3),
+            100,
+            HistoryBudget(10_000),
+        )
+        .await
+        .unwrap();
+    let TurnStart::Started { history, .. } = turn else {
+        panic!("turn refused: {turn:?}");
+    };
+    let kinds: Vec<(Role, Option<ToolData>)> =
+        history.into_iter().map(|m| (m.role, m.tool)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Role::User, None),
+            (Role::Assistant, Some(calls)),
+            (Role::Tool, Some(result)),
+        ]
+    );
 }
 
 fn acl_roles(r: &str) -> Acl {

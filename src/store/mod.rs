@@ -38,8 +38,9 @@ pub use documents::{
 pub use limits::{Admission, Limit, LimitKind, LimitStore};
 pub use sessions::{NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore};
 pub use threads::{
-    Append, Citation, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role,
-    ThreadPage, ThreadRecord, ThreadStore, TurnStart,
+    Append, Citation, CreateThread, FunctionCall, HistoryBudget, MessageRecord, NewMessage,
+    NewThread, Role, ThreadPage, ThreadRecord, ThreadStore, ToolCall, ToolData, ToolKind,
+    TurnStart,
 };
 pub use users::{NewUser, UserRecord, UserStore};
 

@@ -22,6 +22,8 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// The result of a tool call, answering one call of the assistant message before it.
+    Tool,
 }
 
 impl Role {
@@ -30,6 +32,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 
@@ -38,6 +41,7 @@ impl Role {
             "system" => Some(Role::System),
             "user" => Some(Role::User),
             "assistant" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
             _ => None,
         }
     }
@@ -50,6 +54,45 @@ pub struct Citation {
     pub chunk_id: String,
 }
 
+/// A function call the model asked for, in the OpenAI shape
+/// (`{"id", "type": "function", "function": {"name", "arguments"}}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: ToolKind,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    Function,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text, as the model wrote it (it may not even be valid JSON).
+    pub arguments: String,
+}
+
+/// What makes a message part of a tool exchange.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolData {
+    /// An assistant message asking for these calls.
+    Calls(Vec<ToolCall>),
+    /// A `tool` message: the result of the call with this id.
+    Result { call_id: String },
+}
+
+impl ToolData {
+    pub fn to_json(tool: &Option<ToolData>) -> Option<serde_json::Value> {
+        tool.as_ref().and_then(|t| serde_json::to_value(t).ok())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MessageRecord {
     pub id: String,
@@ -58,6 +101,7 @@ pub struct MessageRecord {
     pub role: Role,
     pub content: String,
     pub citations: Vec<Citation>,
+    pub tool: Option<ToolData>,
     pub created_at: i64,
 }
 
@@ -72,6 +116,7 @@ pub struct NewMessage {
     pub role: Role,
     pub content: String,
     pub citations: Vec<Citation>,
+    pub tool: Option<ToolData>,
     pub now: i64,
 }
 

@@ -6,6 +6,7 @@
 //! one that does not exist: the same `NotFound`, no write, and a `thread_access_denied`
 //! audit event. (The chat service runs no retrieval and no model call after it.)
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::access::{ClientInfo, Principal, ThreadOwner};
@@ -14,7 +15,7 @@ use crate::config::{ThreadBinding, ThreadsConfig};
 use crate::secret::new_id;
 use crate::store::{
     Append, Citation, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role,
-    StoreError, ThreadPage, ThreadRecord, ThreadStore, TurnStart,
+    StoreError, ThreadPage, ThreadRecord, ThreadStore, ToolCall, ToolData, TurnStart,
 };
 use crate::timeutil::now_ms;
 
@@ -49,10 +50,76 @@ pub struct Threads {
     audit: Audit,
 }
 
-/// A user turn that has been stored, and the history before it that fits the budget.
+/// A turn whose new messages are stored: the stored history that fits the budget,
+/// ending with the turn's own new messages.
 pub struct Turn {
     pub history: Vec<MessageRecord>,
-    pub question: MessageRecord,
+}
+
+/// A new message of a turn in a stored thread.
+pub enum TurnInput {
+    Question(String),
+    /// The client's result for one of the calls the model asked for.
+    ToolResult {
+        call_id: String,
+        content: String,
+    },
+}
+
+impl TurnInput {
+    fn content(&self) -> &str {
+        match self {
+            TurnInput::Question(c) | TurnInput::ToolResult { content: c, .. } => c,
+        }
+    }
+
+    fn call_id(&self) -> Option<&str> {
+        match self {
+            TurnInput::ToolResult { call_id, .. } => Some(call_id),
+            TurnInput::Question(_) => None,
+        }
+    }
+
+    fn to_new(&self) -> NewMessage {
+        let (role, tool) = match self {
+            TurnInput::Question(_) => (Role::User, None),
+            TurnInput::ToolResult { call_id, .. } => (
+                Role::Tool,
+                Some(ToolData::Result {
+                    call_id: call_id.clone(),
+                }),
+            ),
+        };
+        NewMessage {
+            id: new_id(),
+            role,
+            content: self.content().to_owned(),
+            citations: Vec::new(),
+            tool,
+            now: now_ms(),
+        }
+    }
+}
+
+/// How many of the newest messages are read to find the pending tool calls.
+const PENDING_WINDOW: u32 = 64;
+
+/// The ids of the calls of the last assistant message that have no result yet.
+fn pending_calls(messages: &[MessageRecord]) -> HashSet<String> {
+    let mut pending = HashSet::new();
+    for m in messages {
+        match (&m.role, &m.tool) {
+            (Role::Assistant, Some(ToolData::Calls(calls))) => {
+                pending = calls.iter().map(|c| c.id.clone()).collect();
+            }
+            (Role::Assistant, _) | (Role::User, _) => pending.clear(),
+            (Role::Tool, Some(ToolData::Result { call_id })) => {
+                pending.remove(call_id);
+            }
+            _ => {}
+        }
+    }
+    pending
 }
 
 impl Threads {
@@ -69,6 +136,12 @@ impl Threads {
         if content.trim().is_empty() {
             return Err(ThreadError::Invalid("The message is empty."));
         }
+        self.validate_length(content)
+    }
+
+    /// Checks only the length: tool results and tool-calling assistant messages may be
+    /// empty.
+    pub fn validate_length(&self, content: &str) -> Result<(), ThreadError> {
         if content.chars().count() > self.cfg.max_message_chars {
             return Err(ThreadError::MessageTooLong);
         }
@@ -150,55 +223,93 @@ impl Threads {
         Err(self.denied(p, id, client).await)
     }
 
-    /// Stores the user's question and returns the stored history before it that fits
-    /// `budget`, in one atomic store call. Nothing is written unless the thread is the
-    /// caller's and has room.
+    /// Stores a turn's new messages (tool results, then at most one question) and
+    /// returns them with the stored history before them that fits `budget`. Nothing is
+    /// written unless the thread is the caller's and has room, and every tool result
+    /// answers a call of the thread's last assistant message that has no result yet.
     pub async fn begin_turn(
         &self,
         p: &Principal,
         id: &str,
-        content: String,
+        inputs: Vec<TurnInput>,
         budget: HistoryBudget,
         client: &ClientInfo,
     ) -> Result<Turn, ThreadError> {
-        self.validate_content(&content)?;
+        for input in &inputs {
+            match input {
+                TurnInput::Question(q) => self.validate_content(q)?,
+                TurnInput::ToolResult { content, .. } => self.validate_length(content)?,
+            }
+        }
         if id.len() > MAX_ID_LEN {
             return Err(self.denied(p, id, client).await);
         }
-        let question = NewMessage {
-            id: new_id(),
-            role: Role::User,
-            content,
-            citations: Vec::new(),
-            now: now_ms(),
+        let owner = self.owner(p);
+        let results: Vec<&str> = inputs.iter().filter_map(TurnInput::call_id).collect();
+        if !results.is_empty() {
+            let Some(page) = self
+                .store
+                .thread_page(&owner, id, None, PENDING_WINDOW)
+                .await?
+            else {
+                return Err(self.denied(p, id, client).await);
+            };
+            let mut pending = pending_calls(&page.messages);
+            for call_id in results {
+                if !pending.remove(call_id) {
+                    return Err(ThreadError::Invalid(
+                        "A tool message does not answer a pending tool call of this thread.",
+                    ));
+                }
+            }
+        }
+        let Some((last, earlier)) = inputs.split_last() else {
+            return Err(ThreadError::Invalid("A user or tool message is required."));
         };
+        let mut added = Vec::with_capacity(inputs.len());
+        // Tool results before the last new message: appended one by one, each with the
+        // same ownership and room check.
+        for input in earlier {
+            match self
+                .store
+                .append_message(&owner, id, input.to_new(), self.cfg.max_messages_per_thread)
+                .await?
+            {
+                Append::Appended(m) => added.push(m),
+                Append::NotFound => return Err(self.denied(p, id, client).await),
+                Append::Full => return Err(ThreadError::Full),
+            }
+        }
         match self
             .store
             .begin_turn(
-                &self.owner(p),
+                &owner,
                 id,
-                question,
+                last.to_new(),
                 self.cfg.max_messages_per_thread,
                 budget,
             )
             .await?
         {
-            TurnStart::Started { history, message } => Ok(Turn {
-                history,
-                question: message,
-            }),
+            TurnStart::Started { history, message } => {
+                // `history` already ends with the messages appended above.
+                let mut history = history;
+                history.push(message);
+                Ok(Turn { history })
+            }
             TurnStart::NotFound => Err(self.denied(p, id, client).await),
             TurnStart::Full => Err(ThreadError::Full),
         }
     }
 
-    /// Stores the assistant's answer to a turn.
+    /// Stores the assistant's answer to a turn (with the tool calls it asks for, if any).
     pub async fn finish_turn(
         &self,
         p: &Principal,
         id: &str,
         content: String,
         citations: Vec<Citation>,
+        tool_calls: Vec<ToolCall>,
         client: &ClientInfo,
     ) -> Result<MessageRecord, ThreadError> {
         let msg = NewMessage {
@@ -206,6 +317,7 @@ impl Threads {
             role: Role::Assistant,
             content,
             citations,
+            tool: (!tool_calls.is_empty()).then_some(ToolData::Calls(tool_calls)),
             now: now_ms(),
         };
         // The answer may take the thread one past the limit: the user's turn was

@@ -532,7 +532,7 @@ async fn throttles_and_rate_limits_count_across_nodes() {
             .post_auth(
                 "/v1/chat/completions",
                 &h.access,
-                &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+                &json!({"messages": [{"role": "user", "content": "hi"}]}),
             )
             .await;
         statuses.push(r.status());

@@ -157,7 +157,7 @@ async fn a_reader_that_stops_reading_a_stream_is_cut() {
     mock.set_chunk_delay(0);
     mock.state.chunk_chars.store(16_384, Ordering::SeqCst);
 
-    let body = json!({"model": "m", "stream": true,
+    let body = json!({"stream": true,
         "messages": [{"role": "user", "content": "the whole policy"}]})
     .to_string();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -226,7 +226,7 @@ async fn shutdown_completes_with_a_half_sent_header_and_a_stream_in_flight() {
         .post_auth(
             "/v1/chat/completions",
             &alice.access,
-            &json!({"model": "m", "stream": true,
+            &json!({"stream": true,
                 "messages": [{"role": "user", "content": "go"}]}),
         )
         .await;

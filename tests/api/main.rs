@@ -3,6 +3,7 @@
 mod mock;
 mod support;
 
+mod agents;
 mod auth_login;
 mod auth_refresh;
 mod auth_tokens;

@@ -31,8 +31,26 @@ pub enum Mode {
     CutStream,
 }
 
+/// A scripted answer (instead of the echo).
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Text(String),
+    /// Tool calls: (id, function name, arguments JSON text).
+    Calls(Vec<(String, String, String)>),
+}
+
+impl Reply {
+    pub fn call(id: &str, name: &str, arguments: &str) -> Reply {
+        Reply::Calls(vec![(id.into(), name.into(), arguments.into())])
+    }
+}
+
 pub struct MockState {
     requests: Mutex<Vec<Value>>,
+    /// Answers given in order before falling back to `forever` or the echo.
+    script: Mutex<std::collections::VecDeque<Reply>>,
+    /// The answer once the script is used up (none: the echo).
+    forever: Mutex<Option<Reply>>,
     /// The `Authorization` header of each request ("" when absent).
     auth: Mutex<Vec<String>>,
     mode: Mutex<Mode>,
@@ -63,6 +81,8 @@ impl Mock {
     pub async fn start_on(addr: &str) -> Mock {
         let state = Arc::new(MockState {
             requests: Mutex::new(Vec::new()),
+            script: Mutex::new(Default::default()),
+            forever: Mutex::new(None),
             auth: Mutex::new(Vec::new()),
             mode: Mutex::new(Mode::Echo),
             cancelled: AtomicUsize::new(0),
@@ -104,6 +124,16 @@ impl Mock {
             .take(chars)
             .collect();
         *self.state.fixed_answer.lock().unwrap() = Some(text);
+    }
+
+    /// Answer the next request with `r` (queued behind earlier scripted answers).
+    pub fn push_reply(&self, r: Reply) {
+        self.state.script.lock().unwrap().push_back(r);
+    }
+
+    /// Answer every request with `r` once the script is used up.
+    pub fn always(&self, r: Reply) {
+        *self.state.forever.lock().unwrap() = Some(r);
     }
 
     pub fn set_chunk_delay(&self, ms: usize) {
@@ -205,20 +235,60 @@ async fn completions(
         }
         Mode::Echo | Mode::CutStream => {}
     }
-    let content = fixed.unwrap_or_else(|| echo_of(&req["messages"]));
+    let scripted = {
+        let next = state.script.lock().unwrap().pop_front();
+        next.or_else(|| state.forever.lock().unwrap().clone())
+    };
+    let (content, calls) = match scripted {
+        Some(Reply::Text(t)) => (t, Vec::new()),
+        Some(Reply::Calls(c)) => (String::new(), c),
+        None => (
+            fixed.unwrap_or_else(|| echo_of(&req["messages"])),
+            Vec::new(),
+        ),
+    };
+    let finish = if calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+        "completion_tokens_details": {"reasoning_tokens": 0}});
     let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
     if !req["stream"].as_bool().unwrap_or(false) {
+        let mut message = json!({"role": "assistant", "content": content});
+        if !calls.is_empty() {
+            message["content"] = Value::Null;
+            message["tool_calls"] = calls
+                .iter()
+                .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
+                .collect();
+        }
         return axum::Json(json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage,
         }))
         .into_response();
     }
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let delay = Duration::from_millis(state.chunk_delay_ms.load(Ordering::SeqCst) as u64);
     let per = state.chunk_chars.load(Ordering::SeqCst).max(1);
     let chars: Vec<char> = content.chars().collect();
     let pieces: Vec<String> = chars.chunks(per).map(|c| c.iter().collect()).collect();
+    // Tool calls streamed the way OpenAI does: the first piece names the call, the
+    // arguments follow a few characters at a time.
+    let mut call_pieces: Vec<Value> = Vec::new();
+    for (i, (id, name, args)) in calls.iter().enumerate() {
+        call_pieces.push(json!({"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}));
+        let a: Vec<char> = args.chars().collect();
+        for c in a.chunks(5) {
+            call_pieces
+                .push(json!({"index": i, "function": {"arguments": c.iter().collect::<String>()}}));
+        }
+    }
     let cut = mode == Mode::CutStream;
     let st = state.clone();
     let stream = async_stream::stream! {
@@ -236,6 +306,22 @@ async fn completions(
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+        }
+        for piece in call_pieces {
+            let chunk = json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": null}],
+            });
+            yield Ok(Bytes::from(format!("data: {chunk}\n\n")));
+        }
+        let last = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+        });
+        yield Ok(Bytes::from(format!("data: {last}\n\n")));
+        if include_usage {
+            let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage});
+            yield Ok(Bytes::from(format!("data: {u}\n\n")));
         }
         yield Ok(Bytes::from("data: [DONE]\n\n"));
         guard.finished = true;

@@ -114,7 +114,7 @@ async fn another_users_thread_is_indistinguishable_from_a_missing_one() {
                     .post(s.url("/v1/chat/completions"))
                     .bearer_auth(&tok)
                     .header("x-palisade-thread", &target)
-                    .json(&json!({"model": "x", "messages": [{"role": "user", "content": "what did I say?"}]}))
+                    .json(&json!({"messages": [{"role": "user", "content": "what did I say?"}]}))
                     .send()
                     .await
                     .unwrap();

@@ -37,6 +37,7 @@ pub use sessions::Revocations;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/01_init.sql"),
     include_str!("migrations/02_acl_counts.sql"),
+    include_str!("migrations/03_tool_messages.sql"),
 ];
 
 /// How long any one store call may take before it counts as unavailable.

@@ -12,7 +12,7 @@ use crate::access::ThreadOwner;
 use crate::store::threads::HistoryFill;
 use crate::store::{
     Append, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role, StoreError,
-    StoreResult, ThreadPage, ThreadRecord, ThreadStore, TurnStart,
+    StoreResult, ThreadPage, ThreadRecord, ThreadStore, ToolData, TurnStart,
 };
 
 /// The WHERE clause every thread lookup uses; `$1` is the thread id, `$4` the session
@@ -21,7 +21,7 @@ const OWNED: &str =
     "id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)";
 
 const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
-const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at";
+const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool";
 
 /// Rows read per round trip while filling a history budget.
 const HISTORY_BATCH: i64 = 64;
@@ -47,6 +47,11 @@ fn message_row(r: &Row) -> StoreResult<MessageRecord> {
         citations: serde_json::from_value(citations)
             .map_err(|e| StoreError::Corrupt(format!("citations: {e}")))?,
         created_at: r.try_get(5)?,
+        tool: r
+            .try_get::<_, Option<serde_json::Value>>(6)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("tool: {e}")))?,
     })
 }
 
@@ -80,8 +85,8 @@ WITH durability AS (
     WHERE id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)
     FOR UPDATE
 ), ins AS (
-    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at)
-    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at)
+    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool)
+    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12
     FROM t WHERE t.message_count < $10
     RETURNING seq, created_at
 ), counted AS (
@@ -119,6 +124,7 @@ async fn append(
             &msg.now,
             &i32::try_from(max_messages).unwrap_or(i32::MAX),
             &durable,
+            &ToolData::to_json(&msg.tool),
         ],
     )
     .await?
@@ -134,6 +140,7 @@ async fn append(
             role: msg.role,
             content: msg.content,
             citations: msg.citations,
+            tool: msg.tool,
             created_at,
         }),
         _ => Append::Full,

@@ -55,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/07_health.sql"),
     include_str!("migrations/08_session_access.sql"),
     include_str!("migrations/09_text_partitions.sql"),
+    include_str!("migrations/10_tool_messages.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -17,7 +17,7 @@ use crate::store::{
 const OWNED: &str = "id = ?1 AND tenant = ?2 AND owner = ?3 AND (?4 IS NULL OR session_id = ?4)";
 
 const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
-const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at";
+const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool";
 
 fn thread_row(r: &Row<'_>) -> rusqlite::Result<ThreadRecord> {
     Ok(ThreadRecord {
@@ -47,6 +47,17 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
             rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
         })?,
         created_at: r.get(5)?,
+        tool: r
+            .get::<_, Option<String>>(6)?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    6,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
     })
 }
 
@@ -85,12 +96,14 @@ fn append(
         role: msg.role,
         content: msg.content,
         citations: msg.citations,
+        tool: msg.tool,
         created_at: now,
     };
     let citations = serde_json::to_string(&rec.citations)?;
+    let tool = rec.tool.as_ref().map(serde_json::to_string).transpose()?;
     c.prepare_cached(
-        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         rec.id,
@@ -99,7 +112,8 @@ fn append(
         rec.role.as_str(),
         rec.content,
         citations,
-        now
+        now,
+        tool
     ])?;
     c.prepare_cached(
         "UPDATE threads SET message_count = message_count + 1, updated_at = ?2 WHERE id = ?1",

@@ -1,0 +1,159 @@
+//! Checks on what the client sends beyond the question: the options are in range and
+//! bounded where they cost money, tool declarations are well-formed and do not take
+//! palisade's own tool's name, and messages fit the model (images only where the model
+//! is marked multimodal). A request that fails is refused whole, before anything runs.
+
+use std::collections::HashSet;
+
+use super::ChatError;
+use super::tools::{SEARCH_TOOL, search_tool_def};
+use crate::llm::{
+    ChatMessage, Content, ContentPart, Model, Options, ResponseFormat, Stop, ToolChoice,
+    ToolChoiceMode,
+};
+use crate::store::Role;
+use crate::threads::Threads;
+
+const MAX_TOOLS: usize = 128;
+const MAX_STOP: usize = 4;
+const MAX_STOP_CHARS: usize = 256;
+const MAX_IMAGES: usize = 16;
+
+fn invalid(m: &'static str) -> ChatError {
+    ChatError::Invalid(m)
+}
+
+/// A function or schema name as OpenAI accepts it: `^[A-Za-z0-9_-]{1,64}$`.
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn in_range(v: Option<f64>, lo: f64, hi: f64) -> bool {
+    v.is_none_or(|x| x.is_finite() && (lo..=hi).contains(&x))
+}
+
+/// Validates and bounds `o` for `model`; adds `search_documents` when palisade offers it.
+pub fn options(o: &mut Options, model: &Model, search_tool: bool) -> Result<(), ChatError> {
+    if !in_range(o.temperature, 0.0, 2.0) {
+        return Err(invalid("temperature must be between 0 and 2."));
+    }
+    if !in_range(o.top_p, 0.0, 1.0) {
+        return Err(invalid("top_p must be between 0 and 1."));
+    }
+    if !in_range(o.presence_penalty, -2.0, 2.0) || !in_range(o.frequency_penalty, -2.0, 2.0) {
+        return Err(invalid(
+            "presence_penalty and frequency_penalty must be between -2 and 2.",
+        ));
+    }
+    // Output tokens cost money: capped, and asked for explicitly when the client says
+    // nothing, so no request runs to the model's own limit.
+    let cap = model.max_tokens();
+    if o.max_tokens == Some(0) || o.max_completion_tokens == Some(0) {
+        return Err(invalid("max_tokens must be at least 1."));
+    }
+    o.max_tokens = o.max_tokens.map(|t| t.min(cap));
+    o.max_completion_tokens = o.max_completion_tokens.map(|t| t.min(cap));
+    if o.max_tokens.is_none() && o.max_completion_tokens.is_none() {
+        o.max_tokens = Some(cap);
+    }
+    match &o.stop {
+        Some(Stop::Many(v)) if v.len() > MAX_STOP => {
+            return Err(invalid("stop takes at most 4 sequences."));
+        }
+        Some(Stop::One(s)) if s.chars().count() > MAX_STOP_CHARS => {
+            return Err(invalid("A stop sequence is too long."));
+        }
+        Some(Stop::Many(v)) if v.iter().any(|s| s.chars().count() > MAX_STOP_CHARS) => {
+            return Err(invalid("A stop sequence is too long."));
+        }
+        _ => {}
+    }
+    if let Some(ResponseFormat::JsonSchema { json_schema }) = &o.response_format
+        && !valid_name(&json_schema.name)
+    {
+        return Err(invalid(
+            "response_format.json_schema.name must be 1 to 64 letters, digits, _ or -.",
+        ));
+    }
+    if o.tools.len() > MAX_TOOLS {
+        return Err(invalid("At most 128 tools may be declared."));
+    }
+    let mut names = HashSet::new();
+    for t in &o.tools {
+        let n = t.function.name.as_str();
+        if !valid_name(n) {
+            return Err(invalid(
+                "A tool's name must be 1 to 64 letters, digits, _ or -.",
+            ));
+        }
+        if search_tool && n == SEARCH_TOOL {
+            return Err(invalid(
+                "The tool name search_documents is palisade's own; choose another.",
+            ));
+        }
+        if !names.insert(n) {
+            return Err(invalid("Two tools have the same name."));
+        }
+    }
+    match &o.tool_choice {
+        Some(ToolChoice::Named { function, .. }) if !names.contains(function.name.as_str()) => {
+            return Err(invalid("tool_choice names a tool that is not declared."));
+        }
+        Some(ToolChoice::Mode(ToolChoiceMode::Required)) if o.tools.is_empty() => {
+            return Err(invalid("tool_choice \"required\" needs tools."));
+        }
+        _ => {}
+    }
+    if search_tool {
+        o.tools.push(search_tool_def());
+    }
+    Ok(())
+}
+
+/// Validates a stateless conversation for `model`.
+pub fn messages(msgs: &[ChatMessage], model: &Model, threads: &Threads) -> Result<(), ChatError> {
+    let mut images = 0;
+    for m in msgs {
+        let text = m.text();
+        match m.role {
+            Role::User | Role::System => threads.validate_content(&text)?,
+            Role::Assistant => {
+                threads.validate_length(&text)?;
+                if m.content.is_none() && m.tool_calls.is_empty() {
+                    return Err(invalid("An assistant message needs content or tool_calls."));
+                }
+            }
+            Role::Tool => {
+                threads.validate_length(&text)?;
+                if m.tool_call_id.is_none() {
+                    return Err(invalid("A tool message needs a tool_call_id."));
+                }
+            }
+        }
+        if let Some(Content::Parts(parts)) = &m.content {
+            for p in parts {
+                if let ContentPart::ImageUrl { image_url } = p {
+                    if m.role != Role::User {
+                        return Err(invalid("Only user messages may contain images."));
+                    }
+                    if !model.multimodal() {
+                        return Err(invalid("This model does not accept images."));
+                    }
+                    let u = image_url.url.as_str();
+                    if !(u.starts_with("https://") || u.starts_with("data:image/")) {
+                        return Err(invalid(
+                            "An image must be an https: URL or a data:image/ URL.",
+                        ));
+                    }
+                    images += 1;
+                }
+            }
+        }
+    }
+    if images > MAX_IMAGES {
+        return Err(invalid("At most 16 images may be sent."));
+    }
+    Ok(())
+}
