@@ -1,10 +1,11 @@
 //! Hot-path costs of the session core: token mint, token verify (+ session liveness on a
 //! cache hit, which every authenticated request pays), and argon2id password verification.
 //!
-//! Run: `bench/run-auth.sh` (prints a table) or `cargo bench --bench auth`.
+//! Run: `bench/run-auth.sh` or `cargo bench --bench auth` (prints a table of p50 and
+//! mean per operation). A small timing loop, not a statistics framework: each case runs
+//! for about a second after a warm-up, in batches, and the batch times give the p50.
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use palisade::app::{self, ops};
 use palisade::auth::ClientInfo;
@@ -23,18 +24,56 @@ fn claims() -> AccessClaims {
     }
 }
 
-fn tokens(c: &mut Criterion) {
+/// Times `f` over batches for about `budget`; returns (p50, mean) per call.
+fn measure<R>(budget: Duration, mut f: impl FnMut() -> R) -> (Duration, Duration) {
+    // Warm-up, and a batch size that makes a batch last ~10 ms.
+    let t = Instant::now();
+    let mut n = 0u32;
+    while t.elapsed() < Duration::from_millis(200) {
+        std::hint::black_box(f());
+        n += 1;
+    }
+    let batch = (n / 20).max(1);
+    let mut per_call = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || per_call.len() < 5 {
+        let t = Instant::now();
+        for _ in 0..batch {
+            std::hint::black_box(f());
+        }
+        per_call.push(t.elapsed() / batch);
+    }
+    per_call.sort();
+    let mean = per_call.iter().sum::<Duration>() / per_call.len() as u32;
+    (per_call[per_call.len() / 2], mean)
+}
+
+fn fmt(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} µs", ns / 1e3)
+    }
+}
+
+fn report<R>(name: &str, f: impl FnMut() -> R) {
+    let (p50, mean) = measure(Duration::from_secs(1), f);
+    println!("{name:<40} {:>14} {:>14}", fmt(p50), fmt(mean));
+}
+
+fn tokens() {
     let dir = tempfile::tempdir().unwrap();
     let svc = TokenService::new(
         Keyring::load_or_create(&dir.path().join("keys.json")).unwrap(),
         Duration::from_secs(600),
     );
     let token = svc.mint(&claims()).unwrap();
-    c.bench_function("token_mint", |b| b.iter(|| svc.mint(&claims()).unwrap()));
-    c.bench_function("token_verify", |b| b.iter(|| svc.verify(&token).unwrap()));
+    report("token_mint", || svc.mint(&claims()).unwrap());
+    report("token_verify", || svc.verify(&token).unwrap());
 }
 
-fn verify_with_session(c: &mut Criterion) {
+fn verify_with_session() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config {
@@ -69,26 +108,26 @@ fn verify_with_session(c: &mut Criterion) {
             .unwrap();
         issued.access_token
     });
-    c.bench_function("verify_plus_session_check_cache_hit", |b| {
-        b.to_async(&rt).iter(|| async {
-            state
-                .auth
-                .verify_access(Some(&token), &client)
-                .await
-                .unwrap()
-        })
+    report("verify_plus_session_check_cache_hit", || {
+        rt.block_on(state.auth.verify_access(Some(&token), &client))
+            .unwrap()
     });
 }
 
-fn passwords(c: &mut Criterion) {
+fn passwords() {
     let hash = hash_password(&SecretString::from("correct horse battery")).unwrap();
-    let mut g = c.benchmark_group("password");
-    g.sample_size(20);
-    g.bench_function("argon2id_verify", |b| {
-        b.iter(|| assert!(verify_password_blocking("correct horse battery", &hash)))
+    report("password/argon2id_verify", || {
+        assert!(verify_password_blocking("correct horse battery", &hash))
     });
-    g.finish();
 }
 
-criterion_group!(benches, tokens, verify_with_session, passwords);
-criterion_main!(benches);
+fn main() {
+    // `cargo test --benches` passes --bench-less flags; only time on `cargo bench`.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    println!("{:<40} {:>14} {:>14}", "benchmark", "p50", "mean");
+    tokens();
+    verify_with_session();
+    passwords();
+}

@@ -2,7 +2,8 @@
 //! `cargo run --release --example mock_upstream -- 127.0.0.1:9100`
 //! Streaming answers are sent without pauses between chunks. With `MOCK_ANSWER_CHARS=N`
 //! every answer is a fixed text of N characters (a realistic reply) instead of the echo
-//! of the prompt, and nothing is recorded.
+//! of the prompt, and nothing is recorded. With `MOCK_AGENT=1` a request that declares
+//! tools and ends with a user message is answered with a tool call.
 
 #[path = "../tests/api/mock.rs"]
 mod mock;
@@ -20,6 +21,9 @@ async fn main() {
     {
         m.set_fixed_answer(n);
     }
+    // MOCK_AGENT=1: an agent's first round (tools declared, last message from the user)
+    // is answered with a tool call.
+    m.set_agent_mode(std::env::var("MOCK_AGENT").is_ok_and(|v| v == "1"));
     println!("mock upstream listening on {}", m.base_url);
     let _ = tokio::signal::ctrl_c().await;
 }

@@ -51,6 +51,9 @@ pub struct MockState {
     script: Mutex<std::collections::VecDeque<Reply>>,
     /// The answer once the script is used up (none: the echo).
     forever: Mutex<Option<Reply>>,
+    /// Benchmarks: a request that declares tools and ends with a user message is
+    /// answered with a tool call (an agent's first round); any other with the answer.
+    agent: std::sync::atomic::AtomicBool,
     /// The `Authorization` header of each request ("" when absent).
     auth: Mutex<Vec<String>>,
     mode: Mutex<Mode>,
@@ -83,6 +86,7 @@ impl Mock {
             requests: Mutex::new(Vec::new()),
             script: Mutex::new(Default::default()),
             forever: Mutex::new(None),
+            agent: std::sync::atomic::AtomicBool::new(false),
             auth: Mutex::new(Vec::new()),
             mode: Mutex::new(Mode::Echo),
             cancelled: AtomicUsize::new(0),
@@ -129,6 +133,11 @@ impl Mock {
     /// Answer the next request with `r` (queued behind earlier scripted answers).
     pub fn push_reply(&self, r: Reply) {
         self.state.script.lock().unwrap().push_back(r);
+    }
+
+    /// Benchmarks: answer an agent's first round with a tool call (see `MockState::agent`).
+    pub fn set_agent_mode(&self, on: bool) {
+        self.state.agent.store(on, Ordering::SeqCst);
     }
 
     /// Answer every request with `r` once the script is used up.
@@ -238,6 +247,23 @@ async fn completions(
     let scripted = {
         let next = state.script.lock().unwrap().pop_front();
         next.or_else(|| state.forever.lock().unwrap().clone())
+            .or_else(|| {
+                let first_round = state.agent.load(Ordering::SeqCst)
+                    && req["tools"].as_array().is_some_and(|t| !t.is_empty())
+                    && req["messages"]
+                        .as_array()
+                        .and_then(|m| m.last())
+                        .is_some_and(|m| m["role"] == "user");
+                let search = req["tools"].to_string().contains("\"search_documents\"");
+                first_round.then(|| match search {
+                    true => Reply::call(
+                        "call_bench",
+                        "search_documents",
+                        r#"{"query":"travel policy"}"#,
+                    ),
+                    false => Reply::call("call_bench", "get_weather", r#"{"city":"Paris"}"#),
+                })
+            })
     };
     let (content, calls) = match scripted {
         Some(Reply::Text(t)) => (t, Vec::new()),
