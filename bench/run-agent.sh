@@ -65,7 +65,7 @@ r1 = {"model": "mock-model", "messages": [system, user], "tools": tools, "tool_c
 r2 = {"model": "mock-model", "messages": [system, user, {"role": "assistant", "content": None, "tool_calls": [call]},
       {"role": "tool", "tool_call_id": "call_bench", "content": "18 degrees and sunny in Paris"}], "tools": tools}
 plain = {"model": "mock-model", "messages": [system, user]}
-for name, body in [("PLAIN", plain), ("ROUND1", r1), ("ROUND2", r2),
+for name, body in [("PLAIN", plain), ("PLAINS", dict(plain, stream=True)), ("ROUND1", r1), ("ROUND2", r2),
                    ("ROUND1S", dict(r1, stream=True)), ("ROUND2S", dict(r2, stream=True))]:
     print(f"{name}={shlex.quote(json.dumps(body))}")
 PY
@@ -99,12 +99,15 @@ for c in 1 32; do
   run "palisade plain completion" http://127.0.0.1:9300/v1/chat/completions "$PLAIN" "$TOKEN" $c; CPU[plain$c]=$LAST_CPU
   run "palisade agent round 1 (5 tools -> tool call)" http://127.0.0.1:9300/v1/chat/completions "$ROUND1" "$TOKEN" $c; CPU[r1$c]=$LAST_CPU
   run "palisade agent round 2 (tool result -> answer)" http://127.0.0.1:9300/v1/chat/completions "$ROUND2" "$TOKEN" $c; CPU[r2$c]=$LAST_CPU
-  run "palisade agent round 1, streamed" http://127.0.0.1:9300/v1/chat/completions "$ROUND1S" "$TOKEN" $c
-  run "palisade agent round 2, streamed" http://127.0.0.1:9300/v1/chat/completions "$ROUND2S" "$TOKEN" $c
+  run "palisade plain completion, streamed" http://127.0.0.1:9300/v1/chat/completions "$PLAINS" "$TOKEN" $c; CPU[plains$c]=$LAST_CPU
+  run "palisade agent round 1, streamed" http://127.0.0.1:9300/v1/chat/completions "$ROUND1S" "$TOKEN" $c; CPU[r1s$c]=$LAST_CPU
+  run "palisade agent round 2, streamed" http://127.0.0.1:9300/v1/chat/completions "$ROUND2S" "$TOKEN" $c; CPU[r2s$c]=$LAST_CPU
   run "palisade search_documents loop (2 calls)" http://127.0.0.1:9301/v1/chat/completions "$SEARCH" "$TOKEN_TOOL" $c "$PAL_TOOL"
 done
 for c in 1 32; do
   awk -v p="${CPU[plain$c]}" -v a="${CPU[r1$c]}" -v b="${CPU[r2$c]}" -v c="$c" \
     'BEGIN{ printf "conc %s: agent round CPU / plain completion CPU = %.2f (round 1), %.2f (round 2)\n", c, a/p, b/p }'
+  awk -v p="${CPU[plains$c]}" -v a="${CPU[r1s$c]}" -v b="${CPU[r2s$c]}" -v c="$c" \
+    'BEGIN{ printf "conc %s: streamed agent round CPU / streamed plain completion CPU = %.2f (round 1), %.2f (round 2)\n", c, a/p, b/p }'
 done
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"

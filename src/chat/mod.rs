@@ -14,6 +14,7 @@ mod prompt;
 pub mod tools;
 mod validate;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -203,8 +204,18 @@ impl ChatService {
         self.models.visible(p.roles())
     }
 
-    pub fn rag(&self) -> &Arc<Rag> {
-        &self.rag
+    /// `search_documents` called from outside a chat (the MCP endpoint): counted
+    /// against the caller's chat allowance like a chat request, run in the caller's
+    /// scope, audited.
+    pub async fn search_tool(
+        &self,
+        p: &Principal,
+        query: &str,
+        via: &'static str,
+        client: &ClientInfo,
+    ) -> Result<Vec<ChunkHit>, ChatError> {
+        self.admit(p).await?;
+        Ok(self.rag.tool_search(p, query, via, client).await?)
     }
 
     /// Counts one chat request against the caller's per-minute allowance: check and
@@ -333,17 +344,18 @@ impl ChatService {
 
     /// The options of step `step`: on the last one, `search_documents` is withdrawn so
     /// that the model has to answer.
-    fn step_options(&self, prep: &Prepared, step: u32) -> Options {
-        let mut o = prep.options.clone();
-        if prep.search_tool && step == self.tool_max_steps {
-            o.tools.retain(|t| t.function.name != tools::SEARCH_TOOL);
-            if o.tools.is_empty() {
-                // No tools left: `tool_choice` and `parallel_tool_calls` would be refused.
-                o.tool_choice = None;
-                o.parallel_tool_calls = None;
-            }
+    fn step_options<'a>(&self, prep: &'a Prepared, step: u32) -> Cow<'a, Options> {
+        if !(prep.search_tool && step == self.tool_max_steps) {
+            return Cow::Borrowed(&prep.options);
         }
-        o
+        let mut o = prep.options.clone();
+        o.tools.retain(|t| t.function.name != tools::SEARCH_TOOL);
+        if o.tools.is_empty() {
+            // No tools left: `tool_choice` and `parallel_tool_calls` would be refused.
+            o.tool_choice = None;
+            o.parallel_tool_calls = None;
+        }
+        Cow::Owned(o)
     }
 
     /// The documents cited in `messages` that the caller may still read.

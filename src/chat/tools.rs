@@ -38,7 +38,7 @@ pub fn search_tool_def() -> ToolDef {
                  Returns passages with their document ids and titles."
                     .into(),
             ),
-            parameters: parameters.as_object().cloned(),
+            parameters: serde_json::value::to_raw_value(&parameters).ok(),
             strict: None,
         },
     }

@@ -7,8 +7,9 @@ use std::collections::HashSet;
 
 use super::ChatError;
 use super::tools::{SEARCH_TOOL, search_tool_def};
+use crate::llm::message::is_object;
 use crate::llm::{
-    ChatMessage, Content, ContentPart, Model, Options, ResponseFormat, Stop, ToolChoice,
+    ChatMessage, Content, ContentPart, Model, Options, ResponseFormatKind, Stop, ToolChoice,
     ToolChoiceMode,
 };
 use crate::store::Role;
@@ -70,12 +71,30 @@ pub fn options(o: &mut Options, model: &Model, search_tool: bool) -> Result<(), 
         }
         _ => {}
     }
-    if let Some(ResponseFormat::JsonSchema { json_schema }) = &o.response_format
-        && !valid_name(&json_schema.name)
-    {
-        return Err(invalid(
-            "response_format.json_schema.name must be 1 to 64 letters, digits, _ or -.",
-        ));
+    if let Some(f) = &o.response_format {
+        match (f.kind, &f.json_schema) {
+            (ResponseFormatKind::JsonSchema, Some(js)) => {
+                if !valid_name(&js.name) {
+                    return Err(invalid(
+                        "response_format.json_schema.name must be 1 to 64 letters, digits, _ or -.",
+                    ));
+                }
+                if js.schema.as_deref().is_some_and(|s| !is_object(s)) {
+                    return Err(invalid(
+                        "response_format.json_schema.schema must be an object.",
+                    ));
+                }
+            }
+            (ResponseFormatKind::JsonSchema, None) => {
+                return Err(invalid("response_format json_schema needs a json_schema."));
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "json_schema belongs only to response_format json_schema.",
+                ));
+            }
+            (_, None) => {}
+        }
     }
     if o.tools.len() > MAX_TOOLS {
         return Err(invalid("At most 128 tools may be declared."));
@@ -92,6 +111,13 @@ pub fn options(o: &mut Options, model: &Model, search_tool: bool) -> Result<(), 
             return Err(invalid(
                 "The tool name search_documents is palisade's own; choose another.",
             ));
+        }
+        if t.function
+            .parameters
+            .as_deref()
+            .is_some_and(|p| !is_object(p))
+        {
+            return Err(invalid("A tool's parameters must be a JSON Schema object."));
         }
         if !names.insert(n) {
             return Err(invalid("Two tools have the same name."));

@@ -140,7 +140,12 @@ impl ServerHandler for Mcp {
     ) -> Result<ListToolsResult, ErrorData> {
         caller(&ctx)?;
         let def = search_tool_def();
-        let schema = Arc::new(def.function.parameters.unwrap_or_default());
+        let schema: rmcp::model::JsonObject = def
+            .function
+            .parameters
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default();
+        let schema = Arc::new(schema);
         let tool = Tool::new(
             SEARCH_TOOL,
             def.function.description.unwrap_or_default(),
@@ -163,13 +168,21 @@ impl ServerHandler for Mcp {
         let Some(query) = search_query(&args) else {
             return Ok(CallToolResult::error(vec![ContentBlock::text(BAD_ARGUMENTS)]).into());
         };
-        let hits = self
+        let hits = match self
             .state
             .chat
-            .rag()
-            .tool_search(&c.principal, &query, "mcp", &c.client)
+            .search_tool(&c.principal, &query, "mcp", &c.client)
             .await
-            .map_err(|_| unavailable())?;
+        {
+            Ok(hits) => hits,
+            Err(crate::chat::ChatError::RateLimited { .. }) => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(
+                    "Too many requests; retry later.",
+                )])
+                .into());
+            }
+            Err(_) => return Err(unavailable()),
+        };
         let passages: Vec<_> = hits
             .iter()
             .map(|h| {

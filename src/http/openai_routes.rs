@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 
@@ -83,8 +84,9 @@ struct StreamOptions {
 #[derive(Deserialize)]
 struct InMessage {
     role: String,
+    /// Kept raw and parsed by shape: a string, or an array of parts.
     #[serde(default)]
-    content: Option<Value>,
+    content: Option<Box<RawValue>>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCall>>,
     #[serde(default)]
@@ -110,22 +112,28 @@ impl InMessage {
 
     /// A string, or an array of text and image_url parts.
     fn content(&self) -> Result<Option<Content>, ApiError> {
-        match &self.content {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(Content::Text(s.clone()))),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .map(|p| {
-                    serde_json::from_value::<ContentPart>(p.clone()).map_err(|_| {
-                        unprocessable("Only text and image_url content parts are accepted.")
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(|v| Some(Content::Parts(v))),
-            Some(_) => Err(unprocessable(
-                "Message content must be a string or an array of parts.",
-            )),
+        let Some(raw) = &self.content else {
+            return Ok(None);
+        };
+        let text = raw.get().trim_start();
+        if text.starts_with('"') {
+            return serde_json::from_str(text)
+                .map(|s| Some(Content::Text(s)))
+                .map_err(|_| {
+                    unprocessable("Message content must be a string or an array of parts.")
+                });
         }
+        if text.starts_with('[') {
+            return serde_json::from_str::<Vec<ContentPart>>(text)
+                .map(|parts| Some(Content::Parts(parts)))
+                .map_err(|_| unprocessable("Only text and image_url content parts are accepted."));
+        }
+        if text == "null" {
+            return Ok(None);
+        }
+        Err(unprocessable(
+            "Message content must be a string or an array of parts.",
+        ))
     }
 
     fn into_message(self) -> Result<ChatMessage, ApiError> {

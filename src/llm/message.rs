@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::store::Role;
 pub use crate::store::{FunctionCall, ToolCall, ToolKind};
@@ -105,21 +106,22 @@ pub enum ImageDetail {
 }
 
 /// A tool the model may call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolDef {
     #[serde(rename = "type")]
     pub kind: ToolKind,
     pub function: FunctionDef,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionDef {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// A JSON Schema object.
+    /// A JSON Schema object, relayed as the client wrote it (never parsed into a tree:
+    /// the upstream validates schemas, palisade checks only that it is an object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parameters: Option<serde_json::Map<String, Value>>,
+    pub parameters: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
 }
@@ -158,28 +160,39 @@ pub enum Stop {
 }
 
 /// `response_format`: plain text, JSON mode, or structured output against a schema.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ResponseFormat {
-    Text,
-    JsonObject,
-    JsonSchema { json_schema: JsonSchemaFormat },
+/// (A struct rather than a tagged enum: a tagged enum buffers its content, and the
+/// schema is relayed raw.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: ResponseFormatKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<JsonSchemaFormat>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormatKind {
+    Text,
+    JsonObject,
+    JsonSchema,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JsonSchemaFormat {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Relayed as written, like tool parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<serde_json::Map<String, Value>>,
+    pub schema: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
 }
 
 /// What the client may set beyond the messages, validated (see `Options::validate`
 /// in the chat service) and forwarded as is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
@@ -301,4 +314,9 @@ impl ToolCallAssembler {
     pub fn finish(self) -> Vec<ToolCall> {
         self.calls.into_iter().map(|(_, c)| c).collect()
     }
+}
+
+/// Whether a relayed JSON value is an object (it has been parsed as valid JSON already).
+pub fn is_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
 }

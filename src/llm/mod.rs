@@ -16,8 +16,8 @@ use crate::config::{LlmConfig, ModelConfig};
 use crate::store::ChunkHit;
 pub use message::{
     ChatMessage, Completion, Content, ContentPart, Delta, FunctionCall, FunctionDef, Options,
-    ResponseFormat, Stop, ToolCall, ToolCallAssembler, ToolCallDelta, ToolChoice, ToolChoiceMode,
-    ToolDef, ToolKind, Usage,
+    ResponseFormat, ResponseFormatKind, Stop, ToolCall, ToolCallAssembler, ToolCallDelta,
+    ToolChoice, ToolChoiceMode, ToolDef, ToolKind, Usage,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
