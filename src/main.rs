@@ -91,6 +91,8 @@ enum DocCmd {
     },
     /// Remove a document (with its chunks and vectors); effective on the next query.
     Rm {
+        /// Ids are random base64url and may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
         id: String,
         #[arg(long)]
         tenant: Option<String>,

@@ -365,6 +365,10 @@ async fn the_operator_lists_and_removes_documents_from_the_cli() {
     // The wrong tenant finds nothing to remove; the right one removes it.
     let out = s.cli(&["doc", "rm", &id, "--tenant", "globex"], None);
     assert!(!out.status.success());
+    // Refused because the document is not that tenant's, not for any other reason (an
+    // id may begin with '-').
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no document"), "{err}");
     assert!(
         search_text(&s, &hannah.access, "bonus plan")
             .await
