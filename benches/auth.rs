@@ -121,6 +121,107 @@ fn passwords() {
     });
 }
 
+/// IdP tokens (ID tokens of an `[[oidc.issuers]]` IdP) with the JWKS cached: what
+/// verifying one costs per algorithm (aws-lc-rs under jsonwebtoken).
+fn idp_tokens() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use palisade::auth::oidc::{OidcVerifier, TokenUse};
+    use palisade::config::{IssuerConfig, JwsAlgorithm, OidcConfig};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str, args: &[&str], alg: Algorithm| {
+        let path = dir.path().join(name);
+        let ok = std::process::Command::new("openssl")
+            .arg("genpkey")
+            .args(args)
+            .arg("-out")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl genpkey");
+        let pem = std::fs::read(&path).unwrap();
+        let enc = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+            _ => EncodingKey::from_ed_pem(&pem),
+        }
+        .unwrap();
+        let mut jwk = Jwk::from_encoding_key(&enc, alg).unwrap();
+        jwk.common.key_id = Some(name.into());
+        (enc, jwk, alg, name.to_owned())
+    };
+    let keys = [
+        key(
+            "rs256",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            Algorithm::RS256,
+        ),
+        key(
+            "es256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            Algorithm::ES256,
+        ),
+        key("eddsa", &["-algorithm", "ED25519"], Algorithm::EdDSA),
+    ];
+    let set = JwkSet {
+        keys: keys.iter().map(|k| k.1.clone()).collect(),
+    };
+    let url = rt.block_on(async move {
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let set = set.clone();
+                async move { axum::Json(set) }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}/jwks")
+    });
+    let issuer = "http://127.0.0.1/realms/bench";
+    let v = OidcVerifier::new(&OidcConfig {
+        issuers: vec![IssuerConfig {
+            issuer: issuer.into(),
+            audiences: vec!["palisade".into()],
+            jwks_url: Some(url),
+            algorithms: vec![
+                JwsAlgorithm::RS256,
+                JwsAlgorithm::ES256,
+                JwsAlgorithm::EdDSA,
+            ],
+            roles_claim: Some("realm_access.roles".into()),
+            groups_claim: Some("groups".into()),
+            tenant: Some("acme".into()),
+            tenant_claim: None,
+            role_map: Default::default(),
+            accept_bearer: false,
+            leeway: Duration::from_secs(30),
+        }],
+        ..OidcConfig::default()
+    })
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": issuer, "aud": "palisade", "sub": "user-1",
+        "exp": now + 3600, "iat": now, "realm_access": {"roles": ["employee"]}, "groups": ["eng"]});
+    for (enc, _, alg, kid) in &keys {
+        let mut h = Header::new(*alg);
+        h.kid = Some(kid.clone());
+        let token = jsonwebtoken::encode(&h, &claims, enc).unwrap();
+        // The first call fetches the JWKS; every timed one finds the key cached.
+        rt.block_on(v.verify(&token, TokenUse::IdToken)).unwrap();
+        report(&format!("idp_id_token_verify/{kid}"), || {
+            rt.block_on(v.verify(&token, TokenUse::IdToken)).unwrap()
+        });
+    }
+}
+
 fn main() {
     // `cargo test --benches` passes --bench-less flags; only time on `cargo bench`.
     if std::env::args().any(|a| a == "--list") {
@@ -129,5 +230,6 @@ fn main() {
     println!("{:<40} {:>14} {:>14}", "benchmark", "p50", "mean");
     tokens();
     verify_with_session();
+    idp_tokens();
     passwords();
 }

@@ -32,6 +32,7 @@ pub struct Config {
     pub embeddings: EmbeddingsConfig,
     pub rag: RagConfig,
     pub log: LogConfig,
+    pub oidc: OidcConfig,
 }
 
 impl Default for Config {
@@ -50,6 +51,7 @@ impl Default for Config {
             embeddings: EmbeddingsConfig::default(),
             rag: RagConfig::default(),
             log: LogConfig::default(),
+            oidc: OidcConfig::default(),
         }
     }
 }
@@ -572,6 +574,14 @@ impl Config {
         {
             return bad("login limits must be at least 1");
         }
+        for i in &self.oidc.issuers {
+            if let Err(m) = i.check() {
+                return Err(ConfigError::Invalid(format!(
+                    "oidc.issuers ({}): {m}",
+                    i.issuer
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -653,5 +663,114 @@ mod tests {
         let mut c = Config::default();
         c.tokens.session_idle_ttl = Duration::from_secs(40 * 24 * 3600);
         assert!(c.validate().is_err());
+    }
+}
+
+/// External identity providers (OpenID Connect).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OidcConfig {
+    pub issuers: Vec<IssuerConfig>,
+    /// How often each issuer's JWKS is fetched in the background.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// A token naming an unknown `kid` triggers at most one fetch per this interval.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refetch: Duration,
+    /// The largest IdP token accepted (a user in hundreds of groups makes big tokens).
+    pub max_token_bytes: usize,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            jwks_refresh: Duration::from_secs(3600),
+            jwks_min_refetch: Duration::from_secs(60),
+            max_token_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// A JWS algorithm an issuer may sign with. HMAC and `none` are not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JwsAlgorithm {
+    RS256,
+    PS256,
+    ES256,
+    EdDSA,
+}
+
+/// One trusted issuer (`[[oidc.issuers]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuerConfig {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values (at least one).
+    pub audiences: Vec<String>,
+    /// The JWKS URL; absent: `jwks_uri` from the issuer's discovery document.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    pub algorithms: Vec<JwsAlgorithm>,
+    /// Dotted path of the roles claim, e.g. `realm_access.roles`.
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// A fixed tenant for every user of this issuer …
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// … or the claim that names it.
+    #[serde(default)]
+    pub tenant_claim: Option<String>,
+    /// IdP role → palisade role. When set, only mapped roles are granted.
+    #[serde(default)]
+    pub role_map: std::collections::BTreeMap<String, String>,
+    /// Accept this issuer's access tokens directly as Bearer tokens on the API.
+    #[serde(default)]
+    pub accept_bearer: bool,
+    /// Clock leeway for `exp`/`nbf`/`iat`, at most 60 s.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl IssuerConfig {
+    fn check(&self) -> Result<(), &'static str> {
+        if self.audiences.is_empty() || self.algorithms.is_empty() {
+            return Err("audiences and algorithms must not be empty");
+        }
+        if self.leeway > Duration::from_secs(60) {
+            return Err("leeway is at most 60s");
+        }
+        if self.accept_bearer {
+            // Not built yet: refusing to start beats silently ignoring the setting.
+            return Err("accept_bearer is not supported yet; sign in with /auth/oidc/exchange");
+        }
+        if self.tenant.is_some() == self.tenant_claim.is_some() {
+            return Err("exactly one of tenant and tenant_claim");
+        }
+        let url = self.jwks_url.as_deref().unwrap_or(&self.issuer);
+        if !https_or_loopback(url) {
+            return Err("the issuer and jwks_url must be https (http only on loopback)");
+        }
+        Ok(())
+    }
+}
+
+/// `https:`, or `http:` to a loopback host (tests, a local IdP).
+pub fn https_or_loopback(url: &str) -> bool {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => u.host().is_some(),
+        Ok(u) if u.scheme() == "http" => match u.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        },
+        _ => false,
     }
 }

@@ -86,7 +86,13 @@ pub async fn build_state(cfg: Config) -> Result<AppState, AnyError> {
 pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyError> {
     let keys = Keyring::load_or_create(&cfg.keys_path())?;
     let audit = Audit::new(stores.audit.clone());
-    let auth = AuthService::new(&cfg, &stores, keys, audit.clone());
+    let auth = AuthService::new(
+        &cfg,
+        &stores,
+        keys,
+        audit.clone(),
+        crate::auth::oidc::OidcVerifier::new(&cfg.oidc)?,
+    );
     let threads = Arc::new(Threads::new(
         stores.threads.clone(),
         cfg.threads.clone(),
@@ -130,6 +136,19 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     if demo {
         demo::seed(&cfg, &state).await?;
     }
+    // External IdPs' signing keys: fetched at start and every `oidc.jwks_refresh` (an
+    // unknown kid also triggers a rate-limited fetch, see auth::oidc::jwks).
+    let jwks_refresh = (!state.auth.oidc().is_empty()).then(|| {
+        let auth = state.auth.clone();
+        let every = cfg.oidc.jwks_refresh;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                auth.oidc().refresh_all().await;
+            }
+        })
+    });
     // Housekeeping, once a second: pick up a key rotation made by the CLI or another
     // node, and write the counts of repeated rejected tokens whose window has closed.
     // Every few seconds, check the store as readiness does, so that a damaged file
@@ -179,6 +198,9 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     let _ = std::io::stdout().flush();
     crate::http::server::serve(listener, router(state), limits, shutdown_signal()).await;
     housekeeping.abort();
+    if let Some(t) = jwks_refresh {
+        t.abort();
+    }
     auth.flush_rejections(true).await;
     tracing::info!("palisade stopped");
     Ok(())

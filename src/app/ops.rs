@@ -18,7 +18,13 @@ async fn auth_service(cfg: &Config) -> Result<AuthService, AnyError> {
     let stores = open_stores(cfg).await?;
     let keys = Keyring::load_or_create(&cfg.keys_path())?;
     let audit = Audit::new(stores.audit.clone());
-    Ok(AuthService::new(cfg, &stores, keys, audit))
+    Ok(AuthService::new(
+        cfg,
+        &stores,
+        keys,
+        audit,
+        crate::auth::oidc::OidcVerifier::new(&cfg.oidc)?,
+    ))
 }
 
 async fn rag_service(cfg: &Config) -> Result<Rag, AnyError> {

@@ -10,6 +10,8 @@
 //! * `users.rs` — account administration (admins over HTTP, the operator's CLI).
 
 pub mod keys;
+pub mod oidc;
+mod oidc_ops;
 pub mod password;
 mod rejections;
 mod session_ops;
@@ -34,6 +36,7 @@ use rejections::{Disposition, RejectionLog};
 use sessions::{Liveness, SessionCache};
 use tokens::{AccessClaims, TokenRejection, TokenService};
 
+pub use oidc_ops::external_username;
 pub use users::{AccessChange, NewAccount, UserView};
 
 /// What can go wrong in authentication and account administration. Mapped to HTTP
@@ -108,10 +111,18 @@ pub struct AuthService {
     idle_ttl_ms: i64,
     absolute_ttl_ms: i64,
     grace_ms: i64,
+    /// Verifier of external IdPs' tokens (empty without `[[oidc.issuers]]`).
+    oidc: oidc::OidcVerifier,
 }
 
 impl AuthService {
-    pub fn new(cfg: &Config, stores: &Stores, keys: keys::Keyring, audit: Audit) -> Self {
+    pub fn new(
+        cfg: &Config,
+        stores: &Stores,
+        keys: keys::Keyring,
+        audit: Audit,
+        oidc: oidc::OidcVerifier,
+    ) -> Self {
         let users = stores.users.clone();
         let sessions = stores.sessions.clone();
         let limits = stores.limits.clone();
@@ -159,6 +170,7 @@ impl AuthService {
             idle_ttl_ms: ms(t.session_idle_ttl),
             absolute_ttl_ms: ms(t.session_absolute_ttl),
             grace_ms: ms(t.refresh_reuse_grace),
+            oidc,
         }
     }
 

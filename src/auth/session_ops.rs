@@ -65,14 +65,24 @@ impl AuthService {
             }
         };
         self.limits.reset(&self.pair_limit, &pair_key).await?;
+        self.open_session(&user, "password", client).await
+    }
 
+    /// A new session for `user`, signed in `via` a password or an IdP: the access token
+    /// and the refresh token of a fresh family, and the audit event.
+    pub(super) async fn open_session(
+        &self,
+        user: &UserRecord,
+        via: &'static str,
+        client: &ClientInfo,
+    ) -> Result<IssuedTokens, AuthError> {
         // Mint before persisting: if minting failed, no orphan session would remain.
         let now = now_ms();
         let session_id = new_id();
         let absolute_expires_at = now.saturating_add(self.absolute_ttl_ms);
         let refresh = RefreshToken::generate();
         let refresh_hash = refresh.hash();
-        let issued = self.issue(&user, &session_id, absolute_expires_at, refresh, now)?;
+        let issued = self.issue(user, &session_id, absolute_expires_at, refresh, now)?;
         let session = self
             .sessions
             .create_session(NewSession {
@@ -94,6 +104,7 @@ impl AuthService {
                     .subject(&user.id)
                     .username(&user.username)
                     .session(&session.id)
+                    .reason(via)
                     .client(client),
             )
             .await;

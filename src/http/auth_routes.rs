@@ -18,6 +18,7 @@ use crate::timeutil::rfc3339;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/auth/login", post(login))
+        .route("/auth/oidc/exchange", post(oidc_exchange))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
         .route("/auth/logout-all", post(logout_all))
@@ -69,6 +70,22 @@ pub async fn login(
         return Err(ApiError::InvalidCredentials);
     }
     let issued = s.auth.login(&req.username, &req.password, &client).await?;
+    Ok(token_response(&issued))
+}
+
+#[derive(Deserialize)]
+pub struct ExchangeRequest {
+    id_token: String,
+}
+
+/// An ID token of a configured IdP for a palisade session, answered exactly like a
+/// password login. Every refusal is the same 401.
+pub async fn oidc_exchange(
+    State(s): State<AppState>,
+    Client(client): Client,
+    Json(req): Json<ExchangeRequest>,
+) -> Result<Response, ApiError> {
+    let issued = s.auth.exchange_id_token(&req.id_token, &client).await?;
     Ok(token_response(&issued))
 }
 

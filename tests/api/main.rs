@@ -15,5 +15,6 @@ mod foundation;
 mod hardening;
 mod hygiene;
 mod model;
+mod oidc;
 mod rag;
 mod threads;

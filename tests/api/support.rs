@@ -607,3 +607,11 @@ pub fn random_id() -> String {
     getrandom::fill(&mut b).unwrap();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
