@@ -12,7 +12,7 @@ use palisade::auth::ClientInfo;
 use palisade::auth::keys::Keyring;
 use palisade::auth::password::{hash_password, verify_password_blocking};
 use palisade::auth::tokens::{AccessClaims, TokenService};
-use palisade::config::Config;
+use palisade::config::{Config, TokenFormat};
 use palisade::secret::SecretString;
 
 fn claims() -> AccessClaims {
@@ -64,13 +64,23 @@ fn report<R>(name: &str, f: impl FnMut() -> R) {
 
 fn tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let svc = TokenService::new(
-        Keyring::load_or_create(&dir.path().join("keys.json")).unwrap(),
-        Duration::from_secs(600),
-    );
-    let token = svc.mint(&claims()).unwrap();
-    report("token_mint", || svc.mint(&claims()).unwrap());
-    report("token_verify", || svc.verify(&token).unwrap());
+    for (name, format) in [
+        ("paseto_v4_local", TokenFormat::Paseto),
+        ("jwe_dir_a256gcm", TokenFormat::Jwe),
+    ] {
+        let svc = TokenService::new(
+            Keyring::load_or_create(&dir.path().join("keys.json")).unwrap(),
+            Duration::from_secs(600),
+            format,
+        );
+        let token = svc.mint(&claims()).unwrap();
+        report(&format!("token_mint/{name}"), || {
+            svc.mint(&claims()).unwrap()
+        });
+        report(&format!("token_verify/{name}"), || {
+            svc.verify(&token).unwrap()
+        });
+    }
 }
 
 fn verify_with_session() {

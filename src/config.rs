@@ -489,9 +489,6 @@ impl Config {
         if t.session_cache_ttl > Duration::from_secs(5) {
             return bad("tokens.session_cache_ttl above 5s would delay revocation too long");
         }
-        if t.format == TokenFormat::Jwe {
-            return bad("tokens.format = \"jwe\" is not available yet; use \"paseto\"");
-        }
         if self.store.kind == StoreKind::Cluster
             && (self.store.redis_url.is_empty() || self.store.postgres_url.is_empty())
         {

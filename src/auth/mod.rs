@@ -9,6 +9,7 @@
 //! * `session_ops.rs` — login, refresh, logout, the user's own sessions.
 //! * `users.rs` — account administration (admins over HTTP, the operator's CLI).
 
+mod jwe;
 pub mod keys;
 pub mod oidc;
 mod oidc_ops;
@@ -136,7 +137,7 @@ impl AuthService {
                 ms(t.session_idle_ttl),
             ),
             sessions,
-            tokens: TokenService::new(keys, t.access_ttl),
+            tokens: TokenService::new(keys, t.access_ttl, t.format),
             passwords: PasswordVerifierPool::new(),
             audit,
             limits,

@@ -348,3 +348,71 @@ async fn garbage_tokens_do_not_write_one_audit_row_each() {
     let total: u64 = rows.iter().map(|e| e["count"].as_u64().unwrap_or(1)).sum();
     assert_eq!(total, 2000, "every rejection is accounted for: {rows:?}");
 }
+
+/// `tokens.format = "jwe"`: tokens are JWE `dir` + `A256GCM`, and only that form is
+/// accepted — not PASETO, not another algorithm or encryption, not compressed, not
+/// PBES2, not with a changed tag or header.
+#[tokio::test]
+async fn jwe_tokens_accept_exactly_dir_a256gcm() {
+    let s = Server::start_with(&[("PALISADE_TOKENS__FORMAT", "jwe")]);
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let parts: Vec<&str> = a.access.split('.').collect();
+    assert_eq!(parts.len(), 5, "{}", a.access);
+    assert!(parts[1].is_empty(), "no wrapped key with dir");
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "dir");
+    assert_eq!(header["enc"], "A256GCM");
+    let me: Value = s.get("/auth/me", &a.access).await.json().await.unwrap();
+    assert_eq!(me["username"], "alice");
+    // Refresh mints JWE too; the session works as ever.
+    let r = s.refresh(&a.cookie).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let again = Session::from_response(r).await;
+    assert_eq!(again.access.split('.').count(), 5);
+    assert_eq!(status_of(&s, &again.access).await, StatusCode::OK);
+
+    // A PASETO token under the server's own key: not the configured format.
+    let (key, deployment) = server_key(&s);
+    let implicit = format!("palisade:access:{deployment}");
+    let paseto = local_token(
+        &key,
+        &claims_like(&me, &deployment, "access"),
+        implicit.as_bytes(),
+    );
+    assert_eq!(status_of(&s, &paseto).await, StatusCode::UNAUTHORIZED);
+
+    let with_header = |h: Value| {
+        let mut p: Vec<String> = again.access.split('.').map(str::to_owned).collect();
+        p[0] = URL_SAFE_NO_PAD.encode(h.to_string());
+        p.join(".")
+    };
+    let kid = header["kid"].clone();
+    for h in [
+        serde_json::json!({"alg": "A256KW", "enc": "A256GCM", "kid": kid, "typ": "at+jwt"}),
+        serde_json::json!({"alg": "dir", "enc": "A128CBC-HS256", "kid": kid, "typ": "at+jwt"}),
+        serde_json::json!({"alg": "dir", "enc": "A256GCM", "kid": kid, "typ": "at+jwt", "zip": "DEF"}),
+        serde_json::json!({"alg": "PBES2-HS512+A256KW", "enc": "A256GCM", "kid": kid, "typ": "at+jwt",
+                           "p2s": "c2FsdA", "p2c": 100000000}),
+        serde_json::json!({"alg": "none", "enc": "A256GCM", "kid": kid, "typ": "at+jwt"}),
+    ] {
+        assert_eq!(
+            status_of(&s, &with_header(h.clone())).await,
+            StatusCode::UNAUTHORIZED,
+            "{h}"
+        );
+    }
+    // The genuine header with its fields in another order: another AAD, the tag fails.
+    let mut p: Vec<String> = again.access.split('.').map(str::to_owned).collect();
+    p[0] = URL_SAFE_NO_PAD.encode(format!(
+        r#"{{"typ":"at+jwt","kid":{kid},"enc":"A256GCM","alg":"dir"}}"#
+    ));
+    assert_eq!(status_of(&s, &p.join(".")).await, StatusCode::UNAUTHORIZED);
+    let mut p: Vec<String> = again.access.split('.').map(str::to_owned).collect();
+    let mut tag = URL_SAFE_NO_PAD.decode(&p[4]).unwrap();
+    tag[15] ^= 0x80;
+    p[4] = URL_SAFE_NO_PAD.encode(tag);
+    assert_eq!(status_of(&s, &p.join(".")).await, StatusCode::UNAUTHORIZED);
+    // The genuine token still works.
+    assert_eq!(status_of(&s, &again.access).await, StatusCode::OK);
+}
