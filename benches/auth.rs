@@ -148,6 +148,7 @@ fn idp_tokens() {
             .args(args)
             .arg("-out")
             .arg(&path)
+            .stderr(std::process::Stdio::null())
             .status()
             .unwrap()
             .success();
