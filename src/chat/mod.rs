@@ -147,6 +147,18 @@ struct Prepared {
     search_tool: bool,
 }
 
+impl Prepared {
+    /// The upstream call for this turn's prompt with `options`, as `p` (sent as `user`).
+    fn call<'a>(&'a self, options: &'a Options, p: &'a Principal) -> Call<'a> {
+        Call {
+            messages: &self.prompt,
+            options,
+            user: p.subject(),
+            passages: &self.passages,
+        }
+    }
+}
+
 pub struct ChatService {
     threads: Arc<Threads>,
     rag: Arc<Rag>,
@@ -416,15 +428,7 @@ impl ChatService {
         let mut step = 0;
         let completion = loop {
             let options = self.step_options(&prep, step);
-            let c = prep
-                .model
-                .complete(&Call {
-                    messages: &prep.prompt,
-                    options: &options,
-                    user: p.subject(),
-                    passages: &prep.passages,
-                })
-                .await?;
+            let c = prep.model.complete(&prep.call(&options, p)).await?;
             add_usage(&mut usage, c.usage.as_ref());
             let (ours, theirs) = tools::split_calls(c.tool_calls, prep.search_tool);
             // The client's own calls go back to it (palisade's are dropped: the model
@@ -482,12 +486,7 @@ impl ChatService {
         let mut prep = self.prepare(p, req, client).await?;
         let first = prep
             .model
-            .stream(&Call {
-                messages: &prep.prompt,
-                options: &self.step_options(&prep, 0),
-                user: p.subject(),
-                passages: &prep.passages,
-            })
+            .stream(&prep.call(&self.step_options(&prep, 0), p))
             .await?;
         let (svc, p, client) = (self.clone(), p.clone(), client.clone());
         let events = async_stream::stream! {
@@ -560,15 +559,7 @@ impl ChatService {
                 }
                 step += 1;
                 let options = svc.step_options(&prep, step);
-                let next = prep
-                    .model
-                    .stream(&Call {
-                        messages: &prep.prompt,
-                        options: &options,
-                        user: p.subject(),
-                        passages: &prep.passages,
-                    })
-                    .await;
+                let next = prep.model.stream(&prep.call(&options, &p)).await;
                 upstream = match next {
                     Ok(s) => s,
                     Err(e) => {

@@ -121,6 +121,16 @@ async fn jwks_server(keys: Vec<Jwk>) -> JwksServer {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // The discovery document, for issuers configured without jwks_url.
+    let base = format!("http://{addr}");
+    let discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks")});
+    let app = app.route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            let d = discovery.clone();
+            async move { axum::Json(d) }
+        }),
+    );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -467,6 +477,19 @@ async fn a_rotation_drops_old_keys_and_fetches_a_new_kid_once() {
         );
     }
     assert!(srv.fetches.load(Ordering::SeqCst) <= 3);
+}
+
+#[tokio::test]
+async fn keys_are_found_through_discovery_when_no_jwks_url_is_set() {
+    let k = ec();
+    let srv = jwks_server(vec![k.jwk("d1")]).await;
+    let base = srv.url.trim_end_matches("/jwks").to_owned();
+    let mut cfg = issuer(&base, &srv.url, &[JwsAlgorithm::ES256]);
+    cfg.jwks_url = None;
+    let v = verifier(vec![cfg], Duration::from_secs(60));
+    let token = k.sign(Algorithm::ES256, "d1", &id_claims(&base));
+    assert!(v.verify(&token, TokenUse::IdToken).await.is_ok());
+    assert_eq!(srv.fetches.load(Ordering::SeqCst), 1);
 }
 
 #[test]
