@@ -743,10 +743,6 @@ impl IssuerConfig {
         if self.leeway > Duration::from_secs(60) {
             return Err("leeway is at most 60s");
         }
-        if self.accept_bearer {
-            // Not built yet: refusing to start beats silently ignoring the setting.
-            return Err("accept_bearer is not supported yet; sign in with /auth/oidc/exchange");
-        }
         if self.tenant.is_some() == self.tenant_claim.is_some() {
             return Err("exactly one of tenant and tenant_claim");
         }

@@ -186,6 +186,10 @@ impl AuthService {
         let Some(token) = token else {
             return Err(AuthError::Unauthorized);
         };
+        // An IdP access token, where an issuer allows them (`accept_bearer`).
+        if self.oidc.routes_bearer(token) {
+            return self.verify_idp_bearer(token, client).await;
+        }
         let claims = match self.tokens.verify(token) {
             Ok(c) => c,
             Err(rejected) => {

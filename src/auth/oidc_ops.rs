@@ -9,11 +9,12 @@
 
 use sha2::{Digest, Sha256};
 
-use super::oidc::{OidcVerifier, TokenUse};
-use super::{AuthError, AuthService, ClientInfo, IssuedTokens};
+use super::oidc::{ExternalIdentity, OidcVerifier, TokenUse};
+use super::{AuthError, AuthService, ClientInfo, IssuedTokens, Principal};
+use crate::access::Grants;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::secret::new_id;
-use crate::store::{NewUser, StoreError};
+use crate::store::{NewUser, StoreError, UserRecord};
 use crate::timeutil::now_ms;
 
 /// Not a PHC string: a password can never match it.
@@ -31,25 +32,70 @@ impl AuthService {
         &self.oidc
     }
 
+    /// An IdP token of kind `want`, verified; a refusal is one 401 and an audit row
+    /// aggregated like rejected access tokens (a flood of forgeries writes one row per
+    /// kind and window, not one each).
+    async fn verify_idp(
+        &self,
+        token: &str,
+        want: TokenUse,
+        client: &ClientInfo,
+    ) -> Result<ExternalIdentity, AuthError> {
+        match self.oidc.verify(token, want).await {
+            Ok(id) => Ok(id),
+            Err(rejected) => {
+                let reason = rejected.reason();
+                let ev = AuditEvent::new(AuditKind::TokenRejected)
+                    .client(client)
+                    .reason(reason);
+                self.record_rejection(ev, reason).await;
+                Err(AuthError::Unauthorized)
+            }
+        }
+    }
+
     /// `POST /auth/oidc/exchange`: an ID token for a palisade session.
     pub async fn exchange_id_token(
         &self,
         id_token: &str,
         client: &ClientInfo,
     ) -> Result<IssuedTokens, AuthError> {
-        let id = match self.oidc.verify(id_token, TokenUse::IdToken).await {
-            Ok(id) => id,
-            Err(rejected) => {
-                // Aggregated like rejected access tokens: a flood of forgeries writes one
-                // row per kind and window, not one each.
-                let reason = rejected.reason();
-                let ev = AuditEvent::new(AuditKind::TokenRejected)
-                    .client(client)
-                    .reason(reason);
-                self.record_rejection(ev, reason).await;
-                return Err(AuthError::Unauthorized);
-            }
+        let id = self.verify_idp(id_token, TokenUse::IdToken, client).await?;
+        let user = self.external_account(&id, client).await?;
+        let user = if user.roles != id.roles || user.groups != id.groups {
+            let updated = self
+                .users
+                .update_access(
+                    &user.tenant,
+                    &user.id,
+                    Some(id.roles.clone()),
+                    Some(id.groups.clone()),
+                )
+                .await?
+                .ok_or(AuthError::Unauthorized)?;
+            self.audit
+                .record(
+                    AuditEvent::new(AuditKind::UserAccessChanged)
+                        .tenant(&updated.tenant)
+                        .subject(&updated.id)
+                        .username(&updated.username)
+                        .resource(id.issuer.clone())
+                        .client(client),
+                )
+                .await;
+            updated
+        } else {
+            user
         };
+        self.open_session(&user, "oidc", client).await
+    }
+    /// The account of (issuer, sub), created at first sight; refused (and audited) if it
+    /// is disabled or the IdP now names another tenant.
+    async fn external_account(
+        &self,
+        id: &ExternalIdentity,
+        client: &ClientInfo,
+    ) -> Result<UserRecord, AuthError> {
         let username = external_username(&id.issuer, &id.subject);
         let user = match self.users.user_by_username(&username).await? {
             Some(u) => u,
@@ -106,31 +152,35 @@ impl AuthService {
             self.audit.record(ev).await;
             return Err(AuthError::Unauthorized);
         }
-        let user = if user.roles != id.roles || user.groups != id.groups {
-            let updated = self
-                .users
-                .update_access(
-                    &user.tenant,
-                    &user.id,
-                    Some(id.roles.clone()),
-                    Some(id.groups.clone()),
-                )
-                .await?
-                .ok_or(AuthError::Unauthorized)?;
-            self.audit
-                .record(
-                    AuditEvent::new(AuditKind::UserAccessChanged)
-                        .tenant(&updated.tenant)
-                        .subject(&updated.id)
-                        .username(&updated.username)
-                        .resource(id.issuer.clone())
-                        .client(client),
-                )
-                .await;
-            updated
-        } else {
-            user
-        };
-        self.open_session(&user, "oidc", client).await
+        Ok(user)
+    }
+
+    /// An IdP access token used directly as the API's Bearer token (`accept_bearer`):
+    /// verified like an ID token (and required to be an access token), then the caller
+    /// is the account of (issuer, sub) with the roles and groups *this token* carries.
+    /// There is no palisade session: the session id is a digest of the token, so a
+    /// thread under strict binding lives as long as the token, and palisade's logout does
+    /// not end it (the IdP's token lifetime does).
+    pub(super) async fn verify_idp_bearer(
+        &self,
+        token: &str,
+        client: &ClientInfo,
+    ) -> Result<Principal, AuthError> {
+        let id = self
+            .verify_idp(token, TokenUse::AccessToken, client)
+            .await?;
+        let user = self.external_account(&id, client).await?;
+        let digest = Sha256::digest(token.as_bytes());
+        let session: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Principal::verified(
+            user.tenant,
+            user.id,
+            user.username,
+            std::sync::Arc::new(Grants {
+                roles: id.roles,
+                groups: id.groups,
+            }),
+            format!("idp:{session}"),
+        ))
     }
 }

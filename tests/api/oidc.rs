@@ -74,10 +74,22 @@ async fn idp() -> Idp {
 
 impl Idp {
     fn env(&self) -> String {
+        self.env_with(false)
+    }
+
+    fn env_with(&self, accept_bearer: bool) -> String {
         format!(
-            r#"[{{issuer="{}",audiences=["palisade"],jwks_url="{}",algorithms=["ES256"],roles_claim="realm_access.roles",groups_claim="groups",tenant="acme",role_map={{hrstaff="hr",staff="employee"}}}}]"#,
+            r#"[{{issuer="{}",audiences=["palisade"],jwks_url="{}",algorithms=["ES256"],roles_claim="realm_access.roles",groups_claim="groups",tenant="acme",role_map={{hrstaff="hr",staff="employee"}},accept_bearer={accept_bearer}}}]"#,
             self.issuer, self.jwks_url
         )
+    }
+
+    /// An access token (RFC 9068 `at+jwt`).
+    fn access_token(&self, claims: &Value) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(self.kid.clone());
+        h.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(&h, claims, &self.key).unwrap()
     }
 
     fn claims(&self, sub: &str, roles: &[&str], groups: Vec<String>) -> Value {
@@ -251,5 +263,76 @@ async fn forged_id_tokens_are_refused_and_create_nothing() {
             .iter()
             .any(|e| e["reason"].as_str().is_some_and(|r| r.starts_with("idp_"))),
         "{events:?}"
+    );
+}
+
+/// `accept_bearer = true`: the IdP's access tokens work directly on the API, as the
+/// account of (issuer, sub) with the token's own roles; ID tokens, forgeries and
+/// disabled accounts do not.
+#[tokio::test]
+async fn idp_access_tokens_work_as_bearer_tokens_where_allowed() {
+    let idp = idp().await;
+    let s = Server::start_with(&[("PALISADE_OIDC__ISSUERS", &idp.env_with(true))]);
+    let acme = seed_acme(&s);
+    let admin = s.login("adam", &acme.adam).await;
+    let at = idp.access_token(&idp.claims("kc-bearer-7", &["hrstaff"], vec!["hr".into()]));
+    let me: Value = s.get("/auth/me", &at).await.json().await.unwrap();
+    assert_eq!(me["tenant"], "acme");
+    assert_eq!(me["roles"], json!(["hr"]));
+    assert!(me["session_id"].as_str().unwrap().starts_with("idp:"));
+    // The same (issuer, sub) through the exchange is the same account.
+    let id_token = idp.id_token(&idp.claims("kc-bearer-7", &["hrstaff"], vec![]));
+    let sess = Session::from_response(exchange(&s, &id_token).await).await;
+    let me2: Value = s.get("/auth/me", &sess.access).await.json().await.unwrap();
+    assert_eq!(me2["subject"], me["subject"]);
+    // Threads work with it, and belong to the account.
+    let t = s.new_thread(&at, "from an IdP token").await;
+    let listed: Value = s
+        .get("/v1/threads", &sess.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(listed.to_string().contains(&t));
+
+    // An ID token is not a bearer token; an attacker's signature is not the IdP's.
+    assert_eq!(
+        s.get("/auth/me", &id_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let forged = {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("idp-1".into());
+        h.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(
+            &h,
+            &idp.claims("kc-bearer-7", &["hrstaff"], vec![]),
+            &ec_key(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        s.get("/auth/me", &forged).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Disabling the account ends its IdP tokens too.
+    let uid = me["subject"].as_str().unwrap();
+    let r = s
+        .http
+        .patch(s.url(&format!("/admin/users/{uid}")))
+        .bearer_auth(&admin.access)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        s.get("/auth/me", &at).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Palisade's own tokens are unaffected.
+    assert_eq!(
+        s.get("/auth/me", &admin.access).await.status(),
+        StatusCode::OK
     );
 }

@@ -206,6 +206,19 @@ impl OidcVerifier {
         }
     }
 
+    /// Whether `token` should go to the IdP path: a JWS (three parts; palisade's own
+    /// tokens have four or five) claiming an issuer with `accept_bearer`. Only a cheap
+    /// look to route it; [`Self::verify`] decides.
+    pub fn routes_bearer(&self, token: &str) -> bool {
+        token.len() <= self.max_token_bytes
+            && token.split('.').count() == 3
+            && unverified_issuer(token).is_some_and(|iss| {
+                self.issuers
+                    .iter()
+                    .any(|i| i.cfg.accept_bearer && i.cfg.issuer == iss)
+            })
+    }
+
     pub async fn verify(
         &self,
         token: &str,
