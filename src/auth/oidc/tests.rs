@@ -241,12 +241,24 @@ async fn the_attack_corpus_is_refused() {
     let good = rsa();
     let e = ec();
     let attacker = rsa();
-    let srv = jwks_server(vec![good.jwk("k1"), e.jwk("e1")]).await;
+    // A key whose JWK pins RS256: a PS256 token under it is refused, though both are RSA.
+    let pinned = rsa();
+    let mut pinned_jwk = pinned.jwk("pin");
+    pinned_jwk.common.key_algorithm = Some(jsonwebtoken::jwk::KeyAlgorithm::RS256);
+    let srv = jwks_server(vec![good.jwk("k1"), e.jwk("e1"), pinned_jwk]).await;
     let other = rsa();
     let srv_b = jwks_server(vec![other.jwk("b1")]).await;
     let v = verifier(
         vec![
-            issuer(ISS_A, &srv.url, &[JwsAlgorithm::RS256, JwsAlgorithm::ES256]),
+            issuer(
+                ISS_A,
+                &srv.url,
+                &[
+                    JwsAlgorithm::RS256,
+                    JwsAlgorithm::PS256,
+                    JwsAlgorithm::ES256,
+                ],
+            ),
             issuer(ISS_B, &srv_b.url, &[JwsAlgorithm::RS256]),
         ],
         Duration::from_secs(3600),
@@ -350,6 +362,11 @@ async fn the_attack_corpus_is_refused() {
     cases.push((
         "family confusion",
         raw(&json!({"alg": "ES256", "kid": "k1"}), &claims, &sig),
+        OidcRejection::KeyMismatch,
+    ));
+    cases.push((
+        "JWK alg pin",
+        pinned.sign(Algorithm::PS256, "pin", &claims),
         OidcRejection::KeyMismatch,
     ));
     let with = |f: &dyn Fn(&mut Value)| {
