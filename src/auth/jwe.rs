@@ -84,8 +84,19 @@ pub fn seal(key: &[u8; 32], kid: &str, payload: &[u8]) -> Option<String> {
     ))
 }
 
-/// The key id a token names, after the header has passed every shape check.
-pub fn key_id(token: &str) -> Result<String, JweError> {
+/// A token split into its parts, its header checked: what [`open`] needs, parsed once.
+pub struct Parsed<'a> {
+    /// The protected header as sent: the AAD.
+    header_b64: &'a str,
+    pub kid: String,
+    iv: [u8; 12],
+    ciphertext: Vec<u8>,
+    tag: Vec<u8>,
+}
+
+/// Splits and checks `token`: five parts, the exact header, an empty encrypted key, a
+/// 96-bit IV and a 128-bit tag. Nothing is decrypted.
+pub fn parse(token: &str) -> Result<Parsed<'_>, JweError> {
     let parts: Vec<&str> = token.split('.').collect();
     if token.len() > MAX_LEN || parts.len() != 5 || !parts[1].is_empty() {
         return Err(JweError::Malformed);
@@ -95,29 +106,34 @@ pub fn key_id(token: &str) -> Result<String, JweError> {
     if h.alg != ALG || h.enc != ENC || h.typ != TYP || h.kid.is_empty() {
         return Err(JweError::Malformed);
     }
-    Ok(h.kid)
-}
-
-/// Decrypts and authenticates `token` under `key`.
-pub fn open(key: &[u8; 32], token: &str) -> Result<Vec<u8>, JweError> {
-    key_id(token)?;
-    let parts: Vec<&str> = token.split('.').collect();
     let iv: [u8; 12] = B64
         .decode(parts[2])
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or(JweError::Malformed)?;
-    let mut data = B64.decode(parts[3]).map_err(|_| JweError::Malformed)?;
+    let ciphertext = B64.decode(parts[3]).map_err(|_| JweError::Malformed)?;
     let tag = B64.decode(parts[4]).map_err(|_| JweError::Malformed)?;
     if tag.len() != 16 {
         return Err(JweError::Malformed);
     }
-    data.extend_from_slice(&tag);
+    Ok(Parsed {
+        header_b64: parts[0],
+        kid: h.kid,
+        iv,
+        ciphertext,
+        tag,
+    })
+}
+
+/// Decrypts and authenticates a parsed token under `key`.
+pub fn open(key: &[u8; 32], token: Parsed<'_>) -> Result<Vec<u8>, JweError> {
+    let mut data = token.ciphertext;
+    data.extend_from_slice(&token.tag);
     let plain = aead(key)
         .ok_or(JweError::Invalid)?
         .open_in_place(
-            Nonce::assume_unique_for_key(iv),
-            Aad::from(parts[0].as_bytes()),
+            Nonce::assume_unique_for_key(token.iv),
+            Aad::from(token.header_b64.as_bytes()),
             &mut data,
         )
         .map_err(|_| JweError::Invalid)?;
@@ -131,6 +147,10 @@ mod tests {
 
     const KEY: [u8; 32] = [7u8; 32];
 
+    fn open_str(key: &[u8; 32], token: &str) -> Result<Vec<u8>, JweError> {
+        open(key, parse(token)?)
+    }
+
     fn with_header(token: &str, header: serde_json::Value) -> String {
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         parts[0] = B64.encode(header.to_string());
@@ -141,9 +161,9 @@ mod tests {
     fn round_trip_and_every_other_form_is_refused() {
         let t = seal(&KEY, "k1", b"{\"sub\":\"x\"}").unwrap();
         assert_eq!(t.split('.').count(), 5);
-        assert_eq!(open(&KEY, &t).unwrap(), b"{\"sub\":\"x\"}");
+        assert_eq!(open_str(&KEY, &t).unwrap(), b"{\"sub\":\"x\"}");
         // Another key: the tag fails.
-        assert_eq!(open(&[8u8; 32], &t), Err(JweError::Invalid));
+        assert_eq!(open_str(&[8u8; 32], &t), Err(JweError::Invalid));
 
         let base = json!({"alg": "dir", "enc": "A256GCM", "kid": "k1", "typ": "at+jwt"});
         let variant = |f: &dyn Fn(&mut serde_json::Value)| {
@@ -173,12 +193,12 @@ mod tests {
             ("typ", variant(&|h| h["typ"] = json!("JWT"))),
         ];
         for (name, token) in refused {
-            assert_eq!(open(&KEY, &token), Err(JweError::Malformed), "{name}");
+            assert_eq!(open_str(&KEY, &token), Err(JweError::Malformed), "{name}");
         }
         // The same header with its fields reordered is a different AAD: the tag fails.
         let mut p: Vec<String> = t.split('.').map(str::to_owned).collect();
         p[0] = B64.encode(r#"{"enc":"A256GCM","alg":"dir","kid":"k1","typ":"at+jwt"}"#);
-        assert_eq!(open(&KEY, &p.join(".")), Err(JweError::Invalid));
+        assert_eq!(open_str(&KEY, &p.join(".")), Err(JweError::Invalid));
 
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
         // A modified tag, a modified ciphertext, a wrapped key, a short IV.
@@ -189,15 +209,15 @@ mod tests {
         };
         let mut tag = parts.clone();
         tag[4] = flip(&parts[4]);
-        assert_eq!(open(&KEY, &tag.join(".")), Err(JweError::Invalid));
+        assert_eq!(open_str(&KEY, &tag.join(".")), Err(JweError::Invalid));
         let mut ct = parts.clone();
         ct[3] = flip(&parts[3]);
-        assert_eq!(open(&KEY, &ct.join(".")), Err(JweError::Invalid));
+        assert_eq!(open_str(&KEY, &ct.join(".")), Err(JweError::Invalid));
         parts[1] = B64.encode([1u8; 32]);
-        assert_eq!(open(&KEY, &parts.join(".")), Err(JweError::Malformed));
+        assert_eq!(open_str(&KEY, &parts.join(".")), Err(JweError::Malformed));
         let mut iv: Vec<String> = t.split('.').map(str::to_owned).collect();
         iv[2] = B64.encode([0u8; 8]);
-        assert_eq!(open(&KEY, &iv.join(".")), Err(JweError::Malformed));
-        assert_eq!(open(&KEY, "a.b.c"), Err(JweError::Malformed));
+        assert_eq!(open_str(&KEY, &iv.join(".")), Err(JweError::Malformed));
+        assert_eq!(open_str(&KEY, "a.b.c"), Err(JweError::Malformed));
     }
 }

@@ -196,11 +196,11 @@ impl TokenService {
     }
 
     fn verify_jwe(&self, token: &str) -> Result<AccessClaims, Rejected> {
-        let kid = jwe::key_id(token).map_err(|_| TokenRejection::Malformed)?;
+        let parsed = jwe::parse(token).map_err(|_| TokenRejection::Malformed)?;
         let keys = self.keys();
-        let key = keys.find(&kid).ok_or(TokenRejection::UnknownKey)?;
+        let key = keys.find(&parsed.kid).ok_or(TokenRejection::UnknownKey)?;
         let cek = jwe::derive_key(key.as_bytes()).ok_or(TokenRejection::Invalid)?;
-        let plain = jwe::open(&cek, token).map_err(|e| match e {
+        let plain = jwe::open(&cek, parsed).map_err(|e| match e {
             jwe::JweError::Malformed => TokenRejection::Malformed,
             jwe::JweError::Invalid => TokenRejection::Invalid,
         })?;

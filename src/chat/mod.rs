@@ -211,6 +211,11 @@ impl ChatService {
         }
     }
 
+    /// The model used when a request names none.
+    pub fn default_model(&self) -> &str {
+        self.models.default_name()
+    }
+
     /// The models `p` may use, the default first.
     pub fn models_for(&self, p: &Principal) -> Vec<Arc<Model>> {
         self.models.visible(p.roles())
@@ -269,13 +274,7 @@ impl ChatService {
         // 3. Ownership and the stored turn, before any retrieval or model call.
         let (thread, history) = match req.conversation {
             Conversation::Thread { id, input } => {
-                let new_cost: usize = input
-                    .iter()
-                    .map(|i| match i {
-                        TurnInput::Question(q) => approx_tokens(q),
-                        TurnInput::ToolResult { content, .. } => approx_tokens(content),
-                    })
-                    .sum();
+                let new_cost: usize = input.iter().map(|i| approx_tokens(i.content())).sum();
                 let budget = self
                     .history_budget_tokens
                     .saturating_sub(approx_tokens(&self.system_prompt) + new_cost);
@@ -302,7 +301,7 @@ impl ChatService {
             .iter()
             .rev()
             .find(|m| m.role == Role::User)
-            .map(ChatMessage::text)
+            .map(|m| m.text().into_owned())
             .ok_or(ChatError::Invalid("A user message is required."))?;
         // 4. Retrieval within the caller's scope (audited as lineage) — up front, or
         //    by the model through `search_documents`.

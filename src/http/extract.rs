@@ -69,7 +69,7 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
-fn client_info(parts: &Parts, trusted: &[ipnet::IpNet]) -> ClientInfo {
+pub(super) fn client_info(parts: &Parts, trusted: &[ipnet::IpNet]) -> ClientInfo {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()

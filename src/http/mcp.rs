@@ -31,7 +31,8 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::json;
 
 use super::AppState;
-use super::extract::{Auth, Client};
+use super::error::ApiError;
+use super::extract::{bearer, client_info};
 use crate::access::{ClientInfo, Principal};
 use crate::chat::tools::{
     BAD_ARGUMENTS, SEARCH_TOOL, render_results, search_query, search_tool_def,
@@ -74,29 +75,16 @@ pub fn router(state: AppState) -> Router<AppState> {
     )
 }
 
-/// Verifies the bearer token before anything of the protocol runs.
+/// Verifies the bearer token before anything of the protocol runs (as the `Auth`
+/// extractor does, through the same `verify_access`).
 async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    let p = match <Auth as axum::extract::FromRequestParts<AppState>>::from_request_parts(
-        &mut parts, &s,
-    )
-    .await
-    {
-        Ok(Auth(p)) => p,
-        Err(e) => return e.into_response(),
+    let client = client_info(&parts, &s.config.trusted_proxies);
+    let principal = match s.auth.verify_access(bearer(&parts.headers), &client).await {
+        Ok(p) => p,
+        Err(e) => return ApiError::from(e).into_response(),
     };
-    let client = match <Client as axum::extract::FromRequestParts<AppState>>::from_request_parts(
-        &mut parts, &s,
-    )
-    .await
-    {
-        Ok(Client(c)) => c,
-        Err(e) => return e.into_response(),
-    };
-    parts.extensions.insert(Caller {
-        principal: p,
-        client,
-    });
+    parts.extensions.insert(Caller { principal, client });
     next.run(Request::from_parts(parts, body)).await
 }
 

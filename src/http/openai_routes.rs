@@ -198,7 +198,7 @@ fn thread_input(messages: Vec<InMessage>) -> Result<Vec<TurnInput>, ApiError> {
         match msg.role {
             Role::Tool => input.push(TurnInput::ToolResult {
                 call_id: msg.tool_call_id.clone().unwrap_or_default(),
-                content: msg.text(),
+                content: msg.text().into_owned(),
             }),
             Role::User => {
                 if msg.has_image() {
@@ -206,7 +206,7 @@ fn thread_input(messages: Vec<InMessage>) -> Result<Vec<TurnInput>, ApiError> {
                         "Images are not stored in threads; send them without X-Palisade-Thread.",
                     ));
                 }
-                question = Some(msg.text());
+                question = Some(msg.text().into_owned());
             }
             _ => {}
         }
@@ -286,23 +286,18 @@ pub async fn chat_completions(
         .into_response());
     }
 
-    let model_name = chat_req.model.clone().unwrap_or_default();
+    // The model the chunks name: the caller's, or the default (which the chat service
+    // resolved, and refused if the caller may not use it, before the stream starts).
+    let shown = chat_req
+        .model
+        .clone()
+        .unwrap_or_else(|| s.chat.default_model().to_owned());
     let stream = s.chat.stream(&p, chat_req, &client).await?;
     let chunk = move |model: &str, delta: Value, finish: Value| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": Value::Null, "finish_reason": finish}],
         })
-    };
-    // The name the caller used (or the default's, which the first answer tells).
-    let shown = if model_name.is_empty() {
-        s.chat
-            .models_for(&p)
-            .first()
-            .map(|m| m.name().to_owned())
-            .unwrap_or_default()
-    } else {
-        model_name
     };
     let first = Event::default().data(
         chunk(

@@ -3,6 +3,8 @@
 //! of a streamed answer. Each is a named type validated on the way in; nothing the
 //! client sends reaches the model unless it is one of these.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -52,19 +54,21 @@ impl ChatMessage {
         }
     }
 
-    /// The message's text: its string, or its text parts joined by newlines.
-    pub fn text(&self) -> String {
+    /// The message's text: its string (borrowed), or its text parts joined by newlines.
+    pub fn text(&self) -> Cow<'_, str> {
         match &self.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .filter_map(|p| match p {
-                    ContentPart::Text { text } => Some(text.as_str()),
-                    ContentPart::ImageUrl { .. } => None,
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
+            None => Cow::Borrowed(""),
+            Some(Content::Text(t)) => Cow::Borrowed(t),
+            Some(Content::Parts(parts)) => Cow::Owned(
+                parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        ContentPart::Text { text } => Some(text.as_str()),
+                        ContentPart::ImageUrl { .. } => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
         }
     }
 

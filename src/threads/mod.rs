@@ -67,7 +67,8 @@ pub enum TurnInput {
 }
 
 impl TurnInput {
-    fn content(&self) -> &str {
+    /// The message's text.
+    pub fn content(&self) -> &str {
         match self {
             TurnInput::Question(c) | TurnInput::ToolResult { content: c, .. } => c,
         }

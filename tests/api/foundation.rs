@@ -22,12 +22,6 @@ async fn hr_document(s: &Server, writer: &str) -> String {
         .to_owned()
 }
 
-async fn search_text(s: &Server, token: &str, q: &str) -> String {
-    let r = s.post_auth("/v1/search", token, &json!({"query": q})).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    r.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_writer_lists_and_deletes_a_document_they_cannot_read() {
     let (s, mock) = start_with_mock(&[]).await;

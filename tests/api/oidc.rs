@@ -135,16 +135,7 @@ async fn an_id_token_becomes_a_session_like_a_password_login() {
     assert_eq!(me["roles"], json!(["employee", "hr"]));
     assert!(me["username"].as_str().unwrap().starts_with("oidc:"));
     // The mapped roles scope retrieval.
-    let found = s
-        .post_auth(
-            "/v1/search",
-            &sess.access,
-            &json!({"query": "salary bands"}),
-        )
-        .await
-        .text()
-        .await
-        .unwrap();
+    let found = search_text(&s, &sess.access, "salary bands").await;
     assert!(found.contains("CANARY-HR-7731"), "{found}");
     // The refresh cookie rotates like any other; logout ends the session.
     let r = s.refresh(&sess.cookie).await;
@@ -167,16 +158,7 @@ async fn an_id_token_becomes_a_session_like_a_password_login() {
     let me2: Value = s.get("/auth/me", &sess2.access).await.json().await.unwrap();
     assert_eq!(me2["subject"], me["subject"]);
     assert_eq!(me2["roles"], json!(["employee"]));
-    let found = s
-        .post_auth(
-            "/v1/search",
-            &sess2.access,
-            &json!({"query": "salary bands"}),
-        )
-        .await
-        .text()
-        .await
-        .unwrap();
+    let found = search_text(&s, &sess2.access, "salary bands").await;
     assert!(!found.contains("CANARY-HR-7731"));
 
     // The account has no password: a password login with its name fails.

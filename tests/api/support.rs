@@ -615,3 +615,12 @@ pub fn unix_now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
 }
+
+/// The body of `POST /v1/search` for `q` as the holder of `token` (asserted 200).
+pub async fn search_text(s: &Server, token: &str, q: &str) -> String {
+    let r = s
+        .post_auth("/v1/search", token, &serde_json::json!({"query": q}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.text().await.unwrap()
+}

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 
 use crate::config::https_or_loopback;
 
@@ -31,7 +31,7 @@ pub struct VerifyKey {
     pub key: DecodingKey,
     pub family: KeyFamily,
     /// The `alg` the JWK is restricted to, if it says.
-    pub alg: Option<String>,
+    pub alg: Option<KeyAlgorithm>,
 }
 
 #[derive(Default)]
@@ -181,11 +181,7 @@ impl Jwks {
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
                 continue;
             };
-            let alg = jwk
-                .common
-                .key_algorithm
-                .map(|a| format!("{a:?}"))
-                .filter(|a| !a.is_empty());
+            let alg = jwk.common.key_algorithm;
             by_kid.insert(kid, Arc::new(VerifyKey { key, family, alg }));
         }
         if let Ok(mut k) = self.keys.write() {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use jsonwebtoken::jwk::KeyAlgorithm;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
@@ -120,6 +121,8 @@ struct Issuer {
 pub struct OidcVerifier {
     issuers: Vec<Arc<Issuer>>,
     max_token_bytes: usize,
+    /// Some issuer has `accept_bearer`: only then does a request's token get a look.
+    any_bearer: bool,
 }
 
 fn algorithm(a: JwsAlgorithm) -> Algorithm {
@@ -190,6 +193,7 @@ impl OidcVerifier {
         Ok(Self {
             issuers,
             max_token_bytes: cfg.max_token_bytes,
+            any_bearer: cfg.issuers.iter().any(|i| i.accept_bearer),
         })
     }
 
@@ -210,7 +214,9 @@ impl OidcVerifier {
     /// tokens have four or five) claiming an issuer with `accept_bearer`. Only a cheap
     /// look to route it; [`Self::verify`] decides.
     pub fn routes_bearer(&self, token: &str) -> bool {
-        token.len() <= self.max_token_bytes
+        // Every authenticated request passes here: without such an issuer, nothing more.
+        self.any_bearer
+            && token.len() <= self.max_token_bytes
             && token.split('.').count() == 3
             && unverified_issuer(token).is_some_and(|iss| {
                 self.issuers
@@ -261,10 +267,7 @@ impl OidcVerifier {
             .await
             .ok_or(OidcRejection::UnknownKey)?;
         if family(header.alg) != Some(key.family)
-            || key
-                .alg
-                .as_deref()
-                .is_some_and(|a| a != format!("{:?}", header.alg))
+            || key.alg.is_some_and(|a| a != KeyAlgorithm::from(header.alg))
         {
             return Err(OidcRejection::KeyMismatch);
         }
