@@ -207,10 +207,8 @@ fn idp_tokens() {
             roles_claim: Some("realm_access.roles".into()),
             groups_claim: Some("groups".into()),
             tenant: Some("acme".into()),
-            tenant_claim: None,
-            role_map: Default::default(),
-            accept_bearer: false,
             leeway: Duration::from_secs(30),
+            ..IssuerConfig::default()
         }],
         ..OidcConfig::default()
     })

@@ -27,6 +27,12 @@ if ! "$PYENV/bin/python" -c "import openai, langchain_openai, mcp" 2>/dev/null; 
 fi
 export PALISADE_TEST_PYTHON="$PWD/$PYENV/bin/python"
 
+# A real OpenID provider for the sign-in tests: panva's oidc-provider, from the npm
+# registry at the version package-lock.json pins (run on the machine's Node.js).
+if ! [ -d tests/oidc/node_modules/oidc-provider ]; then
+  npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+fi
+
 # The real embedding model for the semantic-retrieval test (SHA-256 verified).
 ./scripts/fetch-model.sh
 

@@ -676,6 +676,9 @@ pub struct OidcConfig {
     pub jwks_min_refetch: Duration,
     /// The largest IdP token accepted (a user in hundreds of groups makes big tokens).
     pub max_token_bytes: usize,
+    /// How long a browser has to come back from the IdP after `/auth/oidc/login`.
+    #[serde(with = "humantime_serde")]
+    pub sign_in_ttl: Duration,
 }
 
 impl Default for OidcConfig {
@@ -685,6 +688,7 @@ impl Default for OidcConfig {
             jwks_refresh: Duration::from_secs(3600),
             jwks_min_refetch: Duration::from_secs(60),
             max_token_bytes: 32 * 1024,
+            sign_in_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -699,7 +703,7 @@ pub enum JwsAlgorithm {
 }
 
 /// One trusted issuer (`[[oidc.issuers]]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IssuerConfig {
     /// The exact `iss` value.
     pub issuer: String,
@@ -729,6 +733,30 @@ pub struct IssuerConfig {
     /// Clock leeway for `exp`/`nbf`/`iat`, at most 60 s.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
+    /// Sign-in through this issuer (authorization code flow with PKCE): its short name
+    /// in `/auth/oidc/login?provider=NAME` and on the sign-in page.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// palisade's client registration at the IdP; sign-in is offered only when set.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The environment variable holding the client secret (a confidential client,
+    /// `client_secret_basic`); absent for a public client, which PKCE alone protects.
+    /// Secrets stay out of config files, like the model keys.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// palisade's callback as registered at the IdP, e.g.
+    /// `https://chat.example.com/auth/oidc/callback`.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+    /// Scopes asked for (`openid` is always included).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The IdP's endpoints; absent: from its discovery document.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
 }
 
 fn default_leeway() -> Duration {
@@ -749,6 +777,34 @@ impl IssuerConfig {
         let url = self.jwks_url.as_deref().unwrap_or(&self.issuer);
         if !https_or_loopback(url) {
             return Err("the issuer and jwks_url must be https (http only on loopback)");
+        }
+        for u in [&self.authorization_endpoint, &self.token_endpoint]
+            .into_iter()
+            .flatten()
+        {
+            if !https_or_loopback(u) {
+                return Err("the IdP endpoints must be https (http only on loopback)");
+            }
+        }
+        if let Some(client_id) = &self.client_id {
+            if !self.audiences.contains(client_id) {
+                return Err("client_id must be one of the audiences (ID tokens are issued to it)");
+            }
+            let redirect = self
+                .redirect_uri
+                .as_deref()
+                .ok_or("sign-in (client_id) needs redirect_uri")?;
+            match url::Url::parse(redirect) {
+                Ok(u) if u.path() == "/auth/oidc/callback" && https_or_loopback(redirect) => {}
+                _ => {
+                    return Err(
+                        "redirect_uri must be https://<palisade>/auth/oidc/callback (http only on loopback)",
+                    );
+                }
+            }
+            if !self.name.as_deref().is_some_and(crate::access::valid_name) {
+                return Err("sign-in (client_id) needs a name (letters, digits, '-', '_')");
+            }
         }
         Ok(())
     }

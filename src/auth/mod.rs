@@ -13,8 +13,10 @@ mod jwe;
 pub mod keys;
 pub mod oidc;
 mod oidc_ops;
+pub use oidc_ops::{CallbackParams, SignInStart};
 pub mod password;
 mod rejections;
+pub mod sealed;
 mod session_ops;
 pub mod sessions;
 pub mod tokens;
@@ -65,6 +67,9 @@ pub enum AuthError {
     Invalid(&'static str),
     #[error("token minting failed")]
     Mint,
+    /// A dependency outside the store (the IdP) could not be reached.
+    #[error("unavailable")]
+    Unavailable,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -114,6 +119,8 @@ pub struct AuthService {
     grace_ms: i64,
     /// Verifier of external IdPs' tokens (empty without `[[oidc.issuers]]`).
     oidc: oidc::OidcVerifier,
+    /// How long a sign-in through an IdP may take.
+    sign_in_ttl: std::time::Duration,
 }
 
 impl AuthService {
@@ -172,6 +179,7 @@ impl AuthService {
             absolute_ttl_ms: ms(t.session_absolute_ttl),
             grace_ms: ms(t.refresh_reuse_grace),
             oidc,
+            sign_in_ttl: cfg.oidc.sign_in_ttl,
         }
     }
 

@@ -9,16 +9,48 @@
 
 use sha2::{Digest, Sha256};
 
+use super::oidc::signin::{Pending, ReturnTo, SignInError};
 use super::oidc::{ExternalIdentity, OidcVerifier, TokenUse};
+use super::sealed::Purpose;
 use super::{AuthError, AuthService, ClientInfo, IssuedTokens, Principal};
 use crate::access::Grants;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::secret::new_id;
+use crate::store::{Admission, Limit, LimitKind};
 use crate::store::{NewUser, StoreError, UserRecord};
 use crate::timeutil::now_ms;
 
 /// Not a PHC string: a password can never match it.
 const NO_PASSWORD: &str = "!external-identity";
+
+/// Where `/auth/oidc/login` sends the browser, and the sealed flow cookie to set.
+pub struct SignInStart {
+    pub location: String,
+    pub cookie: String,
+    pub max_age_secs: u64,
+}
+
+/// The query of the IdP's redirect to `/auth/oidc/callback`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CallbackParams {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub iss: Option<String>,
+}
+
+enum CallbackError {
+    /// The attempt is refused (audited with this reason).
+    Refused(&'static str),
+    /// Something on our side failed; fail closed with it.
+    Failed(AuthError),
+}
+use CallbackError::{Failed, Refused};
+
+/// Constant-time equality of two secrets-to-be-compared.
+fn same(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
 
 /// The username of the account for (issuer, sub).
 pub fn external_username(issuer: &str, subject: &str) -> String {
@@ -61,6 +93,17 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<IssuedTokens, AuthError> {
         let id = self.verify_idp(id_token, TokenUse::IdToken, client).await?;
+        self.session_for(id, "oidc", client).await
+    }
+
+    /// The session of a verified identity: its account (created at first sight), its
+    /// roles and groups replaced by the IdP's, then a session like a password login's.
+    async fn session_for(
+        &self,
+        id: ExternalIdentity,
+        via: &'static str,
+        client: &ClientInfo,
+    ) -> Result<IssuedTokens, AuthError> {
         let user = self.external_account(&id, client).await?;
         let user = if user.roles != id.roles || user.groups != id.groups {
             let updated = self
@@ -87,7 +130,135 @@ impl AuthService {
         } else {
             user
         };
-        self.open_session(&user, "oidc", client).await
+        self.open_session(&user, via, client).await
+    }
+
+    /// `GET /auth/oidc/login`: where to send the browser, and the sealed cookie that
+    /// must come back with it.
+    pub async fn begin_sign_in(
+        &self,
+        provider: Option<&str>,
+        return_to: ReturnTo,
+    ) -> Result<SignInStart, AuthError> {
+        let c = self
+            .oidc
+            .sign_in_client(provider)
+            .ok_or(AuthError::NotFound)?;
+        let (location, pending) = c
+            .start(return_to, self.sign_in_ttl, now_ms() / 1000)
+            .await
+            .map_err(|_| AuthError::Unavailable)?;
+        let payload = serde_json::to_vec(&pending).map_err(|_| AuthError::Mint)?;
+        let cookie = self
+            .tokens
+            .seal(Purpose::OidcSignIn, &payload)
+            .ok_or(AuthError::Mint)?;
+        Ok(SignInStart {
+            location,
+            cookie,
+            max_age_secs: self.sign_in_ttl.as_secs(),
+        })
+    }
+
+    /// `GET /auth/oidc/callback`: the IdP's answer, with the cookie
+    /// [`Self::begin_sign_in`] set, becomes a session. Every refusal is one 401 with
+    /// its reason in the audit trail; nothing is created.
+    pub async fn finish_sign_in(
+        &self,
+        cookie: Option<&str>,
+        answer: &CallbackParams,
+        client: &ClientInfo,
+    ) -> Result<(IssuedTokens, ReturnTo), AuthError> {
+        match self.check_callback(cookie, answer, client).await {
+            Ok((id, return_to)) => Ok((
+                self.session_for(id, "oidc_sign_in", client).await?,
+                return_to,
+            )),
+            Err(Refused(reason)) => {
+                self.audit
+                    .record(
+                        AuditEvent::new(AuditKind::LoginFailed)
+                            .client(client)
+                            .reason(reason),
+                    )
+                    .await;
+                Err(AuthError::Unauthorized)
+            }
+            Err(Failed(e)) => Err(e),
+        }
+    }
+
+    async fn check_callback(
+        &self,
+        cookie: Option<&str>,
+        answer: &CallbackParams,
+        client: &ClientInfo,
+    ) -> Result<(ExternalIdentity, ReturnTo), CallbackError> {
+        // The cookie binds the answer to the browser that started the flow.
+        let pending: Pending = cookie
+            .and_then(|c| self.tokens.open(Purpose::OidcSignIn, c))
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or(Refused("sign_in_no_flow"))?;
+        if pending.expires_at <= now_ms() / 1000 {
+            return Err(Refused("sign_in_expired"));
+        }
+        let state = answer.state.as_deref().unwrap_or_default();
+        if !same(state, &pending.state) {
+            return Err(Refused("sign_in_state_mismatch"));
+        }
+        let c = self
+            .oidc
+            .sign_in_client(Some(&pending.provider))
+            .ok_or(Refused("sign_in_unknown_provider"))?;
+        // RFC 9207: an IdP that names itself must name the one we sent the browser to.
+        if answer.iss.as_deref().is_some_and(|iss| iss != c.issuer) {
+            return Err(Refused("sign_in_issuer_mismatch"));
+        }
+        if answer.error.is_some() {
+            return Err(Refused("sign_in_idp_error"));
+        }
+        let code = answer
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 2048)
+            .ok_or(Refused("sign_in_no_code"))?;
+        // Each flow completes once, on whichever node: spent before the code is redeemed.
+        let once = Limit {
+            name: "oidc_sign_in",
+            kind: LimitKind::Window {
+                max: 1,
+                period: self.sign_in_ttl,
+            },
+        };
+        match self.limits.take(&once, &pending.state).await {
+            Ok(Admission::Admitted) => {}
+            Ok(Admission::RetryAfter(_)) => return Err(Refused("sign_in_replayed")),
+            Err(e) => return Err(Failed(e.into())),
+        }
+        let id_token = c
+            .redeem(code, &pending.verifier)
+            .await
+            .map_err(|e| match e {
+                SignInError::CodeRefused => Refused("sign_in_code_refused"),
+                SignInError::Unavailable => Failed(AuthError::Unavailable),
+            })?;
+        let id = self
+            .verify_idp(&id_token, TokenUse::IdToken, client)
+            .await
+            .map_err(|_| Refused("sign_in_bad_id_token"))?;
+        if id.issuer != c.issuer
+            || !id.audiences.iter().any(|a| *a == c.client_id)
+            || id
+                .authorized_party
+                .as_ref()
+                .is_some_and(|azp| *azp != c.client_id)
+        {
+            return Err(Refused("sign_in_wrong_client"));
+        }
+        if !id.nonce.as_deref().is_some_and(|n| same(n, &pending.nonce)) {
+            return Err(Refused("sign_in_nonce_mismatch"));
+        }
+        Ok((id, pending.return_to))
     }
     /// The account of (issuer, sub), created at first sight; refused (and audited) if it
     /// is disabled or the IdP now names another tenant.

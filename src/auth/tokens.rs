@@ -141,6 +141,20 @@ impl TokenService {
         self.keys().active().0.to_owned()
     }
 
+    /// `payload` sealed for `purpose` under the active key ([`super::sealed`]).
+    pub fn seal(&self, purpose: super::sealed::Purpose, payload: &[u8]) -> Option<String> {
+        let keys = self.keys();
+        let (kid, key) = keys.active();
+        super::sealed::seal(key.as_bytes(), kid, purpose, payload)
+    }
+
+    /// A value [`Self::seal`] made for `purpose`, under any key still in the keyring.
+    pub fn open(&self, purpose: super::sealed::Purpose, sealed: &str) -> Option<Vec<u8>> {
+        let keys = self.keys();
+        let key = keys.find(super::sealed::key_id(sealed)?)?;
+        super::sealed::open(key.as_bytes(), purpose, sealed)
+    }
+
     pub fn access_ttl(&self) -> Duration {
         self.access_ttl
     }

@@ -1,17 +1,21 @@
 //! `/auth/*`: login, refresh, logout, identity and session management.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::cookies::{clear_refresh_cookie, read_refresh, refresh_cookie, require_same_origin};
+use super::cookies::{
+    SIGN_IN_COOKIE, clear_refresh_cookie, clear_sign_in_cookie, read_cookie, read_refresh,
+    refresh_cookie, require_same_origin, sign_in_cookie,
+};
 use super::error::ApiError;
 use super::extract::{Auth, Client, Json, MaybeAuth};
-use crate::auth::{AuthError, IssuedTokens};
+use crate::auth::oidc::signin::ReturnTo;
+use crate::auth::{AuthError, CallbackParams, IssuedTokens};
 use crate::secret::SecretString;
 use crate::timeutil::rfc3339;
 
@@ -19,6 +23,9 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/auth/login", post(login))
         .route("/auth/oidc/exchange", post(oidc_exchange))
+        .route("/auth/oidc/providers", get(oidc_providers))
+        .route("/auth/oidc/login", get(oidc_login))
+        .route("/auth/oidc/callback", get(oidc_callback))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
         .route("/auth/logout-all", post(logout_all))
@@ -87,6 +94,106 @@ pub async fn oidc_exchange(
 ) -> Result<Response, ApiError> {
     let issued = s.auth.exchange_id_token(&req.id_token, &client).await?;
     Ok(token_response(&issued))
+}
+
+#[derive(Serialize)]
+struct Provider<'a> {
+    name: &'a str,
+    issuer: &'a str,
+}
+
+/// The IdPs offered for sign-in (the sign-in page shows a button for each).
+pub async fn oidc_providers(State(s): State<AppState>) -> Response {
+    let clients = s.auth.oidc().sign_in_clients();
+    let providers: Vec<Provider<'_>> = clients
+        .iter()
+        .map(|c| Provider {
+            name: &c.name,
+            issuer: &c.issuer,
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "providers": providers })).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    provider: Option<String>,
+    return_to: Option<String>,
+}
+
+/// Sends the browser to the IdP, with the flow's state sealed in an HttpOnly cookie.
+pub async fn oidc_login(
+    State(s): State<AppState>,
+    Query(q): Query<LoginQuery>,
+) -> Result<Response, ApiError> {
+    let return_to = match q.return_to.as_deref() {
+        None => ReturnTo::default(),
+        Some(raw) => ReturnTo::parse(raw).ok_or_else(|| {
+            ApiError::BadRequest("return_to must be a path on this site, such as /chat".into())
+        })?,
+    };
+    let start = s
+        .auth
+        .begin_sign_in(q.provider.as_deref(), return_to)
+        .await?;
+    let cookie = sign_in_cookie(&start.cookie, start.max_age_secs).ok_or(ApiError::Internal)?;
+    let location =
+        axum::http::HeaderValue::from_str(&start.location).map_err(|_| ApiError::Internal)?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, location),
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, no_store()),
+        ],
+    )
+        .into_response())
+}
+
+fn no_store() -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_static("no-store")
+}
+
+/// The IdP's redirect back. Success: the refresh cookie is set and the browser goes to
+/// its `return_to`, where the page gets an access token through `POST /auth/refresh`
+/// — no token ever rides in a URL. The flow cookie is cleared either way.
+pub async fn oidc_callback(
+    State(s): State<AppState>,
+    Client(client): Client,
+    Query(answer): Query<CallbackParams>,
+    headers: HeaderMap,
+) -> Response {
+    let cookie = read_cookie(&headers, SIGN_IN_COOKIE);
+    let result = s
+        .auth
+        .finish_sign_in(cookie.as_deref(), &answer, &client)
+        .await;
+    let mut resp = match result {
+        Ok((issued, return_to)) => {
+            match (
+                refresh_cookie(issued.refresh.expose(), issued.refresh_max_age),
+                axum::http::HeaderValue::from_str(return_to.as_str()),
+            ) {
+                (Some(refresh), Ok(location)) => {
+                    let mut r = (
+                        StatusCode::SEE_OTHER,
+                        [
+                            (header::LOCATION, location),
+                            (header::CACHE_CONTROL, no_store()),
+                        ],
+                    )
+                        .into_response();
+                    r.headers_mut().append(header::SET_COOKIE, refresh);
+                    r
+                }
+                _ => ApiError::Internal.into_response(),
+            }
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    resp.headers_mut()
+        .append(header::SET_COOKIE, clear_sign_in_cookie());
+    resp
 }
 
 pub async fn refresh(

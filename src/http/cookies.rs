@@ -24,17 +24,41 @@ pub fn clear_refresh_cookie() -> HeaderValue {
     )
 }
 
-/// The refresh token from the `Cookie` header(s), if any. Each `name=value` pair is
+/// The state of a sign-in through an IdP, sealed (`/auth/oidc/login` → callback).
+/// SameSite=Lax, not Strict: the callback is a top-level navigation *from the IdP*,
+/// which a Strict cookie would not accompany. It is useless to anyone else (sealed,
+/// single-use, bound to its `state`) and lives ten minutes.
+pub const SIGN_IN_COOKIE: &str = "__Host-palisade_oidc";
+
+pub fn sign_in_cookie(value: &str, max_age_secs: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{SIGN_IN_COOKIE}={value}; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age={max_age_secs}"
+    ))
+    .ok()
+}
+
+pub fn clear_sign_in_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-palisade_oidc=; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=0",
+    )
+}
+
+/// The refresh token from the `Cookie` header(s), if any.
+pub fn read_refresh(headers: &HeaderMap) -> Option<String> {
+    read_cookie(headers, REFRESH_COOKIE)
+}
+
+/// The cookie `name` from the `Cookie` header(s), if any. Each `name=value` pair is
 /// parsed on its own (the `cookie` crate), so one malformed or non-ASCII cookie beside
 /// ours cannot make the whole header unreadable and log the user out.
-pub fn read_refresh(headers: &HeaderMap) -> Option<String> {
+pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| cookie::Cookie::parse(pair.trim()).ok())
-        .find(|c| c.name() == REFRESH_COOKIE)
+        .find(|c| c.name() == name)
         .map(|c| c.value().trim().to_owned())
 }
 

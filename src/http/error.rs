@@ -239,6 +239,7 @@ impl From<AuthError> for ApiError {
                 tracing::error!("token minting failed");
                 ApiError::Internal
             }
+            AuthError::Unavailable => ApiError::Unavailable,
             AuthError::Store(s) => s.into(),
         }
     }

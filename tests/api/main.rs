@@ -17,4 +17,5 @@ mod hygiene;
 mod model;
 mod oidc;
 mod rag;
+mod sso;
 mod threads;

@@ -277,6 +277,21 @@ async fn idp_access_tokens_work_as_bearer_tokens_where_allowed() {
         .unwrap();
     assert!(listed.to_string().contains(&t));
 
+    // A user in 300 groups carries a large IdP token: accepted up to
+    // `oidc.max_token_bytes` (32 KiB by default), refused past it.
+    let groups: Vec<String> = (0..300).map(|i| format!("department-team-{i}")).collect();
+    let big = idp.access_token(&idp.claims("kc-bearer-300", &["staff"], groups));
+    assert!(big.len() > 8 * 1024, "{}", big.len());
+    let me_big: Value = s.get("/auth/me", &big).await.json().await.unwrap();
+    assert_eq!(me_big["groups"].as_array().unwrap().len(), 300);
+    let groups: Vec<String> = (0..1500).map(|i| format!("department-team-{i}")).collect();
+    let huge = idp.access_token(&idp.claims("kc-bearer-1500", &["staff"], groups));
+    assert!(huge.len() > 32 * 1024, "{}", huge.len());
+    assert_eq!(
+        s.get("/auth/me", &huge).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
     // An ID token is not a bearer token; an attacker's signature is not the IdP's.
     assert_eq!(
         s.get("/auth/me", &id_token).await.status(),

@@ -15,7 +15,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 
 use crate::config::https_or_loopback;
 
@@ -154,41 +156,47 @@ impl Jwks {
     async fn fetch(&self) -> Result<(), JwksError> {
         let url = self.jwks_url().await?;
         let set: JwkSet = self.get_json(&url).await?;
-        let mut by_kid = HashMap::new();
-        for jwk in &set.keys {
-            if jwk
-                .common
-                .public_key_use
-                .as_ref()
-                .is_some_and(|u| *u != PublicKeyUse::Signature)
-            {
-                continue;
-            }
-            let family = match &jwk.algorithm {
-                AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
-                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-                    KeyFamily::P256
-                }
-                AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-                    KeyFamily::Ed25519
-                }
-                // Symmetric keys, other curves: never used to verify.
-                _ => continue,
-            };
-            let Some(kid) = jwk.common.key_id.clone() else {
-                continue;
-            };
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                continue;
-            };
-            let alg = jwk.common.key_algorithm;
-            by_kid.insert(kid, Arc::new(VerifyKey { key, family, alg }));
-        }
+        let by_kid = set
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                let key = import(jwk)?;
+                Some((jwk.common.key_id.clone()?, Arc::new(key)))
+            })
+            .collect();
         if let Ok(mut k) = self.keys.write() {
             *k = Arc::new(KeySet { by_kid });
         }
         Ok(())
     }
+}
+
+/// A JWK as a verification key, if it is one palisade uses: a signature key (no `use`,
+/// or `sig`) of a family palisade verifies (RSA, EC P-256, Ed25519). Symmetric (`oct`)
+/// keys and other curves are never imported, so nothing can be checked as HMAC.
+pub fn import(jwk: &Jwk) -> Option<VerifyKey> {
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
+        return None;
+    }
+    let family = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => KeyFamily::P256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            KeyFamily::Ed25519
+        }
+        _ => return None,
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(VerifyKey {
+        key,
+        family,
+        alg: jwk.common.key_algorithm,
+    })
 }
 
 /// The largest JWKS document accepted.

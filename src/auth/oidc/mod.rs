@@ -18,6 +18,7 @@
 //! Signature checks are jsonwebtoken's (aws-lc-rs); nothing cryptographic is done here.
 
 pub mod jwks;
+pub mod signin;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,9 @@ pub struct ExternalIdentity {
     pub username: Option<String>,
     /// The ID token's `nonce` (the sign-in flow compares it).
     pub nonce: Option<String>,
+    /// `aud`, and `azp` if present (the sign-in flow checks the token is for its client).
+    pub audiences: Vec<String>,
+    pub authorized_party: Option<String>,
     /// `exp`, Unix seconds.
     pub expires_at: i64,
 }
@@ -120,6 +124,8 @@ struct Issuer {
 
 pub struct OidcVerifier {
     issuers: Vec<Arc<Issuer>>,
+    /// Issuers palisade can send a browser to for sign-in.
+    sign_in: Vec<Arc<signin::SignInClient>>,
     max_token_bytes: usize,
     /// Some issuer has `accept_bearer`: only then does a request's token get a look.
     any_bearer: bool,
@@ -190,8 +196,15 @@ impl OidcVerifier {
                 })
             })
             .collect();
+        let mut sign_in = Vec::new();
+        for i in &cfg.issuers {
+            if let Some(c) = signin::SignInClient::new(i, http.clone())? {
+                sign_in.push(Arc::new(c));
+            }
+        }
         Ok(Self {
             issuers,
+            sign_in,
             max_token_bytes: cfg.max_token_bytes,
             any_bearer: cfg.issuers.iter().any(|i| i.accept_bearer),
         })
@@ -199,6 +212,20 @@ impl OidcVerifier {
 
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
+    }
+
+    /// The issuers offered for sign-in.
+    pub fn sign_in_clients(&self) -> &[Arc<signin::SignInClient>] {
+        &self.sign_in
+    }
+
+    /// The sign-in client named `name`; without a name, the only one there is.
+    pub fn sign_in_client(&self, name: Option<&str>) -> Option<&Arc<signin::SignInClient>> {
+        match name {
+            Some(n) => self.sign_in.iter().find(|c| c.name == n),
+            None if self.sign_in.len() == 1 => self.sign_in.first(),
+            None => None,
+        }
     }
 
     /// Fetches every issuer's keys now (at start and periodically).
@@ -355,6 +382,8 @@ impl OidcVerifier {
                 .get("nonce")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            audiences: strings_at(&claims, Some("aud")),
+            authorized_party: claims.get("azp").and_then(Value::as_str).map(str::to_owned),
             expires_at: claims
                 .get("exp")
                 .and_then(Value::as_i64)

@@ -159,6 +159,7 @@ fn issuer(iss: &str, jwks_url: &str, algs: &[JwsAlgorithm]) -> IssuerConfig {
         .collect(),
         accept_bearer: false,
         leeway: Duration::from_secs(30),
+        ..IssuerConfig::default()
     }
 }
 
