@@ -21,6 +21,7 @@ fn claims() -> AccessClaims {
         username: "alice".into(),
         tenant: "acme".into(),
         session_id: "c2Vzc2lvbi1pZC0xMjM0NTY".into(),
+        jkt: None,
     }
 }
 
@@ -113,14 +114,19 @@ fn verify_with_session() {
                 "alice",
                 &SecretString::from("correct horse battery"),
                 &client,
+                None,
             )
             .await
             .unwrap();
         issued.access_token
     });
     report("verify_plus_session_check_cache_hit", || {
-        rt.block_on(state.auth.verify_access(Some(&token), &client))
-            .unwrap()
+        rt.block_on(
+            state
+                .auth
+                .verify_access(&palisade::auth::Credentials::bearer(&token), &client),
+        )
+        .unwrap()
     });
 }
 

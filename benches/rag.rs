@@ -85,12 +85,15 @@ async fn scope_for(
     let client = ClientInfo::default();
     let t = state
         .auth
-        .login(name, &SecretString::from("bench-password-1"), &client)
+        .login(name, &SecretString::from("bench-password-1"), &client, None)
         .await
         .unwrap();
     state
         .auth
-        .verify_access(Some(&t.access_token), &client)
+        .verify_access(
+            &palisade::auth::Credentials::bearer(&t.access_token),
+            &client,
+        )
         .await
         .unwrap()
         .access_scope()

@@ -124,6 +124,28 @@ pub struct TokenConfig {
     pub format: TokenFormat,
     /// Where the token keys live; default `<data_dir>/keys.json`.
     pub keys_file: Option<PathBuf>,
+    /// Sender-constrained tokens (DPoP, RFC 9449).
+    pub dpop: DpopMode,
+    /// How old a DPoP proof may be (its `iat`); a proof's `jti` is remembered this long.
+    #[serde(with = "humantime_serde")]
+    pub dpop_proof_window: Duration,
+    /// Require a server-issued `DPoP-Nonce` in every proof (a stolen proof then expires
+    /// with the nonce, whatever the client's clock says).
+    pub dpop_nonce: bool,
+}
+
+/// `tokens.dpop`: whether access tokens are bound to a client key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DpopMode {
+    /// Proofs are ignored; every token is a bearer token.
+    Off,
+    /// A login or refresh with a proof gets tokens bound to its key (and a bound
+    /// session); clients without one (SDKs, CLIs) keep bearer tokens.
+    #[default]
+    Optional,
+    /// Every login and refresh must carry a proof; bearer tokens are refused.
+    Required,
 }
 
 impl Default for TokenConfig {
@@ -136,6 +158,9 @@ impl Default for TokenConfig {
             session_cache_ttl: Duration::from_secs(1),
             format: TokenFormat::Paseto,
             keys_file: None,
+            dpop: DpopMode::Optional,
+            dpop_proof_window: Duration::from_secs(60),
+            dpop_nonce: false,
         }
     }
 }

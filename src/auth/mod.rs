@@ -9,9 +9,12 @@
 //! * `session_ops.rs` — login, refresh, logout, the user's own sessions.
 //! * `users.rs` — account administration (admins over HTTP, the operator's CLI).
 
+pub mod dpop;
+mod dpop_ops;
 mod jwe;
 pub mod keys;
 pub mod oidc;
+pub use dpop_ops::{Credentials, DpopChallenge, Scheme};
 mod oidc_ops;
 pub use oidc_ops::{CallbackParams, SignInStart};
 pub mod password;
@@ -67,6 +70,9 @@ pub enum AuthError {
     Invalid(&'static str),
     #[error("token minting failed")]
     Mint,
+    /// DPoP refused the request (401 with `WWW-Authenticate: DPoP`).
+    #[error("dpop: {}", .0.error())]
+    Dpop(DpopChallenge),
     /// A dependency outside the store (the IdP) could not be reached.
     #[error("unavailable")]
     Unavailable,
@@ -83,6 +89,8 @@ pub struct IssuedTokens {
     pub refresh: RefreshToken,
     /// Seconds left in the session's absolute lifetime: the cookie's Max-Age.
     pub refresh_max_age: i64,
+    /// The access token is bound to a DPoP key (`token_type` `DPoP`).
+    pub dpop_bound: bool,
 }
 
 impl std::fmt::Debug for IssuedTokens {
@@ -121,6 +129,15 @@ pub struct AuthService {
     oidc: oidc::OidcVerifier,
     /// How long a sign-in through an IdP may take.
     sign_in_ttl: std::time::Duration,
+    dpop: DpopSettings,
+}
+
+struct DpopSettings {
+    mode: crate::config::DpopMode,
+    window_secs: i64,
+    nonce: bool,
+    /// The public origin: a proof's `htu` is a path on it.
+    origin: String,
 }
 
 impl AuthService {
@@ -180,6 +197,12 @@ impl AuthService {
             grace_ms: ms(t.refresh_reuse_grace),
             oidc,
             sign_in_ttl: cfg.oidc.sign_in_ttl,
+            dpop: DpopSettings {
+                mode: t.dpop,
+                window_secs: t.dpop_proof_window.as_secs().clamp(1, 3600) as i64,
+                nonce: t.dpop_nonce,
+                origin: cfg.public_origin.trim_end_matches('/').to_owned(),
+            },
         }
     }
 
@@ -187,15 +210,15 @@ impl AuthService {
     /// which every credential enters.
     pub async fn verify_access(
         &self,
-        token: Option<&str>,
+        creds: &Credentials<'_>,
         client: &ClientInfo,
     ) -> Result<Principal, AuthError> {
         // A request without any credentials is not an attack worth a row.
-        let Some(token) = token else {
+        let Some(token) = creds.token else {
             return Err(AuthError::Unauthorized);
         };
         // An IdP access token, where an issuer allows them (`accept_bearer`).
-        if self.oidc.routes_bearer(token) {
+        if creds.scheme == Scheme::Bearer && self.oidc.routes_bearer(token) {
             return self.verify_idp_bearer(token, client).await;
         }
         let claims = match self.tokens.verify(token) {
@@ -213,6 +236,8 @@ impl AuthService {
                 return Err(AuthError::Unauthorized);
             }
         };
+        self.check_binding(claims.jkt.as_deref(), creds, client)
+            .await?;
         match self
             .cache
             .check(&claims.session_id, &claims.tenant, &claims.subject)

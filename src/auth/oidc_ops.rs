@@ -91,9 +91,10 @@ impl AuthService {
         &self,
         id_token: &str,
         client: &ClientInfo,
+        dpop_key: Option<String>,
     ) -> Result<IssuedTokens, AuthError> {
         let id = self.verify_idp(id_token, TokenUse::IdToken, client).await?;
-        self.session_for(id, "oidc", client).await
+        self.session_for(id, "oidc", client, dpop_key).await
     }
 
     /// The session of a verified identity: its account (created at first sight), its
@@ -103,6 +104,7 @@ impl AuthService {
         id: ExternalIdentity,
         via: &'static str,
         client: &ClientInfo,
+        dpop_key: Option<String>,
     ) -> Result<IssuedTokens, AuthError> {
         let user = self.external_account(&id, client).await?;
         let user = if user.roles != id.roles || user.groups != id.groups {
@@ -130,7 +132,7 @@ impl AuthService {
         } else {
             user
         };
-        self.open_session(&user, via, client).await
+        self.open_session(&user, via, client, dpop_key).await
     }
 
     /// `GET /auth/oidc/login`: where to send the browser, and the sealed cookie that
@@ -170,8 +172,10 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<(IssuedTokens, ReturnTo), AuthError> {
         match self.check_callback(cookie, answer, client).await {
+            // A browser navigation carries no DPoP proof: the session starts unbound; the
+            // page's refreshes with a proof get bound access tokens.
             Ok((id, return_to)) => Ok((
-                self.session_for(id, "oidc_sign_in", client).await?,
+                self.session_for(id, "oidc_sign_in", client, None).await?,
                 return_to,
             )),
             Err(Refused(reason)) => {

@@ -15,6 +15,7 @@ impl AuthService {
         username: &str,
         password: &SecretString,
         client: &ClientInfo,
+        dpop_key: Option<String>,
     ) -> Result<IssuedTokens, AuthError> {
         let canonical = crate::access::canonical_username(username);
         // Limits are keyed by a pseudonym of the username: it may be a password typed
@@ -65,7 +66,7 @@ impl AuthService {
             }
         };
         self.limits.reset(&self.pair_limit, &pair_key).await?;
-        self.open_session(&user, "password", client).await
+        self.open_session(&user, "password", client, dpop_key).await
     }
 
     /// A new session for `user`, signed in `via` a password or an IdP: the access token
@@ -75,6 +76,7 @@ impl AuthService {
         user: &UserRecord,
         via: &'static str,
         client: &ClientInfo,
+        dpop_key: Option<String>,
     ) -> Result<IssuedTokens, AuthError> {
         // Mint before persisting: if minting failed, no orphan session would remain.
         let now = now_ms();
@@ -82,7 +84,14 @@ impl AuthService {
         let absolute_expires_at = now.saturating_add(self.absolute_ttl_ms);
         let refresh = RefreshToken::generate();
         let refresh_hash = refresh.hash();
-        let issued = self.issue(user, &session_id, absolute_expires_at, refresh, now)?;
+        let issued = self.issue(
+            user,
+            &session_id,
+            absolute_expires_at,
+            refresh,
+            now,
+            dpop_key.clone(),
+        )?;
         let session = self
             .sessions
             .create_session(NewSession {
@@ -95,6 +104,7 @@ impl AuthService {
                 refresh_hash,
                 roles: user.roles.clone(),
                 groups: user.groups.clone(),
+                dpop_jkt: dpop_key,
             })
             .await?;
         self.audit
@@ -154,7 +164,9 @@ impl AuthService {
         absolute_expires_at: i64,
         refresh: RefreshToken,
         now: i64,
+        dpop_key: Option<String>,
     ) -> Result<IssuedTokens, AuthError> {
+        let dpop_bound = dpop_key.is_some();
         let access_token = self
             .tokens
             .mint(&AccessClaims {
@@ -162,6 +174,7 @@ impl AuthService {
                 username: user.username.clone(),
                 tenant: user.tenant.clone(),
                 session_id: session_id.to_owned(),
+                jkt: dpop_key,
             })
             .map_err(|_| AuthError::Mint)?;
         Ok(IssuedTokens {
@@ -170,18 +183,27 @@ impl AuthService {
             session_id: session_id.to_owned(),
             refresh,
             refresh_max_age: ((absolute_expires_at - now) / 1000).max(0),
+            dpop_bound,
         })
     }
 
     /// Rotates a refresh token. Reuse of a rotated one revokes the session.
+    ///
+    /// DPoP: the proof (if any) is checked first. A session bound to a key refreshes
+    /// only with a proof by that key; a refresh cookie presented without it is a stolen
+    /// cookie, and the session ends (the thief gets nothing, the owner signs in again).
     pub async fn refresh(
         &self,
         presented: Option<&str>,
         client: &ClientInfo,
+        proof: Option<&str>,
     ) -> Result<IssuedTokens, AuthError> {
         let Some(presented) = presented.and_then(RefreshToken::parse) else {
             return Err(AuthError::RefreshInvalid);
         };
+        let proved = self
+            .token_request_key(proof, "/auth/refresh", client)
+            .await?;
         let replacement = RefreshToken::generate();
         let now = now_ms();
         let outcome = self
@@ -206,12 +228,39 @@ impl AuthService {
                     .await?
                     .filter(|u| !u.disabled)
                     .ok_or(AuthError::RefreshInvalid)?;
+                if let Some(bound) = &session.dpop_jkt
+                    && proved.as_deref() != Some(bound.as_str())
+                {
+                    self.sessions
+                        .revoke_session(
+                            &session.tenant,
+                            &session.user_id,
+                            &session.id,
+                            "refresh_without_dpop_key",
+                            now,
+                        )
+                        .await?;
+                    self.cache.invalidate(&session.id).await;
+                    self.audit
+                        .record(
+                            AuditEvent::new(AuditKind::RefreshReuseDetected)
+                                .tenant(&session.tenant)
+                                .subject(&session.user_id)
+                                .session(&session.id)
+                                .client(client)
+                                .reason("refresh_without_dpop_key"),
+                        )
+                        .await;
+                    return Err(AuthError::Dpop(super::DpopChallenge::InvalidProof));
+                }
+                let key = session.dpop_jkt.clone().or(proved);
                 let issued = self.issue(
                     &user,
                     &session.id,
                     session.absolute_expires_at,
                     replacement,
                     now,
+                    key,
                 )?;
                 self.audit
                     .record(

@@ -34,6 +34,8 @@ pub struct AccessClaims {
     pub username: String,
     pub tenant: String,
     pub session_id: String,
+    /// DPoP: the thumbprint of the key the token is bound to (`cnf.jkt`, RFC 9449).
+    pub jkt: Option<String>,
 }
 
 /// Why a token was refused. Goes to the audit trail as a fixed reason; the client
@@ -141,6 +143,25 @@ impl TokenService {
         self.keys().active().0.to_owned()
     }
 
+    /// HMAC-SHA-256 of `data` under a key derived from the active token key for
+    /// `purpose` (e.g. the stateless DPoP nonce).
+    pub fn keyed_digest(&self, purpose: &[u8], data: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        type H = Hmac<sha2::Sha256>;
+        let keys = self.keys();
+        let (_, key) = keys.active();
+        let Ok(mut kdf) = <H as Mac>::new_from_slice(key.as_bytes()) else {
+            return [0; 32];
+        };
+        kdf.update(purpose);
+        let subkey = kdf.finalize().into_bytes();
+        let Ok(mut mac) = <H as Mac>::new_from_slice(&subkey) else {
+            return [0; 32];
+        };
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
     /// `payload` sealed for `purpose` under the active key ([`super::sealed`]).
     pub fn seal(&self, purpose: super::sealed::Purpose, payload: &[u8]) -> Option<String> {
         let keys = self.keys();
@@ -182,6 +203,11 @@ impl TokenService {
         claims
             .add_additional("sid", c.session_id.as_str())
             .map_err(|_| MintError)?;
+        if let Some(jkt) = &c.jkt {
+            claims
+                .add_additional("cnf", serde_json::json!({ "jkt": jkt }))
+                .map_err(|_| MintError)?;
+        }
 
         let keys = self.keys();
         let (_, key) = keys.active();
@@ -197,12 +223,15 @@ impl TokenService {
         let now = OffsetDateTime::now_utc();
         let ttl = time::Duration::try_from(self.access_ttl).map_err(|_| MintError)?;
         let t = |d: OffsetDateTime| d.format(&Rfc3339).map_err(|_| MintError);
-        let payload = serde_json::json!({
+        let mut payload = serde_json::json!({
             "iss": ISSUER, "aud": self.audience, "sub": c.subject,
             "iat": t(now)?, "nbf": t(now)?, "exp": t(now + ttl)?,
             "jti": crate::secret::new_id(), "typ": TOKEN_TYPE,
             "tenant": c.tenant, "username": c.username, "sid": c.session_id,
         });
+        if let Some(jkt) = &c.jkt {
+            payload["cnf"] = serde_json::json!({ "jkt": jkt });
+        }
         let keys = self.keys();
         let (kid, key) = keys.active();
         let cek = jwe::derive_key(key.as_bytes()).ok_or(MintError)?;
@@ -274,6 +303,14 @@ struct Payload {
     tenant: String,
     username: String,
     sid: String,
+    #[serde(default)]
+    cnf: Option<Confirmation>,
+}
+
+/// RFC 7800 confirmation: the DPoP key a token is bound to.
+#[derive(serde::Deserialize)]
+struct Confirmation {
+    jkt: String,
 }
 
 impl Payload {
@@ -304,6 +341,7 @@ impl Payload {
             username: self.username,
             tenant: self.tenant,
             session_id: self.sid,
+            jkt: self.cnf.map(|c| c.jkt),
         };
         match why {
             None => Ok(claims),
@@ -358,6 +396,7 @@ mod tests {
             username: "alice".into(),
             tenant: "acme".into(),
             session_id: "s1".into(),
+            jkt: None,
         }
     }
 

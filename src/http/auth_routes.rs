@@ -13,7 +13,7 @@ use super::cookies::{
     refresh_cookie, require_same_origin, sign_in_cookie,
 };
 use super::error::ApiError;
-use super::extract::{Auth, Client, Json, MaybeAuth};
+use super::extract::{Auth, Client, Json, MaybeAuth, dpop_proof};
 use crate::auth::oidc::signin::ReturnTo;
 use crate::auth::{AuthError, CallbackParams, IssuedTokens};
 use crate::secret::SecretString;
@@ -53,7 +53,7 @@ struct TokenResponse<'a> {
 fn token_response(t: &IssuedTokens) -> Response {
     let body = TokenResponse {
         access_token: &t.access_token,
-        token_type: "Bearer",
+        token_type: if t.dpop_bound { "DPoP" } else { "Bearer" },
         expires_in: t.expires_in,
         session_id: &t.session_id,
     };
@@ -70,13 +70,21 @@ fn token_response(t: &IssuedTokens) -> Response {
 pub async fn login(
     State(s): State<AppState>,
     Client(client): Client,
+    headers: HeaderMap,
     Json(req): Json<LoginRequest>,
 ) -> Result<Response, ApiError> {
     if req.username.is_empty() || req.username.len() > 256 {
         // Same answer as a wrong password: the shape of a username reveals nothing.
         return Err(ApiError::InvalidCredentials);
     }
-    let issued = s.auth.login(&req.username, &req.password, &client).await?;
+    let key = s
+        .auth
+        .token_request_key(dpop_proof(&headers), "/auth/login", &client)
+        .await?;
+    let issued = s
+        .auth
+        .login(&req.username, &req.password, &client, key)
+        .await?;
     Ok(token_response(&issued))
 }
 
@@ -90,9 +98,17 @@ pub struct ExchangeRequest {
 pub async fn oidc_exchange(
     State(s): State<AppState>,
     Client(client): Client,
+    headers: HeaderMap,
     Json(req): Json<ExchangeRequest>,
 ) -> Result<Response, ApiError> {
-    let issued = s.auth.exchange_id_token(&req.id_token, &client).await?;
+    let key = s
+        .auth
+        .token_request_key(dpop_proof(&headers), "/auth/oidc/exchange", &client)
+        .await?;
+    let issued = s
+        .auth
+        .exchange_id_token(&req.id_token, &client, key)
+        .await?;
     Ok(token_response(&issued))
 }
 
@@ -204,7 +220,11 @@ pub async fn refresh(
     require_same_origin(&headers, &s.config.public_origin).map_err(IntoResponse::into_response)?;
     match s
         .auth
-        .refresh(read_refresh(&headers).as_deref(), &client)
+        .refresh(
+            read_refresh(&headers).as_deref(),
+            &client,
+            dpop_proof(&headers),
+        )
         .await
     {
         Ok(issued) => Ok(token_response(&issued)),

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::audit::AuditError;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, DpopChallenge};
 use crate::chat::ChatError;
 use crate::llm::LlmError;
 use crate::rag::RagError;
@@ -32,6 +32,9 @@ pub enum ApiError {
     RefreshInvalid,
     #[error("refresh in progress")]
     RefreshInProgress,
+    /// DPoP refused the request: 401 with `WWW-Authenticate: DPoP error=…`.
+    #[error("dpop: {}", .0.error())]
+    Dpop(DpopChallenge),
     #[error("cross-site request")]
     CrossSite,
     #[error("forbidden")]
@@ -83,7 +86,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            InvalidCredentials | Unauthorized | RefreshReused | RefreshInvalid => {
+            InvalidCredentials | Unauthorized | RefreshReused | RefreshInvalid | Dpop(_) => {
                 StatusCode::UNAUTHORIZED
             }
             RefreshInProgress | Conflict(_) => StatusCode::CONFLICT,
@@ -112,6 +115,7 @@ impl ApiError {
             RefreshReused => "refresh_reused",
             RefreshInvalid => "invalid_refresh_token",
             RefreshInProgress => "refresh_in_progress",
+            Dpop(c) => c.error(),
             CrossSite => "cross_site_request",
             Forbidden => "forbidden",
             NotFound => "not_found",
@@ -146,6 +150,15 @@ impl ApiError {
             RefreshInvalid => "The refresh token is missing, invalid or expired.".into(),
             RefreshInProgress => {
                 "Another request is refreshing this session; retry with the newest cookie.".into()
+            }
+            Dpop(DpopChallenge::InvalidProof) => {
+                "A valid DPoP proof by the token's key is required for this request.".into()
+            }
+            Dpop(DpopChallenge::InvalidToken) => {
+                "This token must be presented with the DPoP scheme and a proof of its key (or, if unbound, as a Bearer token where bearer tokens are allowed).".into()
+            }
+            Dpop(DpopChallenge::UseNonce(_)) => {
+                "Retry with the server nonce from the DPoP-Nonce header in the proof.".into()
             }
             CrossSite => "Cross-site requests are not allowed here.".into(),
             Forbidden => "You do not have permission for this operation.".into(),
@@ -186,6 +199,17 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Dpop(c) => {
+                let challenge = format!("DPoP error=\"{}\", algs=\"ES256\"", c.error());
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, v);
+                }
+                if let DpopChallenge::UseNonce(n) = c
+                    && let Ok(v) = HeaderValue::from_str(n)
+                {
+                    headers.insert("dpop-nonce", v);
+                }
             }
             ApiError::StoreUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -240,6 +264,7 @@ impl From<AuthError> for ApiError {
                 ApiError::Internal
             }
             AuthError::Unavailable => ApiError::Unavailable,
+            AuthError::Dpop(c) => ApiError::Dpop(c),
             AuthError::Store(s) => s.into(),
         }
     }

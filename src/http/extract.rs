@@ -17,6 +17,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::middleware::RequestId;
 use crate::access::{ClientInfo, Principal};
+use crate::auth::{Credentials, Scheme};
 
 pub struct Json<T>(pub T);
 
@@ -114,12 +115,55 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
 
 /// `Authorization: Bearer <token>`, or `None`.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    match authorization(headers)? {
+        (Scheme::Bearer, t) => Some(t),
+        (Scheme::Dpop, _) => None,
+    }
+}
+
+/// `Authorization: Bearer <token>` or `Authorization: DPoP <token>`.
+fn authorization(headers: &HeaderMap) -> Option<(Scheme, &str)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
+        return None;
+    };
+    Some((scheme, token.trim())).filter(|(_, t)| !t.is_empty())
+}
+
+/// The one `DPoP` proof header; two or more count as none (and fail a bound token).
+pub fn dpop_proof(headers: &HeaderMap) -> Option<&str> {
+    let mut all = headers.get_all("dpop").iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    }
+}
+
+/// What a request presents to authenticate: token, scheme, DPoP proof, and the method
+/// and path the proof must be for (the path as the client sent it, also under a nested
+/// router).
+pub fn credentials(parts: &Parts) -> Credentials<'_> {
+    let (scheme, token) = match authorization(&parts.headers) {
+        Some((s, t)) => (s, Some(t)),
+        None => (Scheme::Bearer, None),
+    };
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.path())
+        .unwrap_or_else(|| parts.uri.path());
+    Credentials {
+        token,
+        scheme,
+        proof: dpop_proof(&parts.headers),
+        method: parts.method.as_str(),
+        path,
+    }
 }
 
 /// An authenticated caller.
@@ -135,7 +179,7 @@ impl FromRequestParts<AppState> for Auth {
         let client = client_info(parts, &state.config.trusted_proxies);
         let p = state
             .auth
-            .verify_access(bearer(&parts.headers), &client)
+            .verify_access(&credentials(parts), &client)
             .await?;
         Ok(Auth(p))
     }
@@ -152,12 +196,13 @@ impl FromRequestParts<AppState> for MaybeAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        match bearer(&parts.headers) {
+        let creds = credentials(parts);
+        match creds.token {
             None => Ok(MaybeAuth(None)),
-            Some(t) => {
+            Some(_) => {
                 let client = client_info(parts, &state.config.trusted_proxies);
                 Ok(MaybeAuth(Some(
-                    state.auth.verify_access(Some(t), &client).await?,
+                    state.auth.verify_access(&creds, &client).await?,
                 )))
             }
         }

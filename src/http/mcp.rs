@@ -32,7 +32,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{bearer, client_info};
+use super::extract::{client_info, credentials};
 use crate::access::{ClientInfo, Principal};
 use crate::chat::tools::{
     BAD_ARGUMENTS, SEARCH_TOOL, render_results, search_query, search_tool_def,
@@ -80,7 +80,7 @@ pub fn router(state: AppState) -> Router<AppState> {
 async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let client = client_info(&parts, &s.config.trusted_proxies);
-    let principal = match s.auth.verify_access(bearer(&parts.headers), &client).await {
+    let principal = match s.auth.verify_access(&credentials(&parts), &client).await {
         Ok(p) => p,
         Err(e) => return ApiError::from(e).into_response(),
     };

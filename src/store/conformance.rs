@@ -123,6 +123,7 @@ async fn session(s: &Stores, u: &UserRecord, refresh: &RefreshToken, now: i64) -
             now,
             absolute_expires_at: now + 30 * DAY,
             user_agent: None,
+            dpop_jkt: None,
             refresh_hash: refresh.hash(),
             roles: u.roles.clone(),
             groups: u.groups.clone(),

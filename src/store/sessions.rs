@@ -20,6 +20,8 @@ pub struct SessionRecord {
     /// every session of the user, so these are always current for a live session.
     pub roles: Vec<String>,
     pub groups: Vec<String>,
+    /// The DPoP key the session is bound to: a refresh must prove possession of it.
+    pub dpop_jkt: Option<String>,
 }
 
 impl SessionRecord {
@@ -45,6 +47,8 @@ pub struct NewSession {
     pub refresh_hash: TokenHash,
     pub roles: Vec<String>,
     pub groups: Vec<String>,
+    /// The DPoP key (RFC 7638 thumbprint) the refresh family is bound to, if any.
+    pub dpop_jkt: Option<String>,
 }
 
 /// What presenting a refresh token led to. Decided atomically inside the store.

@@ -11,6 +11,7 @@ mod chat;
 mod cli_docs;
 mod cluster;
 mod connections;
+mod dpop;
 mod foundation;
 mod hardening;
 mod hygiene;

@@ -192,6 +192,7 @@ fn session_from(sid: &str, m: &HashMap<String, String>) -> StoreResult<Option<Se
         user_agent: m.get("user_agent").cloned(),
         roles: list(m, "roles")?,
         groups: list(m, "groups")?,
+        dpop_jkt: m.get("dpop_jkt").cloned(),
     }))
 }
 
@@ -236,6 +237,9 @@ impl SessionStore for ClusterStore {
             if let Some(ua) = &s.user_agent {
                 fields.push(("user_agent", ua.clone()));
             }
+            if let Some(jkt) = &s.dpop_jkt {
+                fields.push(("dpop_jkt", jkt.clone()));
+            }
             let _: () = redis::pipe()
                 .atomic()
                 .hset_multiple(self.key(&["s:", &s.id]), &fields)
@@ -266,6 +270,7 @@ impl SessionStore for ClusterStore {
                 user_agent: s.user_agent,
                 roles: s.roles,
                 groups: s.groups,
+                dpop_jkt: s.dpop_jkt,
             })
         })
         .await

@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/08_session_access.sql"),
     include_str!("migrations/09_text_partitions.sql"),
     include_str!("migrations/10_tool_messages.sql"),
+    include_str!("migrations/11_session_dpop.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -12,7 +12,7 @@ use crate::store::{
 };
 
 const SESSION_COLS: &str = "id, tenant, user_id, created_at, last_seen_at, absolute_expires_at, \
-     revoked_at, user_agent, roles, groups_";
+     revoked_at, user_agent, roles, groups_, dpop_jkt";
 
 fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -26,6 +26,7 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         user_agent: r.get(7)?,
         roles: parse_list(&r.get::<_, String>(8)?)?,
         groups: parse_list(&r.get::<_, String>(9)?)?,
+        dpop_jkt: r.get(10)?,
     })
 }
 
@@ -98,7 +99,7 @@ impl SessionStore for SqliteStore {
         self.write(move |c| {
             c.execute(
                 &format!(
-                    "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1,?2,?3,?4,?4,?5,NULL,?6,?7,?8)"
+                    "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1,?2,?3,?4,?4,?5,NULL,?6,?7,?8,?9)"
                 ),
                 params![
                     s.id,
@@ -108,7 +109,8 @@ impl SessionStore for SqliteStore {
                     s.absolute_expires_at,
                     s.user_agent,
                     json_list(&s.roles),
-                    json_list(&s.groups)
+                    json_list(&s.groups),
+                    s.dpop_jkt
                 ],
             )?;
             c.execute(
@@ -126,6 +128,7 @@ impl SessionStore for SqliteStore {
                 user_agent: s.user_agent,
                 roles: s.roles,
                 groups: s.groups,
+                dpop_jkt: s.dpop_jkt,
             })
         })
         .await
