@@ -237,6 +237,59 @@ fn idp_tokens() {
     }
 }
 
+/// One DPoP proof (ES256) checked as every bound request's is: header, signature by the
+/// embedded key, htm/htu/iat/ath, thumbprint. (The replay check is one limit-store slot,
+/// measured with the request benches.)
+fn dpop_proofs() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use palisade::auth::dpop::{ProofFor, token_hash, verify_proof};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey");
+    let key = EncodingKey::from_ec_pem(&std::fs::read(&path).unwrap()).unwrap();
+    let jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+    let token = "v4.local.a-typical-access-token-of-about-this-length-0123456789";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+    let claims = serde_json::json!({"jti": "bench-jti-0123456789", "htm": "GET",
+        "htu": "https://chat.example.com/v1/threads", "iat": now, "ath": token_hash(token)});
+    let input = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::ES256).unwrap();
+    let proof = format!("{input}.{sig}");
+    let want = ProofFor {
+        method: "GET",
+        url: "https://chat.example.com/v1/threads",
+        access_token: Some(token),
+        now,
+        window_secs: 60,
+    };
+    assert!(verify_proof(&proof, &want).is_ok());
+    report("dpop_proof_verify_es256", || verify_proof(&proof, &want));
+}
+
 fn main() {
     // `cargo test --benches` passes --bench-less flags; only time on `cargo bench`.
     if std::env::args().any(|a| a == "--list") {
@@ -246,5 +299,6 @@ fn main() {
     tokens();
     verify_with_session();
     idp_tokens();
+    dpop_proofs();
     passwords();
 }

@@ -33,6 +33,18 @@ if ! [ -d tests/oidc/node_modules/oidc-provider ]; then
   npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 fi
 
+# The browser tests: Debian's Chromium, driven by playwright-core (which never downloads
+# a browser of its own).
+if ! [ -x /usr/bin/chromium ]; then
+  echo "installing Debian's chromium for the browser tests"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+fi
+if ! [ -d tests/browser/node_modules/playwright-core ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+
 # The real embedding model for the semantic-retrieval test (SHA-256 verified).
 ./scripts/fetch-model.sh
 

@@ -827,12 +827,20 @@ impl IssuerConfig {
                     );
                 }
             }
-            if !self.name.as_deref().is_some_and(crate::access::valid_name) {
+            if !self.name.as_deref().is_some_and(provider_name) {
                 return Err("sign-in (client_id) needs a name (letters, digits, '-', '_')");
             }
         }
         Ok(())
     }
+}
+
+/// A sign-in provider's name: it goes into a URL (`?provider=`) and onto a button.
+fn provider_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// `https:`, or `http:` to a loopback host (tests, a local IdP).

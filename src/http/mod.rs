@@ -14,6 +14,7 @@ pub mod openai_routes;
 pub mod ops;
 pub mod server;
 pub mod threads_routes;
+pub mod web;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(ops::router())
         .merge(mcp::router(state.clone()))
+        .merge(web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -7,6 +7,7 @@ mod agents;
 mod auth_login;
 mod auth_refresh;
 mod auth_tokens;
+mod browser;
 mod chat;
 mod cli_docs;
 mod cluster;

@@ -26,6 +26,8 @@ pub struct Server {
     /// Under the cluster store: the database and Redis key prefix it uses (its own, or
     /// shared with the other nodes of a multi-node test).
     cluster: Option<std::sync::Arc<ClusterSpace>>,
+    /// The `--listen` address (an ephemeral port unless a test needs a known one).
+    listen: String,
 }
 
 /// A PostgreSQL database and a Redis key prefix of one test's own, so that tests in
@@ -140,6 +142,11 @@ impl Server {
             child: None,
             base: String::new(),
             dir,
+            listen: env
+                .iter()
+                .find(|(k, _)| k == "PALISADE_TEST_LISTEN")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| "127.0.0.1:0".into()),
             env,
             http: Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -214,8 +221,8 @@ impl Server {
         c.env_remove("PALISADE_CONFIG")
             .env("PALISADE_STORE__KIND", store_kind())
             .env("PALISADE_EMBEDDINGS__KIND", "hash")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PALISADE_PUBLIC_ORIGIN", "http://localhost:8080")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--data-dir")
             .arg(self.dir.path());
         c
@@ -229,7 +236,7 @@ impl Server {
             .expect("log file");
         let mut child = self
             .command()
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", &self.listen])
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

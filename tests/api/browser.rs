@@ -1,0 +1,100 @@
+//! The chat page in a real browser: headless Chromium (Debian's) driven by
+//! `tests/browser/chat.mjs` (playwright-core) against a palisade on a known loopback
+//! port whose mock model answers with an XSS payload. The script's checks: sign-in by
+//! keyboard, a streamed answer with citations rendered as text, the CSP in force, the
+//! session kept across a reload by the HttpOnly cookie alone, empty web storage, no
+//! token in any URL, a non-extractable DPoP key, the copied token refused outside the
+//! browser (no proof, another key, expired, replayed, another URL or method), the HR
+//! document visible to HR only, two tabs refreshing at once, a phone-sized viewport,
+//! and "sign out everywhere" reaching the other browser. Screenshots go to
+//! `target/browser-artifacts/`.
+
+use serde_json::json;
+
+use crate::mock::Reply;
+use crate::support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_chat_page_in_a_real_browser() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        dir.join("tests/browser/node_modules/playwright-core")
+            .exists(),
+        "playwright-core is not installed: run `npm ci --prefix tests/browser` (scripts/test.sh does)"
+    );
+    let chromium =
+        std::env::var("PALISADE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (scripts/test.sh does)"
+    );
+    let port = free_port();
+    let origin = format!("http://localhost:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let (s, mock) = start_with_mock(&[
+        ("PALISADE_TEST_LISTEN", listen.as_str()),
+        ("PALISADE_PUBLIC_ORIGIN", origin.as_str()),
+        // Short-lived access tokens: the page renews them on its own while the test runs.
+        ("PALISADE_TOKENS__ACCESS_TTL", "20s"),
+    ])
+    .await;
+    let acme = seed_acme(&s);
+    let admin = s.login("adam", &acme.adam).await;
+    for (title, text, acl) in [
+        (
+            "Vacation policy",
+            "Employees get 30 days of vacation and 10 sick days per year.",
+            json!({"public": true}),
+        ),
+        (
+            "Salary bands",
+            "Confidential salary bands for every grade.",
+            json!({"roles": ["hr"]}),
+        ),
+    ] {
+        let r = s
+            .post_auth(
+                "/v1/documents",
+                &admin.access,
+                &json!({"title": title, "text": text, "acl": acl}),
+            )
+            .await;
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    }
+    mock.always(Reply::Text(
+        "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script> Vacation is 30 days.".into(),
+    ));
+
+    let artifacts = dir.join("target/browser-artifacts");
+    let out = tokio::process::Command::new("node")
+        .arg(dir.join("tests/browser/chat.mjs"))
+        .env("BASE", &origin)
+        .env("ALICE_PASSWORD", &acme.alice)
+        .env("HANNAH_PASSWORD", &acme.hannah)
+        .env("ARTIFACTS", &artifacts)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .await
+        .expect("node is on the machine");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ALL BROWSER CHECKS PASSED"),
+        "browser checks failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
+        s.log()
+    );
+    for shot in ["chat.png", "documents.png", "phone.png"] {
+        assert!(artifacts.join(shot).exists(), "{shot} was not written");
+    }
+    // The questions reached the model.
+    let seen = mock.requests();
+    assert!(seen.iter().any(|r| r.to_string().contains("vacation days")));
+}
