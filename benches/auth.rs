@@ -128,6 +128,51 @@ fn verify_with_session() {
         )
         .unwrap()
     });
+
+    // The same with a DPoP-bound token: a fresh proof per call (pre-signed), checked and
+    // its jti spent, then the same session check.
+    let dpop = DpopClient::new();
+    let origin = cfg.public_origin.trim_end_matches('/').to_owned();
+    let login_proof = dpop.proof("POST", &format!("{origin}/auth/login"), None);
+    let bound = rt.block_on(async {
+        let key = state
+            .auth
+            .token_request_key(Some(&login_proof), "/auth/login", &client)
+            .await
+            .unwrap();
+        let issued = state
+            .auth
+            .login(
+                "alice",
+                &SecretString::from("correct horse battery"),
+                &client,
+                key,
+            )
+            .await
+            .unwrap();
+        assert!(issued.dpop_bound);
+        issued.access_token
+    });
+    let url = format!("{origin}/auth/me");
+    let proofs: Vec<String> = (0..40_000)
+        .map(|_| dpop.proof("GET", &url, Some(&bound)))
+        .collect();
+    let mut next = proofs.iter();
+    report("verify_plus_session_check_dpop", || {
+        let creds = palisade::auth::Credentials {
+            token: Some(&bound),
+            scheme: palisade::auth::Scheme::Dpop,
+            proof: next.next().map(String::as_str),
+            method: "GET",
+            path: "/auth/me",
+        };
+        rt.block_on(state.auth.verify_access(&creds, &client))
+            .is_ok()
+    });
+    assert!(
+        next.next().is_some(),
+        "the DPoP row ran out of proofs and measured refusals"
+    );
 }
 
 fn passwords() {
@@ -237,51 +282,78 @@ fn idp_tokens() {
     }
 }
 
+/// A DPoP client key for the benches (openssl-made P-256) and its proof maker.
+struct DpopClient {
+    key: jsonwebtoken::EncodingKey,
+    header: String,
+}
+
+impl DpopClient {
+    fn new() -> Self {
+        use base64::Engine;
+        use jsonwebtoken::jwk::Jwk;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl genpkey");
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(&path).unwrap()).unwrap();
+        let jwk = Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256).unwrap();
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}).to_string());
+        Self { key, header }
+    }
+
+    fn proof(&self, method: &str, url: &str, token: Option<&str>) -> String {
+        use base64::Engine;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut claims = serde_json::json!({"jti": palisade::secret::new_id(), "htm": method,
+            "htu": url, "iat": now});
+        if let Some(t) = token {
+            claims["ath"] = serde_json::json!(palisade::auth::dpop::token_hash(t));
+        }
+        let input = format!(
+            "{}.{}",
+            self.header,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &self.key, jsonwebtoken::Algorithm::ES256)
+                .unwrap();
+        format!("{input}.{sig}")
+    }
+}
+
 /// One DPoP proof (ES256) checked as every bound request's is: header, signature by the
 /// embedded key, htm/htu/iat/ath, thumbprint. (The replay check is one limit-store slot,
-/// measured with the request benches.)
+/// measured with `verify_access_dpop`.)
 fn dpop_proofs() {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use jsonwebtoken::jwk::Jwk;
-    use jsonwebtoken::{Algorithm, EncodingKey};
-    use palisade::auth::dpop::{ProofFor, token_hash, verify_proof};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("k.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl genpkey");
-    let key = EncodingKey::from_ec_pem(&std::fs::read(&path).unwrap()).unwrap();
-    let jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+    use palisade::auth::dpop::{ProofFor, verify_proof};
+    let client = DpopClient::new();
     let token = "v4.local.a-typical-access-token-of-about-this-length-0123456789";
+    let url = "https://chat.example.com/v1/threads";
+    let proof = client.proof("GET", url, Some(token));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
-    let claims = serde_json::json!({"jti": "bench-jti-0123456789", "htm": "GET",
-        "htu": "https://chat.example.com/v1/threads", "iat": now, "ath": token_hash(token)});
-    let input = format!(
-        "{}.{}",
-        B64.encode(header.to_string()),
-        B64.encode(claims.to_string())
-    );
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::ES256).unwrap();
-    let proof = format!("{input}.{sig}");
     let want = ProofFor {
         method: "GET",
-        url: "https://chat.example.com/v1/threads",
+        url,
         access_token: Some(token),
         now,
         window_secs: 60,

@@ -187,6 +187,28 @@ impl AuthService {
         })
     }
 
+    /// A refresh token presented by someone who should not have it (a rotated one, or a
+    /// DPoP-bound one without its key): the session (already revoked) leaves the cache,
+    /// and the theft is audited.
+    async fn theft_detected(
+        &self,
+        session: &SessionRecord,
+        client: &ClientInfo,
+        why: &'static str,
+    ) {
+        self.cache.invalidate(&session.id).await;
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::RefreshReuseDetected)
+                    .tenant(&session.tenant)
+                    .subject(&session.user_id)
+                    .session(&session.id)
+                    .client(client)
+                    .reason(why),
+            )
+            .await;
+    }
+
     /// Rotates a refresh token. Reuse of a rotated one revokes the session.
     ///
     /// DPoP: the proof (if any) is checked first. A session bound to a key refreshes
@@ -240,16 +262,7 @@ impl AuthService {
                             now,
                         )
                         .await?;
-                    self.cache.invalidate(&session.id).await;
-                    self.audit
-                        .record(
-                            AuditEvent::new(AuditKind::RefreshReuseDetected)
-                                .tenant(&session.tenant)
-                                .subject(&session.user_id)
-                                .session(&session.id)
-                                .client(client)
-                                .reason("refresh_without_dpop_key"),
-                        )
+                    self.theft_detected(&session, client, "refresh_without_dpop_key")
                         .await;
                     return Err(AuthError::Dpop(super::DpopChallenge::InvalidProof));
                 }
@@ -275,16 +288,7 @@ impl AuthService {
             }
             RotateOutcome::InProgress => Err(AuthError::RefreshInProgress),
             RotateOutcome::Reused { session } => {
-                self.cache.invalidate(&session.id).await;
-                self.audit
-                    .record(
-                        AuditEvent::new(AuditKind::RefreshReuseDetected)
-                            .tenant(&session.tenant)
-                            .subject(&session.user_id)
-                            .session(&session.id)
-                            .client(client)
-                            .reason("rotated_token_presented"),
-                    )
+                self.theft_detected(&session, client, "rotated_token_presented")
                     .await;
                 Err(AuthError::RefreshReused)
             }

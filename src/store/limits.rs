@@ -53,6 +53,16 @@ const RATE_SWEEP_EVERY: u64 = 4096;
 struct Window {
     start: Instant,
     count: u32,
+    /// This window's own period: a sweep keeps every entry for as long as its limit
+    /// says, whichever limit triggered the sweep.
+    period: Duration,
+}
+
+/// The windows of every limit, and the size at which the next sweep runs.
+#[derive(Default)]
+struct Windows {
+    map: HashMap<(&'static str, String), Window>,
+    sweep_at: usize,
 }
 
 type Keyed = governor::DefaultKeyedRateLimiter<String>;
@@ -60,7 +70,7 @@ type Keyed = governor::DefaultKeyedRateLimiter<String>;
 /// In-process limits for the embedded store.
 #[derive(Default)]
 pub struct MemoryLimits {
-    windows: Mutex<HashMap<(&'static str, String), Window>>,
+    windows: Mutex<Windows>,
     rates: Mutex<HashMap<&'static str, Arc<Keyed>>>,
     rate_checks: std::sync::atomic::AtomicU64,
 }
@@ -90,21 +100,33 @@ impl LimitStore for MemoryLimits {
         match limit.kind {
             LimitKind::Window { max, period } => {
                 let now = Instant::now();
-                let Ok(mut map) = self.windows.lock() else {
+                let Ok(mut windows) = self.windows.lock() else {
                     // A poisoned lock means we cannot count: refuse.
                     return Ok(Admission::RetryAfter(period.as_secs().max(1)));
                 };
-                if map.len() >= SWEEP_THRESHOLD {
-                    map.retain(|_, w| now.duration_since(w.start) < period);
+                // Expired windows are swept when the map has grown past the mark, and
+                // the mark then doubles past what is live: a map full of live windows
+                // (a burst of DPoP proofs, each a one-time key) costs amortised O(1)
+                // per take, never a full scan each time.
+                if windows.map.len() >= windows.sweep_at.max(SWEEP_THRESHOLD) {
+                    windows
+                        .map
+                        .retain(|_, w| now.duration_since(w.start) < w.period);
+                    windows.sweep_at = (windows.map.len() * 2).max(SWEEP_THRESHOLD);
                 }
-                let w = map.entry((limit.name, key.to_owned())).or_insert(Window {
-                    start: now,
-                    count: 0,
-                });
-                if now.duration_since(w.start) >= period {
+                let w = windows
+                    .map
+                    .entry((limit.name, key.to_owned()))
+                    .or_insert(Window {
+                        start: now,
+                        count: 0,
+                        period,
+                    });
+                if now.duration_since(w.start) >= w.period {
                     *w = Window {
                         start: now,
                         count: 0,
+                        period,
                     };
                 }
                 if w.count >= max {
@@ -133,8 +155,8 @@ impl LimitStore for MemoryLimits {
     }
 
     async fn give_back(&self, limit: &Limit, key: &str) -> StoreResult<()> {
-        if let Ok(mut map) = self.windows.lock()
-            && let Some(w) = map.get_mut(&(limit.name, key.to_owned()))
+        if let Ok(mut windows) = self.windows.lock()
+            && let Some(w) = windows.map.get_mut(&(limit.name, key.to_owned()))
         {
             w.count = w.count.saturating_sub(1);
         }
@@ -142,9 +164,51 @@ impl LimitStore for MemoryLimits {
     }
 
     async fn reset(&self, limit: &Limit, key: &str) -> StoreResult<()> {
-        if let Ok(mut map) = self.windows.lock() {
-            map.remove(&(limit.name, key.to_owned()));
+        if let Ok(mut windows) = self.windows.lock() {
+            windows.map.remove(&(limit.name, key.to_owned()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep triggered by a short-lived limit (DPoP's one-time `jti` slots) keeps the
+    /// windows of every other limit for their own period: a flood of proofs must not
+    /// wipe an account's failed-login count.
+    #[tokio::test]
+    async fn a_sweep_keeps_each_window_for_its_own_period() {
+        let limits = MemoryLimits::default();
+        let login = Limit {
+            name: "login_failures",
+            kind: LimitKind::Window {
+                max: 1,
+                period: Duration::from_secs(900),
+            },
+        };
+        let once = Limit {
+            name: "dpop_jti",
+            kind: LimitKind::Window {
+                max: 1,
+                period: Duration::from_millis(1),
+            },
+        };
+        assert_eq!(limits.take(&login, "u").await.unwrap(), Admission::Admitted);
+        for i in 0..SWEEP_THRESHOLD - 1 {
+            limits.take(&once, &i.to_string()).await.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        // This take sweeps: the expired one-time slots go, the login window stays.
+        assert_eq!(
+            limits.take(&once, "last").await.unwrap(),
+            Admission::Admitted
+        );
+        assert!(limits.windows.lock().unwrap().map.len() < 100);
+        assert!(matches!(
+            limits.take(&login, "u").await.unwrap(),
+            Admission::RetryAfter(_)
+        ));
     }
 }

@@ -14,14 +14,6 @@ use serde_json::json;
 use crate::mock::Reply;
 use crate::support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn the_chat_page_in_a_real_browser() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -73,6 +65,18 @@ async fn the_chat_page_in_a_real_browser() {
         "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script> Vacation is 30 days.".into(),
     ));
 
+    // A second deployment with dpop = "required" and server nonces.
+    let strict_port = free_port();
+    let strict_origin = format!("http://localhost:{strict_port}");
+    let strict_listen = format!("127.0.0.1:{strict_port}");
+    let strict = Server::start_with(&[
+        ("PALISADE_TEST_LISTEN", strict_listen.as_str()),
+        ("PALISADE_PUBLIC_ORIGIN", strict_origin.as_str()),
+        ("PALISADE_TOKENS__DPOP", "required"),
+        ("PALISADE_TOKENS__DPOP_NONCE", "true"),
+    ]);
+    let strict_acme = seed_acme(&strict);
+
     let artifacts = dir.join("target/browser-artifacts");
     let out = tokio::process::Command::new("node")
         .arg(dir.join("tests/browser/chat.mjs"))
@@ -81,6 +85,8 @@ async fn the_chat_page_in_a_real_browser() {
         .env("HANNAH_PASSWORD", &acme.hannah)
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", &chromium)
+        .env("STRICT_BASE", &strict_origin)
+        .env("STRICT_ALICE_PASSWORD", &strict_acme.alice)
         .output()
         .await
         .expect("node is on the machine");

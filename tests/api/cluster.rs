@@ -37,14 +37,6 @@ fn pair(env: &[(&str, &str)]) -> Pair {
     Pair { a, b, _keys: keys }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_session_works_on_both_nodes_and_logout_reaches_the_other_within_a_second() {
     if !cluster_pass() {

@@ -24,24 +24,7 @@ struct DpopKey {
 
 impl DpopKey {
     fn new() -> DpopKey {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.pem");
-        assert!(
-            std::process::Command::new("openssl")
-                .args([
-                    "genpkey",
-                    "-algorithm",
-                    "EC",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-out"
-                ])
-                .arg(&path)
-                .status()
-                .unwrap()
-                .success()
-        );
-        let key = EncodingKey::from_ec_pem(&std::fs::read(&path).unwrap()).unwrap();
+        let key = ec_key();
         let jwk =
             serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap()).unwrap();
         DpopKey { key, jwk }
@@ -99,12 +82,16 @@ async fn login_with(
     req.send().await.unwrap()
 }
 
-async fn me(s: &Server, auth: &str, proof: Option<&str>) -> reqwest::Response {
-    let mut req = s.http.get(s.url("/auth/me")).header("authorization", auth);
+async fn get(s: &Server, path: &str, auth: &str, proof: Option<&str>) -> reqwest::Response {
+    let mut req = s.http.get(s.url(path)).header("authorization", auth);
     if let Some(p) = proof {
         req = req.header("DPoP", p);
     }
     req.send().await.unwrap()
+}
+
+async fn me(s: &Server, auth: &str, proof: Option<&str>) -> reqwest::Response {
+    get(s, "/auth/me", auth, proof).await
 }
 
 /// 401, the DPoP challenge with `error`, and the same code in the body.
@@ -233,22 +220,11 @@ async fn a_dpop_bound_token_is_useless_without_its_key() {
     )
     .await;
     // The API behind the same door: a thread list needs the proof too.
-    let r = s
-        .http
-        .get(s.url("/v1/threads"))
-        .header("authorization", format!("Bearer {token}"))
-        .send()
-        .await
-        .unwrap();
+    let bearer = format!("Bearer {token}");
+    let r = get(&s, "/v1/threads", &bearer, None).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = s
-        .http
-        .get(s.url("/v1/threads"))
-        .header("authorization", &dpop)
-        .header("DPoP", key.proof("GET", "/v1/threads", Some(&token)))
-        .send()
-        .await
-        .unwrap();
+    let proof = key.proof("GET", "/v1/threads", Some(&token));
+    let r = get(&s, "/v1/threads", &dpop, Some(&proof)).await;
     assert_eq!(r.status(), StatusCode::OK);
     // The refusals are audited with their reasons.
     let reasons: Vec<String> = s

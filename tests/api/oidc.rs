@@ -21,26 +21,6 @@ struct Idp {
     _keys: Arc<Mutex<Vec<Jwk>>>,
 }
 
-fn ec_key() -> EncodingKey {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("k.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    EncodingKey::from_ec_pem(&std::fs::read(&path).unwrap()).unwrap()
-}
-
 async fn idp() -> Idp {
     let key = ec_key();
     let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();

@@ -631,3 +631,33 @@ pub async fn search_text(s: &Server, token: &str, q: &str) -> String {
     assert_eq!(r.status(), StatusCode::OK);
     r.text().await.unwrap()
 }
+
+/// A free loopback port (for a server that must know its own URL before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh P-256 private key, made by openssl (an IdP's, an attacker's, a DPoP client's).
+pub fn ec_key() -> jsonwebtoken::EncodingKey {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(&path).unwrap()).unwrap()
+}

@@ -44,8 +44,8 @@ async function openPage(context) {
   return { page, seen };
 }
 
-async function signIn(page, user, password) {
-  await page.goto(BASE);
+async function signIn(page, user, password, base = BASE) {
+  await page.goto(base);
   await page.getByLabel('Username').waitFor();
   await page.getByLabel('Username').fill(user);
   await page.getByLabel('Password').fill(password);
@@ -209,6 +209,15 @@ await page.locator('#signin').waitFor({ state: 'visible' });
 await otherPage.getByRole('button', { name: 'Documents' }).click();
 await otherPage.locator('#signin').waitFor({ state: 'visible' });
 check((await otherPage.locator('#notice').textContent()).includes('session has ended'), 'the other browser is told its session ended');
+
+// A deployment with dpop = "required" and server nonces: the page answers the
+// use_dpop_nonce challenge and works on.
+const strict = await browser.newContext();
+const { page: strictPage, seen: strictSeen } = await openPage(strict);
+await signIn(strictPage, 'alice', process.env.STRICT_ALICE_PASSWORD, process.env.STRICT_BASE);
+await strictPage.getByRole('button', { name: 'Documents' }).click();
+await strictPage.locator('#document-list li').first().waitFor();
+check(strictSeen.proofs.length > 0, 'with dpop = "required" and server nonces the page signs in and works');
 
 const blocked = seen.errors.filter((e) => e.includes('Content Security Policy'));
 check(blocked.length >= 1, 'the browser reported the blocked inline script');

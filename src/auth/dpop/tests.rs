@@ -66,24 +66,7 @@ struct Client {
 }
 
 fn client() -> Client {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("k.pem");
-    assert!(
-        std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out"
-            ])
-            .arg(&path)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let key = EncodingKey::from_ec_pem(&std::fs::read(&path).unwrap()).unwrap();
+    let key = crate::auth::oidc::tests::ec().enc;
     let jwk =
         serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap()).unwrap();
     Client { key, jwk }

@@ -21,8 +21,8 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// A private key made by openssl, as an encoding key and its public JWK.
-struct Key {
-    enc: EncodingKey,
+pub(crate) struct Key {
+    pub(crate) enc: EncodingKey,
     pem: Vec<u8>,
     alg: Algorithm,
 }
@@ -55,7 +55,7 @@ fn rsa() -> Key {
         Algorithm::RS256,
     )
 }
-fn ec() -> Key {
+pub(crate) fn ec() -> Key {
     openssl_key(
         &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
         Algorithm::ES256,
