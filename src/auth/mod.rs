@@ -219,6 +219,8 @@ impl AuthService {
         };
         // An IdP access token, where an issuer allows them (`accept_bearer`).
         if creds.scheme == Scheme::Bearer && self.oidc.routes_bearer(token) {
+            // An IdP access token is a bearer token: not where DPoP is required.
+            self.check_binding(None, creds, client).await?;
             return self.verify_idp_bearer(token, client).await;
         }
         let claims = match self.tokens.verify(token) {

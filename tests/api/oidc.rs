@@ -312,4 +312,16 @@ async fn idp_access_tokens_work_as_bearer_tokens_where_allowed() {
         s.get("/auth/me", &admin.access).await.status(),
         StatusCode::OK
     );
+
+    // Where DPoP is required, an IdP access token is a bearer token like any other.
+    let strict = Server::start_with(&[
+        ("PALISADE_OIDC__ISSUERS", &idp.env_with(true)),
+        ("PALISADE_TOKENS__DPOP", "required"),
+    ]);
+    let at = idp.access_token(&idp.claims("kc-bearer-8", &["staff"], vec![]));
+    let (status, code) = error_code(strict.get("/auth/me", &at).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_token")
+    );
 }
