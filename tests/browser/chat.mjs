@@ -131,6 +131,8 @@ check(keyFacts.type === 'private' && keyFacts.extractable === false && keyFacts.
 // The employee does not see the HR document.
 await page.getByRole('button', { name: 'Documents' }).click();
 await page.locator('#document-list', { hasText: 'Vacation policy' }).waitFor();
+check(await page.locator('#view-chat').isHidden() && await page.locator('#view-sessions').isHidden(),
+  'one view at a time: the chat is hidden while the documents show');
 check(!(await page.locator('#document-list').textContent()).includes('Salary bands'), 'the employee does not see the HR document');
 
 // An access token copied out of the page and replayed from outside the browser.
