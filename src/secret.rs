@@ -65,6 +65,12 @@ impl fmt::Debug for RefreshToken {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TokenHash(pub [u8; 32]);
 
+/// Equality of two secret-bearing strings in time independent of where they differ
+/// (aws-lc-rs): `state`, `nonce`, DPoP thumbprints and token hashes.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
 /// A password or other secret string: redacted in `Debug`, zeroed when dropped, and
 /// read only through `expose_secret()` (the `secrecy` crate).
 pub use secrecy::{ExposeSecret, SecretString};

@@ -168,13 +168,10 @@ pub fn verify_proof(proof: &str, want: &ProofFor<'_>) -> Result<Proof, ProofErro
         return Err(ProofError::Time);
     }
     if let Some(token) = want.access_token {
-        let ok = claims.ath.as_deref().is_some_and(|ath| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(
-                ath.as_bytes(),
-                token_hash(token).as_bytes(),
-            )
-            .is_ok()
-        });
+        let ok = claims
+            .ath
+            .as_deref()
+            .is_some_and(|ath| crate::secret::constant_time_eq(ath, &token_hash(token)));
         if !ok {
             return Err(ProofError::TokenHash);
         }

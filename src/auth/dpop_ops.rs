@@ -12,6 +12,7 @@ use super::dpop::{MAX_CLOCK_AHEAD_SECS, Proof, ProofFor, verify_proof};
 use super::{AuthError, AuthService, ClientInfo};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::DpopMode;
+use crate::secret::constant_time_eq;
 use crate::store::{Admission, Limit, LimitKind};
 use crate::timeutil::now_ms;
 
@@ -105,11 +106,7 @@ impl AuthService {
             return false;
         };
         (slot == now_slot || slot == now_slot - 1)
-            && aws_lc_rs::constant_time::verify_slices_are_equal(
-                nonce.as_bytes(),
-                self.nonce_for_slot(slot).as_bytes(),
-            )
-            .is_ok()
+            && constant_time_eq(nonce, &self.nonce_for_slot(slot))
     }
 
     /// One proof, fully checked: signature and claims, server nonce, then its `jti`
@@ -215,12 +212,7 @@ impl AuthService {
                 let p = self
                     .check_proof(proof, creds.method, creds.path, creds.token, client)
                     .await?;
-                if aws_lc_rs::constant_time::verify_slices_are_equal(
-                    p.jkt.as_bytes(),
-                    jkt.as_bytes(),
-                )
-                .is_err()
-                {
+                if !constant_time_eq(&p.jkt, jkt) {
                     self.refuse("dpop_other_key", client).await;
                     return Err(AuthError::Dpop(DpopChallenge::InvalidProof));
                 }

@@ -15,7 +15,7 @@ use super::sealed::Purpose;
 use super::{AuthError, AuthService, ClientInfo, IssuedTokens, Principal};
 use crate::access::Grants;
 use crate::audit::{AuditEvent, AuditKind};
-use crate::secret::new_id;
+use crate::secret::{constant_time_eq, new_id};
 use crate::store::{Admission, Limit, LimitKind};
 use crate::store::{NewUser, StoreError, UserRecord};
 use crate::timeutil::now_ms;
@@ -46,11 +46,6 @@ enum CallbackError {
     Failed(AuthError),
 }
 use CallbackError::{Failed, Refused};
-
-/// Constant-time equality of two secrets-to-be-compared.
-fn same(a: &str, b: &str) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
-}
 
 /// The username of the account for (issuer, sub).
 pub fn external_username(issuer: &str, subject: &str) -> String {
@@ -207,7 +202,7 @@ impl AuthService {
             return Err(Refused("sign_in_expired"));
         }
         let state = answer.state.as_deref().unwrap_or_default();
-        if !same(state, &pending.state) {
+        if !constant_time_eq(state, &pending.state) {
             return Err(Refused("sign_in_state_mismatch"));
         }
         let c = self
@@ -259,7 +254,11 @@ impl AuthService {
         {
             return Err(Refused("sign_in_wrong_client"));
         }
-        if !id.nonce.as_deref().is_some_and(|n| same(n, &pending.nonce)) {
+        if !id
+            .nonce
+            .as_deref()
+            .is_some_and(|n| constant_time_eq(n, &pending.nonce))
+        {
             return Err(Refused("sign_in_nonce_mismatch"));
         }
         Ok((id, pending.return_to))

@@ -101,20 +101,7 @@ impl TokenService {
     /// a key derived from the active token key for this one purpose. It changes when the
     /// keys rotate.
     pub fn pseudonym(&self, value: &str) -> String {
-        use hmac::{Hmac, Mac};
-        type H = Hmac<sha2::Sha256>;
-        let keys = self.keys();
-        let (_, key) = keys.active();
-        let Ok(mut kdf) = <H as Mac>::new_from_slice(key.as_bytes()) else {
-            return "unknown".into();
-        };
-        kdf.update(b"palisade:audit-pseudonym:v1");
-        let subkey = kdf.finalize().into_bytes();
-        let Ok(mut mac) = <H as Mac>::new_from_slice(&subkey) else {
-            return "unknown".into();
-        };
-        mac.update(value.as_bytes());
-        let digest = mac.finalize().into_bytes();
+        let digest = self.keyed_digest(b"palisade:audit-pseudonym:v1", value.as_bytes());
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         format!("unknown:{hex}")
     }
