@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use crate::access::Principal;
-pub use crate::store::{AuditEvent, AuditKind};
-use crate::store::{AuditQuery, AuditStore, StoreError};
+pub use crate::store::{AuditEvent, AuditKind, AuditRecord, ChainHash, ChainHead};
+use crate::store::{AuditQuery, AuditStore, LineageQuery, StoreError};
 
 /// The audit sink handed to services, and the admins' view of the trail.
 #[derive(Clone)]
@@ -21,8 +21,57 @@ pub struct Audit {
 pub struct AuditFilter {
     pub kind: Option<String>,
     pub request_id: Option<String>,
+    /// Events about one user (their id).
+    pub subject: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub until: Option<i64>,
     pub limit: Option<u32>,
 }
+
+/// What `verify` found wrong first, naming the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainFault {
+    #[error("the chain head is missing")]
+    HeadMissing,
+    #[error("record {seq} is missing (deleted, or its position was changed)")]
+    Missing { seq: i64 },
+    #[error("record {seq} does not match its hash (edited)")]
+    Edited { seq: i64 },
+    #[error("record {seq} does not link to record {}", seq - 1)]
+    Unlinked { seq: i64 },
+    #[error("the chain ends at record {found}, but its head says {head} (records deleted from the end, or the head edited)")]
+    Truncated { found: i64, head: i64 },
+    #[error("the lineage index has {found} entries, the chained records name {expected}")]
+    LineageIndex { expected: u64, found: u64 },
+}
+
+impl ChainFault {
+    /// The first record that failed, where one can be named.
+    pub fn seq(&self) -> Option<i64> {
+        match self {
+            Self::Missing { seq } | Self::Edited { seq } | Self::Unlinked { seq } => Some(*seq),
+            Self::Truncated { found, .. } => Some(found + 1),
+            Self::HeadMissing | Self::LineageIndex { .. } => None,
+        }
+    }
+}
+
+/// The outcome of walking the whole chain.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChainReport {
+    /// Chained records checked.
+    pub records: u64,
+    /// The first position still kept (earlier ones were pruned by retention).
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// The head's hash: record it elsewhere to detect a rewrite of the whole chain.
+    pub head_hash: String,
+}
+
+/// Records read per page while verifying.
+const VERIFY_PAGE: u32 = 2000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -51,6 +100,8 @@ impl Audit {
             reason = ev.reason.as_deref(),
             resource = ev.resource.as_deref(),
             request_id = ev.request_id.as_deref(),
+            thread = ev.thread.as_deref(),
+            documents = ?ev.documents,
             "audit event"
         );
         if let Err(e) = self.store.append(&ev).await {
@@ -63,7 +114,7 @@ impl Audit {
         &self,
         admin: &Principal,
         f: AuditFilter,
-    ) -> Result<Vec<AuditEvent>, AuditError> {
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         if !admin.has_role(crate::access::ADMIN_ROLE) {
             return Err(AuditError::Forbidden);
         }
@@ -73,9 +124,111 @@ impl Audit {
                 tenant: Some(admin.tenant().to_owned()),
                 kind: f.kind,
                 request_id: f.request_id,
+                subject: f.subject,
+                since: f.since,
+                until: f.until,
                 limit: f.limit.unwrap_or(100).clamp(1, 1000),
             })
             .await?)
+    }
+
+    /// Data lineage for an admin: the events of the admin's own tenant that put
+    /// `document_id` in front of a model (or an MCP client), newest first.
+    pub async fn lineage_for(
+        &self,
+        admin: &Principal,
+        document_id: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        if !admin.has_role(crate::access::ADMIN_ROLE) {
+            return Err(AuditError::Forbidden);
+        }
+        Ok(self
+            .store
+            .lineage(LineageQuery {
+                tenant: Some(admin.tenant().to_owned()),
+                document_id: document_id.to_owned(),
+                limit: limit.unwrap_or(100).clamp(1, 1000),
+            })
+            .await?)
+    }
+
+    /// Data lineage across every tenant, for the operator's CLI.
+    pub async fn lineage(
+        &self,
+        _op: &crate::access::Operator,
+        document_id: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        Ok(self
+            .store
+            .lineage(LineageQuery {
+                tenant: None,
+                document_id: document_id.to_owned(),
+                limit: limit.max(1),
+            })
+            .await?)
+    }
+
+    /// Walks the whole chain from its (possibly pruned) start to its head: every
+    /// position present once, every record linked to the one before and matching its
+    /// own hash, the last one equal to the head, the lineage index complete. The first
+    /// fault is returned, naming the record.
+    pub async fn verify(
+        &self,
+        _op: &crate::access::Operator,
+    ) -> Result<Result<ChainReport, ChainFault>, AuditError> {
+        let Some(head) = self.store.chain_head().await? else {
+            return Ok(Err(ChainFault::HeadMissing));
+        };
+        let mut prev = head.pruned_hash;
+        let mut last = head.pruned_seq;
+        let mut records = 0u64;
+        let mut documents = 0u64;
+        loop {
+            let page = self.store.chain_page(last, VERIFY_PAGE).await?;
+            let full = page.len() == VERIFY_PAGE as usize;
+            for r in page {
+                let expected = last + 1;
+                let seq = r.seq.unwrap_or_default();
+                if seq != expected {
+                    return Ok(Err(ChainFault::Missing { seq: expected }));
+                }
+                if r.prev_hash != Some(prev) {
+                    return Ok(Err(ChainFault::Unlinked { seq }));
+                }
+                let hash = r.event.chain_hash(&prev, seq);
+                if r.hash != Some(hash) {
+                    return Ok(Err(ChainFault::Edited { seq }));
+                }
+                prev = hash;
+                last = seq;
+                records += 1;
+                documents += r.event.documents.len() as u64;
+            }
+            if !full {
+                break;
+            }
+        }
+        if last != head.seq || prev != head.hash {
+            return Ok(Err(ChainFault::Truncated {
+                found: last,
+                head: head.seq,
+            }));
+        }
+        let found = self.store.lineage_rows().await?;
+        if found != documents {
+            return Ok(Err(ChainFault::LineageIndex {
+                expected: documents,
+                found,
+            }));
+        }
+        Ok(Ok(ChainReport {
+            records,
+            first_seq: head.pruned_seq + 1,
+            last_seq: last,
+            head_hash: prev.hex(),
+        }))
     }
 
     /// Deletes events older than `retention` (zero: keep everything).
@@ -92,7 +245,7 @@ impl Audit {
         &self,
         _op: &crate::access::Operator,
         q: AuditQuery,
-    ) -> Result<Vec<AuditEvent>, AuditError> {
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         Ok(self.store.query(q).await?)
     }
 }

@@ -110,9 +110,35 @@ enum AuditCmd {
         /// Only the events of one request (its `x-request-id`).
         #[arg(long)]
         request_id: Option<String>,
+        /// Only the events about one user (their id).
+        #[arg(long)]
+        user: Option<String>,
+        /// From this time on (RFC 3339 or unix milliseconds).
+        #[arg(long, value_parser = instant)]
+        since: Option<i64>,
+        /// Before this time (RFC 3339 or unix milliseconds).
+        #[arg(long, value_parser = instant)]
+        until: Option<i64>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Check the hash chain: every record present, unedited and linked to the one
+    /// before. Exits 1 naming the first bad record.
+    Verify,
+    /// Who had a document in a prompt, when, in which thread (JSON lines, newest first;
+    /// every tenant).
+    Lineage {
+        /// Ids are random base64url and may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
+        document: String,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+fn instant(s: &str) -> Result<i64, String> {
+    palisade::timeutil::parse_instant(s)
+        .ok_or_else(|| "expected RFC 3339 (2026-11-27T10:00:00Z) or unix milliseconds".into())
 }
 
 #[derive(Subcommand)]
@@ -315,16 +341,54 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             kind,
             tenant,
             request_id,
+            user,
+            since,
+            until,
             limit,
         }) => {
             let q = AuditQuery {
                 tenant,
                 kind,
                 request_id,
+                subject: user,
+                since,
+                until,
                 limit,
             };
             for e in ops::audit_events(&cfg, q).await? {
                 println!("{}", serde_json::to_string(&e)?);
+            }
+            Ok(())
+        }
+        Cmd::Audit(AuditCmd::Verify) => match ops::audit_verify(&cfg).await? {
+            Ok(r) => {
+                println!(
+                    "audit trail intact: {} records ({}..={}), head {}",
+                    r.records, r.first_seq, r.last_seq, r.head_hash
+                );
+                Ok(())
+            }
+            Err(fault) => {
+                let at = fault.seq().map(|s| format!(" at record {s}")).unwrap_or_default();
+                Err(format!("audit trail verification FAILED{at}: {fault}").into())
+            }
+        },
+        Cmd::Audit(AuditCmd::Lineage { document, limit }) => {
+            for r in ops::audit_lineage(&cfg, &document, limit).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "seq": r.seq,
+                        "at": palisade::timeutil::rfc3339(r.event.ts),
+                        "kind": r.event.kind,
+                        "via": r.event.reason,
+                        "tenant": r.event.tenant,
+                        "user": r.event.subject,
+                        "session_id": r.event.session_id,
+                        "thread": r.event.thread,
+                        "request_id": r.event.request_id,
+                    })
+                );
             }
             Ok(())
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{AnyError, open_stores};
 use crate::access::{Acl, ClientInfo, Operator};
-use crate::audit::{Audit, AuditEvent};
+use crate::audit::{Audit, AuditRecord, ChainFault, ChainReport};
 use crate::auth::keys::Keyring;
 use crate::auth::{AccessChange, AuthService, NewAccount, UserView};
 use crate::config::Config;
@@ -122,10 +122,30 @@ pub async fn remove_document(cfg: &Config, tenant: &str, id: &str) -> Result<(),
         })
 }
 
-pub async fn audit_events(cfg: &Config, q: AuditQuery) -> Result<Vec<AuditEvent>, AnyError> {
+pub async fn audit_events(cfg: &Config, q: AuditQuery) -> Result<Vec<AuditRecord>, AnyError> {
     let stores = open_stores(cfg).await?;
     Ok(Audit::new(stores.audit)
         .all_events(&Operator::local_cli(), q)
+        .await?)
+}
+
+/// Walks the audit hash chain; the inner `Err` is the first fault found.
+pub async fn audit_verify(cfg: &Config) -> Result<Result<ChainReport, ChainFault>, AnyError> {
+    let stores = open_stores(cfg).await?;
+    Ok(Audit::new(stores.audit)
+        .verify(&Operator::local_cli())
+        .await?)
+}
+
+/// Every use of a document in a prompt, across tenants, newest first.
+pub async fn audit_lineage(
+    cfg: &Config,
+    document_id: &str,
+    limit: u32,
+) -> Result<Vec<AuditRecord>, AnyError> {
+    let stores = open_stores(cfg).await?;
+    Ok(Audit::new(stores.audit)
+        .lineage(&Operator::local_cli(), document_id, limit)
         .await?)
 }
 

@@ -232,7 +232,7 @@ impl ChatService {
         client: &ClientInfo,
     ) -> Result<Vec<ChunkHit>, ChatError> {
         self.admit(p).await?;
-        Ok(self.rag.tool_search(p, query, via, client).await?)
+        Ok(self.rag.tool_search(p, query, via, None, client).await?)
     }
 
     /// Counts one chat request against the caller's per-minute allowance: check and
@@ -308,7 +308,9 @@ impl ChatService {
         let passages = if search_tool {
             Vec::new()
         } else {
-            self.rag.retrieve_for_prompt(p, &question, client).await?
+            self.rag
+                .retrieve_for_prompt(p, &question, thread.as_deref(), client)
+                .await?
         };
         // 5. The prompt, built here.
         let prompt = prompt::build(&self.system_prompt, context_block(&passages), history);
@@ -337,7 +339,10 @@ impl ChatService {
         for call in calls {
             let result = match tools::search_query(&call.function.arguments) {
                 Some(q) => {
-                    let hits = self.rag.tool_search(p, &q, "chat", client).await?;
+                    let hits = self
+                        .rag
+                        .tool_search(p, &q, "chat", prep.thread.as_deref(), client)
+                        .await?;
                     let text = tools::render_results(&hits);
                     for h in hits {
                         if !prep.passages.iter().any(|x| x.chunk_id == h.chunk_id) {

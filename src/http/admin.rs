@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Auth, Client, Json};
-use crate::audit::{AuditEvent, AuditFilter};
+use crate::audit::{AuditFilter, AuditRecord};
 use crate::auth::AccessChange;
 
 pub fn router() -> Router<AppState> {
@@ -18,18 +18,36 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users", get(list_users))
         .route("/admin/users/{id}", patch(update_user))
         .route("/admin/audit", get(audit))
+        .route("/admin/lineage", get(lineage))
 }
 
 #[derive(Deserialize)]
 pub struct AuditParams {
+    /// The event kind (`event` is accepted as well).
+    #[serde(alias = "event")]
     kind: Option<String>,
     request_id: Option<String>,
+    /// A user id: the events about that user.
+    user: Option<String>,
+    /// RFC 3339 or unix milliseconds; inclusive.
+    since: Option<String>,
+    /// RFC 3339 or unix milliseconds; exclusive.
+    until: Option<String>,
     limit: Option<u32>,
 }
 
 #[derive(Serialize)]
 struct AuditList {
-    events: Vec<AuditEvent>,
+    events: Vec<AuditRecord>,
+}
+
+fn instant(v: Option<String>, name: &str) -> Result<Option<i64>, ApiError> {
+    v.map(|s| {
+        crate::timeutil::parse_instant(&s).ok_or_else(|| {
+            ApiError::BadRequest(format!("`{name}` must be RFC 3339 or unix milliseconds."))
+        })
+    })
+    .transpose()
 }
 
 pub async fn audit(
@@ -41,10 +59,73 @@ pub async fn audit(
     let filter = AuditFilter {
         kind: q.kind,
         request_id: q.request_id,
+        subject: q.user,
+        since: instant(q.since, "since")?,
+        until: instant(q.until, "until")?,
         limit: q.limit,
     };
     let events = s.audit.events_for(&p, filter).await?;
     Ok(axum::Json(AuditList { events }).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct LineageParams {
+    document: String,
+    limit: Option<u32>,
+}
+
+/// One time a document was put in front of a model: who, when, where. Ids only.
+#[derive(Serialize)]
+struct LineageUse {
+    seq: Option<i64>,
+    at: String,
+    ts: i64,
+    /// `retrieval` (palisade retrieved it for the prompt) or `tool_call` (the model
+    /// or an MCP client asked `search_documents`).
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<String>,
+    user: Option<String>,
+    session_id: Option<String>,
+    thread: Option<String>,
+    request_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Lineage {
+    document: String,
+    uses: Vec<LineageUse>,
+}
+
+/// `GET /admin/lineage?document=ID`: who had the document in a prompt, when, in which
+/// thread — within the admin's own tenant (another tenant's admin sees nothing).
+pub async fn lineage(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    params: Result<Query<LineageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = params
+        .map_err(|_| ApiError::BadRequest("`document` (a document id) is required.".into()))?;
+    let records = s.audit.lineage_for(&p, &q.document, q.limit).await?;
+    let uses = records
+        .into_iter()
+        .map(|r| LineageUse {
+            seq: r.seq,
+            at: crate::timeutil::rfc3339(r.event.ts),
+            ts: r.event.ts,
+            kind: r.event.kind.as_str(),
+            via: r.event.reason,
+            user: r.event.subject,
+            session_id: r.event.session_id,
+            thread: r.event.thread,
+            request_id: r.event.request_id,
+        })
+        .collect();
+    Ok(axum::Json(Lineage {
+        document: q.document,
+        uses,
+    })
+    .into_response())
 }
 
 pub async fn list_users(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {

@@ -83,20 +83,18 @@ impl Rag {
     }
 
     /// Retrieval for a prompt, recorded in the audit trail as data lineage: which
-    /// documents went to the model, for whom, in which request.
+    /// documents went to the model, for whom, in which thread and request.
     pub async fn retrieve_for_prompt(
         &self,
         p: &Principal,
         query: &str,
+        thread: Option<&str>,
         client: &ClientInfo,
     ) -> Result<Vec<ChunkHit>, RagError> {
         let hits = self
             .retrieve(&p.access_scope(), query, self.cfg.top_k)
             .await?;
         if !hits.is_empty() {
-            let mut docs: Vec<&str> = hits.iter().map(|h| h.document_id.as_str()).collect();
-            docs.sort();
-            docs.dedup();
             self.audit
                 .record(
                     AuditEvent::new(AuditKind::Retrieval)
@@ -104,7 +102,8 @@ impl Rag {
                         .subject(p.subject())
                         .session(p.session_id())
                         .client(client)
-                        .resource(docs.join(",")),
+                        .thread(thread)
+                        .documents(hits.iter().map(|h| h.document_id.as_str())),
                 )
                 .await;
         }
@@ -116,18 +115,18 @@ impl Rag {
     /// `search_documents`, as the model or an MCP client calls it: retrieval within the
     /// caller's own scope (nothing of the call's arguments but the query is read, so
     /// no argument can widen it), recorded as a `tool_call` audit event naming the
-    /// caller, the channel (`via`) and the documents returned.
+    /// caller, the channel (`via`), the thread (in a chat) and the documents returned.
     pub async fn tool_search(
         &self,
         p: &Principal,
         query: &str,
         via: &'static str,
+        thread: Option<&str>,
         client: &ClientInfo,
     ) -> Result<Vec<ChunkHit>, RagError> {
-        let hits = self.retrieve_for_prompt(p, query, client).await?;
-        let mut docs: Vec<&str> = hits.iter().map(|h| h.document_id.as_str()).collect();
-        docs.sort();
-        docs.dedup();
+        let hits = self
+            .retrieve(&p.access_scope(), query, self.cfg.top_k)
+            .await?;
         self.audit
             .record(
                 AuditEvent::new(AuditKind::ToolCall)
@@ -136,7 +135,8 @@ impl Rag {
                     .session(p.session_id())
                     .client(client)
                     .reason(via)
-                    .resource(docs.join(",")),
+                    .thread(thread)
+                    .documents(hits.iter().map(|h| h.document_id.as_str())),
             )
             .await;
         Ok(hits)

@@ -26,6 +26,8 @@ pub enum AuditKind {
     Retrieval,
     /// The model (or an MCP client) called palisade's `search_documents` tool.
     ToolCall,
+    /// A request refused because a user's or tenant's rate or token budget is spent.
+    BudgetExceeded,
 }
 
 impl AuditKind {
@@ -49,6 +51,7 @@ impl AuditKind {
             DocumentDeleted => "document_deleted",
             Retrieval => "retrieval",
             ToolCall => "tool_call",
+            BudgetExceeded => "budget_exceeded",
         }
     }
 }
@@ -82,6 +85,13 @@ pub struct AuditEvent {
     /// For an aggregated event: how many more of the same kind happened in its window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The thread the event happened in (retrieval for a thread's turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    /// Data lineage: the documents whose passages went to the model (or an MCP client)
+    /// in this event, sorted, without repeats. Ids only, never contents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub documents: Vec<String>,
 }
 
 impl AuditEvent {
@@ -98,6 +108,8 @@ impl AuditEvent {
             resource: None,
             request_id: None,
             count: None,
+            thread: None,
+            documents: Vec::new(),
         }
     }
     pub fn tenant(mut self, t: impl Into<String>) -> Self {
@@ -143,6 +155,122 @@ impl AuditEvent {
         self.reason = Some(r.to_owned());
         self
     }
+    pub fn thread(mut self, t: Option<&str>) -> Self {
+        self.thread = t.map(str::to_owned);
+        self
+    }
+    /// The documents put in front of the model; sorted and deduplicated here.
+    pub fn documents<'a>(mut self, ids: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut d: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+        d.sort();
+        d.dedup();
+        self.documents = d;
+        self
+    }
+
+    /// The record's link in the hash chain: SHA-256 over a domain label, the previous
+    /// record's hash, the record's position and every field in a fixed order, each
+    /// length-prefixed (an absent field is distinguishable from an empty one), so that
+    /// no two different records, or positions, share an encoding.
+    pub fn chain_hash(&self, prev: &ChainHash, seq: i64) -> ChainHash {
+        use sha2::{Digest, Sha256};
+        fn field(h: &mut Sha256, v: Option<&str>) {
+            match v {
+                None => h.update([0u8]),
+                Some(s) => {
+                    h.update([1u8]);
+                    h.update((s.len() as u64).to_be_bytes());
+                    h.update(s.as_bytes());
+                }
+            }
+        }
+        let mut h = Sha256::new();
+        h.update(b"palisade audit chain v1\0");
+        h.update(prev.0);
+        h.update(seq.to_be_bytes());
+        h.update(self.ts.to_be_bytes());
+        field(&mut h, Some(self.kind.as_str()));
+        for v in [
+            &self.tenant,
+            &self.subject,
+            &self.username,
+            &self.session_id,
+            &self.ip,
+            &self.reason,
+            &self.resource,
+            &self.request_id,
+            &self.thread,
+        ] {
+            field(&mut h, v.as_deref());
+        }
+        match self.count {
+            None => h.update([0u8]),
+            Some(n) => {
+                h.update([1u8]);
+                h.update(n.to_be_bytes());
+            }
+        }
+        h.update((self.documents.len() as u64).to_be_bytes());
+        for d in &self.documents {
+            field(&mut h, Some(d));
+        }
+        ChainHash(h.finalize().into())
+    }
+}
+
+/// A SHA-256 link of the audit hash chain.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChainHash(pub [u8; 32]);
+
+impl ChainHash {
+    /// The `prev` of the first record: all zeroes.
+    pub const GENESIS: ChainHash = ChainHash([0; 32]);
+
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Some(Self(b.try_into().ok()?))
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for ChainHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl Serialize for ChainHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+/// An event as stored: with its place in the hash chain. Events written before the
+/// chain existed have none (`seq` absent).
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    #[serde(skip)]
+    pub prev_hash: Option<ChainHash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ChainHash>,
+}
+
+/// The chain's end as the store last wrote it, and where retention cut its start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainHead {
+    /// The last record's position (0: nothing written yet).
+    pub seq: i64,
+    pub hash: ChainHash,
+    /// Records up to this position were pruned by retention; the first kept record's
+    /// `prev` is `pruned_hash`.
+    pub pruned_seq: i64,
+    pub pruned_hash: ChainHash,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -152,14 +280,44 @@ pub struct AuditQuery {
     pub tenant: Option<String>,
     pub kind: Option<String>,
     pub request_id: Option<String>,
+    /// Events about one user (their id).
+    pub subject: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub until: Option<i64>,
     pub limit: u32,
 }
 
+/// Which uses of a document to list: one tenant's (an admin's), or every tenant's
+/// (the operator's CLI).
+#[derive(Debug, Clone)]
+pub struct LineageQuery {
+    pub tenant: Option<String>,
+    pub document_id: String,
+    pub limit: u32,
+}
+
+/// The audit trail: append-only, each record chained to the one before.
+///
+/// `append` assigns the next position and links the record to its predecessor
+/// atomically (one writer in SQLite, a row lock on the chain head in PostgreSQL), so
+/// concurrent appends — on one node or several — form one unbroken chain.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     async fn append(&self, event: &AuditEvent) -> StoreResult<()>;
     /// Newest first.
-    async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditEvent>>;
-    /// Deletes events older than `before` (the configured retention). Returns how many.
+    async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditRecord>>;
+    /// The events that put `document_id` in front of a model, newest first.
+    async fn lineage(&self, q: LineageQuery) -> StoreResult<Vec<AuditRecord>>;
+    /// Chained records with `seq > after`, in chain order, at most `limit`.
+    async fn chain_page(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+    /// The chain head; `None` if it is missing (a trail that was never written has a
+    /// head at position 0).
+    async fn chain_head(&self) -> StoreResult<Option<ChainHead>>;
+    /// How many lineage index rows exist (each record's documents are indexed once).
+    async fn lineage_rows(&self) -> StoreResult<u64>;
+    /// Deletes events older than `before` (the configured retention), from the start of
+    /// the chain only, and remembers where the kept chain begins. Returns how many.
     async fn prune(&self, before: i64) -> StoreResult<u64>;
 }

@@ -30,7 +30,9 @@ mod users;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use audit::{AuditEvent, AuditKind, AuditQuery, AuditStore};
+pub use audit::{
+    AuditEvent, AuditKind, AuditQuery, AuditRecord, AuditStore, ChainHash, ChainHead, LineageQuery,
+};
 pub use documents::{
     ChunkHit, DocumentMeta, DocumentRecord, DocumentStore, NewChunk, NewDocument, Rankings,
     SearchQuery,

@@ -4,6 +4,7 @@ mod mock;
 mod support;
 
 mod agents;
+mod audit;
 mod auth_login;
 mod auth_refresh;
 mod auth_tokens;

@@ -462,6 +462,8 @@ async fn answers_cite_only_what_was_retrieved_and_the_extractive_responder_quote
     assert!(
         lineage
             .iter()
-            .any(|e| e["resource"] == doc["id"] && e["subject"].is_string())
+            .any(|e| e["documents"] == json!([doc["id"]])
+                && e["thread"] == json!(t)
+                && e["subject"].is_string())
     );
 }

@@ -201,6 +201,31 @@ impl Server {
         }
     }
 
+    /// Runs SQL directly on the server's store, behind its back (an attacker with
+    /// database access): on the SQLite file, or on its PostgreSQL database.
+    pub fn sql(&self, sql: &str) {
+        match &self.cluster {
+            None => {
+                let c = rusqlite::Connection::open(self.dir.path().join("palisade.db"))
+                    .expect("open the database file");
+                c.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+                c.execute_batch(sql).expect("run SQL on the SQLite store");
+            }
+            Some(c) => {
+                let out = Command::new("psql")
+                    .arg(&c.postgres_url)
+                    .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
+                    .output()
+                    .expect("psql");
+                assert!(
+                    out.status.success(),
+                    "{sql}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

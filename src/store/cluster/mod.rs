@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/01_init.sql"),
     include_str!("migrations/02_acl_counts.sql"),
     include_str!("migrations/03_tool_messages.sql"),
+    include_str!("migrations/04_audit_chain.sql"),
 ];
 
 /// How long any one store call may take before it counts as unavailable.

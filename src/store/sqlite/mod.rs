@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/09_text_partitions.sql"),
     include_str!("migrations/10_tool_messages.sql"),
     include_str!("migrations/11_session_dpop.sql"),
+    include_str!("migrations/12_audit_chain.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
