@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::access::Principal;
+pub use crate::store::audit::{ChainFault, ChainReport};
 pub use crate::store::{AuditEvent, AuditKind, AuditRecord, ChainHash, ChainHead};
 use crate::store::{AuditQuery, AuditStore, LineageQuery, StoreError};
 
@@ -30,49 +31,6 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
-/// What `verify` found wrong first, naming the record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainFault {
-    #[error("the chain head is missing")]
-    HeadMissing,
-    #[error("record {seq} is missing (deleted, or its position was changed)")]
-    Missing { seq: i64 },
-    #[error("record {seq} does not match its hash (edited)")]
-    Edited { seq: i64 },
-    #[error("record {seq} does not link to record {}", seq - 1)]
-    Unlinked { seq: i64 },
-    #[error("the chain ends at record {found}, but its head says {head} (records deleted from the end, or the head edited)")]
-    Truncated { found: i64, head: i64 },
-    #[error("the lineage index has {found} entries, the chained records name {expected}")]
-    LineageIndex { expected: u64, found: u64 },
-}
-
-impl ChainFault {
-    /// The first record that failed, where one can be named.
-    pub fn seq(&self) -> Option<i64> {
-        match self {
-            Self::Missing { seq } | Self::Edited { seq } | Self::Unlinked { seq } => Some(*seq),
-            Self::Truncated { found, .. } => Some(found + 1),
-            Self::HeadMissing | Self::LineageIndex { .. } => None,
-        }
-    }
-}
-
-/// The outcome of walking the whole chain.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ChainReport {
-    /// Chained records checked.
-    pub records: u64,
-    /// The first position still kept (earlier ones were pruned by retention).
-    pub first_seq: i64,
-    pub last_seq: i64,
-    /// The head's hash: record it elsewhere to detect a rewrite of the whole chain.
-    pub head_hash: String,
-}
-
-/// Records read per page while verifying.
-const VERIFY_PAGE: u32 = 2000;
-
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("forbidden")]
@@ -89,6 +47,11 @@ impl Audit {
     /// Records an event. A failure to persist is logged loudly but does not turn a
     /// denial into something else: callers that deny keep denying.
     pub async fn record(&self, ev: AuditEvent) {
+        // An aggregated record (with a count) stands for repeats already counted as
+        // they happened (see `count_repeat`).
+        if ev.count.is_none() {
+            crate::telemetry::security_event(ev.kind.as_str(), ev.reason.as_deref(), 1);
+        }
         tracing::info!(
             target: "audit",
             kind = ev.kind.as_str(),
@@ -107,6 +70,12 @@ impl Audit {
         if let Err(e) = self.store.append(&ev).await {
             tracing::error!(error = %e, kind = ev.kind.as_str(), "failed to persist audit event");
         }
+    }
+
+    /// Counts a repeat that is not written now (it will be part of an aggregated
+    /// record), so that metrics see every event when it happens.
+    pub fn count_repeat(&self, kind: AuditKind, reason: &str) {
+        crate::telemetry::security_event(kind.as_str(), Some(reason), 1);
     }
 
     /// The admin's own tenant's events, newest first.
@@ -170,65 +139,13 @@ impl Audit {
             .await?)
     }
 
-    /// Walks the whole chain from its (possibly pruned) start to its head: every
-    /// position present once, every record linked to the one before and matching its
-    /// own hash, the last one equal to the head, the lineage index complete. The first
-    /// fault is returned, naming the record.
+    /// Walks the whole chain from its (possibly pruned) start to its head (see
+    /// [`crate::store::audit::verify_chain`]); the inner `Err` is the first fault.
     pub async fn verify(
         &self,
         _op: &crate::access::Operator,
     ) -> Result<Result<ChainReport, ChainFault>, AuditError> {
-        let Some(head) = self.store.chain_head().await? else {
-            return Ok(Err(ChainFault::HeadMissing));
-        };
-        let mut prev = head.pruned_hash;
-        let mut last = head.pruned_seq;
-        let mut records = 0u64;
-        let mut documents = 0u64;
-        loop {
-            let page = self.store.chain_page(last, VERIFY_PAGE).await?;
-            let full = page.len() == VERIFY_PAGE as usize;
-            for r in page {
-                let expected = last + 1;
-                let seq = r.seq.unwrap_or_default();
-                if seq != expected {
-                    return Ok(Err(ChainFault::Missing { seq: expected }));
-                }
-                if r.prev_hash != Some(prev) {
-                    return Ok(Err(ChainFault::Unlinked { seq }));
-                }
-                let hash = r.event.chain_hash(&prev, seq);
-                if r.hash != Some(hash) {
-                    return Ok(Err(ChainFault::Edited { seq }));
-                }
-                prev = hash;
-                last = seq;
-                records += 1;
-                documents += r.event.documents.len() as u64;
-            }
-            if !full {
-                break;
-            }
-        }
-        if last != head.seq || prev != head.hash {
-            return Ok(Err(ChainFault::Truncated {
-                found: last,
-                head: head.seq,
-            }));
-        }
-        let found = self.store.lineage_rows().await?;
-        if found != documents {
-            return Ok(Err(ChainFault::LineageIndex {
-                expected: documents,
-                found,
-            }));
-        }
-        Ok(Ok(ChainReport {
-            records,
-            first_seq: head.pruned_seq + 1,
-            last_seq: last,
-            head_hash: prev.hex(),
-        }))
+        Ok(crate::store::audit::verify_chain(self.store.as_ref()).await?)
     }
 
     /// Deletes events older than `retention` (zero: keep everything).

@@ -33,6 +33,20 @@ pub struct Config {
     pub rag: RagConfig,
     pub log: LogConfig,
     pub oidc: OidcConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Who may read `/metrics`. Off unless one of the two is set: metrics name routes,
+/// models and failure rates, which is nobody's business but the operator's.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (only) on this address of its own, without authentication: for
+    /// a scraper on a private interface.
+    pub listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main address too, to requests bearing the token held in
+    /// this environment variable (at least 32 characters).
+    pub bearer_token_env: Option<String>,
 }
 
 impl Default for Config {
@@ -52,6 +66,7 @@ impl Default for Config {
             rag: RagConfig::default(),
             log: LogConfig::default(),
             oidc: OidcConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -205,6 +220,12 @@ pub struct LimitsConfig {
     /// On SIGTERM: how long requests in flight may finish before the rest are closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_drain_timeout: Duration,
+    /// Chat requests per tenant per minute, all its users together; 0: no tenant rate.
+    pub tenant_requests_per_minute: u32,
+    /// Model tokens (prompt + completion) one user may use per UTC day; 0: unlimited.
+    pub user_tokens_per_day: u64,
+    /// Model tokens one tenant may use per UTC day; 0: unlimited.
+    pub tenant_tokens_per_day: u64,
 }
 
 impl Default for LimitsConfig {
@@ -224,6 +245,9 @@ impl Default for LimitsConfig {
             write_stall_timeout: Duration::from_secs(30),
             max_connections: 4096,
             shutdown_drain_timeout: Duration::from_secs(30),
+            tenant_requests_per_minute: 0,
+            user_tokens_per_day: 0,
+            tenant_tokens_per_day: 0,
         }
     }
 }
@@ -595,6 +619,13 @@ impl Config {
             || self.limits.login_user_attempts_per_minute == 0
         {
             return bad("login limits must be at least 1");
+        }
+        if let Some(var) = &self.metrics.bearer_token_env
+            && std::env::var(var).map_or(true, |t| t.trim().len() < 32)
+        {
+            return bad(
+                "metrics.bearer_token_env must name an environment variable holding at least 32 characters",
+            );
         }
         for i in &self.oidc.issuers {
             if let Err(m) = i.check() {

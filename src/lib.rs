@@ -28,5 +28,6 @@ pub mod llm;
 pub mod rag;
 pub mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod threads;
 pub mod timeutil;

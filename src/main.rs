@@ -369,7 +369,10 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
                 Ok(())
             }
             Err(fault) => {
-                let at = fault.seq().map(|s| format!(" at record {s}")).unwrap_or_default();
+                let at = fault
+                    .seq()
+                    .map(|s| format!(" at record {s}"))
+                    .unwrap_or_default();
                 Err(format!("audit trail verification FAILED{at}: {fault}").into())
             }
         },

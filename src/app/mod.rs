@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::audit::Audit;
 use crate::auth::AuthService;
 use crate::auth::keys::Keyring;
+use crate::chat::budget::BudgetSettings;
 use crate::chat::{ChatService, ChatSettings};
 use crate::config::{Config, LogFormat};
 use crate::http::server::ConnectionLimits;
@@ -113,13 +114,26 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
         ChatSettings {
             system_prompt: cfg.llm.system_prompt.clone(),
             history_budget_tokens: cfg.threads.history_budget_tokens,
-            requests_per_minute: cfg.threads.chat_requests_per_minute,
+            budgets: BudgetSettings {
+                user_requests_per_minute: cfg.threads.chat_requests_per_minute,
+                tenant_requests_per_minute: cfg.limits.tenant_requests_per_minute,
+                user_tokens_per_day: cfg.limits.user_tokens_per_day,
+                tenant_tokens_per_day: cfg.limits.tenant_tokens_per_day,
+            },
             search_tool: cfg.rag.tool,
             tool_max_steps: cfg.rag.tool_max_steps,
         },
         stores.limits.clone(),
+        audit.clone(),
     );
+    let metrics_token = cfg
+        .metrics
+        .bearer_token_env
+        .as_deref()
+        .and_then(|var| std::env::var(var).ok())
+        .map(|t| Arc::new(crate::secret::SecretString::from(t.trim().to_owned())));
     Ok(AppState {
+        metrics_token,
         config: Arc::new(cfg),
         auth: Arc::new(auth),
         threads,
@@ -132,7 +146,23 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
 
 pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     let listen = cfg.listen;
+    crate::telemetry::install();
     let state = build_state(cfg.clone()).await?;
+    // The separate metrics address, if configured: `/metrics` only, nothing else.
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            let local = l.local_addr()?;
+            tracing::info!(addr = %local, "metrics listening");
+            println!("palisade metrics on http://{local}/metrics");
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, crate::http::ops::metrics_only()).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     if demo {
         demo::seed(&cfg, &state).await?;
     }
@@ -198,6 +228,9 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     let _ = std::io::stdout().flush();
     crate::http::server::serve(listener, router(state), limits, shutdown_signal()).await;
     housekeeping.abort();
+    if let Some(t) = metrics_listener {
+        t.abort();
+    }
     if let Some(t) = jwks_refresh {
         t.abort();
     }

@@ -271,9 +271,10 @@ impl AuthService {
         for aggregated in self.rejections.flush(false) {
             self.audit.record(aggregated).await;
         }
+        let kind = ev.kind;
         match self.rejections.note(ev, reason) {
             Disposition::Record(ev) => self.audit.record(*ev).await,
-            Disposition::Counted => {}
+            Disposition::Counted => self.audit.count_repeat(kind, reason),
         }
     }
 

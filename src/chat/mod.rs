@@ -10,6 +10,7 @@
 //! invalid as a whole; for a stored thread the prompt's history is the stored one,
 //! never the client's.
 
+pub mod budget;
 mod prompt;
 pub mod tools;
 mod validate;
@@ -22,6 +23,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use crate::access::{ClientInfo, Principal};
+use crate::audit::Audit;
 use crate::llm::{
     Call, ChatMessage, Completion, Delta, LlmError, Model, Models, Options, ToolCall,
     ToolCallAssembler, Usage,
@@ -29,11 +31,11 @@ use crate::llm::{
 use crate::rag::{Rag, RagError, citations};
 use crate::store::threads::approx_tokens;
 use crate::store::{
-    Admission, ChunkHit, Citation, HistoryBudget, Limit, LimitKind, LimitStore, MessageRecord,
-    Role, ThreadRecord,
+    ChunkHit, Citation, HistoryBudget, LimitStore, MessageRecord, Role, ThreadRecord,
 };
 pub use crate::threads::TurnInput;
 use crate::threads::{ThreadError, Threads};
+use budget::{Admit, BudgetSettings, Budgets};
 
 pub use prompt::context_block;
 
@@ -41,6 +43,8 @@ pub use prompt::context_block;
 pub enum ChatError {
     #[error("too many chat requests")]
     RateLimited { retry_after_secs: u64 },
+    #[error("model-token budget spent")]
+    BudgetExceeded { retry_after_secs: u64 },
     #[error("invalid request: {0}")]
     Invalid(&'static str),
     /// The model is unknown or the caller's roles may not use it (one answer for both).
@@ -165,9 +169,8 @@ pub struct ChatService {
     models: Arc<Models>,
     system_prompt: String,
     history_budget_tokens: usize,
-    /// Chat requests per user, shared by every process on the store.
-    rate: Limit,
-    limits: Arc<dyn LimitStore>,
+    /// Request rates and token budgets, shared by every process on the store.
+    budgets: Budgets,
     /// Offer the model `search_documents` instead of retrieving up front.
     search_tool: bool,
     tool_max_steps: u32,
@@ -177,7 +180,7 @@ pub struct ChatService {
 pub struct ChatSettings {
     pub system_prompt: String,
     pub history_budget_tokens: usize,
-    pub requests_per_minute: u32,
+    pub budgets: BudgetSettings,
     pub search_tool: bool,
     pub tool_max_steps: u32,
 }
@@ -189,23 +192,15 @@ impl ChatService {
         models: Arc<Models>,
         settings: ChatSettings,
         limits: Arc<dyn LimitStore>,
+        audit: Audit,
     ) -> Self {
-        let rpm = settings.requests_per_minute.max(1);
         Self {
             threads,
             rag,
             models,
             system_prompt: settings.system_prompt,
             history_budget_tokens: settings.history_budget_tokens,
-            // A burst of one minute's allowance, refilled evenly (GCRA).
-            rate: Limit {
-                name: "chat",
-                kind: LimitKind::Rate {
-                    burst: rpm,
-                    per_minute: rpm,
-                },
-            },
-            limits,
+            budgets: Budgets::new(settings.budgets, limits, audit),
             search_tool: settings.search_tool,
             tool_max_steps: settings.tool_max_steps.max(1),
         }
@@ -222,8 +217,8 @@ impl ChatService {
     }
 
     /// `search_documents` called from outside a chat (the MCP endpoint): counted
-    /// against the caller's chat allowance like a chat request, run in the caller's
-    /// scope, audited.
+    /// against the caller's request rates like a chat request (no model is called, so
+    /// no token budget applies), run in the caller's scope, audited.
     pub async fn search_tool(
         &self,
         p: &Principal,
@@ -231,22 +226,26 @@ impl ChatService {
         via: &'static str,
         client: &ClientInfo,
     ) -> Result<Vec<ChunkHit>, ChatError> {
-        self.admit(p).await?;
+        self.budgets.admit(p, Admit::Requests, client).await?;
         Ok(self.rag.tool_search(p, query, via, None, client).await?)
     }
 
-    /// Counts one chat request against the caller's per-minute allowance: check and
-    /// count are one atomic step (GCRA), so concurrent requests cannot overshoot — on
-    /// one node or across a cluster. A store error refuses (fail closed).
-    async fn admit(&self, p: &Principal) -> Result<(), ChatError> {
-        let key = format!("{}\u{1f}{}", p.tenant(), p.subject());
-        match self.limits.take(&self.rate, &key).await {
-            Ok(Admission::Admitted) => Ok(()),
-            Ok(Admission::RetryAfter(retry_after_secs)) => {
-                Err(ChatError::RateLimited { retry_after_secs })
-            }
-            Err(e) => Err(ChatError::Thread(e.into())),
-        }
+    /// Charges what an answer used to the caller's budgets and to the token metrics:
+    /// the upstream's own count where it gave one, else palisade's estimate of the
+    /// prompt and the answer.
+    async fn account(&self, p: &Principal, prep: &Prepared, usage: Option<&Usage>, answer: &str) {
+        let (prompt, completion) = match usage {
+            Some(u) => (u.prompt_tokens, u.completion_tokens),
+            None => (
+                prep.prompt
+                    .iter()
+                    .map(|m| approx_tokens(&m.text()) as u64)
+                    .sum(),
+                approx_tokens(answer) as u64,
+            ),
+        };
+        crate::telemetry::tokens(prep.model.name(), prompt, completion);
+        self.budgets.charge(p, prompt + completion).await;
     }
 
     /// Everything before the model: admission, validation, model access, thread,
@@ -257,8 +256,11 @@ impl ChatService {
         req: ChatRequest,
         client: &ClientInfo,
     ) -> Result<Prepared, ChatError> {
-        // 1. Admission: every request counts, valid or not.
-        self.admit(p).await?;
+        // 1. Admission: every request counts, valid or not; a spent token budget
+        //    refuses before anything else happens.
+        self.budgets
+            .admit(p, Admit::RequestsAndTokens, client)
+            .await?;
         // 2. The model, and the whole request valid for it, or nothing happens (no
         //    retrieval, no audit, no upstream call).
         let model = self
@@ -450,6 +452,8 @@ impl ChatService {
                 .await?;
             step += 1;
         };
+        self.account(p, &prep, usage.as_ref(), &completion.content)
+            .await;
         let cites = citations(&prep.passages);
         let stored = match &prep.thread {
             Some(id) => Some(
@@ -526,6 +530,7 @@ impl ChatService {
                 full.push_str(&content);
                 let (ours, theirs) = tools::split_calls(calls.finish(), prep.search_tool);
                 if ours.is_empty() || router.relayed_any() {
+                    svc.account(&p, &prep, usage.as_ref(), &full).await;
                     let cites = citations(&prep.passages);
                     let finish_reason = finish.unwrap_or_else(|| "stop".into());
                     let stored = match &prep.thread {

@@ -47,6 +47,9 @@ pub enum ApiError {
     Conflict(&'static str),
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
+    /// A user's or tenant's daily model-token budget is spent.
+    #[error("budget exceeded")]
+    BudgetExceeded { retry_after_secs: u64 },
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("bad request: {0}")]
@@ -93,7 +96,7 @@ impl ApiError {
             CrossSite | Forbidden | ModelNotAllowed => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            TooManyRequests { .. } | BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -122,6 +125,7 @@ impl ApiError {
             MethodNotAllowed => "method_not_allowed",
             Conflict(_) => "conflict",
             TooManyRequests { .. } => "too_many_requests",
+            BudgetExceeded { .. } => "budget_exceeded",
             PayloadTooLarge => "payload_too_large",
             BadRequest(_) => "bad_request",
             Unprocessable(_) => "unprocessable_entity",
@@ -166,6 +170,9 @@ impl ApiError {
             MethodNotAllowed => "Method not allowed.".into(),
             Conflict(what) => format!("Conflict: {what}."),
             TooManyRequests { .. } => "Too many requests; retry later.".into(),
+            BudgetExceeded { .. } => {
+                "The daily model-token budget is spent; it resets at midnight UTC.".into()
+            }
             PayloadTooLarge => "The request body is too large.".into(),
             BadRequest(m) | Unprocessable(m) => m.clone(),
             UnsupportedMediaType => "Expected Content-Type: application/json.".into(),
@@ -192,7 +199,8 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {
-            ApiError::TooManyRequests { retry_after_secs } => {
+            ApiError::TooManyRequests { retry_after_secs }
+            | ApiError::BudgetExceeded { retry_after_secs } => {
                 if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(&1).to_string()) {
                     headers.insert(header::RETRY_AFTER, v);
                 }
@@ -301,6 +309,9 @@ impl From<ChatError> for ApiError {
         match e {
             ChatError::RateLimited { retry_after_secs } => {
                 ApiError::TooManyRequests { retry_after_secs }
+            }
+            ChatError::BudgetExceeded { retry_after_secs } => {
+                ApiError::BudgetExceeded { retry_after_secs }
             }
             ChatError::Invalid(m) => ApiError::Unprocessable(m.to_owned()),
             ChatError::ModelNotAllowed => ApiError::ModelNotAllowed,

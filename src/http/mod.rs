@@ -41,6 +41,9 @@ pub struct AppState {
     pub rag: Arc<Rag>,
     pub audit: Audit,
     pub health: Arc<dyn Health>,
+    /// The bearer token that opens `/metrics` on the main address (`None`: it is not
+    /// served there).
+    pub metrics_token: Option<Arc<crate::secret::SecretString>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -82,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .layer(set_id)
         .layer(axum::middleware::from_fn(middleware::sanitize_inbound))
         .layer(axum::middleware::from_fn(middleware::security_headers))
+        .layer(axum::middleware::from_fn(middleware::track))
         .with_state(state)
 }
 

@@ -13,6 +13,43 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// `/metrics` on the main address: only with `metrics.bearer_token_env` configured, and
+/// only to a request bearing that token (compared in constant time). Otherwise it does
+/// not exist here (404), whatever is sent.
+pub async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    use crate::secret::ExposeSecret;
+    let Some(expected) = &s.metrics_token else {
+        return ApiError::NotFound.into_response();
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !crate::secret::constant_time_eq(given, expected.expose_secret()) {
+        return ApiError::Unauthorized.into_response();
+    }
+    exposition()
+}
+
+/// The Prometheus text exposition.
+pub fn exposition() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(),
+    )
+        .into_response()
+}
+
+/// The router of the separate metrics address (`metrics.listen`): `/metrics` only.
+pub fn metrics_only() -> axum::Router {
+    axum::Router::new().route("/metrics", get(|| async { exposition() }))
 }
 
 pub async fn healthz() -> Response {

@@ -100,7 +100,16 @@ impl Model {
 
     pub async fn complete(&self, call: &Call<'_>) -> Result<Completion, LlmError> {
         match &self.upstream {
-            Upstream::OpenAi(c) => c.complete(call).await,
+            Upstream::OpenAi(c) => {
+                let started = std::time::Instant::now();
+                let res = c.complete(call).await;
+                crate::telemetry::upstream(
+                    self.name(),
+                    res.is_ok(),
+                    started.elapsed().as_secs_f64(),
+                );
+                res
+            }
             Upstream::Extractive => Ok(Completion {
                 content: extractive::answer(call.passages),
                 finish_reason: "stop".into(),
@@ -111,7 +120,17 @@ impl Model {
 
     pub async fn stream(&self, call: &Call<'_>) -> Result<DeltaStream, LlmError> {
         match &self.upstream {
-            Upstream::OpenAi(c) => c.stream(call).await,
+            // Timed to the stream's start (the upstream's response head).
+            Upstream::OpenAi(c) => {
+                let started = std::time::Instant::now();
+                let res = c.stream(call).await;
+                crate::telemetry::upstream(
+                    self.name(),
+                    res.is_ok(),
+                    started.elapsed().as_secs_f64(),
+                );
+                res
+            }
             Upstream::Extractive => {
                 let answer = extractive::answer(call.passages);
                 Ok(Box::pin(futures_util::stream::iter([

@@ -17,6 +17,18 @@ impl Rag {
         query: &str,
         k: usize,
     ) -> Result<Vec<ChunkHit>, RagError> {
+        let started = std::time::Instant::now();
+        let hits = self.retrieve_unmeasured(scope, query, k).await?;
+        crate::telemetry::retrieval(started.elapsed().as_secs_f64(), hits.len());
+        Ok(hits)
+    }
+
+    async fn retrieve_unmeasured(
+        &self,
+        scope: &AccessScope,
+        query: &str,
+        k: usize,
+    ) -> Result<Vec<ChunkHit>, RagError> {
         let k = k.clamp(1, 50);
         let candidates = k * CANDIDATES_PER_RESULT;
         // Nothing visible: no need to spend an embedding on the question.

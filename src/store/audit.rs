@@ -321,3 +321,106 @@ pub trait AuditStore: Send + Sync {
     /// the chain only, and remembers where the kept chain begins. Returns how many.
     async fn prune(&self, before: i64) -> StoreResult<u64>;
 }
+
+/// What `verify` found wrong first, naming the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainFault {
+    #[error("the chain head is missing")]
+    HeadMissing,
+    #[error("record {seq} is missing (deleted, or its position was changed)")]
+    Missing { seq: i64 },
+    #[error("record {seq} does not match its hash (edited)")]
+    Edited { seq: i64 },
+    #[error("record {seq} does not link to record {}", seq - 1)]
+    Unlinked { seq: i64 },
+    #[error(
+        "the chain ends at record {found}, but its head says {head} (records deleted from the end, or the head edited)"
+    )]
+    Truncated { found: i64, head: i64 },
+    #[error("the lineage index has {found} entries, the chained records name {expected}")]
+    LineageIndex { expected: u64, found: u64 },
+}
+
+impl ChainFault {
+    /// The first record that failed, where one can be named.
+    pub fn seq(&self) -> Option<i64> {
+        match self {
+            Self::Missing { seq } | Self::Edited { seq } | Self::Unlinked { seq } => Some(*seq),
+            Self::Truncated { found, .. } => Some(found + 1),
+            Self::HeadMissing | Self::LineageIndex { .. } => None,
+        }
+    }
+}
+
+/// The outcome of walking the whole chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainReport {
+    /// Chained records checked.
+    pub records: u64,
+    /// The first position still kept (earlier ones were pruned by retention).
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// The head's hash: record it elsewhere to detect a rewrite of the whole chain.
+    pub head_hash: String,
+}
+
+/// Records read per page while verifying.
+const VERIFY_PAGE: u32 = 2000;
+
+/// Walks the whole chain from its (possibly pruned) start to its head: every position
+/// present once, every record linked to the one before and matching its own hash, the
+/// last one equal to the head, the lineage index complete. The inner `Err` is the first
+/// fault, naming the record.
+pub async fn verify_chain(store: &dyn AuditStore) -> StoreResult<Result<ChainReport, ChainFault>> {
+    let Some(head) = store.chain_head().await? else {
+        return Ok(Err(ChainFault::HeadMissing));
+    };
+    let mut prev = head.pruned_hash;
+    let mut last = head.pruned_seq;
+    let mut records = 0u64;
+    let mut documents = 0u64;
+    loop {
+        let page = store.chain_page(last, VERIFY_PAGE).await?;
+        let full = page.len() == VERIFY_PAGE as usize;
+        for r in page {
+            let expected = last + 1;
+            let seq = r.seq.unwrap_or_default();
+            if seq != expected {
+                return Ok(Err(ChainFault::Missing { seq: expected }));
+            }
+            if r.prev_hash != Some(prev) {
+                return Ok(Err(ChainFault::Unlinked { seq }));
+            }
+            let hash = r.event.chain_hash(&prev, seq);
+            if r.hash != Some(hash) {
+                return Ok(Err(ChainFault::Edited { seq }));
+            }
+            prev = hash;
+            last = seq;
+            records += 1;
+            documents += r.event.documents.len() as u64;
+        }
+        if !full {
+            break;
+        }
+    }
+    if last != head.seq || prev != head.hash {
+        return Ok(Err(ChainFault::Truncated {
+            found: last,
+            head: head.seq,
+        }));
+    }
+    let found = store.lineage_rows().await?;
+    if found != documents {
+        return Ok(Err(ChainFault::LineageIndex {
+            expected: documents,
+            found,
+        }));
+    }
+    Ok(Ok(ChainReport {
+        records,
+        first_seq: head.pruned_seq + 1,
+        last_seq: last,
+        head_hash: prev.hex(),
+    }))
+}

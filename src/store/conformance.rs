@@ -616,13 +616,11 @@ async fn audit_events_are_kept_per_tenant_and_request() {
 
 #[tokio::test]
 async fn concurrent_appends_form_one_verifiable_chain_and_lineage_finds_its_documents() {
-    use crate::audit::Audit;
     let o = open().await;
     let s = &o.stores;
-    let op = crate::access::Operator::local_cli();
-    let audit = Audit::new(s.audit.clone());
+    let verify = || audit::verify_chain(s.audit.as_ref());
     // An empty trail verifies.
-    assert_eq!(audit.verify(&op).await.unwrap().unwrap().records, 0);
+    assert_eq!(verify().await.unwrap().unwrap().records, 0);
     // Ten old events, then 64 appended at once.
     for i in 0..10 {
         let mut ev = AuditEvent::new(AuditKind::Logout).tenant("acme");
@@ -645,8 +643,11 @@ async fn concurrent_appends_form_one_verifiable_chain_and_lineage_finds_its_docu
     for t in tasks {
         t.await.unwrap();
     }
-    let report = audit.verify(&op).await.unwrap().unwrap();
-    assert_eq!((report.records, report.first_seq, report.last_seq), (74, 1, 74));
+    let report = verify().await.unwrap().unwrap();
+    assert_eq!(
+        (report.records, report.first_seq, report.last_seq),
+        (74, 1, 74)
+    );
     let acme = s
         .audit
         .lineage(crate::store::LineageQuery {
@@ -657,18 +658,24 @@ async fn concurrent_appends_form_one_verifiable_chain_and_lineage_finds_its_docu
         .await
         .unwrap();
     assert_eq!(acme.len(), 32);
-    assert!(acme.iter().all(|r| r.event.tenant.as_deref() == Some("acme")
-        && r.event.documents == ["doc-a", "doc-b"]
-        && r.event.thread.is_some()));
+    assert!(
+        acme.iter()
+            .all(|r| r.event.tenant.as_deref() == Some("acme")
+                && r.event.documents == ["doc-a", "doc-b"]
+                && r.event.thread.is_some())
+    );
     // Retention cuts the start of the chain; what is kept still verifies.
     assert_eq!(s.audit.prune(2_000).await.unwrap(), 10);
-    let report = audit.verify(&op).await.unwrap().unwrap();
-    assert_eq!((report.records, report.first_seq, report.last_seq), (64, 11, 74));
+    let report = verify().await.unwrap().unwrap();
+    assert_eq!(
+        (report.records, report.first_seq, report.last_seq),
+        (64, 11, 74)
+    );
     s.audit
         .append(&AuditEvent::new(AuditKind::Logout).tenant("acme"))
         .await
         .unwrap();
-    assert_eq!(audit.verify(&op).await.unwrap().unwrap().last_seq, 75);
+    assert_eq!(verify().await.unwrap().unwrap().last_seq, 75);
 }
 
 #[tokio::test]

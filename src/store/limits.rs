@@ -42,6 +42,17 @@ pub trait LimitStore: Send + Sync {
     async fn give_back(&self, limit: &Limit, key: &str) -> StoreResult<()>;
     /// Forgets `key`'s count of a window limit (a successful login clears failures).
     async fn reset(&self, limit: &Limit, key: &str) -> StoreResult<()>;
+    /// Adds `amount` to `key`'s usage of `budget` on day `day` (days since the unix
+    /// epoch, UTC) and returns the day's new total. Counters outlive their day by a day.
+    async fn add_usage(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        amount: u64,
+    ) -> StoreResult<u64>;
+    /// `key`'s usage of `budget` on day `day` so far.
+    async fn usage(&self, budget: &'static str, key: &str, day: i64) -> StoreResult<u64>;
 }
 
 /// Past this many entries, expired windows are swept.
@@ -67,10 +78,15 @@ struct Windows {
 
 type Keyed = governor::DefaultKeyedRateLimiter<String>;
 
+type UsageKey = (&'static str, String, i64);
+
 /// In-process limits for the embedded store.
 #[derive(Default)]
 pub struct MemoryLimits {
     windows: Mutex<Windows>,
+    /// Daily usage counters (token budgets); yesterday's and older are dropped when a
+    /// new day's first counter is written.
+    usage: Mutex<(i64, HashMap<UsageKey, u64>)>,
     rates: Mutex<HashMap<&'static str, Arc<Keyed>>>,
     rate_checks: std::sync::atomic::AtomicU64,
 }
@@ -168,6 +184,39 @@ impl LimitStore for MemoryLimits {
             windows.map.remove(&(limit.name, key.to_owned()));
         }
         Ok(())
+    }
+
+    async fn add_usage(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        amount: u64,
+    ) -> StoreResult<u64> {
+        let mut guard = self
+            .usage
+            .lock()
+            .map_err(|_| super::StoreError::Unavailable("usage lock poisoned".into()))?;
+        let (newest, map) = &mut *guard;
+        if day > *newest {
+            map.retain(|k, _| k.2 >= day - 1);
+            *newest = day;
+        }
+        let total = map.entry((budget, key.to_owned(), day)).or_insert(0);
+        *total = total.saturating_add(amount);
+        Ok(*total)
+    }
+
+    async fn usage(&self, budget: &'static str, key: &str, day: i64) -> StoreResult<u64> {
+        let guard = self
+            .usage
+            .lock()
+            .map_err(|_| super::StoreError::Unavailable("usage lock poisoned".into()))?;
+        Ok(guard
+            .1
+            .get(&(budget, key.to_owned(), day))
+            .copied()
+            .unwrap_or(0))
     }
 }
 

@@ -78,8 +78,18 @@ async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
         .await;
 
     let records = chain(&s);
-    let kinds: Vec<&str> = records.iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    for k in ["user_created", "login_succeeded", "login_failed", "user_access_changed", "document_created", "retrieval"] {
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "user_created",
+        "login_succeeded",
+        "login_failed",
+        "user_access_changed",
+        "document_created",
+        "retrieval",
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     // Untouched, the trail verifies, and every record carries its place and hash.
@@ -116,9 +126,13 @@ async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
     verify(&s).expect("restored");
 
     // 2. Back-dated.
-    s.sql(&format!("UPDATE audit_events SET ts = ts - 86400000 WHERE seq = {changed}"));
+    s.sql(&format!(
+        "UPDATE audit_events SET ts = ts - 86400000 WHERE seq = {changed}"
+    ));
     assert_fails_at(&s, changed, "a back-dated record");
-    s.sql(&format!("UPDATE audit_events SET ts = ts + 86400000 WHERE seq = {changed}"));
+    s.sql(&format!(
+        "UPDATE audit_events SET ts = ts + 86400000 WHERE seq = {changed}"
+    ));
     verify(&s).expect("restored");
 
     // 3. A record deleted from the middle, then put back.
@@ -128,11 +142,8 @@ async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
              DELETE FROM audit_events WHERE seq = {seq};"
         ))
     };
-    let unhide = || {
-        s.sql(
-            "INSERT INTO audit_events SELECT * FROM audit_bak; DROP TABLE audit_bak;",
-        )
-    };
+    let unhide =
+        || s.sql("INSERT INTO audit_events SELECT * FROM audit_bak; DROP TABLE audit_bak;");
     hide(changed);
     assert_fails_at(&s, changed, "a deleted admin action");
     unhide();
@@ -163,12 +174,16 @@ async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
     //    longer links to it.
     let hex = |v: &Value| -> Vec<u8> {
         let h = v.as_str().unwrap();
-        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
     };
     let mut forged: palisade::store::AuditEvent =
         serde_json::from_value(records[failed as usize - 1].clone()).unwrap();
     forged.username = Some("someone-else".into());
-    let prev = palisade::store::ChainHash::from_slice(&hex(&records[failed as usize - 2]["hash"])).unwrap();
+    let prev = palisade::store::ChainHash::from_slice(&hex(&records[failed as usize - 2]["hash"]))
+        .unwrap();
     let rehashed = forged.chain_hash(&prev, failed).hex();
     let blob = |h: &str| {
         if store_kind() == "cluster" {
@@ -201,7 +216,10 @@ async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
 
     // After every repair, the trail verifies again and the server goes on appending to it.
     verify(&s).expect("restored");
-    assert_eq!(s.login_raw("alice", "wrong").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.login_raw("alice", "wrong").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     let ok = verify(&s).expect("appends continue the chain");
     assert!(ok.contains(&format!("(1..={})", n + 1)), "{ok}");
 }
@@ -303,7 +321,9 @@ async fn lineage_names_who_had_a_document_in_a_prompt_and_in_which_thread() {
     let (hannah_id, hannah_thread, hannah_req) = &turns[1];
 
     // The HR document: hannah's thread and request only.
-    let r = s.get(&format!("/admin/lineage?document={hr}"), &admin.access).await;
+    let r = s
+        .get(&format!("/admin/lineage?document={hr}"), &admin.access)
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["document"], json!(hr));
@@ -315,11 +335,17 @@ async fn lineage_names_who_had_a_document_in_a_prompt_and_in_which_thread() {
     assert_eq!(uses[0]["kind"], "retrieval");
     // Ids only: no text of the document or the question anywhere.
     let raw = body.to_string();
-    assert!(!raw.contains("140k") && !raw.contains("salary bands?"), "{raw}");
+    assert!(
+        !raw.contains("140k") && !raw.contains("salary bands?"),
+        "{raw}"
+    );
 
     // The public handbook went to both.
     let r = s
-        .get(&format!("/admin/lineage?document={handbook}"), &admin.access)
+        .get(
+            &format!("/admin/lineage?document={handbook}"),
+            &admin.access,
+        )
         .await;
     let body: Value = r.json().await.unwrap();
     let mut who: Vec<(String, String, String)> = body["uses"]
@@ -345,19 +371,27 @@ async fn lineage_names_who_had_a_document_in_a_prompt_and_in_which_thread() {
     // An admin of another tenant gets nothing, not even for the right id; a non-admin
     // is refused; the document parameter is required.
     let gina = s.login("gina", &gina_pw).await;
-    let r = s.get(&format!("/admin/lineage?document={hr}"), &gina.access).await;
+    let r = s
+        .get(&format!("/admin/lineage?document={hr}"), &gina.access)
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["uses"], json!([]));
     let hannah = s.login("hannah", &acme.hannah).await;
-    let r = s.get(&format!("/admin/lineage?document={hr}"), &hannah.access).await;
+    let r = s
+        .get(&format!("/admin/lineage?document={hr}"), &hannah.access)
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = s.get("/admin/lineage", &admin.access).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // The operator's CLI answers the same question.
     let out = s.cli(&["audit", "lineage", &hr], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()

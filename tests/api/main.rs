@@ -19,6 +19,7 @@ mod hardening;
 mod hygiene;
 mod model;
 mod oidc;
+mod operability;
 mod rag;
 mod sso;
 mod threads;

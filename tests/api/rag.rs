@@ -459,11 +459,7 @@ async fn answers_cite_only_what_was_retrieved_and_the_extractive_responder_quote
     assert_eq!(stored["messages"][1]["citations"], m["citations"]);
     // Data lineage: who was shown which document.
     let lineage = s.audit_events(&admin.access, "retrieval").await;
-    assert!(
-        lineage
-            .iter()
-            .any(|e| e["documents"] == json!([doc["id"]])
-                && e["thread"] == json!(t)
-                && e["subject"].is_string())
-    );
+    assert!(lineage.iter().any(|e| e["documents"] == json!([doc["id"]])
+        && e["thread"] == json!(t)
+        && e["subject"].is_string()));
 }

@@ -208,7 +208,8 @@ impl Server {
             None => {
                 let c = rusqlite::Connection::open(self.dir.path().join("palisade.db"))
                     .expect("open the database file");
-                c.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+                c.busy_timeout(Duration::from_secs(10))
+                    .expect("busy timeout");
                 c.execute_batch(sql).expect("run SQL on the SQLite store");
             }
             Some(c) => {

@@ -7,8 +7,8 @@ use tokio_postgres::Row;
 
 use super::{ClusterStore, timed};
 use crate::store::{
-    AuditEvent, AuditKind, AuditQuery, AuditRecord, AuditStore, ChainHash, ChainHead,
-    LineageQuery, StoreError, StoreResult,
+    AuditEvent, AuditKind, AuditQuery, AuditRecord, AuditStore, ChainHash, ChainHead, LineageQuery,
+    StoreError, StoreResult,
 };
 
 const AUDIT_COLS: &str = "ts, kind, tenant, subject, username, session_id, ip, reason, resource, \

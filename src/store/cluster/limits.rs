@@ -70,6 +70,10 @@ impl ClusterStore {
     fn limit_key(&self, limit: &Limit, key: &str) -> String {
         self.key(&["lim:", limit.name, ":", key])
     }
+
+    fn usage_key(&self, budget: &str, key: &str, day: i64) -> String {
+        self.key(&["use:", budget, ":", &day.to_string(), ":", key])
+    }
 }
 
 #[async_trait]
@@ -106,6 +110,44 @@ impl LimitStore for ClusterStore {
             let mut r = self.redis();
             let _: i64 = GIVE_BACK.arg(&k).invoke_async(&mut r).await?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn add_usage(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        amount: u64,
+    ) -> StoreResult<u64> {
+        let k = self.usage_key(budget, key, day);
+        timed(async {
+            let mut r = self.redis();
+            // One round trip: the increment and the expiry (two days: the counter is
+            // read until its day ends, whatever the clock skew between nodes).
+            let (total,): (u64,) = redis::pipe()
+                .atomic()
+                .cmd("INCRBY")
+                .arg(&k)
+                .arg(amount.min(i64::MAX as u64))
+                .cmd("EXPIRE")
+                .arg(&k)
+                .arg(2 * 86_400)
+                .ignore()
+                .query_async(&mut r)
+                .await?;
+            Ok(total)
+        })
+        .await
+    }
+
+    async fn usage(&self, budget: &'static str, key: &str, day: i64) -> StoreResult<u64> {
+        let k = self.usage_key(budget, key, day);
+        timed(async {
+            let mut r = self.redis();
+            let v: Option<u64> = redis::cmd("GET").arg(&k).query_async(&mut r).await?;
+            Ok(v.unwrap_or(0))
         })
         .await
     }

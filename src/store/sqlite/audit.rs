@@ -6,8 +6,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
 use crate::store::{
-    AuditEvent, AuditKind, AuditQuery, AuditRecord, AuditStore, ChainHash, ChainHead,
-    LineageQuery, StoreError, StoreResult,
+    AuditEvent, AuditKind, AuditQuery, AuditRecord, AuditStore, ChainHash, ChainHead, LineageQuery,
+    StoreError, StoreResult,
 };
 
 const COLS: &str = "ts, kind, tenant, subject, username, session_id, ip, reason, resource, \
@@ -74,9 +74,10 @@ fn head(c: &Connection) -> StoreResult<Option<ChainHead>> {
     let Some((seq, hash, pruned_seq, pruned_hash)) = row else {
         return Ok(None);
     };
-    let (Some(hash), Some(pruned_hash)) =
-        (ChainHash::from_slice(&hash), ChainHash::from_slice(&pruned_hash))
-    else {
+    let (Some(hash), Some(pruned_hash)) = (
+        ChainHash::from_slice(&hash),
+        ChainHash::from_slice(&pruned_hash),
+    ) else {
         return Err(StoreError::Corrupt("audit chain head".into()));
     };
     Ok(Some(ChainHead {
@@ -143,7 +144,15 @@ impl AuditStore for SqliteStore {
             ))?;
             let rows = stmt
                 .query_map(
-                    params![q.tenant, q.kind, q.request_id, q.subject, q.since, q.until, q.limit],
+                    params![
+                        q.tenant,
+                        q.kind,
+                        q.request_id,
+                        q.subject,
+                        q.since,
+                        q.until,
+                        q.limit
+                    ],
                     audit_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -187,8 +196,10 @@ impl AuditStore for SqliteStore {
 
     async fn lineage_rows(&self) -> StoreResult<u64> {
         self.read_blocking(|c| {
-            Ok(c.query_row("SELECT count(*) FROM audit_lineage", [], |r| r.get::<_, i64>(0))?
-                .max(0) as u64)
+            Ok(c.query_row("SELECT count(*) FROM audit_lineage", [], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .max(0) as u64)
         })
         .await
     }

@@ -1,0 +1,208 @@
+//! Per-user and per-tenant request rates and daily model-token budgets, counted in the
+//! shared limit store: on one node in memory, across a cluster in Redis (every node
+//! counts against the same allowance).
+//!
+//! Request rates are exact (check and count are one atomic step). A token budget is
+//! checked before the model is called and charged with what the answer used once it is
+//! known, so requests already running when the budget runs out may overshoot it by
+//! what they use; the next one is refused. Refusals answer 429 with `Retry-After`, are
+//! counted in metrics, and are audited as `budget_exceeded` — once per user, limit and
+//! minute, so that hammering a closed door cannot flood the trail.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ChatError;
+use crate::access::{ClientInfo, Principal};
+use crate::audit::{Audit, AuditEvent, AuditKind};
+use crate::store::{Admission, Limit, LimitKind, LimitStore};
+
+const DAY_SECS: i64 = 86_400;
+
+/// How much each user and each tenant may use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetSettings {
+    /// Chat requests per user per minute (a burst of one minute's worth, refilled evenly).
+    pub user_requests_per_minute: u32,
+    /// Chat requests per tenant per minute; 0: no tenant rate.
+    pub tenant_requests_per_minute: u32,
+    /// Model tokens (prompt + completion) per user per UTC day; 0: unlimited.
+    pub user_tokens_per_day: u64,
+    /// Model tokens per tenant per UTC day; 0: unlimited.
+    pub tenant_tokens_per_day: u64,
+}
+
+/// Which allowance refused a request: the audit reason and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    UserRequests,
+    TenantRequests,
+    UserTokens,
+    TenantTokens,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::UserRequests => "user_requests",
+            Self::TenantRequests => "tenant_requests",
+            Self::UserTokens => "user_tokens",
+            Self::TenantTokens => "tenant_tokens",
+        }
+    }
+}
+
+/// Which allowances a request is admitted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Request rates only (a search without a model call).
+    Requests,
+    /// Request rates and token budgets (a model call follows).
+    RequestsAndTokens,
+}
+
+pub struct Budgets {
+    settings: BudgetSettings,
+    user_rate: Limit,
+    tenant_rate: Limit,
+    /// One audit record per user, limit and minute.
+    audit_once: Limit,
+    limits: Arc<dyn LimitStore>,
+    audit: Audit,
+}
+
+fn rate(name: &'static str, per_minute: u32) -> Limit {
+    let rpm = per_minute.max(1);
+    Limit {
+        name,
+        kind: LimitKind::Rate {
+            burst: rpm,
+            per_minute: rpm,
+        },
+    }
+}
+
+/// Today (days since the unix epoch, UTC) and the seconds until tomorrow.
+fn today() -> (i64, u64) {
+    let now = crate::timeutil::now_ms() / 1000;
+    let day = now.div_euclid(DAY_SECS);
+    (day, ((day + 1) * DAY_SECS - now).max(1) as u64)
+}
+
+impl Budgets {
+    pub fn new(settings: BudgetSettings, limits: Arc<dyn LimitStore>, audit: Audit) -> Self {
+        Self {
+            user_rate: rate("chat", settings.user_requests_per_minute),
+            tenant_rate: rate("chat_tenant", settings.tenant_requests_per_minute),
+            audit_once: Limit {
+                name: "budget_audit",
+                kind: LimitKind::Window {
+                    max: 1,
+                    period: Duration::from_secs(60),
+                },
+            },
+            settings,
+            limits,
+            audit,
+        }
+    }
+
+    fn user_key(p: &Principal) -> String {
+        format!("{}\u{1f}{}", p.tenant(), p.subject())
+    }
+
+    /// Counts one request against the caller's and the tenant's rates, and checks the
+    /// day's token budgets. A store error refuses (fail closed).
+    pub async fn admit(
+        &self,
+        p: &Principal,
+        what: Admit,
+        client: &ClientInfo,
+    ) -> Result<(), ChatError> {
+        let user = Self::user_key(p);
+        let checks = async {
+            if let Admission::RetryAfter(s) = self.limits.take(&self.user_rate, &user).await? {
+                return Ok(Some((Refusal::UserRequests, s)));
+            }
+            if self.settings.tenant_requests_per_minute > 0
+                && let Admission::RetryAfter(s) =
+                    self.limits.take(&self.tenant_rate, p.tenant()).await?
+            {
+                return Ok(Some((Refusal::TenantRequests, s)));
+            }
+            if what == Admit::RequestsAndTokens {
+                let (day, until_tomorrow) = today();
+                let spent = |budget, key: &str| {
+                    let key = key.to_owned();
+                    async move { self.limits.usage(budget, &key, day).await }
+                };
+                if self.settings.user_tokens_per_day > 0
+                    && spent("tokens_user", &user).await? >= self.settings.user_tokens_per_day
+                {
+                    return Ok(Some((Refusal::UserTokens, until_tomorrow)));
+                }
+                if self.settings.tenant_tokens_per_day > 0
+                    && spent("tokens_tenant", p.tenant()).await?
+                        >= self.settings.tenant_tokens_per_day
+                {
+                    return Ok(Some((Refusal::TenantTokens, until_tomorrow)));
+                }
+            }
+            Ok::<_, crate::store::StoreError>(None)
+        };
+        let refusal = match checks.await {
+            Ok(None) => return Ok(()),
+            Ok(Some(r)) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "limit store failed; refusing");
+                return Err(ChatError::Thread(e.into()));
+            }
+        };
+        let (why, retry_after_secs) = refusal;
+        crate::telemetry::limited(why.as_str());
+        let once_key = format!("{user}\u{1f}{}", why.as_str());
+        if matches!(
+            self.limits.take(&self.audit_once, &once_key).await,
+            Ok(Admission::Admitted)
+        ) {
+            self.audit
+                .record(
+                    AuditEvent::new(AuditKind::BudgetExceeded)
+                        .tenant(p.tenant())
+                        .subject(p.subject())
+                        .session(p.session_id())
+                        .client(client)
+                        .reason(why.as_str()),
+                )
+                .await;
+        }
+        Err(match why {
+            Refusal::UserRequests | Refusal::TenantRequests => {
+                ChatError::RateLimited { retry_after_secs }
+            }
+            Refusal::UserTokens | Refusal::TenantTokens => {
+                ChatError::BudgetExceeded { retry_after_secs }
+            }
+        })
+    }
+
+    /// Charges what a model call used to the caller's and the tenant's day. A failure
+    /// is logged: the answer was already given, and refusing it now would lose it.
+    pub async fn charge(&self, p: &Principal, tokens: u64) {
+        if tokens == 0
+            || (self.settings.user_tokens_per_day == 0 && self.settings.tenant_tokens_per_day == 0)
+        {
+            return;
+        }
+        let (day, _) = today();
+        let user = Self::user_key(p);
+        let (u, t) = tokio::join!(
+            self.limits.add_usage("tokens_user", &user, day, tokens),
+            self.limits
+                .add_usage("tokens_tenant", p.tenant(), day, tokens),
+        );
+        if let Err(e) = u.and(t) {
+            tracing::error!(error = %e, "token usage not recorded");
+        }
+    }
+}
