@@ -18,12 +18,15 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 cargo test --locked --all-targets --no-run
 
 # Real clients, in a private venv: the official OpenAI Python SDK and LangChain's
-# ChatOpenAI (compatibility and tool loops), and the official MCP Python SDK.
+# ChatOpenAI (compatibility and tool loops), the official MCP Python SDK, and
+# Schemathesis (fuzzes the live server against /openapi.json; pinned, so that its
+# generated cases are the same on every run).
 PYENV=target/pyenv
-if ! "$PYENV/bin/python" -c "import openai, langchain_openai, mcp" 2>/dev/null; then
+if ! "$PYENV/bin/python" -c "import openai, langchain_openai, mcp" 2>/dev/null \
+   || [ "$("$PYENV/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
   python3 -m venv "$PYENV"
   "$PYENV/bin/pip" install --quiet --disable-pip-version-check \
-    "openai>=1.40,<3" "langchain-openai>=0.3,<2" "mcp>=1.9,<3"
+    "openai>=1.40,<3" "langchain-openai>=0.3,<2" "mcp>=1.9,<3" "schemathesis==4.32.5"
 fi
 export PALISADE_TEST_PYTHON="$PWD/$PYENV/bin/python"
 

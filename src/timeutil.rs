@@ -28,12 +28,17 @@ pub fn rfc3339(unix_ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// An RFC 3339 time (`2026-11-27T10:00:00Z`) as unix milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// A time given as RFC 3339 (`2026-11-27T10:00:00Z`) or as unix milliseconds, as unix
 /// milliseconds; `None` for anything else.
 pub fn parse_instant(s: &str) -> Option<i64> {
     if let Ok(n) = s.parse::<i64>() {
         return Some(n);
     }
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    parse_rfc3339(s)
 }

@@ -301,14 +301,15 @@ impl AuthService {
         self.revoke_own(p, p.session_id(), "logout", client).await
     }
 
-    /// Logout with only the refresh cookie (the access token may have expired).
+    /// Logout with only the refresh cookie (the access token may have expired): whether
+    /// the cookie named a live session, now ended.
     pub async fn logout_with_refresh(
         &self,
         presented: &str,
         client: &ClientInfo,
-    ) -> Result<(), AuthError> {
+    ) -> Result<bool, AuthError> {
         let Some(token) = RefreshToken::parse(presented) else {
-            return Ok(());
+            return Ok(false);
         };
         if let Some(s) = self.sessions.session_for_refresh(token.hash()).await?
             && s.revoked_at.is_none()
@@ -326,8 +327,9 @@ impl AuthService {
                         .client(client),
                 )
                 .await;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Revokes one of the caller's own sessions. Another user's id is indistinguishable

@@ -29,9 +29,9 @@ pub struct AuditParams {
     request_id: Option<String>,
     /// A user id: the events about that user.
     user: Option<String>,
-    /// RFC 3339 or unix milliseconds; inclusive.
+    /// RFC 3339; inclusive.
     since: Option<String>,
-    /// RFC 3339 or unix milliseconds; exclusive.
+    /// RFC 3339; exclusive.
     until: Option<String>,
     limit: Option<u32>,
 }
@@ -43,29 +43,48 @@ struct AuditList {
 
 fn instant(v: Option<String>, name: &str) -> Result<Option<i64>, ApiError> {
     v.map(|s| {
-        crate::timeutil::parse_instant(&s).ok_or_else(|| {
-            ApiError::BadRequest(format!("`{name}` must be RFC 3339 or unix milliseconds."))
-        })
+        crate::timeutil::parse_rfc3339(&s)
+            .ok_or_else(|| ApiError::BadRequest(format!("`{name}` must be an RFC 3339 time.")))
     })
     .transpose()
 }
 
+#[utoipa::path(
+    get, path = "/admin/audit", tag = "admin", security(("bearer" = [])),
+    params(crate::http::openapi::AuditQueryParams),
+    responses(
+        (status = 200, description = "The admin's tenant's events.", body = crate::http::openapi::AuditListBody),
+        (status = 400, description = "Invalid query parameters.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn audit(
     State(s): State<AppState>,
     Auth(p): Auth,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
+    limit_in_range(q.limit)?;
     let filter = AuditFilter {
-        kind: q.kind,
-        request_id: q.request_id,
-        subject: q.user,
+        kind: q.kind.filter(|k| !k.is_empty()),
+        request_id: q.request_id.filter(|r| !r.is_empty()),
+        subject: q.user.filter(|u| !u.is_empty()),
         since: instant(q.since, "since")?,
         until: instant(q.until, "until")?,
         limit: q.limit,
     };
     let events = s.audit.events_for(&p, filter).await?;
     Ok(axum::Json(AuditList { events }).into_response())
+}
+
+fn limit_in_range(limit: Option<u32>) -> Result<(), ApiError> {
+    if limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000.".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -99,6 +118,16 @@ struct Lineage {
 
 /// `GET /admin/lineage?document=ID`: who had the document in a prompt, when, in which
 /// thread — within the admin's own tenant (another tenant's admin sees nothing).
+#[utoipa::path(
+    get, path = "/admin/lineage", tag = "admin", security(("bearer" = [])),
+    params(crate::http::openapi::LineageQueryParams),
+    responses(
+        (status = 200, description = "Who had the document in a prompt, when, in which thread.", body = crate::http::openapi::LineageBody),
+        (status = 400, description = "No document id.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn lineage(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -106,6 +135,7 @@ pub async fn lineage(
 ) -> Result<Response, ApiError> {
     let Query(q) = params
         .map_err(|_| ApiError::BadRequest("`document` (a document id) is required.".into()))?;
+    limit_in_range(q.limit)?;
     let records = s.audit.lineage_for(&p, &q.document, q.limit).await?;
     let uses = records
         .into_iter()
@@ -128,6 +158,14 @@ pub async fn lineage(
     .into_response())
 }
 
+#[utoipa::path(
+    get, path = "/admin/users", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The users of the admin's tenant.", body = crate::http::openapi::UserListBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn list_users(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
     let users = s.auth.list_users(&p).await?;
     Ok(axum::Json(serde_json::json!({ "users": users })).into_response())
@@ -142,6 +180,20 @@ pub struct UpdateUser {
 
 /// Changes roles, groups or the disabled flag of a user of the admin's tenant. Any
 /// change of access ends the user's sessions.
+#[utoipa::path(
+    patch, path = "/admin/users/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    request_body = crate::http::openapi::UpdateUserBody,
+    responses(
+        (status = 200, description = "Updated; the user's sessions are over.", body = crate::http::openapi::UserBody),
+        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such user in the admin's tenant.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid roles or groups.", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn update_user(
     State(s): State<AppState>,
     Auth(p): Auth,

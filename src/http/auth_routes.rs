@@ -67,6 +67,19 @@ fn token_response(t: &IssuedTokens) -> Response {
     }
 }
 
+#[utoipa::path(
+    post, path = "/auth/login", tag = "auth", security(()),
+    request_body = crate::http::openapi::LoginBody,
+    params(("DPoP" = Option<String>, Header, description = "A DPoP proof: binds the session to its key.")),
+    responses(
+        (status = 200, description = "Signed in; the refresh token is in an HttpOnly cookie.", body = crate::http::openapi::TokenBody),
+        (status = 400, description = "Malformed body or DPoP proof.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Wrong username or password (one answer for both).", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many attempts.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The body does not fit the schema.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn login(
     State(s): State<AppState>,
     Client(client): Client,
@@ -95,6 +108,17 @@ pub struct ExchangeRequest {
 
 /// An ID token of a configured IdP for a palisade session, answered exactly like a
 /// password login. Every refusal is the same 401.
+#[utoipa::path(
+    post, path = "/auth/oidc/exchange", tag = "auth", security(()),
+    request_body = crate::http::openapi::ExchangeBody,
+    responses(
+        (status = 200, description = "Signed in.", body = crate::http::openapi::TokenBody),
+        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "The ID token is refused.", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The body does not fit the schema.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn oidc_exchange(
     State(s): State<AppState>,
     Client(client): Client,
@@ -119,6 +143,10 @@ struct Provider<'a> {
 }
 
 /// The IdPs offered for sign-in (the sign-in page shows a button for each).
+#[utoipa::path(
+    get, path = "/auth/oidc/providers", tag = "auth", security(()),
+    responses((status = 200, description = "The issuers offered for sign-in.", body = crate::http::openapi::ProviderList))
+)]
 pub async fn oidc_providers(State(s): State<AppState>) -> Response {
     let clients = s.auth.oidc().sign_in_clients();
     let providers: Vec<Provider<'_>> = clients
@@ -138,11 +166,21 @@ pub struct LoginQuery {
 }
 
 /// Sends the browser to the IdP, with the flow's state sealed in an HttpOnly cookie.
+#[utoipa::path(
+    get, path = "/auth/oidc/login", tag = "auth", security(()),
+    params(crate::http::openapi::SignInQuery),
+    responses(
+        (status = 303, description = "To the IdP, with the flow sealed in an HttpOnly cookie."),
+        (status = 400, description = "return_to is not a path on this site.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such provider.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn oidc_login(
     State(s): State<AppState>,
-    Query(q): Query<LoginQuery>,
+    params: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let return_to = match q.return_to.as_deref() {
+    let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
+    let return_to = match q.return_to.as_deref().filter(|r| !r.is_empty()) {
         None => ReturnTo::default(),
         Some(raw) => ReturnTo::parse(raw).ok_or_else(|| {
             ApiError::BadRequest("return_to must be a path on this site, such as /chat".into())
@@ -173,12 +211,27 @@ fn no_store() -> axum::http::HeaderValue {
 /// The IdP's redirect back. Success: the refresh cookie is set and the browser goes to
 /// its `return_to`, where the page gets an access token through `POST /auth/refresh`
 /// — no token ever rides in a URL. The flow cookie is cleared either way.
+#[utoipa::path(
+    get, path = "/auth/oidc/callback", tag = "auth", security(()),
+    params(crate::http::openapi::CallbackQuery),
+    responses(
+        (status = 303, description = "Signed in: to return_to, with the refresh cookie."),
+        (status = 400, description = "Malformed query.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Forged, replayed or refused sign-in.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn oidc_callback(
     State(s): State<AppState>,
     Client(client): Client,
-    Query(answer): Query<CallbackParams>,
+    params: Result<Query<CallbackParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let Ok(Query(answer)) = params else {
+        let mut resp = ApiError::BadRequest("Invalid query parameters.".into()).into_response();
+        resp.headers_mut()
+            .append(header::SET_COOKIE, clear_sign_in_cookie());
+        return resp;
+    };
     let cookie = read_cookie(&headers, SIGN_IN_COOKIE);
     let result = s
         .auth
@@ -212,6 +265,16 @@ pub async fn oidc_callback(
     resp
 }
 
+#[utoipa::path(
+    post, path = "/auth/refresh", tag = "auth", security(("refresh_cookie" = [])),
+    params(("Origin" = String, Header, description = "Must equal the public origin.")),
+    responses(
+        (status = 200, description = "A new access token; the refresh cookie is rotated.", body = crate::http::openapi::TokenBody),
+        (status = 401, description = "No, an expired, or a reused refresh token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Cross-site request.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "A concurrent refresh of the same token won.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn refresh(
     State(s): State<AppState>,
     Client(client): Client,
@@ -239,6 +302,14 @@ pub async fn refresh(
     }
 }
 
+#[utoipa::path(
+    post, path = "/auth/logout", tag = "auth", security(("bearer" = []), ("refresh_cookie" = [])),
+    responses(
+        (status = 204, description = "The session is over; the cookie is cleared."),
+        (status = 401, description = "Neither a token nor a cookie.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Cross-site request.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn logout(
     State(s): State<AppState>,
     Client(client): Client,
@@ -256,7 +327,16 @@ pub async fn logout(
     // The cookie is cleared below, so its session ends too — even when it is not the
     // bearer token's session: never leave a live session behind a cleared cookie.
     if let Some(cookie) = &cookie {
-        s.auth.logout_with_refresh(cookie, &client).await?;
+        let ended = s.auth.logout_with_refresh(cookie, &client).await?;
+        // A cookie alone that names no live session authenticates nothing: 401, and
+        // the dead cookie is cleared all the same.
+        if principal.is_none() && !ended {
+            return Ok((
+                [(header::SET_COOKIE, clear_refresh_cookie())],
+                ApiError::Unauthorized,
+            )
+                .into_response());
+        }
     }
     Ok((
         StatusCode::NO_CONTENT,
@@ -265,6 +345,13 @@ pub async fn logout(
         .into_response())
 }
 
+#[utoipa::path(
+    post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every session of the caller is over."),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn logout_all(
     State(s): State<AppState>,
     Client(client): Client,
@@ -288,6 +375,13 @@ pub struct Me<'a> {
     session_id: &'a str,
 }
 
+#[utoipa::path(
+    get, path = "/auth/me", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Who the token names.", body = crate::http::openapi::MeBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn me(Auth(p): Auth) -> Response {
     axum::Json(Me {
         subject: p.subject(),
@@ -315,6 +409,13 @@ struct SessionList {
     sessions: Vec<SessionView>,
 }
 
+#[utoipa::path(
+    get, path = "/auth/sessions", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's live sessions.", body = crate::http::openapi::SessionListBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn list_sessions(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
     let sessions = s
         .auth
@@ -333,6 +434,15 @@ pub async fn list_sessions(State(s): State<AppState>, Auth(p): Auth) -> Result<R
     Ok(axum::Json(SessionList { sessions }).into_response())
 }
 
+#[utoipa::path(
+    delete, path = "/auth/sessions/{id}", tag = "auth", security(("bearer" = [])),
+    params(("id" = String, Path, description = "One of the caller's sessions.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Not one of the caller's sessions.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn delete_session(
     State(s): State<AppState>,
     Client(client): Client,

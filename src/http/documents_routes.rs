@@ -42,6 +42,20 @@ fn meta(d: &DocumentMeta) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(
+    post, path = "/v1/documents", operation_id = "create_document", tag = "documents", security(("bearer" = [])),
+    request_body = crate::http::openapi::CreateDocumentBody,
+    responses(
+        (status = 201, description = "Ingested.", body = crate::http::openapi::CreatedDocumentBody,
+            headers(("location" = String, description = "The document's URL."))),
+        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The caller may not add documents.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Too large.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid document or ACL.", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn create(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -53,8 +67,11 @@ pub async fn create(
         .rag
         .ingest(&p, &req.title, &req.text, req.acl, &client)
         .await?;
+    let location = axum::http::HeaderValue::from_str(&format!("/v1/documents/{}", doc.id))
+        .map_err(|_| ApiError::Internal)?;
     Ok((
         StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
         axum::Json(json!({"id": doc.id, "chunks": doc.chunk_count})),
     )
         .into_response())
@@ -62,6 +79,13 @@ pub async fn create(
 
 /// Readers: the documents they may read. Writers: every document of the tenant, as
 /// metadata (who may read it, who added it) — never the text of one they may not read.
+#[utoipa::path(
+    get, path = "/v1/documents", operation_id = "list_documents", tag = "documents", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What the caller may read (writers: every document of the tenant, metadata only).", body = crate::http::openapi::DocumentListBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
     let documents: Vec<serde_json::Value> = if s.rag.admin_of(&p).is_some() {
         s.rag.manage_list(&p).await?.iter().map(meta).collect()
@@ -71,6 +95,15 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, 
     Ok(axum::Json(json!({ "documents": documents })).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/documents/{id}", tag = "documents", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The document, if the caller may read it.", body = crate::http::openapi::DocumentBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Not readable by the caller (or no such document).", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn get_document(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -87,6 +120,16 @@ pub async fn get_document(
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(
+    delete, path = "/v1/documents/{id}", operation_id = "delete_document", tag = "documents", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Readable, but the caller may not delete documents.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Not readable by the caller.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -105,6 +148,17 @@ pub struct SearchRequest {
     k: Option<usize>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/search", tag = "documents", security(("bearer" = [])),
+    request_body = crate::http::openapi::SearchBody,
+    responses(
+        (status = 200, description = "Passages within the caller's scope.", body = crate::http::openapi::SearchResultsBody),
+        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid query.", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn search(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -113,6 +167,11 @@ pub async fn search(
     if req.query.trim().is_empty() || req.query.chars().count() > 4000 {
         return Err(ApiError::Unprocessable(
             "query must be 1 to 4000 characters.".into(),
+        ));
+    }
+    if req.k.is_some_and(|k| !(1..=50).contains(&k)) {
+        return Err(ApiError::Unprocessable(
+            "k must be between 1 and 50.".into(),
         ));
     }
     let hits = s

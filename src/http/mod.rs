@@ -11,6 +11,7 @@ pub mod extract;
 pub mod mcp;
 pub mod middleware;
 pub mod openai_routes;
+pub mod openapi;
 pub mod ops;
 pub mod server;
 pub mod threads_routes;
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(mcp::router(state.clone()))
         .merge(web::router())
+        .merge(openapi::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -44,7 +44,7 @@ pub struct CompletionRequest {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
     #[serde(default)]
@@ -224,6 +224,26 @@ fn thread_input(messages: Vec<InMessage>) -> Result<Vec<TurnInput>, ApiError> {
     Ok(input)
 }
 
+#[utoipa::path(
+    post, path = "/v1/chat/completions", tag = "openai", security(("bearer" = [])),
+    params(("x-palisade-thread" = Option<String>, Header, description = "Continue one of the caller's threads.")),
+    request_body = crate::http::openapi::CompletionBody,
+    responses(
+        (status = 200, description = "A chat.completion (or, with stream, server-sent chunks).", content(
+            (crate::http::openapi::CompletionResponseBody = "application/json"),
+            (serde_json::Value = "text/event-stream"),
+        )),
+        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The model is not allowed for the caller.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Not the caller's thread.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Too large.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid request.", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 502, description = "The model failed.", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn chat_completions(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -267,7 +287,7 @@ pub async fn chat_completions(
     let id = format!("chatcmpl-{}", crate::secret::new_id());
     let created = crate::timeutil::now_ms() / 1000;
 
-    if !req.stream {
+    if !req.stream.unwrap_or(false) {
         let a = s.chat.complete(&p, chat_req, &client).await?;
         let mut message = json!({
             "role": "assistant",
@@ -367,6 +387,13 @@ pub async fn chat_completions(
 }
 
 /// The models the caller may use: what `model` may name.
+#[utoipa::path(
+    get, path = "/v1/models", tag = "openai", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The models the caller may use.", body = crate::http::openapi::ModelListBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn models(State(s): State<AppState>, Auth(p): Auth) -> Response {
     let data: Vec<Value> = s
         .chat

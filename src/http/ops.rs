@@ -19,6 +19,14 @@ pub fn router() -> Router<AppState> {
 /// `/metrics` on the main address: only with `metrics.bearer_token_env` configured, and
 /// only to a request bearing that token (compared in constant time). Otherwise it does
 /// not exist here (404), whatever is sent.
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text (only with metrics.bearer_token_env, to that token).", content_type = "text/plain"),
+        (status = 401, description = "Not the scrape token.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Metrics are not served on this address.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     use crate::secret::ExposeSecret;
     let Some(expected) = &s.metrics_token else {
@@ -52,12 +60,23 @@ pub fn metrics_only() -> axum::Router {
     axum::Router::new().route("/metrics", get(|| async { exposition() }))
 }
 
+#[utoipa::path(
+    get, path = "/healthz", tag = "ops", security(()),
+    responses((status = 200, description = "The process is up."))
+)]
 pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
 /// Ready only when the store works for real: a fresh connection reads the real tables
 /// and a durable write succeeds. Names the failing part, never its internals.
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops", security(()),
+    responses(
+        (status = 200, description = "The store works for real."),
+        (status = 503, description = "Not ready; the failing part is named."),
+    )
+)]
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let checks = s.health.check().await;
     let ok = checks.iter().all(|c| c.ok) && !s.health.degraded() && !s.health.unreachable();

@@ -103,6 +103,19 @@ impl From<ShownMessage> for MessageView {
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/threads", operation_id = "create_thread", tag = "threads", security(("bearer" = [])),
+    request_body(content = Option<crate::http::openapi::CreateThreadBody>, description = "Optional."),
+    responses(
+        (status = 201, description = "Created.", body = crate::http::openapi::ThreadBody,
+            headers(("location" = String, description = "The thread's URL."))),
+        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "Too many threads.", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The body does not fit the schema.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn create(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -112,13 +125,28 @@ pub async fn create(
     let req: CreateThread = if body.iter().all(u8::is_ascii_whitespace) {
         CreateThread::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<CreateThread>>(&body)
             .map_err(|_| ApiError::BadRequest("The request body is not valid JSON.".into()))?
+            .unwrap_or_default()
     };
     let t = s.threads.create(&p, req.title.as_deref()).await?;
-    Ok((StatusCode::CREATED, axum::Json(ThreadView::from(t))).into_response())
+    let location = axum::http::HeaderValue::from_str(&format!("/v1/threads/{}", t.id))
+        .map_err(|_| ApiError::Internal)?;
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+        axum::Json(ThreadView::from(t)),
+    )
+        .into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/threads", operation_id = "list_threads", tag = "threads", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's threads.", body = crate::http::openapi::ThreadListBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
     let threads: Vec<ThreadView> = s
         .threads
@@ -139,6 +167,17 @@ pub struct PageParams {
 /// One page of the thread: the newest `limit` messages (default 50) before the cursor
 /// `before`, oldest first; `next` is the cursor for the page before (absent at the
 /// start of the thread).
+#[utoipa::path(
+    get, path = "/v1/threads/{id}", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path), crate::http::openapi::PageQuery),
+    responses(
+        (status = 200, description = "One page of the thread.", body = crate::http::openapi::ThreadPageBody),
+        (status = 422, description = "The cursor names no page.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Invalid query parameters.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Not the caller's thread (or no such thread: one answer for both).", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn get_thread(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -147,6 +186,14 @@ pub async fn get_thread(
     params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
+    if q.limit
+        .is_some_and(|l| !(1..=crate::threads::MAX_PAGE).contains(&l))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {}.",
+            crate::threads::MAX_PAGE
+        )));
+    }
     let page = s
         .chat
         .thread_page(&p, &id, q.before.as_deref(), q.limit, &client)
@@ -163,6 +210,15 @@ pub async fn get_thread(
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(
+    delete, path = "/v1/threads/{id}", operation_id = "delete_thread", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Not the caller's thread.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -179,9 +235,29 @@ pub async fn delete(
 pub struct PostMessage {
     content: String,
     #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/threads/{id}/messages", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    request_body = crate::http::openapi::PostMessageBody,
+    responses(
+        (status = 200, description = "The stored answer (or, with stream, server-sent events).", content(
+            (crate::http::openapi::PostedBody = "application/json"),
+            (serde_json::Value = "text/event-stream"),
+        )),
+        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Not the caller's thread.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The thread is full.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "The message is too long.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid message.", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 502, description = "The model failed.", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn post_message(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -190,7 +266,7 @@ pub async fn post_message(
     Json(req): Json<PostMessage>,
 ) -> Result<Response, ApiError> {
     let conv = ChatRequest::thread_question(id, req.content);
-    if !req.stream {
+    if !req.stream.unwrap_or(false) {
         let answer = s.chat.complete(&p, conv, &client).await?;
         let msg = answer.stored.ok_or(ApiError::Internal)?;
         return Ok(axum::Json(json!({ "message": MessageView::from(msg) })).into_response());

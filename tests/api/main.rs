@@ -13,6 +13,7 @@ mod chat;
 mod cli_docs;
 mod cluster;
 mod connections;
+mod contract;
 mod dpop;
 mod foundation;
 mod hardening;
