@@ -465,6 +465,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive, e.g. `info` or `palisade=debug`.
     pub level: String,
+    /// Export spans over OTLP/HTTP to this URL (e.g. `http://127.0.0.1:4318/v1/traces`).
+    /// Needs a build with the `otlp` cargo feature; without it, setting this refuses to
+    /// start rather than silently exporting nothing.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -472,6 +476,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             level: "info".into(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -619,6 +624,18 @@ impl Config {
             || self.limits.login_user_attempts_per_minute == 0
         {
             return bad("login limits must be at least 1");
+        }
+        if let Some(url) = &self.log.otlp_endpoint {
+            if !cfg!(feature = "otlp") {
+                return bad(
+                    "log.otlp_endpoint is set, but this build has no OTLP export: build with `cargo build --release --features otlp`",
+                );
+            }
+            if !plain_http_url(url) {
+                return bad(
+                    "log.otlp_endpoint must be an http(s) URL without credentials or query",
+                );
+            }
         }
         if let Some(var) = &self.metrics.bearer_token_env
             && std::env::var(var).map_or(true, |t| t.trim().len() < 32)

@@ -194,7 +194,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    app::init_tracing(&cfg);
+    let _tracing = app::init_tracing(&cfg);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -27,16 +27,83 @@ pub use demo::{DEMO_TENANT, demo_documents};
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-pub fn init_tracing(cfg: &Config) {
-    use tracing_subscriber::EnvFilter;
+pub fn init_tracing(cfg: &Config) -> TracingGuard {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
     let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match cfg.log.format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Pretty => fmt.boxed(),
+    }];
+    #[cfg(feature = "otlp")]
+    let guard = match cfg.log.otlp_endpoint.as_deref().map(otlp::layer) {
+        Some(Ok((layer, provider))) => {
+            layers.push(layer);
+            TracingGuard(Some(provider))
+        }
+        Some(Err(e)) => {
+            eprintln!("palisade: OTLP export not started: {e}");
+            TracingGuard(None)
+        }
+        None => TracingGuard(None),
     };
+    #[cfg(not(feature = "otlp"))]
+    let guard = TracingGuard;
+    let _ = tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .try_init();
+    guard
+}
+
+/// Flushes exported spans when dropped (at the end of `main`).
+#[cfg(feature = "otlp")]
+pub struct TracingGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+#[cfg(feature = "otlp")]
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Flushes exported spans when dropped (nothing to flush without the `otlp` feature).
+#[cfg(not(feature = "otlp"))]
+pub struct TracingGuard;
+
+/// OpenTelemetry: every `tracing` span (one per request, `http`, with its method, path
+/// and request id) exported over OTLP/HTTP in batches.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::{Layer, Registry};
+
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+
+    pub fn layer(endpoint: &str) -> Result<(Boxed, SdkTracerProvider), String> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("palisade")
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("palisade");
+        let layer = tracing_opentelemetry::layer().with_tracer(tracer).boxed();
+        Ok((layer, provider))
+    }
 }
 
 /// Creates `data_dir` (0700) and opens the configured stores.

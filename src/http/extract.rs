@@ -1,7 +1,9 @@
 //! Typed extractors: the only way handlers receive input.
 //!
 //! * [`Json`] maps every body rejection (bad JSON, wrong type, non-UTF-8, too large) to
-//!   the error contract instead of axum's plain-text replies.
+//!   the error contract instead of axum's plain-text replies, and refuses a NUL
+//!   character (`\u0000`) anywhere in the body: no store keeps one (PostgreSQL refuses
+//!   it in text), so it is bad input, answered 422 before anything is written.
 //! * [`Auth`] verifies the bearer token and the session: a handler that takes it cannot
 //!   run for an unauthenticated caller. Tokens are read from `Authorization: Bearer`
 //!   only — never from the query string or a cookie.
@@ -29,11 +31,64 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rej| {
+                if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest("The request body could not be read.".into())
+                }
+            })?;
+        if has_escaped_nul(&bytes) {
+            return Err(ApiError::Unprocessable(
+                "Text must not contain NUL characters (\\u0000).".into(),
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(rej) => Err(map_json_rejection(&rej)),
         }
     }
+}
+
+/// `application/json` or `application/<something>+json`, as axum's own extractor accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Whether a JSON text holds the escape `\u0000` (a raw NUL byte is not valid JSON at
+/// all). Escapes are followed one by one, so an escaped backslash before `u0000` is
+/// text, not a NUL.
+fn has_escaped_nul(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json.get(i + 1) == Some(&b'u') && json.get(i + 2..i + 6) == Some(b"0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 fn map_json_rejection(rej: &JsonRejection) -> ApiError {
@@ -255,5 +310,20 @@ mod tests {
             HeaderValue::from_static("junk, 10.0.0.2"),
         );
         assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_escaped_nul;
+
+    #[test]
+    fn an_escaped_nul_is_found_and_an_escaped_backslash_is_not_one() {
+        assert!(has_escaped_nul(br#"{"a": "x\u0000y"}"#));
+        assert!(has_escaped_nul(br#"{"\u0000": 1}"#));
+        assert!(!has_escaped_nul(br#"{"a": "x\\u0000y"}"#));
+        assert!(has_escaped_nul(br#"{"a": "x\\\u0000y"}"#));
+        assert!(!has_escaped_nul(br#"{"a": "\u00001"}"#.split_at(8).0));
+        assert!(!has_escaped_nul(br#"{"a": "\u0001"}"#));
     }
 }

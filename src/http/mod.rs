@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::refuse_when_degraded,
         ))
+        .layer(axum::middleware::from_fn(middleware::refuse_nul))
         .layer(axum::middleware::from_fn(middleware::expose_request_id))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // Path only: a query string could carry something secret.

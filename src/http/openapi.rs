@@ -35,7 +35,8 @@ pub async fn spec() -> Response {
     info(
         title = "palisade",
         description = "Zero-trust gateway for LLM chat and RAG: authentication, per-user threads, \
-                       retrieval within the caller's access scope, an OpenAI-compatible API.",
+                       retrieval within the caller's access scope, an OpenAI-compatible API. \
+                       A NUL character anywhere in a JSON body (422) or a URL (400) is refused.",
     ),
     paths(
         spec,
@@ -114,6 +115,37 @@ impl Modify for Security {
                 "The HttpOnly refresh cookie; only with an Origin header equal to the public origin.",
             ))),
         );
+        // Every route refuses a NUL in its URL (and malformed input generally) with 400.
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("400".into())
+                    .or_insert_with(|| {
+                        utoipa::openapi::ResponseBuilder::new()
+                            .description("Malformed request (for one, a NUL character in the URL).")
+                            .content(
+                                "application/json",
+                                utoipa::openapi::ContentBuilder::new()
+                                    .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                                        "ErrorBody",
+                                    )))
+                                    .build(),
+                            )
+                            .build()
+                            .into()
+                    });
+            }
+        }
     }
 }
 
@@ -288,8 +320,8 @@ pub struct MessageBody {
 
 #[derive(Deserialize, ToSchema)]
 pub struct PostMessageBody {
-    /// At most `threads.max_message_chars` characters (413 above).
-    #[schema(min_length = 1)]
+    /// Not blank; at most `threads.max_message_chars` characters (413 above).
+    #[schema(min_length = 1, pattern = r"\S")]
     pub content: String,
     /// Answer as server-sent events.
     pub stream: Option<bool>,
@@ -429,7 +461,8 @@ pub struct DocumentBody {
 
 #[derive(Deserialize, ToSchema)]
 pub struct SearchBody {
-    #[schema(min_length = 1, max_length = 4000)]
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 4000, pattern = r"\S")]
     pub query: String,
     /// Results (default 10).
     #[schema(minimum = 1, maximum = 50)]
