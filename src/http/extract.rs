@@ -311,11 +311,6 @@ mod tests {
         );
         assert_eq!(client_ip(proxy, &h, &trusted), proxy);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::has_escaped_nul;
 
     #[test]
     fn an_escaped_nul_is_found_and_an_escaped_backslash_is_not_one() {
