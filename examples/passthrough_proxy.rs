@@ -1,5 +1,7 @@
-//! Baseline for the load benchmark: a bare Rust pass-through proxy (axum + reqwest, the
-//! same stack as palisade) with no authentication, no policy and no logging.
+//! Baseline for the load benchmarks (the physical limit): a bare Rust pass-through proxy
+//! (axum + reqwest, the same stack as palisade) that parses the request, checks a bearer
+//! string (with `PASSTHROUGH_BEARER` set), forwards it and streams the answer back — no
+//! sessions, no policy, no logging.
 //! `cargo run --release --example passthrough_proxy -- 127.0.0.1:9200 http://127.0.0.1:9100`
 
 use axum::Router;
@@ -13,9 +15,26 @@ use axum::routing::post;
 struct Upstream {
     http: reqwest::Client,
     url: String,
+    /// `Bearer <this>` is required when set.
+    bearer: Option<String>,
 }
 
-async fn forward(State(u): State<Upstream>, body: Bytes) -> Response {
+async fn forward(
+    State(u): State<Upstream>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(expected) = &u.bearer {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(expected.as_str()) {
+            let mut r = Response::new(Body::from("unauthorized"));
+            *r.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+            return r;
+        }
+    }
     let resp = match u
         .http
         .post(&u.url)
@@ -56,6 +75,7 @@ async fn main() {
     let state = Upstream {
         http: reqwest::Client::new(),
         url: format!("{upstream}/v1/chat/completions"),
+        bearer: std::env::var("PASSTHROUGH_BEARER").ok(),
     };
     let app = Router::new()
         .route("/v1/chat/completions", post(forward))

@@ -497,7 +497,24 @@ impl ChatService {
             .stream(&prep.call(&self.step_options(&prep, 0), p))
             .await?;
         let (svc, p, client) = (self.clone(), p.clone(), client.clone());
+        // A client that disconnects mid-answer still pays for it: the meter charges an
+        // estimate of what was used when the stream is dropped before its end.
+        let meter = Meter {
+            svc: svc.clone(),
+            principal: p.clone(),
+            model: prep.model.name().to_owned(),
+            prompt_tokens: prep
+                .prompt
+                .iter()
+                .map(|m| approx_tokens(&m.text()) as u64)
+                .sum(),
+            answer_chars: 0,
+            settled: false,
+        };
         let events = async_stream::stream! {
+            // The whole meter moves into the stream (not copies of its fields): dropped
+            // with it.
+            let mut meter = meter;
             let mut upstream = first;
             let mut full = String::new();
             let mut usage: Option<Usage> = None;
@@ -510,6 +527,7 @@ impl ChatService {
                 while let Some(item) = upstream.next().await {
                     match item {
                         Ok(Delta::Content(t)) => {
+                            meter.answer_chars += t.len();
                             content.push_str(&t);
                             yield ChatEvent::Delta(Delta::Content(t));
                         }
@@ -530,6 +548,7 @@ impl ChatService {
                 full.push_str(&content);
                 let (ours, theirs) = tools::split_calls(calls.finish(), prep.search_tool);
                 if ours.is_empty() || router.relayed_any() {
+                    meter.settled = true;
                     svc.account(&p, &prep, usage.as_ref(), &full).await;
                     let cites = citations(&prep.passages);
                     let finish_reason = finish.unwrap_or_else(|| "stop".into());
@@ -579,6 +598,35 @@ impl ChatService {
             }
         };
         Ok(Box::pin(events))
+    }
+}
+
+/// What a streamed answer has used so far, charged on drop unless the answer completed
+/// (and was charged with the upstream's own count).
+struct Meter {
+    svc: Arc<ChatService>,
+    principal: Principal,
+    model: String,
+    prompt_tokens: u64,
+    answer_chars: usize,
+    settled: bool,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let completion = self.answer_chars.div_ceil(4) as u64;
+        crate::telemetry::tokens(&self.model, self.prompt_tokens, completion);
+        let (svc, p, total) = (
+            self.svc.clone(),
+            self.principal.clone(),
+            self.prompt_tokens + completion,
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { svc.budgets.charge(&p, total).await });
+        }
     }
 }
 

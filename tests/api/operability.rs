@@ -393,3 +393,36 @@ async fn metrics_on_the_main_address_need_the_configured_token() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("metrics.bearer_token_env"));
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_still_pays_for_what_it_used() {
+    // 100 tokens a day; the streamed question alone is estimated above that.
+    let (s, mock) = start_with_mock(&[("PALISADE_LIMITS__USER_TOKENS_PER_DAY", "100")]).await;
+    mock.set_chunk_delay(300);
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let long = "Please summarise the whole travel policy for me, every section of it. ".repeat(6);
+    let body = json!({"stream": true, "messages": [{"role": "user", "content": long}]});
+    // Read the first chunk, then hang up long before the answer ends (and before the
+    // upstream's usage chunk, which would have been the count charged).
+    let mut r = s.post_auth(COMPLETIONS, &alice.access, &body).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.chunk().await.unwrap().is_some());
+    drop(r);
+    // The server notices at its next write (one chunk delay); the meter then charges
+    // the dropped stream, and the very next request finds the day's budget spent.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let r = s
+        .post_auth(
+            COMPLETIONS,
+            &alice.access,
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded".into()),
+        "hanging up mid-stream must not make answers free"
+    );
+    assert_eq!(mock.count(), 1);
+}
