@@ -40,6 +40,13 @@ impl Rag {
         if text.trim().is_empty() {
             return Err(RagError::Invalid("The document has no text.".into()));
         }
+        // No store keeps a NUL (PostgreSQL refuses it in text): bad input, on every
+        // path in (the HTTP edge refuses it too; this covers `palisade doc add`).
+        if title.contains('\0') || text.contains('\0') {
+            return Err(RagError::Invalid(
+                "The document contains NUL characters.".into(),
+            ));
+        }
         if text.chars().count() > self.cfg.max_document_chars {
             return Err(RagError::TooLarge);
         }

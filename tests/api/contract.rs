@@ -305,6 +305,28 @@ async fn a_nul_character_is_bad_input_not_a_store_failure() {
         let r = s.get(url, &admin.access).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{url}");
     }
+    // The CLI's way in refuses it too (the cluster store would otherwise fail on it).
+    let file = s.data_dir().join("nul.txt");
+    std::fs::write(&file, "Flights\0 are booked.").unwrap();
+    let out = s.cli(
+        &[
+            "doc",
+            "add",
+            file.to_str().unwrap(),
+            "--title",
+            "NUL",
+            "--public",
+            "--tenant",
+            "acme",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NUL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing was written but the one good turn, and the store is healthy.
     let docs: Value = s
         .get("/v1/documents", &admin.access)
