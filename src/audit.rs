@@ -64,7 +64,9 @@ impl Audit {
             resource = ev.resource.as_deref(),
             request_id = ev.request_id.as_deref(),
             thread = ev.thread.as_deref(),
-            documents = ?ev.documents,
+            documents = (!ev.documents.is_empty())
+                .then(|| ev.documents.join(","))
+                .as_deref(),
             "audit event"
         );
         if let Err(e) = self.store.append(&ev).await {

@@ -229,6 +229,19 @@ async fn refuses_to_start_with_weak_configuration_or_exposed_keys() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("access_ttl"));
 
+    // An OTLP endpoint on a build without the `otlp` feature: refused, not silently
+    // ignored (the test suite builds without it).
+    let out = run(
+        &["serve", "--data-dir", d, "--listen", "127.0.0.1:0"],
+        &[(
+            "PALISADE_LOG__OTLP_ENDPOINT",
+            "http://127.0.0.1:4318/v1/traces",
+        )],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features otlp"), "{err}");
+
     // A keys file readable by others is refused, without printing its content.
     let s = Server::start();
     let keys = s.data_dir().join("keys.json");
