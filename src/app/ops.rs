@@ -122,19 +122,20 @@ pub async fn remove_document(cfg: &Config, tenant: &str, id: &str) -> Result<(),
         })
 }
 
+async fn audit(cfg: &Config) -> Result<Audit, AnyError> {
+    Ok(Audit::new(open_stores(cfg).await?.audit))
+}
+
 pub async fn audit_events(cfg: &Config, q: AuditQuery) -> Result<Vec<AuditRecord>, AnyError> {
-    let stores = open_stores(cfg).await?;
-    Ok(Audit::new(stores.audit)
+    Ok(audit(cfg)
+        .await?
         .all_events(&Operator::local_cli(), q)
         .await?)
 }
 
 /// Walks the audit hash chain; the inner `Err` is the first fault found.
 pub async fn audit_verify(cfg: &Config) -> Result<Result<ChainReport, ChainFault>, AnyError> {
-    let stores = open_stores(cfg).await?;
-    Ok(Audit::new(stores.audit)
-        .verify(&Operator::local_cli())
-        .await?)
+    Ok(audit(cfg).await?.verify(&Operator::local_cli()).await?)
 }
 
 /// Every use of a document in a prompt, across tenants, newest first.
@@ -143,8 +144,8 @@ pub async fn audit_lineage(
     document_id: &str,
     limit: u32,
 ) -> Result<Vec<AuditRecord>, AnyError> {
-    let stores = open_stores(cfg).await?;
-    Ok(Audit::new(stores.audit)
+    Ok(audit(cfg)
+        .await?
         .lineage(&Operator::local_cli(), document_id, limit)
         .await?)
 }

@@ -17,7 +17,7 @@ use crate::store::{NewUser, StoreError, UserRecord};
 use crate::timeutil::now_ms;
 
 /// A user as administrators see it: never the password hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: String,
     pub username: String,

@@ -153,6 +153,15 @@ struct Prepared {
 
 impl Prepared {
     /// The upstream call for this turn's prompt with `options`, as `p` (sent as `user`).
+    /// palisade's estimate of the prompt's size in tokens (for budgets, when the
+    /// upstream reports no usage).
+    fn prompt_tokens(&self) -> u64 {
+        self.prompt
+            .iter()
+            .map(|m| approx_tokens(&m.text()) as u64)
+            .sum()
+    }
+
     fn call<'a>(&'a self, options: &'a Options, p: &'a Principal) -> Call<'a> {
         Call {
             messages: &self.prompt,
@@ -236,13 +245,7 @@ impl ChatService {
     async fn account(&self, p: &Principal, prep: &Prepared, usage: Option<&Usage>, answer: &str) {
         let (prompt, completion) = match usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens),
-            None => (
-                prep.prompt
-                    .iter()
-                    .map(|m| approx_tokens(&m.text()) as u64)
-                    .sum(),
-                approx_tokens(answer) as u64,
-            ),
+            None => (prep.prompt_tokens(), approx_tokens(answer) as u64),
         };
         crate::telemetry::tokens(prep.model.name(), prompt, completion);
         self.budgets.charge(p, prompt + completion).await;
@@ -503,11 +506,7 @@ impl ChatService {
             svc: svc.clone(),
             principal: p.clone(),
             model: prep.model.name().to_owned(),
-            prompt_tokens: prep
-                .prompt
-                .iter()
-                .map(|m| approx_tokens(&m.text()) as u64)
-                .sum(),
+            prompt_tokens: prep.prompt_tokens(),
             answer_chars: 0,
             settled: false,
         };

@@ -2,14 +2,14 @@
 //! The services check the role and carry the tenant into every query.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Auth, Client, Json};
+use super::extract::{Auth, Client, Json, Query};
 use crate::audit::{AuditFilter, AuditRecord};
 use crate::auth::AccessChange;
 
@@ -62,9 +62,8 @@ fn instant(v: Option<String>, name: &str) -> Result<Option<i64>, ApiError> {
 pub async fn audit(
     State(s): State<AppState>,
     Auth(p): Auth,
-    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<AuditParams>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
     limit_in_range(q.limit)?;
     let filter = AuditFilter {
         kind: q.kind.filter(|k| !k.is_empty()),
@@ -131,10 +130,8 @@ struct Lineage {
 pub async fn lineage(
     State(s): State<AppState>,
     Auth(p): Auth,
-    params: Result<Query<LineageParams>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<LineageParams>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = params
-        .map_err(|_| ApiError::BadRequest("`document` (a document id) is required.".into()))?;
     limit_in_range(q.limit)?;
     let records = s.audit.lineage_for(&p, &q.document, q.limit).await?;
     let uses = records
@@ -185,13 +182,12 @@ pub struct UpdateUser {
     params(("id" = String, Path)),
     request_body = crate::http::openapi::UpdateUserBody,
     responses(
-        (status = 200, description = "Updated; the user's sessions are over.", body = crate::http::openapi::UserBody),
+        (status = 200, description = "Updated; the user's sessions are over.", body = crate::auth::UserView),
         (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "No such user in the admin's tenant.", body = crate::http::openapi::ErrorBody),
         (status = 422, description = "Invalid roles or groups.", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn update_user(

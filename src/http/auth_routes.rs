@@ -1,7 +1,7 @@
 //! `/auth/*`: login, refresh, logout, identity and session management.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -13,7 +13,7 @@ use super::cookies::{
     refresh_cookie, require_same_origin, sign_in_cookie,
 };
 use super::error::ApiError;
-use super::extract::{Auth, Client, Json, MaybeAuth, dpop_proof};
+use super::extract::{Auth, Client, Json, MaybeAuth, Query, dpop_proof};
 use crate::auth::oidc::signin::ReturnTo;
 use crate::auth::{AuthError, CallbackParams, IssuedTokens};
 use crate::secret::SecretString;
@@ -76,8 +76,6 @@ fn token_response(t: &IssuedTokens) -> Response {
         (status = 400, description = "Malformed body or DPoP proof.", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Wrong username or password (one answer for both).", body = crate::http::openapi::ErrorBody),
         (status = 429, description = "Too many attempts.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
-        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The body does not fit the schema.", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn login(
@@ -115,8 +113,6 @@ pub struct ExchangeRequest {
         (status = 200, description = "Signed in.", body = crate::http::openapi::TokenBody),
         (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "The ID token is refused.", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The body does not fit the schema.", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn oidc_exchange(
@@ -177,9 +173,8 @@ pub struct LoginQuery {
 )]
 pub async fn oidc_login(
     State(s): State<AppState>,
-    params: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<LoginQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
     let return_to = match q.return_to.as_deref().filter(|r| !r.is_empty()) {
         None => ReturnTo::default(),
         Some(raw) => ReturnTo::parse(raw).ok_or_else(|| {
@@ -223,10 +218,12 @@ fn no_store() -> axum::http::HeaderValue {
 pub async fn oidc_callback(
     State(s): State<AppState>,
     Client(client): Client,
-    params: Result<Query<CallbackParams>, axum::extract::rejection::QueryRejection>,
+    // Not the `Query` extractor: the flow cookie is cleared on every outcome, this
+    // one included.
+    params: Result<axum::extract::Query<CallbackParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Ok(Query(answer)) = params else {
+    let Ok(axum::extract::Query(answer)) = params else {
         let mut resp = ApiError::BadRequest("Invalid query parameters.".into()).into_response();
         resp.headers_mut()
             .append(header::SET_COOKIE, clear_sign_in_cookie());
@@ -394,7 +391,7 @@ pub async fn me(Auth(p): Auth) -> Response {
     .into_response()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SessionView {
     id: String,
     created_at: String,
@@ -404,7 +401,7 @@ struct SessionView {
     current: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SessionList {
     sessions: Vec<SessionView>,
 }
@@ -412,7 +409,7 @@ struct SessionList {
 #[utoipa::path(
     get, path = "/auth/sessions", tag = "auth", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The caller's live sessions.", body = crate::http::openapi::SessionListBody),
+        (status = 200, description = "The caller's live sessions.", body = SessionList),
         (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
     )
 )]

@@ -53,7 +53,6 @@ fn meta(d: &DocumentMeta) -> serde_json::Value {
         (status = 403, description = "The caller may not add documents.", body = crate::http::openapi::ErrorBody),
         (status = 413, description = "Too large.", body = crate::http::openapi::ErrorBody),
         (status = 422, description = "Invalid document or ACL.", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn create(
@@ -156,7 +155,6 @@ pub struct SearchRequest {
         (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
         (status = 422, description = "Invalid query.", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn search(

@@ -4,6 +4,7 @@
 //!   the error contract instead of axum's plain-text replies, and refuses a NUL
 //!   character (`\u0000`) anywhere in the body: no store keeps one (PostgreSQL refuses
 //!   it in text), so it is bad input, answered 422 before anything is written.
+//! * [`Query`] does the same for query strings (400).
 //! * [`Auth`] verifies the bearer token and the session: a handler that takes it cannot
 //!   run for an unauthenticated caller. Tokens are read from `Authorization: Bearer`
 //!   only — never from the query string or a cookie.
@@ -52,6 +53,25 @@ where
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(rej) => Err(map_json_rejection(&rej)),
         }
+    }
+}
+
+/// A query string, deserialized; a malformed one (wrong type, a repeated or missing
+/// field) is the error contract's 400, not axum's plain-text reply.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))
     }
 }
 

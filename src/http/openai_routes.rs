@@ -241,7 +241,6 @@ fn thread_input(messages: Vec<InMessage>) -> Result<Vec<TurnInput>, ApiError> {
         (status = 422, description = "Invalid request.", body = crate::http::openapi::ErrorBody),
         (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
         (status = 502, description = "The model failed.", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn chat_completions(

@@ -115,7 +115,20 @@ impl Modify for Security {
                 "The HttpOnly refresh cookie; only with an Origin header equal to the public origin.",
             ))),
         );
-        // Every route refuses a NUL in its URL (and malformed input generally) with 400.
+        // Answers every route can give, declared once here: 400 (malformed input, for
+        // one a NUL in the URL) everywhere; 415 and 422 wherever there is a JSON body.
+        let error = |description: &str| -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+                .into()
+        };
         for item in doc.paths.paths.values_mut() {
             for op in [
                 &mut item.get,
@@ -127,23 +140,22 @@ impl Modify for Security {
             .into_iter()
             .flatten()
             {
-                op.responses
-                    .responses
-                    .entry("400".into())
-                    .or_insert_with(|| {
-                        utoipa::openapi::ResponseBuilder::new()
-                            .description("Malformed request (for one, a NUL character in the URL).")
-                            .content(
-                                "application/json",
-                                utoipa::openapi::ContentBuilder::new()
-                                    .schema(Some(utoipa::openapi::Ref::from_schema_name(
-                                        "ErrorBody",
-                                    )))
-                                    .build(),
-                            )
-                            .build()
-                            .into()
-                    });
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"));
+                let responses = &mut op.responses.responses;
+                responses.entry("400".into()).or_insert_with(|| {
+                    error("Malformed request (for one, a NUL character in the URL).")
+                });
+                if json_body {
+                    responses
+                        .entry("415".into())
+                        .or_insert_with(|| error("The body is not application/json."));
+                    responses
+                        .entry("422".into())
+                        .or_insert_with(|| error("The body does not fit the schema."));
+                }
             }
         }
     }
@@ -225,38 +237,14 @@ pub struct MeBody {
     pub session_id: String,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct SessionListBody {
-    pub sessions: Vec<SessionBody>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct SessionBody {
-    pub id: String,
-    pub created_at: String,
-    pub last_seen_at: String,
-    pub expires_at: String,
-    pub user_agent: Option<String>,
-    /// The session of the token making this request.
-    pub current: bool,
-}
-
 #[derive(Deserialize, ToSchema)]
 pub struct CreateThreadBody {
     pub title: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct ThreadBody {
-    pub id: String,
-    pub title: String,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct ThreadListBody {
-    pub threads: Vec<ThreadBody>,
+    pub threads: Vec<super::threads_routes::ThreadView>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -484,18 +472,8 @@ pub struct SearchHitBody {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct UserBody {
-    pub id: String,
-    pub username: String,
-    pub tenant: String,
-    pub roles: Vec<String>,
-    pub groups: Vec<String>,
-    pub disabled: bool,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct UserListBody {
-    pub users: Vec<UserBody>,
+    pub users: Vec<crate::auth::UserView>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -526,29 +504,7 @@ pub struct AuditQueryParams {
 #[derive(Serialize, ToSchema)]
 pub struct AuditListBody {
     /// Newest first.
-    pub events: Vec<AuditEventBody>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AuditEventBody {
-    /// The record's place in the hash chain.
-    pub seq: Option<i64>,
-    /// Unix milliseconds.
-    pub ts: i64,
-    pub kind: String,
-    pub tenant: Option<String>,
-    pub subject: Option<String>,
-    pub username: Option<String>,
-    pub session_id: Option<String>,
-    pub ip: Option<String>,
-    pub reason: Option<String>,
-    pub resource: Option<String>,
-    pub request_id: Option<String>,
-    pub count: Option<u64>,
-    pub thread: Option<String>,
-    pub documents: Option<Vec<String>>,
-    /// SHA-256 over the previous record's hash and this record, hex.
-    pub hash: Option<String>,
+    pub events: Vec<crate::store::AuditRecord>,
 }
 
 #[derive(Deserialize, IntoParams)]

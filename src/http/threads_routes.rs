@@ -2,7 +2,7 @@
 //! the thread and chat services do the work.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use std::convert::Infallible;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Auth, Client, Json};
+use super::extract::{Auth, Client, Json, Query};
 use crate::chat::{ChatEvent, ChatRequest, ShownMessage};
 use crate::llm::Delta;
 use crate::store::{Citation, MessageRecord, ThreadRecord, ToolCall, ToolData};
@@ -32,7 +32,7 @@ pub struct CreateThread {
     title: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ThreadView {
     id: String,
     title: String,
@@ -107,13 +107,11 @@ impl From<ShownMessage> for MessageView {
     post, path = "/v1/threads", operation_id = "create_thread", tag = "threads", security(("bearer" = [])),
     request_body(content = Option<crate::http::openapi::CreateThreadBody>, description = "Optional."),
     responses(
-        (status = 201, description = "Created.", body = crate::http::openapi::ThreadBody,
+        (status = 201, description = "Created.", body = ThreadView,
             headers(("location" = String, description = "The thread's URL."))),
         (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "Too many threads.", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The body does not fit the schema.", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn create(
@@ -183,9 +181,8 @@ pub async fn get_thread(
     Auth(p): Auth,
     Client(client): Client,
     Path(id): Path<String>,
-    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<PageParams>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = params.map_err(|_| ApiError::BadRequest("Invalid query parameters.".into()))?;
     if q.limit
         .is_some_and(|l| !(1..=crate::threads::MAX_PAGE).contains(&l))
     {
@@ -255,7 +252,6 @@ pub struct PostMessage {
         (status = 422, description = "Invalid message.", body = crate::http::openapi::ErrorBody),
         (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
         (status = 502, description = "The model failed.", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "The body is not application/json.", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn post_message(

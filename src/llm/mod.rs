@@ -98,18 +98,20 @@ impl Model {
         matches!(self.upstream, Upstream::OpenAi(_))
     }
 
+    /// An upstream call, counted and timed in the metrics under this model's name.
+    async fn measured<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, LlmError>>,
+    ) -> Result<T, LlmError> {
+        let started = std::time::Instant::now();
+        let res = call.await;
+        crate::telemetry::upstream(self.name(), res.is_ok(), started.elapsed().as_secs_f64());
+        res
+    }
+
     pub async fn complete(&self, call: &Call<'_>) -> Result<Completion, LlmError> {
         match &self.upstream {
-            Upstream::OpenAi(c) => {
-                let started = std::time::Instant::now();
-                let res = c.complete(call).await;
-                crate::telemetry::upstream(
-                    self.name(),
-                    res.is_ok(),
-                    started.elapsed().as_secs_f64(),
-                );
-                res
-            }
+            Upstream::OpenAi(c) => self.measured(c.complete(call)).await,
             Upstream::Extractive => Ok(Completion {
                 content: extractive::answer(call.passages),
                 finish_reason: "stop".into(),
@@ -121,16 +123,7 @@ impl Model {
     pub async fn stream(&self, call: &Call<'_>) -> Result<DeltaStream, LlmError> {
         match &self.upstream {
             // Timed to the stream's start (the upstream's response head).
-            Upstream::OpenAi(c) => {
-                let started = std::time::Instant::now();
-                let res = c.stream(call).await;
-                crate::telemetry::upstream(
-                    self.name(),
-                    res.is_ok(),
-                    started.elapsed().as_secs_f64(),
-                );
-                res
-            }
+            Upstream::OpenAi(c) => self.measured(c.stream(call)).await,
             Upstream::Extractive => {
                 let answer = extractive::answer(call.passages);
                 Ok(Box::pin(futures_util::stream::iter([

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreResult;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditKind {
     LoginSucceeded,
@@ -56,7 +56,7 @@ impl AuditKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Unix milliseconds.
     pub ts: i64,
@@ -249,15 +249,18 @@ impl Serialize for ChainHash {
 
 /// An event as stored: with its place in the hash chain. Events written before the
 /// chain existed have none (`seq` absent).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
+    /// The record's place in the hash chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<i64>,
     #[serde(flatten)]
     pub event: AuditEvent,
     #[serde(skip)]
     pub prev_hash: Option<ChainHash>,
+    /// SHA-256 over the previous record's hash and this record, hex.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub hash: Option<ChainHash>,
 }
 
