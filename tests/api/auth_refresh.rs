@@ -219,3 +219,34 @@ async fn state_survives_kill_9() {
     let list = String::from_utf8(s.cli(&["user", "list"], None).stdout).unwrap();
     assert_eq!(list.lines().count(), 4, "{list}");
 }
+
+/// A refresh cookie alone authenticates a logout only while it names a live session: a
+/// garbage, forged or already-ended cookie is 401 (and is cleared all the same), so a
+/// logout endpoint cannot be used to probe or to "succeed" without a credential.
+#[tokio::test]
+async fn logout_with_only_a_dead_refresh_cookie_is_refused() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let logout = |cookie: String| {
+        s.http
+            .post(s.url("/auth/logout"))
+            .header("origin", "http://localhost:8080")
+            .header("cookie", format!("__Host-palisade_refresh={cookie}"))
+            .send()
+    };
+    for dead in ["garbage".to_owned(), "x".repeat(43)] {
+        let r = logout(dead).await.unwrap();
+        assert!(set_cookie(&r).unwrap().contains("Max-Age=0"));
+        assert_eq!(error_code(r).await.0, StatusCode::UNAUTHORIZED);
+    }
+    // The live cookie ends its session (204) once; the same cookie again is dead.
+    let r = logout(a.cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.get("/auth/me", &a.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = logout(a.cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
