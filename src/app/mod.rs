@@ -199,7 +199,7 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
         .as_deref()
         .and_then(|var| std::env::var(var).ok())
         .map(|t| Arc::new(crate::secret::SecretString::from(t.trim().to_owned())));
-    Ok(AppState {
+    Ok(AppState::new(crate::http::Services {
         metrics_token,
         config: Arc::new(cfg),
         auth: Arc::new(auth),
@@ -208,7 +208,7 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
         rag,
         audit,
         health: stores.health,
-    })
+    }))
 }
 
 pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {

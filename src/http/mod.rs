@@ -33,8 +33,27 @@ use error::ApiError;
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// What every handler and middleware reads: one pointer, so that handing it to each
+/// layer of a request is one reference count, not one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub config: Arc<Config>,
     pub auth: Arc<AuthService>,
     pub threads: Arc<Threads>,

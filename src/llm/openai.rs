@@ -46,6 +46,9 @@ impl OpenAiClient {
             .default_headers(headers)
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
+            // A redirect is an error, never followed: following a 307/308 would send the
+            // prompt (retrieved passages included) to wherever the upstream points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| "cannot build the upstream HTTP client".to_owned())?;
         Ok(Self {

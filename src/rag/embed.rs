@@ -241,6 +241,8 @@ impl OpenAiEmbedder {
             .default_headers(headers)
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(60))
+            // Never follow a redirect with the documents' text.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| EmbedError::Upstream)?;
         Ok(Self {

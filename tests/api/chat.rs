@@ -107,6 +107,33 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     assert_eq!(roles, ["user"]);
 }
 
+/// An upstream that answers with a redirect does not get to send the prompt (and the
+/// passages retrieved into it) anywhere else: the redirect is an upstream error, never
+/// followed, and the redirect's target receives nothing.
+#[tokio::test]
+async fn an_upstream_redirect_is_not_followed() {
+    let (s, mock) = start_with_mock(&[]).await;
+    let elsewhere = crate::mock::Mock::start().await;
+    mock.set_mode(Mode::Redirect(format!(
+        "{}/chat/completions",
+        elsewhere.base_url
+    )));
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    for stream in [false, true] {
+        let resp = s
+            .post_auth(
+                "/v1/chat/completions",
+                &a.access,
+                &json!({"messages": [{"role": "user", "content": "the secret plan"}], "stream": stream}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "stream: {stream}");
+    }
+    assert_eq!(mock.count(), 2, "one call each, a 3xx is not retried");
+    assert_eq!(elsewhere.count(), 0, "the redirect target got the prompt");
+}
+
 #[tokio::test]
 async fn upstream_failures_are_502_and_leave_the_thread_consistent() {
     let (s, mock) = start_with_mock(&[("PALISADE_LLM__READ_TIMEOUT", "1s")]).await;

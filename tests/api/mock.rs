@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// Answer `ECHO:` + the JSON of the received messages.
     Echo,
@@ -29,6 +29,9 @@ pub enum Mode {
     Garbage,
     /// Stream a few deltas, then cut the connection without `[DONE]`.
     CutStream,
+    /// Answer `307 Temporary Redirect` to this URL (a compromised or misconfigured
+    /// upstream pointing the prompt elsewhere).
+    Redirect(String),
 }
 
 /// A scripted answer (instead of the echo).
@@ -222,8 +225,11 @@ async fn completions(
         state.auth.lock().unwrap().push(auth);
         state.requests.lock().unwrap().push(req.clone());
     }
-    let mode = *state.mode.lock().unwrap();
+    let mode = state.mode.lock().unwrap().clone();
     match mode {
+        Mode::Redirect(to) => {
+            return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response();
+        }
         Mode::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return (

@@ -83,18 +83,20 @@ fn vec_table_exists(c: &Connection, dim: usize) -> rusqlite::Result<bool> {
         .map(|n| n > 0)
 }
 
+/// The query behind [`visible_acls`] (run on every chat request).
+pub(super) const VISIBLE_ACLS: &str =
+    "SELECT DISTINCT a.id FROM acls a JOIN acl_labels l ON l.acl_id = a.id
+     WHERE a.tenant = ?1 AND l.label IN (SELECT value FROM json_each(?2))
+     ORDER BY a.id";
+
 /// The ACL ids whose label sets intersect the scope's labels, in the scope's tenant.
 /// The labels travel as one bound JSON parameter, never as SQL text.
-fn visible_acls(c: &Connection, scope: &AccessScope) -> rusqlite::Result<Vec<i64>> {
+pub(super) fn visible_acls(c: &Connection, scope: &AccessScope) -> rusqlite::Result<Vec<i64>> {
     if scope.labels().is_empty() {
         return Ok(Vec::new());
     }
     let labels = serde_json::to_string(scope.labels()).unwrap_or_else(|_| "[]".into());
-    let mut stmt = c.prepare_cached(
-        "SELECT DISTINCT a.id FROM acls a JOIN acl_labels l ON l.acl_id = a.id
-         WHERE a.tenant = ?1 AND l.label IN (SELECT value FROM json_each(?2))
-         ORDER BY a.id",
-    )?;
+    let mut stmt = c.prepare_cached(VISIBLE_ACLS)?;
     let ids = stmt
         .query_map(params![scope.tenant(), labels], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<i64>>>()?;

@@ -9,7 +9,8 @@
 //!   rotation above all) atomic without retry loops.
 //! * **Reads** run on read connections (WAL readers never wait for the writer): point
 //!   lookups on a pool of four, inline on the calling task; scans (retrieval, listings)
-//!   on a pool of two that read through mmap, on the blocking thread pool.
+//!   on a pool of two, on the blocking thread pool. Every statement is cached and
+//!   planned once (query-planner stability: plans never depend on bound values).
 //! * A request cancelled mid-call cannot hand its reply to anyone else: each call owns
 //!   a one-shot channel that the dropped future simply never reads (the redis-py bug that
 //!   showed ChatGPT users other people's chat titles cannot happen here).
@@ -22,6 +23,7 @@ mod sessions;
 mod threads;
 mod users;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -40,8 +42,6 @@ const READERS: usize = 4;
 const SCANNERS: usize = 2;
 /// The most writes one transaction takes: bounds how long the first waits for the last.
 const MAX_BATCH: usize = 128;
-/// How much of the database file a scan connection may map into memory.
-const MMAP_BYTES: u64 = 1 << 30;
 
 /// Each entry moves the schema one version forward; `PRAGMA user_version` records how
 /// many have run. Never edit a released entry: append a new one.
@@ -120,18 +120,16 @@ struct Pool {
 }
 
 impl Pool {
-    fn open(path: &Path, n: usize, mmap: bool) -> StoreResult<Pool> {
+    /// No `mmap_size`: every retrieval writes its lineage record, and SQLite unmaps a
+    /// reader's whole mapping at its next read after any write, so in service a mapped
+    /// scan paid for an munmap, a fresh mapping and its page faults on every request,
+    /// and each connection's mapping counted the file once more in the RSS
+    /// (BENCHMARKS.md, "Reads without mmap").
+    fn open(path: &Path, n: usize) -> StoreResult<Pool> {
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
             let c = open_connection(path)?;
             c.execute_batch("PRAGMA query_only=1;")?;
-            if mmap {
-                // Vector chunks are large blobs on overflow pages: read through mmap
-                // instead of one pread per page, a KNN over 100k vectors takes 19 ms
-                // instead of 49 ms (BENCHMARKS.md). The mapped pages are file cache
-                // (RssFile), shared and reclaimable, not the process's own memory.
-                c.execute_batch(&format!("PRAGMA mmap_size={MMAP_BYTES};"))?;
-            }
             conns.push(c);
         }
         Ok(Pool {
@@ -157,12 +155,16 @@ impl Pool {
             .map_err(|_| StoreError::Unavailable("reader pool poisoned".into()))?
             .pop()
             .ok_or_else(|| StoreError::Unavailable("no free reader".into()))?;
-        let res = (|| {
-            let tx = conn.unchecked_transaction()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })();
+        // One read transaction (one snapshot for every statement of `f`), framed by
+        // cached statements: `Transaction` would parse BEGIN and COMMIT on every read.
+        let res = exec(&conn, "BEGIN")
+            .map_err(StoreError::from)
+            .and_then(|()| f(&conn))
+            .and_then(|out| exec(&conn, "COMMIT").map(|()| out).map_err(Into::into));
+        if !conn.is_autocommit() {
+            // `f` or COMMIT failed: end the transaction before the connection goes back.
+            let _ = exec(&conn, "ROLLBACK");
+        }
         if let Ok(mut pool) = self.conns.lock() {
             pool.push(conn);
         }
@@ -200,6 +202,14 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Every statement palisade runs fits: none is parsed twice.
     conn.set_prepared_statement_cache_capacity(128);
+    // Plans never depend on the values bound. Without this, SQLite (3.4x) marks a
+    // statement whose plan *could* depend on a bound value (`col = ?` outside an index,
+    // a `json_each(?)` in a subquery) to be re-prepared whenever that value is rebound,
+    // and rusqlite clears the bindings each time a cached statement goes back to its
+    // cache: such a statement was parsed and planned again on every run (16 % of a
+    // stateless chat request's CPU, BENCHMARKS.md). palisade runs no ANALYZE, so the
+    // planner had nothing to learn from the values anyway.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     )?;
@@ -252,8 +262,8 @@ impl SqliteStore {
         migrate(&mut writer)?;
         documents::upgrade_legacy_vectors(&writer)?;
         documents::build_text_partitions(&writer)?;
-        let readers = Pool::open(path, READERS, false)?;
-        let scanners = Pool::open(path, SCANNERS, true)?;
+        let readers = Pool::open(path, READERS)?;
+        let scanners = Pool::open(path, SCANNERS)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("palisade-sqlite-writer".into())
@@ -531,5 +541,32 @@ impl Health for SqliteStore {
 
     fn degraded(&self) -> bool {
         self.inner.corrupt.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Principal;
+    use rusqlite::StatementStatus;
+
+    /// A cached statement is planned once. SQLite 3.4x otherwise marks a statement whose
+    /// plan could depend on a bound value for re-preparation whenever that value is
+    /// rebound, and rusqlite clears the bindings each time a statement goes back to its
+    /// cache: the scope query of every chat request was parsed and planned each time.
+    #[test]
+    fn cached_statements_are_planned_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        drop(SqliteStore::open(&path).expect("store"));
+        let c = open_connection(&path).expect("connection");
+        for (user, groups) in [("ann", &["hr"][..]), ("bob", &[]), ("cy", &["a", "b"])] {
+            let scope = Principal::for_tests("acme", user, &["employee"], groups).access_scope();
+            documents::visible_acls(&c, &scope).expect("query");
+        }
+        let stmt = c.prepare_cached(documents::VISIBLE_ACLS).expect("cached");
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        // The statement really ran three times from the cache (the count above is live).
+        assert_eq!(stmt.get_status(StatementStatus::Run), 3);
     }
 }
