@@ -124,7 +124,7 @@ impl Pool {
     /// reader's whole mapping at its next read after any write, so in service a mapped
     /// scan paid for an munmap, a fresh mapping and its page faults on every request,
     /// and each connection's mapping counted the file once more in the RSS
-    /// (BENCHMARKS.md, "Reads without mmap").
+    /// (BENCHMARKS.md, "Two fixes found by profiling").
     fn open(path: &Path, n: usize) -> StoreResult<Pool> {
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
