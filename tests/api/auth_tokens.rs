@@ -225,32 +225,45 @@ async fn tokens_of_another_deployment_are_rejected() {
 
 #[tokio::test]
 async fn expired_tokens_are_rejected() {
+    // Every token lives one second. On a loaded machine a fresh one can expire before
+    // its first use, so "a fresh token works" is shown by the first of a few that does;
+    // "an expired token is refused" needs no such care.
     let s = Server::start_with(&[("PALISADE_TOKENS__ACCESS_TTL", "1s")]);
     let acme = seed_acme(&s);
-    let a = s.login("alice", &acme.alice).await;
-    assert_eq!(status_of(&s, &a.access).await, StatusCode::OK);
+    let mut a = s.login("alice", &acme.alice).await;
+    let mut worked = false;
+    for _ in 0..5 {
+        if status_of(&s, &a.access).await == StatusCode::OK {
+            worked = true;
+            break;
+        }
+        a = s.login("alice", &acme.alice).await;
+    }
+    assert!(worked, "no fresh token was accepted");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(status_of(&s, &a.access).await, StatusCode::UNAUTHORIZED);
     // The session itself lives on: refreshing gives a working token.
-    let resp = s.refresh(&a.cookie).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let b = Session::from_response(resp).await;
-    assert_eq!(status_of(&s, &b.access).await, StatusCode::OK);
-    // Expired but authentic: the event names the session, and the tenant's admin sees it.
-    // (The admin's own token also lives one second: on a loaded machine it can expire
-    // before its first use, so log in again until it works.)
-    let mut admin = s.login("adam", &acme.adam).await;
-    for _ in 0..3 {
-        if status_of(&s, &admin.access).await == StatusCode::OK {
+    let mut cookie = a.cookie.clone();
+    let mut worked = false;
+    for _ in 0..5 {
+        let resp = s.refresh(&cookie).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let b = Session::from_response(resp).await;
+        if status_of(&s, &b.access).await == StatusCode::OK {
+            worked = true;
             break;
         }
-        admin = s.login("adam", &acme.adam).await;
+        cookie = b.cookie;
     }
-    let rejected = s.audit_events(&admin.access, "token_rejected").await;
+    assert!(worked, "no refreshed token was accepted");
+    // Expired but authentic: the event names the session and its tenant (read with the
+    // operator CLI: an admin's token would live one second too).
+    let rejected = s.audit_cli("token_rejected");
     assert!(
-        rejected
-            .iter()
-            .any(|e| e["reason"] == "expired" && e["session_id"] == a.session_id.as_str())
+        rejected.iter().any(|e| e["reason"] == "expired"
+            && e["session_id"] == a.session_id.as_str()
+            && e["tenant"] == "acme"),
+        "{rejected:?}"
     );
 }
 

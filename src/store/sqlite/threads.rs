@@ -2,6 +2,7 @@
 //! id ([`OWNED`]); there is no query by id alone.
 
 use async_trait::async_trait;
+use rusqlite::types::{Type, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
@@ -29,36 +30,39 @@ fn thread_row(r: &Row<'_>) -> rusqlite::Result<ThreadRecord> {
     })
 }
 
+/// One stored message. Runs for every message of every turn's history, so it borrows
+/// what it does not keep: the role and the JSON columns are read in place, and the
+/// common empty citation list is not parsed at all.
 fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
-    let role: String = r.get(2)?;
-    let citations: String = r.get(4)?;
+    let role = text(r, 2)?;
+    let citations = match text(r, 4)? {
+        "[]" => Vec::new(),
+        json => serde_json::from_str(json).map_err(|e| bad_column(4, e))?,
+    };
+    let tool = match r.get_ref(6)? {
+        ValueRef::Null => None,
+        _ => Some(serde_json::from_str(text(r, 6)?).map_err(|e| bad_column(6, e))?),
+    };
     Ok(MessageRecord {
         id: r.get(0)?,
         seq: r.get(1)?,
-        role: Role::parse(&role).ok_or_else(|| {
-            rusqlite::Error::InvalidColumnType(
-                2,
-                format!("role {role}"),
-                rusqlite::types::Type::Text,
-            )
+        role: Role::parse(role).ok_or_else(|| {
+            rusqlite::Error::InvalidColumnType(2, format!("role {role}"), Type::Text)
         })?,
         content: r.get(3)?,
-        citations: serde_json::from_str(&citations).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        citations,
         created_at: r.get(5)?,
-        tool: r
-            .get::<_, Option<String>>(6)?
-            .map(|t| serde_json::from_str(&t))
-            .transpose()
-            .map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    6,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?,
+        tool,
     })
+}
+
+/// A text column, borrowed from the row.
+fn text<'r>(r: &'r Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    r.get_ref(i)?.as_str().map_err(|e| bad_column(i, e))
+}
+
+fn bad_column(i: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e))
 }
 
 fn owned_thread(
@@ -74,7 +78,10 @@ fn owned_thread(
         .optional()
 }
 
-/// Appends to an owned thread with room. Runs inside a write job.
+/// Appends to an owned thread with room. Runs inside a write job. The thread's row is
+/// claimed first, in one statement that checks the owner and the room and counts the
+/// message (one lookup instead of a read, then a write); only when it matches nothing
+/// is the cause (no such thread of this owner, or no room) looked up.
 fn append(
     c: &Connection,
     o: &ThreadOwner,
@@ -82,17 +89,34 @@ fn append(
     msg: NewMessage,
     max_messages: u32,
 ) -> StoreResult<Append> {
-    let Some(thread) = owned_thread(c, o, id)? else {
-        return Ok(Append::NotFound);
-    };
-    if thread.message_count >= max_messages {
-        return Ok(Append::Full);
-    }
     // Timestamps never go backwards within a thread, whatever the callers' clocks say.
-    let now = msg.now.max(thread.updated_at);
+    let claimed: Option<(i64, i64)> = c
+        .prepare_cached(&format!(
+            "UPDATE threads SET message_count = message_count + 1, updated_at = max(updated_at, ?5)
+             WHERE {OWNED} AND message_count < ?6
+             RETURNING message_count, updated_at"
+        ))?
+        .query_row(
+            params![
+                id,
+                o.tenant(),
+                o.user(),
+                o.required_session(),
+                msg.now,
+                max_messages
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((seq, now)) = claimed else {
+        return Ok(match owned_thread(c, o, id)? {
+            Some(_) => Append::Full,
+            None => Append::NotFound,
+        });
+    };
     let rec = MessageRecord {
         id: msg.id,
-        seq: i64::from(thread.message_count) + 1,
+        seq,
         role: msg.role,
         content: msg.content,
         citations: msg.citations,
@@ -115,15 +139,11 @@ fn append(
         now,
         tool
     ])?;
-    c.prepare_cached(
-        "UPDATE threads SET message_count = message_count + 1, updated_at = ?2 WHERE id = ?1",
-    )?
-    .execute(params![id, now])?;
     Ok(Append::Appended(rec))
 }
 
 /// The newest messages before `before_seq` whose estimated tokens fit `budget`, oldest
-/// first. Reads newest-first through the (thread_id, seq) index and stops at the
+/// first. Reads newest-first along the table's (thread_id, seq) key and stops at the
 /// budget: the cost is bounded by the budget, not by the thread's length.
 fn recent_history(
     c: &Connection,
