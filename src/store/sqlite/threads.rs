@@ -78,10 +78,9 @@ fn owned_thread(
         .optional()
 }
 
-/// Appends to an owned thread with room. Runs inside a write job. The thread's row is
-/// claimed first, in one statement that checks the owner and the room and counts the
-/// message (one lookup instead of a read, then a write); only when it matches nothing
-/// is the cause (no such thread of this owner, or no room) looked up.
+/// Appends to an owned thread with room. Runs inside a write job. (A single `UPDATE …
+/// RETURNING` that checks owner and room while it counts the message was tried in place
+/// of this read, insert and update, and measured no faster.)
 fn append(
     c: &Connection,
     o: &ThreadOwner,
@@ -89,31 +88,15 @@ fn append(
     msg: NewMessage,
     max_messages: u32,
 ) -> StoreResult<Append> {
-    // Timestamps never go backwards within a thread, whatever the callers' clocks say.
-    let claimed: Option<(i64, i64)> = c
-        .prepare_cached(&format!(
-            "UPDATE threads SET message_count = message_count + 1, updated_at = max(updated_at, ?5)
-             WHERE {OWNED} AND message_count < ?6
-             RETURNING message_count, updated_at"
-        ))?
-        .query_row(
-            params![
-                id,
-                o.tenant(),
-                o.user(),
-                o.required_session(),
-                msg.now,
-                max_messages
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((seq, now)) = claimed else {
-        return Ok(match owned_thread(c, o, id)? {
-            Some(_) => Append::Full,
-            None => Append::NotFound,
-        });
+    let Some(thread) = owned_thread(c, o, id)? else {
+        return Ok(Append::NotFound);
     };
+    if thread.message_count >= max_messages {
+        return Ok(Append::Full);
+    }
+    // Timestamps never go backwards within a thread, whatever the callers' clocks say.
+    let now = msg.now.max(thread.updated_at);
+    let seq = i64::from(thread.message_count) + 1;
     let rec = MessageRecord {
         id: msg.id,
         seq,
@@ -139,6 +122,10 @@ fn append(
         now,
         tool
     ])?;
+    c.prepare_cached(
+        "UPDATE threads SET message_count = message_count + 1, updated_at = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, now])?;
     Ok(Append::Appended(rec))
 }
 
