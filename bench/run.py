@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import signal
 import statistics
 import subprocess
@@ -250,9 +251,19 @@ def palisade(port: int, data: Path, extra: dict, docs: list[Path]) -> dict:
             "ingest_s": ingest}
 
 
+def ports_free() -> None:
+    """Every port this script serves on is free: a leftover server there would answer
+    the readiness checks and be measured in place of the one started here."""
+    for port in (MOCK, PASS, EMB, CLU, LITE):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                raise SystemExit(f"127.0.0.1:{port} is already in use; stop what listens there first")
+
+
 def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required (apt-get install wrk)")
+    ports_free()
     work = Path(tempfile.mkdtemp(prefix="palisade-bench-"))
     cleanups.append(lambda: shutil.rmtree(work, ignore_errors=True))
     litellm = VENV / "bin" / "litellm"

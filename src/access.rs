@@ -160,7 +160,7 @@ pub fn user_label(username: &str) -> String {
 /// The retrieval filter of one caller: a tenant and a set of visibility labels. A chunk
 /// is visible iff it is in the tenant and its document's ACL shares a label with the
 /// scope. No public constructor: see [`Principal::access_scope`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccessScope {
     tenant: String,
     labels: Vec<String>,

@@ -109,6 +109,7 @@ impl Rag {
         )
         .ok_or_else(|| RagError::Invalid("The ACL names nobody.".into()))?;
         let doc = self.store.insert_document(doc).await?;
+        self.documents_changed();
         self.audit
             .record(
                 AuditEvent::new(AuditKind::DocumentCreated)

@@ -58,6 +58,7 @@ impl Rag {
         if id.len() > 64 || !self.store.delete_document(admin, id).await? {
             return Err(RagError::NotFound);
         }
+        self.documents_changed();
         self.audit
             .record(
                 AuditEvent::new(AuditKind::DocumentDeleted)

@@ -14,7 +14,7 @@ pub use retrieve::citations;
 
 use std::sync::Arc;
 
-use crate::access::{DocumentAdmin, Principal};
+use crate::access::{AccessScope, DocumentAdmin, Principal};
 use crate::audit::Audit;
 use crate::config::{EmbeddingsConfig, EmbeddingsKind, RagConfig};
 use crate::store::{DocumentStore, StoreError};
@@ -50,7 +50,19 @@ pub struct Rag {
     audit: Audit,
     /// Ingestions running at once (each takes a blocking thread to chunk and embed).
     ingest_slots: tokio::sync::Semaphore,
+    /// Whether a scope can see any document at all, remembered for
+    /// [`VISIBILITY_TTL`]: the shortcut that spares a chat with nothing to retrieve a
+    /// store round trip. It never widens access: a stale `true` only lets the search
+    /// run, and the search applies the scope itself; a stale `false` (a document just
+    /// added by another process or node) skips retrieval for at most the TTL. This
+    /// process's own ingestions and deletions clear it at once.
+    visible: moka::sync::Cache<AccessScope, bool>,
 }
+
+/// How long [`Rag::visible`] remembers an answer.
+const VISIBILITY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The most scopes it remembers (each entry is a tenant and a few labels).
+const VISIBILITY_SCOPES: u64 = 10_000;
 
 /// Ingestions that may chunk and embed at the same time.
 const INGEST_CONCURRENCY: usize = 1;
@@ -120,7 +132,26 @@ impl Rag {
             cfg,
             audit,
             ingest_slots: tokio::sync::Semaphore::new(INGEST_CONCURRENCY),
+            visible: moka::sync::Cache::builder()
+                .max_capacity(VISIBILITY_SCOPES)
+                .time_to_live(VISIBILITY_TTL)
+                .build(),
         }
+    }
+
+    /// Whether `scope` can see any document (see [`Rag::visible`]).
+    async fn any_visible(&self, scope: &AccessScope) -> Result<bool, RagError> {
+        if let Some(known) = self.visible.get(scope) {
+            return Ok(known);
+        }
+        let any = self.store.any_visible(scope).await?;
+        self.visible.insert(scope.clone(), any);
+        Ok(any)
+    }
+
+    /// The set of documents changed here: forget every remembered visibility.
+    fn documents_changed(&self) {
+        self.visible.invalidate_all();
     }
 
     /// The `documents:write` capability of `p` over its own tenant, if it has one.

@@ -32,7 +32,7 @@ impl Rag {
         let k = k.clamp(1, 50);
         let candidates = k * CANDIDATES_PER_RESULT;
         // Nothing visible: no need to spend an embedding on the question.
-        if !self.store.any_visible(scope).await? {
+        if !self.any_visible(scope).await? {
             return Ok(Vec::new());
         }
         let vector = match &self.embedder {

@@ -463,3 +463,85 @@ async fn answers_cite_only_what_was_retrieved_and_the_extractive_responder_quote
         && e["thread"] == json!(t)
         && e["subject"].is_string()));
 }
+
+/// The gateway remembers for a second whether a scope can see any document at all (a
+/// chat with nothing to retrieve skips the store). That must never hide a new
+/// document for long: one ingested through this server is found by the very next
+/// query of a scope that had nothing, one added by another process (the CLI) within
+/// the second.
+#[tokio::test]
+async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere() {
+    let s = Server::start();
+    let ivan_pw = s.add_user("ivan", "employee", "", "initech");
+    let ian_pw = s.add_user("ian", "employee,admin", "", "initech");
+    let ivan = s.login("ivan", &ivan_pw).await;
+    let ian = s.login("ian", &ian_pw).await;
+    let search = |q: &'static str| {
+        let (s, tok) = (&s, ivan.access.clone());
+        async move {
+            let resp = s.post_auth("/v1/search", &tok, &json!({"query": q})).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let v: Value = resp.json().await.unwrap();
+            v["results"].to_string()
+        }
+    };
+    // Nothing visible yet: remembered as such.
+    assert_eq!(search("quarterly roadmap").await, "[]");
+    let resp = s
+        .post_auth(
+            "/v1/documents",
+            &ian.access,
+            &json!({"title": "Roadmap", "text": "The quarterly roadmap ships the TPS cover sheet. Code CANARY-ROADMAP-1.", "acl": {"public": true}}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(
+        search("quarterly roadmap")
+            .await
+            .contains("CANARY-ROADMAP-1"),
+        "an ingestion through this server is seen by the next query"
+    );
+
+    // Another process's ingestion: a tenant whose scope is remembered as empty.
+    let uma_pw = s.add_user("uma", "employee", "", "umbrella");
+    let uma = s.login("uma", &uma_pw).await;
+    let search_uma = || async {
+        let resp = s
+            .post_auth(
+                "/v1/search",
+                &uma.access,
+                &json!({"query": "stapler inventory"}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<Value>().await.unwrap()["results"].to_string()
+    };
+    assert_eq!(search_uma().await, "[]");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("staplers.md");
+    std::fs::write(
+        &file,
+        "The stapler inventory is kept in the basement. CANARY-STAPLER-2.",
+    )
+    .unwrap();
+    let out = s.cli(
+        &[
+            "doc",
+            "add",
+            file.to_str().unwrap(),
+            "--title",
+            "Staplers",
+            "--public",
+            "--tenant",
+            "umbrella",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(search_uma().await.contains("CANARY-STAPLER-2"));
+}
