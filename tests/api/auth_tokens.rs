@@ -267,6 +267,49 @@ async fn expired_tokens_are_rejected() {
     );
 }
 
+/// A key taken out of the keys file by hand (it leaked) stops verifying its tokens as
+/// soon as the server reloads the file, even a token accepted a moment before, which
+/// the server remembers as authentic.
+#[tokio::test]
+async fn a_key_removed_from_the_keys_file_stops_its_tokens_at_once() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let path = s.data_dir().join("keys.json");
+    let leaked: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let leaked = leaked["active"].as_str().unwrap().to_owned();
+    let a = s.login("alice", &acme.alice).await;
+    for _ in 0..2 {
+        assert_eq!(status_of(&s, &a.access).await, StatusCode::OK);
+    }
+    let out = s.cli(&["keys", "rotate"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut kf: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    kf["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["id"] != leaked.as_str());
+    assert_ne!(kf["active"], leaked.as_str());
+    std::fs::write(&path, serde_json::to_vec_pretty(&kf).unwrap()).unwrap();
+    let mut refused = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if status_of(&s, &a.access).await == StatusCode::UNAUTHORIZED {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "a token of the removed key was still accepted after 5 s"
+    );
+    let b = s.login("alice", &acme.alice).await;
+    assert_eq!(status_of(&s, &b.access).await, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn key_rotation_keeps_old_tokens_valid_until_they_expire() {
     let mut s = Server::start();
