@@ -43,7 +43,8 @@ const SCANNERS: usize = 2;
 /// WAL pages between automatic checkpoints (4 KiB each: the WAL file grows to about
 /// 40 MiB before it is reused). SQLite's default, 1,000, checkpointed several times a
 /// second under a steady stream of chat turns, re-copying the same hot pages each time:
-/// 10,000 made a thread-bound turn ~12 % faster (BENCHMARKS.md).
+/// 10,000 made a thread-bound turn ~12 % faster (BENCHMARKS.md, "Four more changes
+/// found by profiling").
 const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 /// The most writes one transaction takes: bounds how long the first waits for the last.
 const MAX_BATCH: usize = 128;
