@@ -359,15 +359,7 @@ async fn revoking_a_role_or_deleting_a_document_takes_effect_on_the_next_query()
     assert!(!search(again.access.clone()).await.contains(HR));
 
     // Through the CLI as well (another process: visible within the 1 s session cache).
-    let out = s.cli(
-        &["user", "update", "hannah", "--roles", "employee,hr"],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.cli_ok(&["user", "update", "hannah", "--roles", "employee,hr"]);
     // The CLI change ended the sessions holding the old roles (seen within 1 s).
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     assert_eq!(
@@ -524,24 +516,16 @@ async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere
         "The stapler inventory is kept in the basement. CANARY-STAPLER-2.",
     )
     .unwrap();
-    let out = s.cli(
-        &[
-            "doc",
-            "add",
-            file.to_str().unwrap(),
-            "--title",
-            "Staplers",
-            "--public",
-            "--tenant",
-            "umbrella",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.cli_ok(&[
+        "doc",
+        "add",
+        file.to_str().unwrap(),
+        "--title",
+        "Staplers",
+        "--public",
+        "--tenant",
+        "umbrella",
+    ]);
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     assert!(search_uma().await.contains("CANARY-STAPLER-2"));
 }

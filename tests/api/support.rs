@@ -315,6 +315,18 @@ impl Server {
     }
 
     /// Runs a CLI subcommand against this server's data dir.
+    /// Runs the operator CLI and asserts that it succeeded (its stderr otherwise).
+    pub fn cli_ok(&self, args: &[&str]) -> Output {
+        let out = self.cli(args, None);
+        assert!(
+            out.status.success(),
+            "palisade {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = self.command();
         cmd.args(args)
