@@ -468,17 +468,15 @@ async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere
     let ian_pw = s.add_user("ian", "employee,admin", "", "initech");
     let ivan = s.login("ivan", &ivan_pw).await;
     let ian = s.login("ian", &ian_pw).await;
-    let search = |q: &'static str| {
-        let (s, tok) = (&s, ivan.access.clone());
+    let results = |token: &str, q: &str| {
+        let (s, token, q) = (&s, token.to_owned(), q.to_owned());
         async move {
-            let resp = s.post_auth("/v1/search", &tok, &json!({"query": q})).await;
-            assert_eq!(resp.status(), StatusCode::OK);
-            let v: Value = resp.json().await.unwrap();
-            v["results"].to_string()
+            let body: Value = serde_json::from_str(&search_text(s, &token, &q).await).unwrap();
+            body["results"].to_string()
         }
     };
     // Nothing visible yet: remembered as such.
-    assert_eq!(search("quarterly roadmap").await, "[]");
+    assert_eq!(results(&ivan.access, "quarterly roadmap").await, "[]");
     let resp = s
         .post_auth(
             "/v1/documents",
@@ -488,7 +486,7 @@ async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere
         .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert!(
-        search("quarterly roadmap")
+        results(&ivan.access, "quarterly roadmap")
             .await
             .contains("CANARY-ROADMAP-1"),
         "an ingestion through this server is seen by the next query"
@@ -497,18 +495,7 @@ async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere
     // Another process's ingestion: a tenant whose scope is remembered as empty.
     let uma_pw = s.add_user("uma", "employee", "", "umbrella");
     let uma = s.login("uma", &uma_pw).await;
-    let search_uma = || async {
-        let resp = s
-            .post_auth(
-                "/v1/search",
-                &uma.access,
-                &json!({"query": "stapler inventory"}),
-            )
-            .await;
-        assert_eq!(resp.status(), StatusCode::OK);
-        resp.json::<Value>().await.unwrap()["results"].to_string()
-    };
-    assert_eq!(search_uma().await, "[]");
+    assert_eq!(results(&uma.access, "stapler inventory").await, "[]");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("staplers.md");
     std::fs::write(
@@ -527,5 +514,9 @@ async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere
         "umbrella",
     ]);
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    assert!(search_uma().await.contains("CANARY-STAPLER-2"));
+    assert!(
+        results(&uma.access, "stapler inventory")
+            .await
+            .contains("CANARY-STAPLER-2")
+    );
 }

@@ -42,7 +42,8 @@ const READERS: usize = 4;
 const SCANNERS: usize = 2;
 /// WAL pages between automatic checkpoints (4 KiB each: the WAL file grows to about
 /// 40 MiB before it is reused). SQLite's default, 1,000, checkpointed several times a
-/// second under a steady stream of chat turns, re-copying the same hot pages each time:
+/// second under a steady stream of chat turns, re-copying the same hot pages (the
+/// thread's row, its newest messages, the owner's thread index) each time:
 /// 10,000 made a thread-bound turn ~12 % faster (BENCHMARKS.md, "Four more changes
 /// found by profiling").
 const WAL_CHECKPOINT_PAGES: i64 = 10_000;
@@ -267,10 +268,6 @@ impl SqliteStore {
         secure_files(path)?;
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
-        // Checkpoint (copy the WAL back into the file) every WAL_CHECKPOINT_PAGES
-        // rather than SQLite's 1,000: a checkpoint copies each page changed since the
-        // last one once, and the pages a chat turn changes (the thread's row, its newest
-        // messages, the owner's thread index) are the same few again and again.
         writer.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
         documents::upgrade_legacy_vectors(&writer)?;
         documents::build_text_partitions(&writer)?;
