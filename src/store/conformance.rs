@@ -264,7 +264,8 @@ async fn nobody_but_the_owner_reads_or_writes_a_thread() {
                     &id,
                     msg("hi", Role::User, T0),
                     10,
-                    HistoryBudget(100)
+                    HistoryBudget(100),
+                    0
                 )
                 .await
                 .unwrap(),
@@ -358,7 +359,7 @@ async fn limits_hold_and_history_is_bounded_by_the_budget() {
     let budget = HistoryBudget(3 * threads::approx_tokens(&format!("29 {long}")) + 50);
     let TurnStart::Started { history, message } = s
         .threads
-        .begin_turn(&alice, &id, msg("q", Role::User, T0 + 100), 31, budget)
+        .begin_turn(&alice, &id, msg("q", Role::User, T0 + 100), 31, budget, 0)
         .await
         .unwrap()
     else {
@@ -373,7 +374,7 @@ async fn limits_hold_and_history_is_bounded_by_the_budget() {
     // The thread is now full.
     assert!(matches!(
         s.threads
-            .begin_turn(&alice, &id, msg("q", Role::User, T0), 31, budget)
+            .begin_turn(&alice, &id, msg("q", Role::User, T0), 31, budget, 0)
             .await
             .unwrap(),
         TurnStart::Full
@@ -446,6 +447,7 @@ async fn tool_calls_and_results_are_kept_as_their_own_kinds() {
             msg("thanks", Role::User, T0 + 3),
             100,
             HistoryBudget(10_000),
+            0,
         )
         .await
         .unwrap();

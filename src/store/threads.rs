@@ -184,8 +184,8 @@ impl HistoryFill {
 /// The result of admitting a user turn.
 #[derive(Debug)]
 pub enum TurnStart {
-    /// The question is stored; `history` is the newest stored messages before it that
-    /// fit the budget, oldest first.
+    /// The question is stored; `history` is the newest stored messages before it (and
+    /// after the caller's `after`) that fit the budget, oldest first.
     Started {
         history: Vec<MessageRecord>,
         message: MessageRecord,
@@ -223,7 +223,9 @@ pub trait ThreadStore: Send + Sync {
         limit: u32,
     ) -> StoreResult<Option<ThreadPage>>;
     /// One atomic step: the thread is the owner's and has room, the question is
-    /// appended, and the history before it (within `budget`) is read.
+    /// appended, and the history before it (within `budget`) is read — only the
+    /// messages after sequence number `after`, which the caller already holds (0 reads
+    /// from the start). The budget counts from the newest message, as always.
     ///
     /// The question's durability may be deferred to the next durable write (the turn's
     /// answer, [`append_message`](Self::append_message)): nothing acknowledges the
@@ -236,6 +238,7 @@ pub trait ThreadStore: Send + Sync {
         question: NewMessage,
         max_messages: u32,
         budget: HistoryBudget,
+        after: i64,
     ) -> StoreResult<TurnStart>;
     async fn append_message(
         &self,

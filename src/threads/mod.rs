@@ -6,8 +6,12 @@
 //! one that does not exist: the same `NotFound`, no write, and a `thread_access_denied`
 //! audit event. (The chat service runs no retrieval and no model call after it.)
 
+mod history;
+
 use std::collections::HashSet;
 use std::sync::Arc;
+
+use history::{Fill, HistoryCache};
 
 use crate::access::{ClientInfo, Principal, ThreadOwner};
 use crate::audit::{Audit, AuditEvent, AuditKind};
@@ -48,6 +52,8 @@ pub struct Threads {
     store: Arc<dyn ThreadStore>,
     cfg: ThreadsConfig,
     audit: Audit,
+    /// The recent history of the threads this process serves (see `history`).
+    history: HistoryCache,
 }
 
 /// A turn whose new messages are stored: the stored history that fits the budget,
@@ -104,6 +110,8 @@ impl TurnInput {
 
 /// How many of the newest messages are read to find the pending tool calls.
 const PENDING_WINDOW: u32 = 64;
+/// Messages per store read when a turn's history reaches back past what is held here.
+const OLDER_PAGE: u32 = 64;
 
 /// The ids of the calls of the last assistant message that have no result yet.
 fn pending_calls(messages: &[MessageRecord]) -> HashSet<String> {
@@ -125,7 +133,12 @@ fn pending_calls(messages: &[MessageRecord]) -> HashSet<String> {
 
 impl Threads {
     pub fn new(store: Arc<dyn ThreadStore>, cfg: ThreadsConfig, audit: Audit) -> Self {
-        Self { store, cfg, audit }
+        Self {
+            store,
+            cfg,
+            audit,
+            history: HistoryCache::new(),
+        }
     }
 
     fn owner(&self, p: &Principal) -> ThreadOwner {
@@ -219,6 +232,7 @@ impl Threads {
         client: &ClientInfo,
     ) -> Result<(), ThreadError> {
         if id.len() <= MAX_ID_LEN && self.store.delete_thread(&self.owner(p), id).await? {
+            self.history.forget(id);
             return Ok(());
         }
         Err(self.denied(p, id, client).await)
@@ -281,6 +295,9 @@ impl Threads {
                 Append::Full => return Err(ThreadError::Full),
             }
         }
+        // The store reads only what is newer than what this process holds.
+        let held = self.history.get(&owner, id);
+        let after = held.as_ref().map_or(0, |e| e.last_seq());
         match self
             .store
             .begin_turn(
@@ -288,13 +305,29 @@ impl Threads {
                 id,
                 last.to_new(),
                 self.cfg.max_messages_per_thread,
-                budget,
+                Fill::store_budget(budget),
+                after,
             )
             .await?
         {
             TurnStart::Started { history, message } => {
                 // `history` already ends with the messages appended above.
-                let mut history = history;
+                let (store, owner_ref) = (&self.store, &owner);
+                let older = move |before: i64| async move {
+                    Ok::<_, StoreError>(
+                        store
+                            .thread_page(owner_ref, id, Some(before), OLDER_PAGE)
+                            .await?
+                            .map(|page| page.messages),
+                    )
+                };
+                let assembled = self
+                    .history
+                    .assemble(&owner, id, held, after, history, &message, budget, older)
+                    .await?;
+                let Some(mut history) = assembled else {
+                    return Err(self.denied(p, id, client).await);
+                };
                 history.push(message);
                 Ok(Turn { history })
             }
@@ -323,17 +356,16 @@ impl Threads {
         };
         // The answer may take the thread one past the limit: the user's turn was
         // admitted, so its answer is kept.
+        let owner = self.owner(p);
         match self
             .store
-            .append_message(
-                &self.owner(p),
-                id,
-                msg,
-                self.cfg.max_messages_per_thread + 1,
-            )
+            .append_message(&owner, id, msg, self.cfg.max_messages_per_thread + 1)
             .await?
         {
-            Append::Appended(m) => Ok(m),
+            Append::Appended(m) => {
+                self.history.push(&owner, id, &m);
+                Ok(m)
+            }
             // Deleted while the model was answering: nothing to attach the answer to.
             Append::NotFound => Err(self.denied(p, id, client).await),
             Append::Full => Err(ThreadError::Full),

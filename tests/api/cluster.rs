@@ -801,3 +801,32 @@ async fn postgres_over_verified_tls_only() {
         assert!(!out.status.success(), "{url} connected");
     }
 }
+
+/// Each node keeps the history of the threads it serves in memory; a turn still sees
+/// every message another node appended meanwhile, in order and within the budget, on
+/// whichever node it lands.
+#[tokio::test]
+async fn turns_alternating_between_nodes_see_each_others_messages() {
+    if !cluster_pass() {
+        return;
+    }
+    const BUDGET: usize = 1500;
+    let mock = crate::mock::Mock::start().await;
+    mock.always(crate::mock::Reply::Text(
+        "An answer of about one hundred tokens. ".repeat(11),
+    ));
+    let p = pair(&[
+        ("PALISADE_LLM__BASE_URL", mock.base_url.as_str()),
+        ("PALISADE_LLM__MODEL", "mock-model"),
+        ("PALISADE_THREADS__HISTORY_BUDGET_TOKENS", "1500"),
+    ]);
+    let acme = seed_acme(&p.a);
+    let alice = p.a.login("alice", &acme.alice).await;
+    let id = p.a.new_thread(&alice.access, "two nodes").await;
+    let route = "aabababbbaaabbabab";
+    for (i, node) in route.chars().enumerate() {
+        let node = if node == 'a' { &p.a } else { &p.b };
+        ask(node, &alice.access, &id, &format!("question {i}")).await;
+        assert_prompt_history(node, &mock, &alice.access, &id, BUDGET).await;
+    }
+}

@@ -699,3 +699,72 @@ pub fn ec_key() -> jsonwebtoken::EncodingKey {
     assert!(ok);
     jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(&path).unwrap()).unwrap()
 }
+
+/// One turn in the caller's thread; panics unless it is answered.
+pub async fn ask(s: &Server, token: &str, thread: &str, question: &str) {
+    let resp = s
+        .post_auth(
+            &format!("/v1/threads/{thread}/messages"),
+            token,
+            &json!({ "content": question }),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "{question}");
+}
+
+/// The token estimate palisade's history budget uses: about four characters a token,
+/// plus a few for the message frame.
+pub fn approx_tokens(text: &str) -> usize {
+    text.chars().count() / 4 + 4
+}
+
+/// Asserts that the model's last prompt holds, between its system messages and the
+/// turn's question, exactly the newest messages of the stored thread that fit the
+/// history budget (`budget_tokens` less the system prompt and the question; each
+/// message whole, stopping at the first that does not fit), oldest first. The thread's
+/// last stored message is the answer to that prompt.
+pub async fn assert_prompt_history(
+    s: &Server,
+    mock: &crate::mock::Mock,
+    token: &str,
+    thread: &str,
+    budget_tokens: usize,
+) {
+    let stored = s.thread_json(token, &format!("{thread}?limit=200")).await["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let prompt = mock.last_messages();
+    let (system, rest) =
+        prompt.split_at(prompt.iter().take_while(|m| m["role"] == "system").count());
+    let (question, seen) = rest.split_last().expect("a question");
+    let n = stored.len();
+    assert!(n >= 2, "the question and its answer are stored");
+    assert_eq!(stored[n - 2]["content"], question["content"]);
+    let mut left = budget_tokens.saturating_sub(
+        approx_tokens(system[0]["content"].as_str().unwrap())
+            + approx_tokens(question["content"].as_str().unwrap()),
+    );
+    let mut expected = Vec::new();
+    for m in stored[..n - 2].iter().rev() {
+        let cost = approx_tokens(m["content"].as_str().unwrap());
+        if cost > left {
+            break;
+        }
+        left -= cost;
+        expected.push((m["role"].clone(), m["content"].clone()));
+    }
+    expected.reverse();
+    let seen: Vec<(Value, Value)> = seen
+        .iter()
+        .map(|m| (m["role"].clone(), m["content"].clone()))
+        .collect();
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "history of {} messages expected, {} in the prompt",
+        expected.len(),
+        seen.len()
+    );
+    assert_eq!(seen, expected);
+}

@@ -335,3 +335,102 @@ async fn limits_answer_clearly_and_write_nothing() {
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(mock.count(), 2);
 }
+
+/// The history this process keeps of a thread (so that a turn reads only what it has
+/// not seen) never changes what the model is shown: every prompt holds exactly the
+/// newest stored messages that fit the budget — through a run of turns, after a long
+/// question (little history fits, little is kept) followed by short ones (their larger
+/// budget), and after a restart (nothing kept). The reach past what is kept is
+/// covered in `threads::history`'s unit tests.
+#[tokio::test]
+async fn every_turn_sees_exactly_the_newest_stored_history_that_fits_its_budget() {
+    const BUDGET: usize = 1500;
+    let (mut s, mock) =
+        start_with_mock(&[("PALISADE_THREADS__HISTORY_BUDGET_TOKENS", "1500")]).await;
+    // ~105 tokens an answer: about twelve turns fit the budget.
+    mock.always(crate::mock::Reply::Text(
+        "An answer of about one hundred tokens. ".repeat(11),
+    ));
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let id = s.new_thread(&a.access, "budget").await;
+    for i in 0..16 {
+        ask(&s, &a.access, &id, &format!("short question {i}")).await;
+        assert_prompt_history(&s, &mock, &a.access, &id, BUDGET).await;
+    }
+    // ~630 tokens: the history budget shrinks by as much, and so does what is kept.
+    ask(&s, &a.access, &id, &"a long question ".repeat(160)).await;
+    assert_prompt_history(&s, &mock, &a.access, &id, BUDGET).await;
+    for i in 0..3 {
+        ask(&s, &a.access, &id, &format!("short again {i}")).await;
+        assert_prompt_history(&s, &mock, &a.access, &id, BUDGET).await;
+    }
+    assert!(s.terminate().success());
+    s.restart();
+    let a = s.login("alice", &acme.alice).await;
+    ask(&s, &a.access, &id, "after a restart").await;
+    assert_prompt_history(&s, &mock, &a.access, &id, BUDGET).await;
+}
+
+/// A thread whose history this process holds in memory is still nobody else's: after
+/// its owner's turns, another user of the tenant, a user of another tenant and the
+/// owner from another session (strict binding) all get the 404 of a missing thread;
+/// nothing is stored, the model is not called, and each denial is audited.
+#[tokio::test]
+async fn a_thread_held_in_memory_is_still_refused_to_everyone_else() {
+    let (s, mock) = start_with_mock(&[("PALISADE_THREADS__BINDING", "session")]).await;
+    let acme = seed_acme(&s);
+    let eve_password = s.add_user("eve", "employee", "", "globex");
+    let owner = s.login("alice", &acme.alice).await;
+    let id = s.new_thread(&owner.access, "held").await;
+    for i in 0..3 {
+        ask(&s, &owner.access, &id, &format!("private question {i}")).await;
+    }
+    let calls = mock.count();
+    let denied = s.audit_cli("thread_access_denied").len();
+    let strangers = [
+        s.login("hannah", &acme.hannah).await,
+        s.login("eve", &eve_password).await,
+        s.login("alice", &acme.alice).await,
+    ];
+    for stranger in &strangers {
+        let resp = s
+            .post_auth(
+                &format!("/v1/threads/{id}/messages"),
+                &stranger.access,
+                &json!({"content": "continue this conversation"}),
+            )
+            .await;
+        assert_eq!(
+            error_code(resp).await,
+            (StatusCode::NOT_FOUND, "not_found".into())
+        );
+        let resp = s
+            .http
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&stranger.access)
+            .header("x-palisade-thread", &id)
+            .json(&json!({"model": "mock-model", "messages": [{"role": "user", "content": "and now?"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (StatusCode::NOT_FOUND, "not_found".into())
+        );
+    }
+    assert_eq!(mock.count(), calls, "the model was not called");
+    assert_eq!(s.audit_cli("thread_access_denied").len(), denied + 6);
+    let stored = s.thread_json(&owner.access, &id).await;
+    assert_eq!(stored["messages"].as_array().unwrap().len(), 6);
+    assert!(!stored.to_string().contains("continue this conversation"));
+    // The owner's own next turn still sees its whole history.
+    ask(&s, &owner.access, &id, "private question 3").await;
+    let prompt = Value::Array(mock.last_messages()).to_string();
+    for i in 0..3 {
+        assert!(
+            prompt.contains(&format!("private question {i}")),
+            "{prompt}"
+        );
+    }
+}

@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/02_acl_counts.sql"),
     include_str!("migrations/03_tool_messages.sql"),
     include_str!("migrations/04_audit_chain.sql"),
+    include_str!("migrations/05_thread_rows_in_place.sql"),
 ];
 
 /// How long any one store call may take before it counts as unavailable.
@@ -131,9 +132,15 @@ impl ClusterStore {
         pg_cfg.application_name("palisade");
         let tls = postgres_tls(cfg, &pg_cfg)?;
         let manager_cfg = ManagerConfig {
-            // A recycled connection is checked with a round trip, so a pool that
-            // outlived a PostgreSQL restart hands out no dead connections.
-            recycling_method: RecyclingMethod::Verified,
+            // A recycled connection is checked for a closed socket, without a round
+            // trip: PostgreSQL closes every connection when it stops or restarts, so
+            // such a connection is discarded here, never handed out. (`Verified`
+            // sent `SELECT 1` before every statement of every request: a second round
+            // trip, parsed and planned each time, that cost a thread-bound turn about
+            // a third of its throughput; BENCHMARKS.md.) A connection that breaks
+            // silently fails its statement with an error, which denies (503), and is
+            // then closed.
+            recycling_method: RecyclingMethod::Fast,
         };
         let manager = match &tls {
             Some(tls) => Manager::from_config(pg_cfg.clone(), tls.clone(), manager_cfg),

@@ -37,18 +37,23 @@ fn thread_row(r: &Row) -> StoreResult<ThreadRecord> {
 }
 
 fn message_row(r: &Row) -> StoreResult<MessageRecord> {
-    let role: String = r.try_get(2)?;
-    let citations: serde_json::Value = r.try_get(4)?;
+    message_at(r, 0)
+}
+
+/// The [`MESSAGE_COLS`] of a row, from column `at` on.
+fn message_at(r: &Row, at: usize) -> StoreResult<MessageRecord> {
+    let role: String = r.try_get(at + 2)?;
+    let citations: serde_json::Value = r.try_get(at + 4)?;
     Ok(MessageRecord {
-        id: r.try_get(0)?,
-        seq: r.try_get(1)?,
+        id: r.try_get(at)?,
+        seq: r.try_get(at + 1)?,
         role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
-        content: r.try_get(3)?,
+        content: r.try_get(at + 3)?,
         citations: serde_json::from_value(citations)
             .map_err(|e| StoreError::Corrupt(format!("citations: {e}")))?,
-        created_at: r.try_get(5)?,
+        created_at: r.try_get(at + 5)?,
         tool: r
-            .try_get::<_, Option<serde_json::Value>>(6)?
+            .try_get::<_, Option<serde_json::Value>>(at + 6)?
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("tool: {e}")))?,
@@ -97,40 +102,41 @@ WITH durability AS (
 SELECT ins.seq, ins.created_at, (SELECT count(*) FROM counted), (SELECT 1 FROM durability)
 FROM t LEFT JOIN ins ON TRUE";
 
-/// Appends to an owned thread with room, in one statement; `durable`: the commit waits
-/// for the WAL flush.
-async fn append(
-    c: &impl GenericClient,
-    o: &ThreadOwner,
-    id: &str,
-    msg: NewMessage,
-    max_messages: u32,
-    durable: bool,
-) -> StoreResult<Append> {
-    let citations = serde_json::to_value(&msg.citations)
-        .map_err(|e| StoreError::Corrupt(format!("citations: {e}")))?;
-    let Some(r) = row(
-        c,
-        APPEND,
-        &[
-            &id,
-            &o.tenant(),
-            &o.user(),
-            &o.required_session(),
-            &msg.id,
-            &msg.role.as_str(),
-            &msg.content,
-            &citations,
-            &msg.now,
-            &i32::try_from(max_messages).unwrap_or(i32::MAX),
-            &durable,
-            &ToolData::to_json(&msg.tool),
-        ],
-    )
-    .await?
-    else {
-        return Ok(Append::NotFound);
-    };
+/// [`APPEND`] for a turn's question, with the newest batch of its history in the same
+/// statement (one round trip): the messages after `$13` (what the caller holds),
+/// newest first, one row each (a single row with NULL message columns when there are
+/// none). The statement's snapshot is taken before it waits for the thread's lock, so a
+/// message appended by a request that held the lock meanwhile is missing from the
+/// batch; [`begin_turn`](ThreadStore::begin_turn) sees the gap and reads again.
+const BEGIN_TURN: &str = "
+WITH durability AS (
+    SELECT set_config('synchronous_commit', CASE WHEN $11 THEN 'on' ELSE 'off' END, true)
+), t AS (
+    SELECT id, message_count, updated_at FROM threads
+    WHERE id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)
+    FOR UPDATE
+), ins AS (
+    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool)
+    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12
+    FROM t WHERE t.message_count < $10
+    RETURNING seq, created_at
+), counted AS (
+    UPDATE threads SET message_count = threads.message_count + 1, updated_at = ins.created_at
+    FROM ins WHERE threads.id = $1
+    RETURNING threads.id
+), fresh AS (
+    SELECT id, seq, role, content, citations, created_at, tool FROM messages
+    WHERE thread_id = $1 AND seq > $13
+    ORDER BY seq DESC LIMIT $14
+)
+SELECT ins.seq, ins.created_at, (SELECT count(*) FROM counted), (SELECT 1 FROM durability),
+       f.id, f.seq, f.role, f.content, f.citations, f.created_at, f.tool
+FROM t LEFT JOIN ins ON TRUE LEFT JOIN fresh f ON ins.seq IS NOT NULL
+ORDER BY f.seq DESC";
+
+/// The appended message, from the columns `seq, created_at` of an [`APPEND`] row: `Full`
+/// when the thread had no room (both NULL).
+fn appended(r: &Row, msg: NewMessage) -> StoreResult<Append> {
     let seq: Option<i64> = r.try_get(0)?;
     let created_at: Option<i64> = r.try_get(1)?;
     Ok(match (seq, created_at) {
@@ -147,35 +153,89 @@ async fn append(
     })
 }
 
-/// The newest messages before `before_seq` that fit `budget`, oldest first; read
-/// newest-first in small batches, so the cost follows the budget, not the thread.
+/// Appends to an owned thread with room, in one statement; `durable`: the commit waits
+/// for the WAL flush.
+async fn append(
+    c: &impl GenericClient,
+    o: &ThreadOwner,
+    id: &str,
+    msg: NewMessage,
+    max_messages: u32,
+    durable: bool,
+) -> StoreResult<Append> {
+    let citations = serde_json::to_value(&msg.citations)
+        .map_err(|e| StoreError::Corrupt(format!("citations: {e}")))?;
+    let max = i32::try_from(max_messages).unwrap_or(i32::MAX);
+    let tool = ToolData::to_json(&msg.tool);
+    let Some(r) = row(
+        c,
+        APPEND,
+        &[
+            &id,
+            &o.tenant(),
+            &o.user(),
+            &o.required_session(),
+            &msg.id,
+            &msg.role.as_str(),
+            &msg.content,
+            &citations,
+            &msg.now,
+            &max,
+            &durable,
+            &tool,
+        ],
+    )
+    .await?
+    else {
+        return Ok(Append::NotFound);
+    };
+    appended(&r, msg)
+}
+
+/// The newest messages before `before_seq` (and after `after`) that fit `budget`,
+/// oldest first; read newest-first in small batches, so the cost follows the budget,
+/// not the thread.
 async fn recent_history(
     c: &impl GenericClient,
     thread_id: &str,
     before_seq: i64,
+    after: i64,
     budget: HistoryBudget,
 ) -> StoreResult<Vec<MessageRecord>> {
+    Ok(
+        recent_history_into(c, thread_id, before_seq, after, HistoryFill::new(budget))
+            .await?
+            .into_history(),
+    )
+}
+
+/// Goes on filling `fill` with the messages before `before_seq` (and after `after`).
+async fn recent_history_into(
+    c: &impl GenericClient,
+    thread_id: &str,
+    before_seq: i64,
+    after: i64,
+    mut fill: HistoryFill,
+) -> StoreResult<HistoryFill> {
     let sql = format!(
-        "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = $1 AND seq < $2
+        "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = $1 AND seq < $2 AND seq > $4
          ORDER BY seq DESC LIMIT $3"
     );
-    let mut fill = HistoryFill::new(budget);
     let mut cursor = before_seq;
-    'outer: loop {
-        let batch = rows(c, &sql, &[&thread_id, &cursor, &HISTORY_BATCH]).await?;
+    loop {
+        let batch = rows(c, &sql, &[&thread_id, &cursor, &HISTORY_BATCH, &after]).await?;
         let n = batch.len();
         for r in batch {
             let m = message_row(&r)?;
             cursor = m.seq;
             if !fill.offer(m) {
-                break 'outer;
+                return Ok(fill);
             }
         }
         if (n as i64) < HISTORY_BATCH {
-            break;
+            return Ok(fill);
         }
     }
-    Ok(fill.into_history())
 }
 
 #[async_trait]
@@ -306,6 +366,7 @@ impl ThreadStore for ClusterStore {
         question: NewMessage,
         max_messages: u32,
         budget: HistoryBudget,
+        after: i64,
     ) -> StoreResult<TurnStart> {
         timed(async {
             let c = self.pg().await?;
@@ -313,16 +374,69 @@ impl ThreadStore for ClusterStore {
             // node cannot lose it, and the history (seq below it) cannot change. Its
             // WAL flush is deferred to the answer's durable commit, as the contract
             // allows: nothing acknowledges the question before that.
-            Ok(
-                match append(&c, owner, id, question, max_messages, false).await? {
-                    Append::Appended(message) => {
-                        let history = recent_history(&c, id, message.seq, budget).await?;
-                        TurnStart::Started { history, message }
-                    }
-                    Append::NotFound => TurnStart::NotFound,
-                    Append::Full => TurnStart::Full,
-                },
+            let citations = serde_json::to_value(&question.citations)
+                .map_err(|e| StoreError::Corrupt(format!("citations: {e}")))?;
+            let max = i32::try_from(max_messages).unwrap_or(i32::MAX);
+            let tool = ToolData::to_json(&question.tool);
+            let batch = rows(
+                &c,
+                BEGIN_TURN,
+                &[
+                    &id,
+                    &owner.tenant(),
+                    &owner.user(),
+                    &owner.required_session(),
+                    &question.id,
+                    &question.role.as_str(),
+                    &question.content,
+                    &citations,
+                    &question.now,
+                    &max,
+                    &false,
+                    &tool,
+                    &after,
+                    &HISTORY_BATCH,
+                ],
             )
+            .await?;
+            let Some(first) = batch.first() else {
+                return Ok(TurnStart::NotFound);
+            };
+            let message = match appended(first, question)? {
+                Append::Appended(m) => m,
+                Append::NotFound => return Ok(TurnStart::NotFound),
+                Append::Full => return Ok(TurnStart::Full),
+            };
+            let fresh = batch
+                .iter()
+                .filter(|r| matches!(r.try_get::<_, Option<i64>>(5), Ok(Some(_))))
+                .map(|r| message_at(r, 4))
+                .collect::<StoreResult<Vec<_>>>()?;
+            // The batch must end right before the question (nothing appended
+            // meanwhile is missing) and hold a whole batch or reach `after`.
+            let newest = fresh.first().map_or(after, |m| m.seq);
+            let whole = fresh.len() as i64 == HISTORY_BATCH;
+            let history = if newest + 1 == message.seq
+                && fresh.windows(2).all(|w| w[0].seq == w[1].seq + 1)
+            {
+                let mut fill = HistoryFill::new(budget);
+                let mut cursor = message.seq;
+                let mut open = true;
+                for m in fresh {
+                    cursor = m.seq;
+                    if !fill.offer(m) {
+                        open = false;
+                        break;
+                    }
+                }
+                if open && whole {
+                    fill = recent_history_into(&c, id, cursor, after, fill).await?;
+                }
+                fill.into_history()
+            } else {
+                recent_history(&c, id, message.seq, after, budget).await?
+            };
+            Ok(TurnStart::Started { history, message })
         })
         .await
     }

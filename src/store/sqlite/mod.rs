@@ -642,6 +642,7 @@ mod tests {
                 },
                 100,
                 HistoryBudget(1000),
+                0,
             )
             .await
             .expect("turn");

@@ -129,19 +129,21 @@ fn append(
     Ok(Append::Appended(rec))
 }
 
-/// The newest messages before `before_seq` whose estimated tokens fit `budget`, oldest
-/// first. Reads newest-first along the table's (thread_id, seq) key and stops at the
+/// The newest messages before `before_seq` (and after `after`) whose estimated tokens
+/// fit `budget`, oldest first. Reads newest-first along the table's (thread_id, seq) key and stops at the
 /// budget: the cost is bounded by the budget, not by the thread's length.
 fn recent_history(
     c: &Connection,
     thread_id: &str,
     before_seq: i64,
+    after: i64,
     budget: HistoryBudget,
 ) -> StoreResult<Vec<MessageRecord>> {
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = ?1 AND seq < ?2 ORDER BY seq DESC"
+        "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = ?1 AND seq < ?2 AND seq > ?3
+         ORDER BY seq DESC"
     ))?;
-    let mut rows = stmt.query(params![thread_id, before_seq])?;
+    let mut rows = stmt.query(params![thread_id, before_seq, after])?;
     let mut fill = HistoryFill::new(budget);
     while let Some(row) = rows.next()? {
         if !fill.offer(message_row(row)?) {
@@ -251,6 +253,7 @@ impl ThreadStore for SqliteStore {
         question: NewMessage,
         max_messages: u32,
         budget: HistoryBudget,
+        after: i64,
     ) -> StoreResult<TurnStart> {
         let o = owner.clone();
         let id = id.to_owned();
@@ -258,7 +261,7 @@ impl ThreadStore for SqliteStore {
         // whose durable commit also puts this one on disk (one fsync per turn).
         self.write_deferred(move |c| match append(c, &o, &id, question, max_messages)? {
             Append::Appended(message) => {
-                let history = recent_history(c, &id, message.seq, budget)?;
+                let history = recent_history(c, &id, message.seq, after, budget)?;
                 Ok(TurnStart::Started { history, message })
             }
             Append::NotFound => Ok(TurnStart::NotFound),
