@@ -66,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/11_session_dpop.sql"),
     include_str!("migrations/12_audit_chain.sql"),
     include_str!("migrations/13_messages_by_thread.sql"),
+    include_str!("migrations/14_thread_index_without_time.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
