@@ -120,6 +120,21 @@ pub struct NewMessage {
     pub now: i64,
 }
 
+impl NewMessage {
+    /// The message as stored at `seq`, at `created_at`.
+    pub fn stored(self, seq: i64, created_at: i64) -> MessageRecord {
+        MessageRecord {
+            id: self.id,
+            seq,
+            role: self.role,
+            content: self.content,
+            citations: self.citations,
+            tool: self.tool,
+            created_at,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum CreateThread {
     Created(ThreadRecord),

@@ -82,7 +82,9 @@ async fn owned_thread(
 /// without waiting for the WAL flush (the statement is its own transaction, and
 /// `set_config(…, true)` lasts until its commit): a turn's question, made durable by
 /// the answer's synchronous commit that follows (the WAL is flushed in order).
-const APPEND: &str = "
+macro_rules! append_ctes {
+    () => {
+        "
 WITH durability AS (
     SELECT set_config('synchronous_commit', CASE WHEN $11 THEN 'on' ELSE 'off' END, true)
 ), t AS (
@@ -98,9 +100,16 @@ WITH durability AS (
     UPDATE threads SET message_count = threads.message_count + 1, updated_at = ins.created_at
     FROM ins WHERE threads.id = $1
     RETURNING threads.id
-)
+)"
+    };
+}
+
+const APPEND: &str = concat!(
+    append_ctes!(),
+    "
 SELECT ins.seq, ins.created_at, (SELECT count(*) FROM counted), (SELECT 1 FROM durability)
-FROM t LEFT JOIN ins ON TRUE";
+FROM t LEFT JOIN ins ON TRUE"
+);
 
 /// [`APPEND`] for a turn's question, with the newest batch of its history in the same
 /// statement (one round trip): the messages after `$13` (what the caller holds),
@@ -108,23 +117,9 @@ FROM t LEFT JOIN ins ON TRUE";
 /// none). The statement's snapshot is taken before it waits for the thread's lock, so a
 /// message appended by a request that held the lock meanwhile is missing from the
 /// batch; [`begin_turn`](ThreadStore::begin_turn) sees the gap and reads again.
-const BEGIN_TURN: &str = "
-WITH durability AS (
-    SELECT set_config('synchronous_commit', CASE WHEN $11 THEN 'on' ELSE 'off' END, true)
-), t AS (
-    SELECT id, message_count, updated_at FROM threads
-    WHERE id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)
-    FOR UPDATE
-), ins AS (
-    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool)
-    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12
-    FROM t WHERE t.message_count < $10
-    RETURNING seq, created_at
-), counted AS (
-    UPDATE threads SET message_count = threads.message_count + 1, updated_at = ins.created_at
-    FROM ins WHERE threads.id = $1
-    RETURNING threads.id
-), fresh AS (
+const BEGIN_TURN: &str = concat!(
+    append_ctes!(),
+    ", fresh AS (
     SELECT id, seq, role, content, citations, created_at, tool FROM messages
     WHERE thread_id = $1 AND seq > $13
     ORDER BY seq DESC LIMIT $14
@@ -132,7 +127,8 @@ WITH durability AS (
 SELECT ins.seq, ins.created_at, (SELECT count(*) FROM counted), (SELECT 1 FROM durability),
        f.id, f.seq, f.role, f.content, f.citations, f.created_at, f.tool
 FROM t LEFT JOIN ins ON TRUE LEFT JOIN fresh f ON ins.seq IS NOT NULL
-ORDER BY f.seq DESC";
+ORDER BY f.seq DESC"
+);
 
 /// The appended message, from the columns `seq, created_at` of an [`APPEND`] row: `Full`
 /// when the thread had no room (both NULL).
@@ -140,15 +136,7 @@ fn appended(r: &Row, msg: NewMessage) -> StoreResult<Append> {
     let seq: Option<i64> = r.try_get(0)?;
     let created_at: Option<i64> = r.try_get(1)?;
     Ok(match (seq, created_at) {
-        (Some(seq), Some(created_at)) => Append::Appended(MessageRecord {
-            id: msg.id,
-            seq,
-            role: msg.role,
-            content: msg.content,
-            citations: msg.citations,
-            tool: msg.tool,
-            created_at,
-        }),
+        (Some(seq), Some(created_at)) => Append::Appended(msg.stored(seq, created_at)),
         _ => Append::Full,
     })
 }

@@ -97,15 +97,7 @@ fn append(
     // Timestamps never go backwards within a thread, whatever the callers' clocks say.
     let now = msg.now.max(thread.updated_at);
     let seq = i64::from(thread.message_count) + 1;
-    let rec = MessageRecord {
-        id: msg.id,
-        seq,
-        role: msg.role,
-        content: msg.content,
-        citations: msg.citations,
-        tool: msg.tool,
-        created_at: now,
-    };
+    let rec = msg.stored(seq, now);
     let citations = serde_json::to_string(&rec.citations)?;
     let tool = rec.tool.as_ref().map(serde_json::to_string).transpose()?;
     c.prepare_cached(
