@@ -257,14 +257,15 @@ impl Fill {
         self.keep.open
     }
 
-    /// Offers the held messages up to and including `upto`, newest first. `false` if
-    /// they do not reach `upto` (the entry ends earlier or starts later).
-    pub(super) fn offer_held(&mut self, held: &Entry, upto: i64) -> bool {
+    /// Offers the held messages up to and including `upto`, newest first; none if they
+    /// do not reach `upto` (the entry ends earlier or starts later: the older pages
+    /// from the store fill in).
+    pub(super) fn offer_held(&mut self, held: &Entry, upto: i64) {
         let Some(first) = held.messages.first().map(|m| m.rec.seq) else {
-            return false;
+            return;
         };
         if upto < first || upto > held.last_seq() {
-            return false;
+            return;
         }
         // Contiguous: message `seq` sits at index `seq - first`.
         let end = usize::try_from(upto - first).unwrap_or(0) + 1;
@@ -273,7 +274,6 @@ impl Fill {
                 break;
             }
         }
-        true
     }
 
     /// Whether the next older message to offer is `seq`: everything newer was offered.
@@ -282,8 +282,8 @@ impl Fill {
     }
 
     /// The turn's budget is filled, or there is nothing older (the oldest offered is
-    /// the thread's first message, or nothing was offered and `first_seq` is the
-    /// question's).
+    /// the thread's first message, or nothing was offered and the question is the
+    /// thread's first).
     pub(super) fn turn_done(&self, question_seq: i64) -> bool {
         !self.turn.open || self.oldest.unwrap_or(question_seq) <= 1
     }
