@@ -15,6 +15,8 @@ async fn main() {
         .unwrap_or_else(|| "127.0.0.1:9100".into());
     let m = mock::Mock::start_on(&addr).await;
     m.set_chunk_delay(0);
+    // The benchmarks measure palisade; the tests check what reaches the upstream.
+    m.set_strict(false);
     if let Some(n) = std::env::var("MOCK_ANSWER_CHARS")
         .ok()
         .and_then(|v| v.parse().ok())

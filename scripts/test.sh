@@ -17,16 +17,18 @@ export RUSTC_WORKSPACE_WRAPPER="${RUSTC_WORKSPACE_WRAPPER:-$(command -v clippy-d
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 cargo test --locked --all-targets --no-run
 
-# Real clients, in a private venv: the official OpenAI Python SDK and LangChain's
-# ChatOpenAI (compatibility and tool loops), the official MCP Python SDK, and
-# Schemathesis (fuzzes the live server against /openapi.json; pinned, so that its
-# generated cases are the same on every run).
+# Real clients, in a private venv: the official OpenAI Python SDK, LangChain's
+# ChatOpenAI and the OpenAI Agents SDK (compatibility, structured output and tool
+# loops, on chat completions and the Responses API), the official MCP Python SDK, and
+# Schemathesis (fuzzes the live server against /openapi.json). All pinned: the same
+# clients (and the same generated cases) on every run; a changed list reinstalls.
 PYENV=target/pyenv
-if ! "$PYENV/bin/python" -c "import openai, langchain_openai, mcp" 2>/dev/null \
-   || [ "$("$PYENV/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
+PYREQS="openai==3.63.0 langchain-openai==1.8.1 openai-agents==0.24.0 mcp==2.3.0 schemathesis==4.32.5"
+if [ "$(cat "$PYENV/.requirements" 2>/dev/null)" != "$PYREQS" ]; then
   python3 -m venv "$PYENV"
-  "$PYENV/bin/pip" install --quiet --disable-pip-version-check \
-    "openai>=1.40,<3" "langchain-openai>=0.3,<2" "mcp>=1.9,<3" "schemathesis==4.32.5"
+  # shellcheck disable=SC2086 # one word per requirement
+  "$PYENV/bin/pip" install --quiet --disable-pip-version-check $PYREQS
+  echo "$PYREQS" > "$PYENV/.requirements"
 fi
 export PALISADE_TEST_PYTHON="$PWD/$PYENV/bin/python"
 

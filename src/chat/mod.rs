@@ -25,7 +25,7 @@ use futures_util::stream::BoxStream;
 use crate::access::{ClientInfo, Principal};
 use crate::audit::Audit;
 use crate::llm::{
-    Call, ChatMessage, Completion, Delta, LlmError, Model, Models, Options, ToolCall,
+    Call, ChatMessage, Choice, Completion, Delta, LlmError, Model, Models, Options, ToolCall,
     ToolCallAssembler, Usage,
 };
 use crate::rag::{Rag, RagError, citations};
@@ -66,10 +66,64 @@ pub enum Conversation {
     /// A turn in one of the caller's threads: only the turn's new messages (a question,
     /// or results of the tool calls the stored answer asked for) are taken from the
     /// client; the history is the stored one.
-    Thread { id: String, input: Vec<TurnInput> },
+    Thread {
+        id: String,
+        input: Vec<TurnInput>,
+        /// The client's `system`/`developer` messages: this turn's instructions, placed
+        /// after palisade's system prompt and never stored.
+        instructions: Vec<ChatMessage>,
+    },
     /// A stateless completion: the client's own conversation (nothing is stored). The
     /// last user message is the retrieval query.
     Stateless { messages: Vec<ChatMessage> },
+}
+
+/// A thread turn as a client sent it, taken apart: the new messages (what follows the
+/// last assistant message: tool results, and the last user message's text), and the
+/// client's `system`/`developer` messages wherever they stand (this turn's
+/// instructions, never stored). Everything else the client sent (history, assistant
+/// messages) is ignored: the stored thread is the history.
+pub fn thread_turn(
+    messages: Vec<ChatMessage>,
+) -> Result<(Vec<TurnInput>, Vec<ChatMessage>), ChatError> {
+    let tail_start = messages
+        .iter()
+        .rposition(|m| m.role == Role::Assistant)
+        .map_or(0, |i| i + 1);
+    let mut input = Vec::new();
+    let mut instructions = Vec::new();
+    let mut question = None;
+    for (i, m) in messages.into_iter().enumerate() {
+        match m.role.role {
+            Role::System => instructions.push(m),
+            _ if i < tail_start => {}
+            Role::Tool => {
+                let call_id = m
+                    .tool_call_id
+                    .clone()
+                    .filter(|c| !c.is_empty())
+                    .ok_or(ChatError::Invalid("A tool message needs a tool_call_id."))?;
+                input.push(TurnInput::ToolResult {
+                    call_id,
+                    content: m.text().into_owned(),
+                });
+            }
+            Role::User => {
+                if m.has_image() {
+                    return Err(ChatError::Invalid(
+                        "Images are not stored in threads; send them without a stored conversation.",
+                    ));
+                }
+                question = Some(m.text().into_owned());
+            }
+            Role::Assistant => {}
+        }
+    }
+    input.extend(question.map(TurnInput::Question));
+    if input.is_empty() {
+        return Err(ChatError::Invalid("A user message is required."));
+    }
+    Ok((input, instructions))
 }
 
 /// One chat request: the conversation, the model it names (or the default), and the
@@ -87,6 +141,7 @@ impl ChatRequest {
             conversation: Conversation::Thread {
                 id,
                 input: vec![TurnInput::Question(question)],
+                instructions: Vec::new(),
             },
             model: None,
             options: Options::default(),
@@ -103,6 +158,13 @@ pub struct Answer {
     /// Calls of the client's own tools the model asks for.
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: String,
+    /// The model's refusal, as it gave it.
+    pub refusal: Option<String>,
+    /// The answer's `logprobs` (non-streamed; streamed ones travel with their pieces).
+    pub logprobs: Option<serde_json::Value>,
+    pub system_fingerprint: Option<String>,
+    /// Choices after the first, when the request asked for `n > 1`.
+    pub more: Vec<Choice>,
     /// Summed over every upstream call of the answer; `None` if the upstream sent none.
     pub usage: Option<Usage>,
     pub citations: Vec<Citation>,
@@ -272,14 +334,31 @@ impl ChatService {
             .ok_or(ChatError::ModelNotAllowed)?;
         let search_tool = self.search_tool && model.calls_tools();
         let mut options = req.options;
-        validate::options(&mut options, &model, search_tool)?;
-        if let Conversation::Stateless { messages } = &req.conversation {
-            validate::messages(messages, &model, &self.threads)?;
+        let stateless = matches!(req.conversation, Conversation::Stateless { .. });
+        validate::options(&mut options, &model, search_tool, stateless)?;
+        match &req.conversation {
+            Conversation::Stateless { messages } => {
+                validate::messages(messages, &model, &self.threads)?
+            }
+            Conversation::Thread { instructions, .. } => {
+                validate::messages(instructions, &model, &self.threads)?
+            }
         }
         // 3. Ownership and the stored turn, before any retrieval or model call.
-        let (thread, history) = match req.conversation {
-            Conversation::Thread { id, input } => {
-                let new_cost: usize = input.iter().map(|i| approx_tokens(i.content())).sum();
+        let (thread, history, instructions) = match req.conversation {
+            Conversation::Thread {
+                id,
+                input,
+                instructions,
+            } => {
+                let new_cost: usize = input
+                    .iter()
+                    .map(|i| approx_tokens(i.content()))
+                    .sum::<usize>()
+                    + instructions
+                        .iter()
+                        .map(|m| approx_tokens(&m.text()))
+                        .sum::<usize>();
                 let budget = self
                     .history_budget_tokens
                     .saturating_sub(approx_tokens(&self.system_prompt) + new_cost);
@@ -297,9 +376,9 @@ impl ChatService {
                     .filter(|m| cites_only(m, &readable))
                     .map(prompt::from_record)
                     .collect();
-                (Some(id), history)
+                (Some(id), history, instructions)
             }
-            Conversation::Stateless { messages } => (None, messages),
+            Conversation::Stateless { messages } => (None, messages, Vec::new()),
         };
         let history = prompt::well_formed(history);
         let question = history
@@ -318,7 +397,12 @@ impl ChatService {
                 .await?
         };
         // 5. The prompt, built here.
-        let prompt = prompt::build(&self.system_prompt, context_block(&passages), history);
+        let prompt = prompt::build(
+            &self.system_prompt,
+            instructions,
+            context_block(&passages),
+            history,
+        );
         Ok(Prepared {
             thread,
             model,
@@ -478,6 +562,10 @@ impl ChatService {
             content: completion.content,
             tool_calls: completion.tool_calls,
             finish_reason: completion.finish_reason,
+            refusal: completion.refusal,
+            logprobs: completion.logprobs,
+            system_fingerprint: completion.system_fingerprint,
+            more: completion.more,
             usage,
             citations: cites,
             stored,
@@ -517,12 +605,14 @@ impl ChatService {
             let mut upstream = first;
             let mut full = String::new();
             let mut usage: Option<Usage> = None;
+            let mut fingerprint: Option<String> = None;
             let mut step = 0;
             loop {
                 let mut router = tools::DeltaRouter::new(prep.search_tool);
                 let mut calls = ToolCallAssembler::default();
                 let mut content = String::new();
                 let mut finish = None;
+                let mut refusal: Option<String> = None;
                 while let Some(item) = upstream.next().await {
                     match item {
                         Ok(Delta::Content(t)) => {
@@ -538,6 +628,18 @@ impl ChatService {
                         }
                         Ok(Delta::Finish(r)) => finish = Some(r),
                         Ok(Delta::Usage(u)) => add_usage(&mut usage, Some(&u)),
+                        Ok(Delta::Refusal(t)) => {
+                            meter.answer_chars += t.len();
+                            refusal.get_or_insert_with(String::new).push_str(&t);
+                            yield ChatEvent::Delta(Delta::Refusal(t));
+                        }
+                        Ok(Delta::Fingerprint(f)) => {
+                            fingerprint = Some(f.clone());
+                            yield ChatEvent::Delta(Delta::Fingerprint(f));
+                        }
+                        Ok(d @ (Delta::Logprobs(_) | Delta::Other { .. })) => {
+                            yield ChatEvent::Delta(d);
+                        }
                         Err(e) => {
                             yield ChatEvent::Failed(ChatError::Llm(e));
                             return;
@@ -570,6 +672,10 @@ impl ChatService {
                         content: full,
                         tool_calls: theirs,
                         finish_reason,
+                        refusal,
+                        logprobs: None,
+                        system_fingerprint: fingerprint,
+                        more: Vec::new(),
                         usage,
                         citations: cites,
                         stored,

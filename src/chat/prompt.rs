@@ -28,7 +28,7 @@ pub fn well_formed(conversation: Vec<ChatMessage>) -> Vec<ChatMessage> {
     let mut out: Vec<ChatMessage> = Vec::with_capacity(conversation.len());
     let mut iter = conversation.into_iter().peekable();
     while let Some(m) = iter.next() {
-        match m.role {
+        match m.role.role {
             Role::Tool => {} // an orphan: its call is not in the prompt
             Role::Assistant if !m.tool_calls.is_empty() => {
                 let mut results = Vec::new();
@@ -56,14 +56,17 @@ pub fn well_formed(conversation: Vec<ChatMessage>) -> Vec<ChatMessage> {
     out
 }
 
-/// System prompt, retrieved context (if any), then the conversation.
+/// System prompt, the client's instructions for a thread turn, retrieved context (if
+/// any), then the conversation.
 pub fn build(
     system_prompt: &str,
+    instructions: Vec<ChatMessage>,
     context: Option<String>,
     conversation: Vec<ChatMessage>,
 ) -> Vec<ChatMessage> {
-    let mut prompt = Vec::with_capacity(conversation.len() + 2);
+    let mut prompt = Vec::with_capacity(conversation.len() + instructions.len() + 2);
     prompt.push(ChatMessage::new(Role::System, system_prompt));
+    prompt.extend(instructions);
     if let Some(c) = context {
         prompt.push(ChatMessage::new(Role::System, c));
     }

@@ -19,6 +19,9 @@ const MAX_TOOLS: usize = 128;
 const MAX_STOP: usize = 4;
 const MAX_STOP_CHARS: usize = 256;
 const MAX_IMAGES: usize = 16;
+/// Answers per request: each is paid for, and budgets are charged after the fact.
+const MAX_CHOICES: u32 = 8;
+const MAX_LOGIT_BIAS: usize = 1024;
 
 fn invalid(m: &'static str) -> ChatError {
     ChatError::Invalid(m)
@@ -36,7 +39,49 @@ fn in_range(v: Option<f64>, lo: f64, hi: f64) -> bool {
 }
 
 /// Validates and bounds `o` for `model`; adds `search_documents` when palisade offers it.
-pub fn options(o: &mut Options, model: &Model, search_tool: bool) -> Result<(), ChatError> {
+/// `stateless`: the answer is not stored in a thread (so several choices may be asked).
+pub fn options(
+    o: &mut Options,
+    model: &Model,
+    search_tool: bool,
+    stateless: bool,
+) -> Result<(), ChatError> {
+    match o.n {
+        Some(0) => return Err(invalid("n must be at least 1.")),
+        Some(n) if n > MAX_CHOICES => return Err(invalid("n may be at most 8.")),
+        Some(n) if n > 1 && !stateless => {
+            return Err(invalid(
+                "n above 1 is not available with X-Palisade-Thread: a thread stores one answer.",
+            ));
+        }
+        Some(n) if n > 1 && search_tool => {
+            return Err(invalid(
+                "n above 1 is not available while palisade offers search_documents (rag.tool).",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(k) = o.top_logprobs {
+        if k > 20 {
+            return Err(invalid("top_logprobs must be between 0 and 20."));
+        }
+        if o.logprobs != Some(true) {
+            return Err(invalid("top_logprobs needs logprobs set to true."));
+        }
+    }
+    if let Some(bias) = &o.logit_bias {
+        if bias.len() > MAX_LOGIT_BIAS {
+            return Err(invalid("logit_bias takes at most 1024 tokens."));
+        }
+        let valid = bias.iter().all(|(token, v)| {
+            token.parse::<u32>().is_ok() && v.as_i64().is_some_and(|b| (-100..=100).contains(&b))
+        });
+        if !valid {
+            return Err(invalid(
+                "logit_bias maps token ids to whole numbers between -100 and 100.",
+            ));
+        }
+    }
     if !in_range(o.temperature, 0.0, 2.0) {
         return Err(invalid("temperature must be between 0 and 2."));
     }
@@ -143,12 +188,14 @@ pub fn messages(msgs: &[ChatMessage], model: &Model, threads: &Threads) -> Resul
     let mut images = 0;
     for m in msgs {
         let text = m.text();
-        match m.role {
+        match m.role.role {
             Role::User | Role::System => threads.validate_content(&text)?,
             Role::Assistant => {
                 threads.validate_length(&text)?;
-                if m.content.is_none() && m.tool_calls.is_empty() {
-                    return Err(invalid("An assistant message needs content or tool_calls."));
+                if m.content.is_none() && m.tool_calls.is_empty() && m.refusal.is_none() {
+                    return Err(invalid(
+                        "An assistant message needs content, a refusal or tool_calls.",
+                    ));
                 }
             }
             Role::Tool => {
@@ -160,6 +207,13 @@ pub fn messages(msgs: &[ChatMessage], model: &Model, threads: &Threads) -> Resul
         }
         if let Some(Content::Parts(parts)) = &m.content {
             for p in parts {
+                if let ContentPart::Refusal { .. } = p
+                    && m.role != Role::Assistant
+                {
+                    return Err(invalid(
+                        "Only assistant messages may contain a refusal part.",
+                    ));
+                }
                 if let ContentPart::ImageUrl { image_url } = p {
                     if m.role != Role::User {
                         return Err(invalid("Only user messages may contain images."));

@@ -13,6 +13,7 @@ pub mod middleware;
 pub mod openai_routes;
 pub mod openapi;
 pub mod ops;
+pub mod responses_routes;
 pub mod server;
 pub mod threads_routes;
 pub mod web;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth_routes::router())
         .merge(threads_routes::router())
         .merge(openai_routes::router())
+        .merge(responses_routes::router())
         .merge(documents_routes::router())
         .merge(admin::router())
         .merge(ops::router())

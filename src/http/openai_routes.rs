@@ -21,10 +21,10 @@ use std::convert::Infallible;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Auth, Client, Json};
-use crate::chat::{ChatEvent, ChatRequest, Conversation, TurnInput};
+use crate::chat::{ChatEvent, ChatRequest, Conversation};
 use crate::llm::{
-    ChatMessage, Content, ContentPart, Delta, Options, ResponseFormat, Stop, ToolCall, ToolChoice,
-    ToolDef,
+    ChatMessage, Choice, Content, ContentPart, Delta, Options, ReasoningEffort, ResponseFormat,
+    RoleOnWire, Stop, ToolCall, ToolChoice, ToolDef, Verbosity,
 };
 use crate::store::Role;
 
@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
 }
 
 pub const THREAD_HEADER: &str = "x-palisade-thread";
@@ -73,6 +74,16 @@ pub struct CompletionRequest {
     tool_choice: Option<ToolChoice>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
+    logit_bias: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    reasoning_effort: Option<ReasoningEffort>,
+    #[serde(default)]
+    verbosity: Option<Verbosity>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +99,10 @@ struct InMessage {
     #[serde(default)]
     content: Option<Box<RawValue>>,
     #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
     tool_calls: Option<Vec<ToolCall>>,
     #[serde(default)]
     tool_call_id: Option<String>,
@@ -98,16 +113,22 @@ fn unprocessable(m: &str) -> ApiError {
 }
 
 impl InMessage {
-    fn role(&self) -> Result<Role, ApiError> {
-        match self.role.as_str() {
-            "system" | "developer" => Ok(Role::System),
-            "user" => Ok(Role::User),
-            "assistant" => Ok(Role::Assistant),
-            "tool" => Ok(Role::Tool),
-            _ => Err(unprocessable(
-                "A message's role must be system, developer, user, assistant or tool.",
-            )),
-        }
+    fn role(&self) -> Result<RoleOnWire, ApiError> {
+        let role = match self.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            _ => {
+                return Err(unprocessable(
+                    "A message's role must be system, developer, user, assistant or tool.",
+                ));
+            }
+        };
+        Ok(RoleOnWire {
+            role,
+            developer: self.role == "developer",
+        })
     }
 
     /// A string, or an array of text and image_url parts.
@@ -126,7 +147,11 @@ impl InMessage {
         if text.starts_with('[') {
             return serde_json::from_str::<Vec<ContentPart>>(text)
                 .map(|parts| Some(Content::Parts(parts)))
-                .map_err(|_| unprocessable("Only text and image_url content parts are accepted."));
+                .map_err(|_| {
+                    unprocessable(
+                        "Only text, image_url and (for an assistant) refusal content parts are accepted.",
+                    )
+                });
         }
         if text == "null" {
             return Ok(None);
@@ -147,9 +172,15 @@ impl InMessage {
         if role != Role::Assistant && self.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) {
             return Err(unprocessable("Only assistant messages carry tool_calls."));
         }
+        if role != Role::Assistant && self.refusal.is_some() {
+            return Err(unprocessable("Only assistant messages carry a refusal."));
+        }
         Ok(ChatMessage {
             role,
             content,
+            // A tool message has no name in the protocol.
+            name: self.name.filter(|_| role != Role::Tool),
+            refusal: self.refusal,
             tool_calls: self.tool_calls.unwrap_or_default(),
             tool_call_id: if role == Role::Tool {
                 self.tool_call_id
@@ -175,53 +206,18 @@ impl CompletionRequest {
             tools: self.tools.take().unwrap_or_default(),
             tool_choice: self.tool_choice.take(),
             parallel_tool_calls: self.parallel_tool_calls,
+            n: self.n,
+            logprobs: self.logprobs,
+            top_logprobs: self.top_logprobs,
+            logit_bias: self.logit_bias.take(),
+            reasoning_effort: self.reasoning_effort,
+            verbosity: self.verbosity,
             include_usage: self
                 .stream_options
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
         }
     }
-}
-
-/// The new messages of a thread turn: what follows the request's last assistant
-/// message — tool results, and the last user message. Everything before it (history,
-/// system prompts, assistant messages) is the stored thread's, not the client's.
-fn thread_input(messages: Vec<InMessage>) -> Result<Vec<TurnInput>, ApiError> {
-    let tail_start = messages
-        .iter()
-        .rposition(|m| m.role == "assistant")
-        .map_or(0, |i| i + 1);
-    let mut input = Vec::new();
-    let mut question = None;
-    for m in messages.into_iter().skip(tail_start) {
-        let msg = m.into_message()?;
-        match msg.role {
-            Role::Tool => input.push(TurnInput::ToolResult {
-                call_id: msg.tool_call_id.clone().unwrap_or_default(),
-                content: msg.text().into_owned(),
-            }),
-            Role::User => {
-                if msg.has_image() {
-                    return Err(unprocessable(
-                        "Images are not stored in threads; send them without X-Palisade-Thread.",
-                    ));
-                }
-                question = Some(msg.text().into_owned());
-            }
-            _ => {}
-        }
-    }
-    if input
-        .iter()
-        .any(|i| matches!(i, TurnInput::ToolResult { call_id, .. } if call_id.is_empty()))
-    {
-        return Err(unprocessable("A tool message needs a tool_call_id."));
-    }
-    input.extend(question.map(TurnInput::Question));
-    if input.is_empty() {
-        return Err(unprocessable("A user message is required."));
-    }
-    Ok(input)
 }
 
 #[utoipa::path(
@@ -253,11 +249,6 @@ pub async fn chat_completions(
     if req.messages.is_empty() {
         return Err(unprocessable("messages must not be empty."));
     }
-    if req.n.is_some_and(|n| n != 1) {
-        return Err(unprocessable(
-            "n other than 1 is not supported; send separate requests.",
-        ));
-    }
     let options = req.options();
     let include_usage = options.include_usage;
     let messages = std::mem::take(&mut req.messages);
@@ -266,9 +257,15 @@ pub async fn chat_completions(
         // replaces whatever the client sent.
         Some(v) => {
             let id = v.to_str().map_err(|_| ApiError::NotFound)?.to_owned();
+            let messages = messages
+                .into_iter()
+                .map(InMessage::into_message)
+                .collect::<Result<Vec<_>, ApiError>>()?;
+            let (input, instructions) = crate::chat::thread_turn(messages)?;
             Conversation::Thread {
                 id,
-                input: thread_input(messages)?,
+                input,
+                instructions,
             }
         }
         None => Conversation::Stateless {
@@ -288,21 +285,29 @@ pub async fn chat_completions(
 
     if !req.stream.unwrap_or(false) {
         let a = s.chat.complete(&p, chat_req, &client).await?;
-        let mut message = json!({
-            "role": "assistant",
-            "content": if a.content.is_empty() && !a.tool_calls.is_empty() { Value::Null } else { json!(a.content) },
-            "refusal": Value::Null,
-        });
-        if !a.tool_calls.is_empty() {
-            message["tool_calls"] = json!(a.tool_calls);
-        }
-        return Ok(axum::Json(json!({
+        let empty = a.content.is_empty() && (!a.tool_calls.is_empty() || a.refusal.is_some());
+        let first = Choice {
+            content: (!empty).then_some(a.content),
+            tool_calls: a.tool_calls,
+            finish_reason: a.finish_reason,
+            refusal: a.refusal,
+            logprobs: a.logprobs,
+        };
+        let choices: Vec<Value> = std::iter::once(first)
+            .chain(a.more)
+            .enumerate()
+            .map(|(i, c)| choice_json(i, c))
+            .collect();
+        let mut body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": a.model,
-            "choices": [{"index": 0, "message": message, "logprobs": Value::Null, "finish_reason": a.finish_reason}],
+            "choices": choices,
             "usage": a.usage.unwrap_or_default(),
             "citations": a.citations,
-        }))
-        .into_response());
+        });
+        if let Some(f) = a.system_fingerprint {
+            body["system_fingerprint"] = json!(f);
+        }
+        return Ok(axum::Json(body).into_response());
     }
 
     // The model the chunks name: the caller's, or the default (which the chat service
@@ -312,11 +317,25 @@ pub async fn chat_completions(
         .clone()
         .unwrap_or_else(|| s.chat.default_model().to_owned());
     let stream = s.chat.stream(&p, chat_req, &client).await?;
-    let chunk = move |model: &str, delta: Value, finish: Value| {
-        json!({
+    // The upstream's fingerprint, once it has named one, on every later chunk (as
+    // OpenAI sends it).
+    let fingerprint = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let fp = fingerprint.clone();
+    let chunk_at = move |model: &str, index: u32, delta: Value, finish: Value, logprobs: Value| {
+        let mut c = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": Value::Null, "finish_reason": finish}],
-        })
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+        });
+        if let Some(f) = fp.lock().ok().and_then(|f| f.clone()) {
+            c["system_fingerprint"] = json!(f);
+        }
+        c
+    };
+    let chunk = {
+        let chunk_at = chunk_at.clone();
+        move |model: &str, delta: Value, finish: Value| {
+            chunk_at(model, 0, delta, finish, Value::Null)
+        }
     };
     let first = Event::default().data(
         chunk(
@@ -354,6 +373,36 @@ pub async fn chat_completions(
                     ),
                 ]
             }
+            ChatEvent::Delta(Delta::Refusal(r)) => vec![
+                Event::default()
+                    .data(chunk(&shown, json!({"refusal": r}), Value::Null).to_string()),
+            ],
+            ChatEvent::Delta(Delta::Logprobs(lp)) => vec![
+                Event::default().data(chunk_at(&shown, 0, json!({}), Value::Null, lp).to_string()),
+            ],
+            ChatEvent::Delta(Delta::Fingerprint(f)) => {
+                if let Ok(mut slot) = fingerprint.lock() {
+                    *slot = Some(f);
+                }
+                Vec::new()
+            }
+            ChatEvent::Delta(Delta::Other {
+                index,
+                delta,
+                finish_reason,
+                logprobs,
+            }) => vec![
+                Event::default().data(
+                    chunk_at(
+                        &shown,
+                        index,
+                        delta,
+                        json!(finish_reason),
+                        logprobs.unwrap_or(Value::Null),
+                    )
+                    .to_string(),
+                ),
+            ],
             ChatEvent::Delta(_) => Vec::new(),
             ChatEvent::Done(a) => {
                 let mut last = chunk(&shown, json!({}), json!(a.finish_reason));
@@ -383,6 +432,49 @@ pub async fn chat_completions(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// One model, if the caller may use it; an unknown model and a forbidden one answer
+/// alike.
+#[utoipa::path(
+    get, path = "/v1/models/{id}", tag = "openai", security(("bearer" = [])),
+    params(("id" = String, Path, description = "A model name (it may contain `/`).")),
+    responses(
+        (status = 200, description = "The model.", body = crate::http::openapi::ModelBody),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such model for the caller (unknown or not allowed: one answer).", body = crate::http::openapi::ErrorBody),
+    )
+)]
+pub async fn model(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let m = s
+        .chat
+        .models_for(&p)
+        .into_iter()
+        .find(|m| m.name() == id)
+        .ok_or(ApiError::NotFound)?;
+    Ok(
+        axum::Json(
+            json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "palisade"}),
+        )
+        .into_response(),
+    )
+}
+
+/// One choice of a chat.completion, in OpenAI's shape.
+fn choice_json(index: usize, c: Choice) -> Value {
+    let mut message = json!({
+        "role": "assistant",
+        "content": c.content,
+        "refusal": c.refusal,
+    });
+    if !c.tool_calls.is_empty() {
+        message["tool_calls"] = json!(c.tool_calls);
+    }
+    json!({"index": index, "message": message, "logprobs": c.logprobs, "finish_reason": c.finish_reason})
 }
 
 /// The models the caller may use: what `model` may name.

@@ -58,6 +58,8 @@ pub async fn spec() -> Response {
         super::threads_routes::post_message,
         super::openai_routes::chat_completions,
         super::openai_routes::models,
+        super::openai_routes::model,
+        super::responses_routes::responses,
         super::documents_routes::create,
         super::documents_routes::list,
         super::documents_routes::get_document,
@@ -344,15 +346,52 @@ pub struct CompletionBody {
     pub tools: Option<Vec<serde_json::Value>>,
     pub tool_choice: Option<serde_json::Value>,
     pub parallel_tool_calls: Option<bool>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+    /// Token ids (decimal strings) to whole numbers from -100 to 100.
+    pub logit_bias: Option<serde_json::Value>,
+    /// `none`, `minimal`, `low`, `medium`, `high`, `xhigh` or `max`.
+    pub reasoning_effort: Option<String>,
+    /// `low`, `medium` or `high`.
+    pub verbosity: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct InMessageBody {
     pub role: RoleBody,
-    /// A string, or an array of `text` and `image_url` parts.
+    /// A string, or an array of `text` and `image_url` (and, for an assistant,
+    /// `refusal`) parts.
     pub content: Option<serde_json::Value>,
+    pub name: Option<String>,
+    pub refusal: Option<String>,
     pub tool_calls: Option<Vec<serde_json::Value>>,
     pub tool_call_id: Option<String>,
+}
+
+/// The OpenAI Responses request; only the fields listed are read.
+#[derive(Deserialize, ToSchema)]
+pub struct ResponsesBody {
+    pub model: Option<String>,
+    /// A string, or an array of input items (`message`, `function_call`,
+    /// `function_call_output`, `reasoning`).
+    pub input: serde_json::Value,
+    pub instructions: Option<String>,
+    /// Function tools (`{"type": "function", "name", "parameters", "strict"}`).
+    pub tools: Option<Vec<serde_json::Value>>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_output_tokens: Option<u32>,
+    pub stream: Option<bool>,
+    /// Keep the conversation (as one of the caller's threads); off unless set.
+    pub store: Option<bool>,
+    /// Continue a kept conversation (404 unless it is one of the caller's).
+    pub previous_response_id: Option<String>,
+    /// `{"format": {"type": "text" | "json_object" | "json_schema", …}, "verbosity"}`.
+    pub text: Option<serde_json::Value>,
+    /// `{"effort": …}`.
+    pub reasoning: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -374,6 +413,7 @@ pub struct CompletionResponseBody {
     pub model: String,
     pub choices: Vec<serde_json::Value>,
     pub usage: Option<serde_json::Value>,
+    pub system_fingerprint: Option<String>,
     pub citations: Option<Vec<CitationBody>>,
 }
 

@@ -15,20 +15,61 @@ pub use crate::store::{FunctionCall, ToolCall, ToolKind};
 /// One message of a prompt, in the OpenAI shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatMessage {
-    pub role: Role,
-    /// `None` only for an assistant message that carries nothing but tool calls.
+    #[serde(serialize_with = "wire_role", rename = "role")]
+    pub role: RoleOnWire,
+    /// `None` only for an assistant message that carries nothing but tool calls (or a
+    /// refusal).
     pub content: Option<Content>,
+    /// The participant's name, relayed as the client gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An assistant message's refusal, as the model gave it (history sent back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
 }
 
+/// A message's role, plus whether a `system` message came as `developer` (the name
+/// OpenAI's newer models give it): relayed under the name the client used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleOnWire {
+    pub role: Role,
+    pub developer: bool,
+}
+
+impl From<Role> for RoleOnWire {
+    fn from(role: Role) -> Self {
+        Self {
+            role,
+            developer: false,
+        }
+    }
+}
+
+impl PartialEq<Role> for RoleOnWire {
+    fn eq(&self, other: &Role) -> bool {
+        self.role == *other
+    }
+}
+
+fn wire_role<S: serde::Serializer>(r: &RoleOnWire, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if r.developer {
+        "developer"
+    } else {
+        r.role.as_str()
+    })
+}
+
 impl ChatMessage {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self {
-            role,
+            role: role.into(),
             content: Some(Content::Text(content.into())),
+            name: None,
+            refusal: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
         }
@@ -37,8 +78,10 @@ impl ChatMessage {
     /// An assistant message asking for `calls` (with whatever text came with them).
     pub fn tool_calls(content: String, calls: Vec<ToolCall>) -> Self {
         Self {
-            role: Role::Assistant,
+            role: Role::Assistant.into(),
             content: (!content.is_empty()).then_some(Content::Text(content)),
+            name: None,
+            refusal: None,
             tool_calls: calls,
             tool_call_id: None,
         }
@@ -47,8 +90,10 @@ impl ChatMessage {
     /// The result of the call `call_id`.
     pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
-            role: Role::Tool,
+            role: Role::Tool.into(),
             content: Some(Content::Text(content.into())),
+            name: None,
+            refusal: None,
             tool_calls: Vec::new(),
             tool_call_id: Some(call_id.into()),
         }
@@ -64,7 +109,7 @@ impl ChatMessage {
                     .iter()
                     .filter_map(|p| match p {
                         ContentPart::Text { text } => Some(text.as_str()),
-                        ContentPart::ImageUrl { .. } => None,
+                        ContentPart::ImageUrl { .. } | ContentPart::Refusal { .. } => None,
                     })
                     .collect::<Vec<_>>()
                     .join("\n"),
@@ -88,8 +133,16 @@ pub enum Content {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContentPart {
-    Text { text: String },
-    ImageUrl { image_url: ImageUrl },
+    Text {
+        text: String,
+    },
+    ImageUrl {
+        image_url: ImageUrl,
+    },
+    /// In an assistant message sent back as history.
+    Refusal {
+        refusal: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,9 +275,44 @@ pub struct Options {
     pub tool_choice: Option<ToolChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// How many answers to generate (more than one only for a stateless completion
+    /// without palisade's own tool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    /// Token id (a decimal string) to a bias between -100 and 100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<ReasoningEffort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verbosity: Option<Verbosity>,
     /// Ask for a final usage chunk on a streamed answer.
     #[serde(skip)]
     pub include_usage: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasoningEffort {
+    None,
+    Minimal,
+    Low,
+    Medium,
+    High,
+    Xhigh,
+    Max,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verbosity {
+    Low,
+    Medium,
+    High,
 }
 
 /// Token counts, as the upstream reported them (details kept as they came).
@@ -251,13 +339,30 @@ impl Usage {
     }
 }
 
-/// A finished, non-streamed completion.
+/// A finished, non-streamed completion: its first choice, the other choices (`n > 1`),
+/// and what the upstream said of the whole.
 #[derive(Debug, Clone, Default)]
 pub struct Completion {
     pub content: String,
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: String,
+    pub refusal: Option<String>,
+    /// The choice's `logprobs` object, as the upstream gave it.
+    pub logprobs: Option<Value>,
     pub usage: Option<Usage>,
+    pub system_fingerprint: Option<String>,
+    /// Choices after the first (only when the request asked for `n > 1`).
+    pub more: Vec<Choice>,
+}
+
+/// One choice of a completion that asked for several.
+#[derive(Debug, Clone, Default)]
+pub struct Choice {
+    pub content: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: String,
+    pub refusal: Option<String>,
+    pub logprobs: Option<Value>,
 }
 
 /// A piece of one streamed tool call; `index` says which call it continues.
@@ -276,6 +381,18 @@ pub enum Delta {
     ToolCall(ToolCallDelta),
     Finish(String),
     Usage(Usage),
+    Refusal(String),
+    /// A chunk's `logprobs` object, relayed with the chunk's piece.
+    Logprobs(Value),
+    /// The upstream's `system_fingerprint`, once, when it first names one.
+    Fingerprint(String),
+    /// A piece of a choice after the first (`n > 1`), relayed as it came.
+    Other {
+        index: u32,
+        delta: Value,
+        finish_reason: Option<String>,
+        logprobs: Option<Value>,
+    },
 }
 
 /// Assembles streamed tool-call pieces into whole calls.

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use crate::config::{LlmConfig, ModelConfig};
 use crate::store::ChunkHit;
 pub use message::{
-    ChatMessage, Completion, Content, ContentPart, Delta, FunctionCall, FunctionDef, Options,
-    ResponseFormat, ResponseFormatKind, Stop, ToolCall, ToolCallAssembler, ToolCallDelta,
-    ToolChoice, ToolChoiceMode, ToolDef, ToolKind, Usage,
+    ChatMessage, Choice, Completion, Content, ContentPart, Delta, FunctionCall, FunctionDef,
+    Options, ReasoningEffort, ResponseFormat, ResponseFormatKind, RoleOnWire, Stop, ToolCall,
+    ToolCallAssembler, ToolCallDelta, ToolChoice, ToolChoiceMode, ToolDef, ToolKind, Usage,
+    Verbosity,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use super::{
-    Call, ChatMessage, Completion, Delta, DeltaStream, FunctionCall, LlmError, Options, ToolCall,
+    Call, Choice, Completion, Delta, DeltaStream, FunctionCall, LlmError, Options, ToolCall,
     ToolCallDelta, ToolKind, Usage,
 };
 use crate::config::{LlmConfig, ModelConfig};
@@ -63,24 +63,10 @@ impl OpenAiClient {
     /// Sends the request, retrying what is safe to retry. Returns a response with a
     /// success status whose body has not been read yet.
     async fn send(&self, call: &Call<'_>, stream: bool) -> Result<reqwest::Response, LlmError> {
-        let body = Body {
-            model: &self.model,
-            messages: call.messages,
-            stream,
-            options: call.options,
-            user: call.user,
-            stream_options: (stream && call.options.include_usage).then_some(StreamOptions {
-                include_usage: true,
-            }),
-        };
-        // Serialised once for every attempt, with sonic-rs: its SIMD string escaping
-        // writes a long prompt (a thread's whole history) about five times faster than
-        // serde_json, whose escaping was the largest single item of a thread-bound turn
-        // (BENCHMARKS.md). Same serde `Serialize`, same JSON.
-        let payload = bytes::Bytes::from(sonic_rs::to_vec(&body).map_err(|e| {
+        let payload = request_body(&self.model, call, stream).map_err(|e| {
             tracing::error!(error = %e, "the upstream request could not be serialised");
             LlmError::Connect
-        })?);
+        })?;
         let mut attempt = 0;
         loop {
             let result = self
@@ -124,26 +110,20 @@ impl OpenAiClient {
         })?;
         let parsed: CompletionResponse =
             serde_json::from_slice(&bytes).map_err(|_| LlmError::Malformed)?;
-        let choice = parsed
-            .choices
-            .into_iter()
-            .next()
-            .ok_or(LlmError::Malformed)?;
-        let tool_calls: Vec<ToolCall> = choice
-            .message
-            .tool_calls
-            .unwrap_or_default()
-            .into_iter()
-            .map(UpstreamToolCall::into_call)
-            .collect();
-        if choice.message.content.is_none() && tool_calls.is_empty() {
+        let mut choices = parsed.choices.into_iter();
+        let first = choices.next().ok_or(LlmError::Malformed)?.into_choice();
+        if first.content.is_none() && first.tool_calls.is_empty() && first.refusal.is_none() {
             return Err(LlmError::Malformed);
         }
         Ok(Completion {
-            content: choice.message.content.unwrap_or_default(),
-            tool_calls,
-            finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".into()),
+            content: first.content.unwrap_or_default(),
+            tool_calls: first.tool_calls,
+            finish_reason: first.finish_reason,
+            refusal: first.refusal,
+            logprobs: first.logprobs,
             usage: parsed.usage,
+            system_fingerprint: parsed.system_fingerprint,
+            more: choices.map(CompletionChoice::into_choice).collect(),
         })
     }
 
@@ -176,6 +156,7 @@ impl OpenAiClient {
         let mut events = bytes.eventsource();
         let s = try_stream! {
             let mut done = false;
+            let mut fingerprint: Option<String> = None;
             while let Some(event) = events.next().await {
                 let event = event.map_err(|e| match e {
                     EventStreamError::Transport(t) => t,
@@ -190,11 +171,34 @@ impl OpenAiClient {
                     continue;
                 }
                 let chunk: StreamChunk = serde_json::from_str(data).map_err(|_| LlmError::Malformed)?;
-                if let Some(choice) = chunk.choices.into_iter().next() {
+                if let Some(f) = chunk.system_fingerprint
+                    && fingerprint.as_deref() != Some(f.as_str())
+                {
+                    fingerprint = Some(f.clone());
+                    yield Delta::Fingerprint(f);
+                }
+                for choice in chunk.choices {
+                    if choice.index != 0 {
+                        yield Delta::Other {
+                            index: choice.index,
+                            delta: choice.delta.raw(),
+                            finish_reason: choice.finish_reason,
+                            logprobs: choice.logprobs,
+                        };
+                        continue;
+                    }
+                    if let Some(lp) = choice.logprobs {
+                        yield Delta::Logprobs(lp);
+                    }
                     if let Some(text) = choice.delta.content
                         && !text.is_empty()
                     {
                         yield Delta::Content(text);
+                    }
+                    if let Some(text) = choice.delta.refusal
+                        && !text.is_empty()
+                    {
+                        yield Delta::Refusal(text);
                     }
                     for t in choice.delta.tool_calls.unwrap_or_default() {
                         yield Delta::ToolCall(ToolCallDelta {
@@ -227,10 +231,44 @@ impl OpenAiClient {
 /// The largest streamed answer accepted from the upstream.
 const MAX_STREAM_BYTES: usize = 16 << 20;
 
+/// The upstream request body, serialised once for every attempt.
+///
+/// Two serialisers, each only over types it understands. The messages (a thread's whole
+/// history: most of the bytes) go through sonic-rs, whose SIMD string escaping writes
+/// them about five times faster than serde_json (BENCHMARKS.md); they hold only plain
+/// strings and numbers. Everything else goes through serde_json, because tool
+/// `parameters` and `response_format.json_schema.schema` are serde_json `RawValue`s,
+/// relayed byte for byte: serde_json writes a `RawValue` verbatim, while any other
+/// serialiser sees its private wrapper struct and would send
+/// `{"$serde_json::private::RawValue": "…"}` instead of the schema.
+fn request_body(model: &str, call: &Call<'_>, stream: bool) -> Result<bytes::Bytes, String> {
+    let rest = serde_json::to_vec(&Body {
+        model,
+        stream,
+        options: call.options,
+        user: call.user,
+        stream_options: (stream && call.options.include_usage).then_some(StreamOptions {
+            include_usage: true,
+        }),
+    })
+    .map_err(|e| e.to_string())?;
+    // `rest` is a JSON object with at least `model`: `{"model":…}`. The messages go in
+    // front of its first member.
+    let members = rest
+        .strip_prefix(b"{")
+        .ok_or_else(|| "the body is not an object".to_owned())?;
+    let mut out = Vec::with_capacity(rest.len() + 256 * call.messages.len() + 16);
+    out.extend_from_slice(b"{\"messages\":");
+    sonic_rs::to_writer(&mut out, call.messages).map_err(|e| e.to_string())?;
+    out.push(b',');
+    out.extend_from_slice(members);
+    Ok(bytes::Bytes::from(out))
+}
+
+/// Everything of the request body but the messages (see [`request_body`]).
 #[derive(Serialize)]
 struct Body<'a> {
     model: &'a str,
-    messages: &'a [ChatMessage],
     stream: bool,
     #[serde(flatten)]
     options: &'a Options,
@@ -249,6 +287,8 @@ struct CompletionResponse {
     choices: Vec<CompletionChoice>,
     #[serde(default)]
     usage: Option<Usage>,
+    #[serde(default)]
+    system_fingerprint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -256,12 +296,34 @@ struct CompletionChoice {
     message: AssistantMessage,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<serde_json::Value>,
+}
+
+impl CompletionChoice {
+    fn into_choice(self) -> Choice {
+        Choice {
+            content: self.message.content,
+            tool_calls: self
+                .message
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(UpstreamToolCall::into_call)
+                .collect(),
+            finish_reason: self.finish_reason.unwrap_or_else(|| "stop".into()),
+            refusal: self.message.refusal,
+            logprobs: self.logprobs.filter(|l| !l.is_null()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct AssistantMessage {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<UpstreamToolCall>>,
 }
@@ -299,22 +361,73 @@ struct StreamChunk {
     choices: Vec<StreamChoice>,
     #[serde(default)]
     usage: Option<Usage>,
+    #[serde(default)]
+    system_fingerprint: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct StreamChoice {
     #[serde(default)]
+    index: u32,
+    #[serde(default)]
     delta: StreamDelta,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
 struct StreamDelta {
     #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
     content: Option<String>,
     #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
     tool_calls: Option<Vec<ToolCallPiece>>,
+}
+
+impl StreamDelta {
+    /// The piece as JSON again, for a choice palisade relays without reading.
+    fn raw(self) -> serde_json::Value {
+        let mut d = serde_json::Map::new();
+        if let Some(r) = self.role {
+            d.insert("role".into(), r.into());
+        }
+        if let Some(c) = self.content {
+            d.insert("content".into(), c.into());
+        }
+        if let Some(r) = self.refusal {
+            d.insert("refusal".into(), r.into());
+        }
+        if let Some(calls) = self.tool_calls {
+            let calls = calls
+                .into_iter()
+                .map(|t| {
+                    let mut c = serde_json::json!({"index": t.index});
+                    if let Some(id) = t.id {
+                        c["id"] = id.into();
+                        c["type"] = "function".into();
+                    }
+                    if let Some(f) = t.function {
+                        let mut fm = serde_json::Map::new();
+                        if let Some(n) = f.name {
+                            fm.insert("name".into(), n.into());
+                        }
+                        if let Some(a) = f.arguments {
+                            fm.insert("arguments".into(), a.into());
+                        }
+                        c["function"] = fm.into();
+                    }
+                    c
+                })
+                .collect::<Vec<_>>();
+            d.insert("tool_calls".into(), calls.into());
+        }
+        d.into()
+    }
 }
 
 #[derive(Deserialize)]
@@ -333,4 +446,79 @@ struct FunctionPiece {
     name: Option<String>,
     #[serde(default)]
     arguments: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::message::{FunctionDef, JsonSchemaFormat, ResponseFormat, ToolDef};
+    use crate::llm::{ChatMessage, ResponseFormatKind};
+    use crate::store::Role;
+    use serde_json::value::RawValue;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    /// Every raw schema reaches the upstream as the schema itself, byte for byte, and the
+    /// messages as sent (the `{"$serde_json::private::RawValue": …}` wrapper was what a
+    /// single serialiser over both kinds of type once produced).
+    #[test]
+    fn raw_schemas_and_messages_reach_the_upstream_as_written() {
+        let params = r#"{"type": "object", "properties": {"q": {"type": "string", "description": "é \" \\ 🦀"}}, "required": ["q"], "additionalProperties": false}"#;
+        let schema = r##"{"$defs":{"A":{"type":"integer","maximum":1e3}},"type":"object","properties":{"a":{"$ref":"#/$defs/A"}}}"##;
+        let options = Options {
+            tools: vec![ToolDef {
+                kind: ToolKind::Function,
+                function: FunctionDef {
+                    name: "lookup".into(),
+                    description: Some("Look up".into()),
+                    parameters: Some(raw(params)),
+                    strict: Some(true),
+                },
+            }],
+            response_format: Some(ResponseFormat {
+                kind: ResponseFormatKind::JsonSchema,
+                json_schema: Some(JsonSchemaFormat {
+                    name: "out".into(),
+                    description: None,
+                    schema: Some(raw(schema)),
+                    strict: Some(true),
+                }),
+            }),
+            include_usage: true,
+            ..Options::default()
+        };
+        let mut dev = ChatMessage::new(Role::System, "be brief");
+        dev.role.developer = true;
+        let messages = vec![
+            dev,
+            ChatMessage::new(Role::User, "line\nbreak \u{2028} \"q\" 🦀"),
+        ];
+        let call = Call {
+            messages: &messages,
+            options: &options,
+            user: "alice",
+            passages: &[],
+        };
+        let body = request_body("up-model", &call, true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        // The raw text itself: not re-serialised, not wrapped.
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.contains(params), "{text}");
+        assert!(text.contains(schema), "{text}");
+        assert!(!text.contains("RawValue"));
+        let expect_params: serde_json::Value = serde_json::from_str(params).unwrap();
+        assert_eq!(v["tools"][0]["function"]["parameters"], expect_params);
+        assert_eq!(
+            v["response_format"]["json_schema"]["schema"],
+            serde_json::from_str::<serde_json::Value>(schema).unwrap()
+        );
+        assert_eq!(v["messages"][0]["role"], "developer");
+        assert_eq!(v["messages"][1]["content"], "line\nbreak \u{2028} \"q\" 🦀");
+        assert_eq!(v["model"], "up-model");
+        assert_eq!(v["user"], "alice");
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
 }

@@ -36,13 +36,15 @@ async fn parameters_pass_through_validated_and_bounded() {
     let admin = s.login("adam", &acme.adam).await;
     let alice_id = s.user_id(&admin.access, "alice").await;
     let schema = json!({"type": "json_schema", "json_schema": {"name": "answer", "strict": true,
-        "schema": {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}}});
+        "schema": {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+                   "additionalProperties": false}}});
     let req = json!({
         "model": "mock-model",
         "messages": [{"role": "user", "content": "params"}],
         "temperature": 0.3, "top_p": 0.9, "max_tokens": 100000, "stop": ["END"], "seed": 42,
         "presence_penalty": 0.5, "frequency_penalty": -0.5, "response_format": schema,
-        "user": "adam", "n": 1, "logit_bias": {"50256": -100}, "metadata": {"x": "y"}
+        "user": "adam", "n": 1, "logit_bias": {"50256": -100}, "metadata": {"x": "y"},
+        "store": true, "service_tier": "flex"
     });
     let resp = s.post_auth(COMPLETIONS, &a.access, &req).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -51,6 +53,7 @@ async fn parameters_pass_through_validated_and_bounded() {
     assert_eq!(
         body["usage"],
         json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+               "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
                "completion_tokens_details": {"reasoning_tokens": 0}})
     );
     let got = mock.requests().pop().unwrap();
@@ -68,8 +71,10 @@ async fn parameters_pass_through_validated_and_bounded() {
         json!(alice_id),
         "user is palisade's subject id"
     );
-    // Fields palisade does not know are not forwarded.
-    for absent in ["logit_bias", "metadata", "n"] {
+    assert_eq!(got["n"], 1);
+    assert_eq!(got["logit_bias"], json!({"50256": -100}));
+    // Fields palisade does not relay (docs/agents.md) are not forwarded.
+    for absent in ["metadata", "store", "service_tier"] {
         assert!(got.get(absent).is_none(), "{absent} reached the model");
     }
 
@@ -114,7 +119,13 @@ async fn parameters_pass_through_validated_and_bounded() {
         json!({"temperature": "hot"}),
         json!({"top_p": 1.5}),
         json!({"max_tokens": 0}),
-        json!({"n": 2}),
+        json!({"n": 9}),
+        json!({"n": 0}),
+        json!({"top_logprobs": 3}),
+        json!({"logprobs": true, "top_logprobs": 21}),
+        json!({"logit_bias": {"not-a-token": 1}}),
+        json!({"logit_bias": {"50256": 101}}),
+        json!({"reasoning_effort": "extreme"}),
         json!({"stop": ["a", "b", "c", "d", "e"]}),
         json!({"response_format": {"type": "xml"}}),
         json!({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}),
@@ -718,7 +729,7 @@ async fn mcp_tools_and_resources_are_scoped_to_the_token() {
 }
 
 /// Runs a client script from `tests/clients/` with the test venv's Python.
-async fn run_python(script: &str, env: &[(&str, &str)]) -> String {
+pub async fn run_python(script: &str, env: &[(&str, &str)]) -> String {
     let python = std::env::var("PALISADE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")

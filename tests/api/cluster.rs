@@ -545,8 +545,10 @@ fn rand_u32() -> u32 {
 }
 
 /// Every marker but user `me`'s.
+/// A user's marker is `~mk{i}~`: `~` never occurs in an id (base64url), so a random
+/// message or thread id cannot contain another user's marker by chance.
 fn foreign_marker_in(text: &str, me: usize, users: usize) -> Option<usize> {
-    (0..users).find(|j| *j != me && text.contains(&format!("mk{j}x")))
+    (0..users).find(|j| *j != me && text.contains(&format!("~mk{j}~")))
 }
 
 /// Cancellation chaos: 50 users on two nodes, each talking to its own thread while its
@@ -592,7 +594,7 @@ async fn fifty_users_aborting_at_random_never_see_each_others_data() {
         let node = if i % 2 == 0 { &p.a } else { &p.b };
         let s = node.login(&format!("user{i}"), pw).await;
         let thread = node
-            .new_thread(&s.access, &format!("thread of mk{i}x"))
+            .new_thread(&s.access, &format!("thread of ~mk{i}~"))
             .await;
         sessions.push((s, thread));
     }
@@ -618,12 +620,12 @@ async fn fifty_users_aborting_at_random_never_see_each_others_data() {
                             .http
                             .post(node.url(&format!("/v1/threads/{thread}/messages")))
                             .bearer_auth(&token)
-                            .json(&json!({"content": format!("note {n} from mk{me}x"), "stream": true})),
+                            .json(&json!({"content": format!("note {n} from ~mk{me}~"), "stream": true})),
                         1 => node
                             .http
                             .post(node.url(&format!("/v1/threads/{thread}/messages")))
                             .bearer_auth(&token)
-                            .json(&json!({"content": format!("question {n} of mk{me}x")})),
+                            .json(&json!({"content": format!("question {n} of ~mk{me}~")})),
                         2 => node.http.get(node.url(&format!("/v1/threads/{thread}"))).bearer_auth(&token),
                         _ => node.http.get(node.url("/auth/me")).bearer_auth(&token),
                     };

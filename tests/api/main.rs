@@ -15,6 +15,7 @@ mod cluster;
 mod connections;
 mod contract;
 mod dpop;
+mod fidelity;
 mod foundation;
 mod hardening;
 mod hygiene;

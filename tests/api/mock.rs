@@ -1,10 +1,18 @@
-//! A mock OpenAI-compatible upstream: records every request and answers with an echo of
+//! The stand-in OpenAI upstream: records every request and answers with an echo of
 //! the complete prompt it received, so tests can prove what did and did not reach the
 //! model. Streaming and non-streaming; failure modes for fault tests.
 //!
-//! Also compiled into `examples/mock_upstream.rs` for the load benchmarks.
+//! It is at least as strict as OpenAI: every request is checked against OpenAI's
+//! published OpenAPI document and OpenAI's schema rules (`strict.rs`), and refused with
+//! OpenAI's 400 error when it fails. A refused request is recorded in `refused()` too.
+//!
+//! Also compiled into `examples/mock_upstream.rs` for the load benchmarks (which turn
+//! the checks off: they measure palisade, not the stand-in).
 
 #![allow(dead_code)]
+
+#[path = "strict.rs"]
+pub mod strict;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -40,6 +48,8 @@ pub enum Reply {
     Text(String),
     /// Tool calls: (id, function name, arguments JSON text).
     Calls(Vec<(String, String, String)>),
+    /// The model declines: `refusal` instead of `content`.
+    Refusal(String),
 }
 
 impl Reply {
@@ -59,6 +69,10 @@ pub struct MockState {
     agent: std::sync::atomic::AtomicBool,
     /// The `Authorization` header of each request ("" when absent).
     auth: Mutex<Vec<String>>,
+    /// Check every request as OpenAI would (on unless a benchmark turns it off).
+    strict: std::sync::atomic::AtomicBool,
+    /// Requests refused by those checks, with OpenAI's message.
+    refused: Mutex<Vec<(Value, String)>>,
     mode: Mutex<Mode>,
     /// Streams whose client went away before the last chunk.
     pub cancelled: AtomicUsize,
@@ -91,6 +105,8 @@ impl Mock {
             forever: Mutex::new(None),
             agent: std::sync::atomic::AtomicBool::new(false),
             auth: Mutex::new(Vec::new()),
+            strict: std::sync::atomic::AtomicBool::new(true),
+            refused: Mutex::new(Vec::new()),
             mode: Mutex::new(Mode::Echo),
             cancelled: AtomicUsize::new(0),
             completed_streams: AtomicUsize::new(0),
@@ -117,6 +133,16 @@ impl Mock {
             state,
             base_url: format!("http://{local}/v1"),
         }
+    }
+
+    /// Benchmarks only: skip the checks OpenAI makes.
+    pub fn set_strict(&self, on: bool) {
+        self.state.strict.store(on, Ordering::SeqCst);
+    }
+
+    /// Requests the stand-in refused, with the reason OpenAI would give.
+    pub fn refused(&self) -> Vec<(Value, String)> {
+        self.state.refused.lock().unwrap().clone()
     }
 
     pub fn set_mode(&self, m: Mode) {
@@ -219,7 +245,19 @@ async fn completions(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let req: Value = strict::parse(&body).unwrap_or(Value::Null);
+    if state.strict.load(Ordering::SeqCst)
+        && let Err(refusal) = strict::check_chat_request(&body)
+    {
+        state.auth.lock().unwrap().push(auth);
+        state.requests.lock().unwrap().push(req.clone());
+        state
+            .refused
+            .lock()
+            .unwrap()
+            .push((req, refusal.message.clone()));
+        return (StatusCode::BAD_REQUEST, axum::Json(refusal.body())).into_response();
+    }
     let fixed = state.fixed_answer.lock().unwrap().clone();
     if fixed.is_none() {
         state.auth.lock().unwrap().push(auth);
@@ -271,13 +309,28 @@ async fn completions(
                 })
             })
     };
+    let mut refusal: Option<String> = None;
     let (content, calls) = match scripted {
         Some(Reply::Text(t)) => (t, Vec::new()),
         Some(Reply::Calls(c)) => (String::new(), c),
+        Some(Reply::Refusal(r)) => {
+            refusal = Some(r);
+            (String::new(), Vec::new())
+        }
         None => (
             fixed.unwrap_or_else(|| echo_of(&req["messages"])),
             Vec::new(),
         ),
+    };
+    // As OpenAI: `n` choices (the others say which they are), log probabilities when
+    // asked for, a fingerprint, usage with its details.
+    let n = req["n"].as_u64().unwrap_or(1).max(1);
+    let want_logprobs = req["logprobs"] == Value::Bool(true);
+    let logprobs_of = move |text: &str| -> Value {
+        if !want_logprobs {
+            return Value::Null;
+        }
+        json!({"content": [{"token": text, "logprob": -0.25, "bytes": text.as_bytes(), "top_logprobs": []}], "refusal": null})
     };
     let finish = if calls.is_empty() {
         "stop"
@@ -285,10 +338,15 @@ async fn completions(
         "tool_calls"
     };
     let usage = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+        "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0}});
+    let fingerprint = "fp_stand_in_1";
     let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
     if !req["stream"].as_bool().unwrap_or(false) {
-        let mut message = json!({"role": "assistant", "content": content});
+        let mut message = json!({"role": "assistant", "content": content, "refusal": refusal});
+        if refusal.is_some() {
+            message["content"] = Value::Null;
+        }
         if !calls.is_empty() {
             message["content"] = Value::Null;
             message["tool_calls"] = calls
@@ -296,10 +354,16 @@ async fn completions(
                 .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
                 .collect();
         }
+        let mut choices = vec![
+            json!({"index": 0, "message": message, "logprobs": logprobs_of(&content), "finish_reason": finish}),
+        ];
+        for i in 1..n {
+            let text = format!("choice {i}");
+            choices.push(json!({"index": i, "message": {"role": "assistant", "content": text, "refusal": null}, "logprobs": logprobs_of(&text), "finish_reason": "stop"}));
+        }
         return axum::Json(json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": usage,
+            "choices": choices, "usage": usage, "system_fingerprint": fingerprint,
         }))
         .into_response();
     }
@@ -308,7 +372,13 @@ async fn completions(
         .unwrap_or(false);
     let delay = Duration::from_millis(state.chunk_delay_ms.load(Ordering::SeqCst) as u64);
     let per = state.chunk_chars.load(Ordering::SeqCst).max(1);
-    let chars: Vec<char> = content.chars().collect();
+    let field = if refusal.is_some() {
+        "refusal"
+    } else {
+        "content"
+    };
+    let streamed = refusal.clone().unwrap_or_else(|| content.clone());
+    let chars: Vec<char> = streamed.chars().collect();
     let pieces: Vec<String> = chars.chunks(per).map(|c| c.iter().collect()).collect();
     // Tool calls streamed the way OpenAI does: the first piece names the call, the
     // arguments follow a few characters at a time.
@@ -332,7 +402,8 @@ async fn completions(
             }
             let chunk = json!({
                 "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
-                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}],
+                "system_fingerprint": fingerprint,
+                "choices": [{"index": 0, "delta": {field: piece}, "logprobs": logprobs_of(&piece), "finish_reason": null}],
             });
             yield Ok::<_, std::io::Error>(Bytes::from(format!("data: {chunk}\n\n")));
             if !delay.is_zero() {
@@ -346,8 +417,19 @@ async fn completions(
             });
             yield Ok(Bytes::from(format!("data: {chunk}\n\n")));
         }
+        for i in 1..n {
+            for (delta, fin) in [(json!({"role": "assistant", "content": format!("choice {i}")}), Value::Null), (json!({}), json!("stop"))] {
+                let c = json!({
+                    "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+                    "system_fingerprint": fingerprint,
+                    "choices": [{"index": i, "delta": delta, "logprobs": null, "finish_reason": fin}],
+                });
+                yield Ok(Bytes::from(format!("data: {c}\n\n")));
+            }
+        }
         let last = json!({
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "system_fingerprint": fingerprint,
             "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
         });
         yield Ok(Bytes::from(format!("data: {last}\n\n")));

@@ -1,0 +1,869 @@
+//! The OpenAI face relays exactly what clients send, and what models answer.
+//!
+//! * The fidelity corpus (`tests/fidelity/*.json`, each with its public source) goes
+//!   through palisade stateless and in a thread, as JSON and streamed; what reached the
+//!   strict stand-in upstream is compared field by field with what the client sent,
+//!   allowing only the changes `docs/agents.md` lists.
+//! * The stand-in refuses what OpenAI refuses (so a relay bug cannot pass unseen).
+//! * Answers come back exactly: tool-call arguments byte for byte (also reassembled from
+//!   a stream), refusals, finish reasons, usage with its details, the fingerprint, log
+//!   probabilities, several choices.
+
+use crate::mock::{Mock, Reply, echo_of};
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::{Map, Value, json};
+
+const COMPLETIONS: &str = "/v1/chat/completions";
+const MODEL: &str = "fidelity";
+const UPSTREAM_MODEL: &str = "gpt-4o-2024-08-06";
+const SYSTEM_PROMPT: &str = "FIDELITY-SYSTEM-PROMPT: palisade's own instructions.";
+/// `llm.max_tokens`: above every value in the corpus, so none is capped.
+const CAP: u64 = 100_000;
+
+struct Entry {
+    name: String,
+    body: Value,
+}
+
+fn corpus() -> Vec<Entry> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fidelity");
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("tests/fidelity")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            assert!(
+                v["source"].as_str().is_some_and(|s| s.len() > 10),
+                "{p:?} names its source"
+            );
+            Entry {
+                name: p.file_stem().unwrap().to_string_lossy().into_owned(),
+                body: v["body"].clone(),
+            }
+        })
+        .collect()
+}
+
+/// The first difference between `got` and `want` under the relay's notion of equal:
+/// numbers by value, a `null` member the same as an absent one (OpenAI reads them
+/// alike), everything else exactly (strings byte for byte after JSON decoding).
+pub fn difference(path: &str, got: &Value, want: &Value) -> Option<String> {
+    match (got, want) {
+        (Value::Number(a), Value::Number(b)) => {
+            let same = match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
+                (Some(x), Some(y), _, _) => x == y,
+                (_, _, Some(x), Some(y)) => x == y,
+                _ => a.as_f64() == b.as_f64(),
+            };
+            (!same).then(|| format!("{path}: {a} != {b}"))
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let x = a.get(k).unwrap_or(&Value::Null);
+                let y = b.get(k).unwrap_or(&Value::Null);
+                if let Some(d) = difference(&format!("{path}.{k}"), x, y) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            if a.len() != b.len() {
+                return Some(format!("{path}: {} items != {}", a.len(), b.len()));
+            }
+            a.iter()
+                .zip(b)
+                .enumerate()
+                .find_map(|(i, (x, y))| difference(&format!("{path}[{i}]"), x, y))
+        }
+        _ => (got != want).then(|| {
+            let show = |v: &Value| v.to_string().chars().take(200).collect::<String>();
+            format!("{path}: {} != {}", show(got), show(want))
+        }),
+    }
+}
+
+fn assert_relayed(what: &str, got: &Value, want: &Value) {
+    if let Some(d) = difference("", got, want) {
+        panic!("{what}: the upstream did not receive what was sent: {d}");
+    }
+}
+
+/// A message's text, as a thread stores it.
+fn text_of(m: &Value) -> String {
+    match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn is_instruction(m: &Value) -> bool {
+    m["role"] == "system" || m["role"] == "developer"
+}
+
+/// The corpus body as this pass's client sends it: our model's name, and JSON or
+/// streamed.
+fn client_body(body: &Value, stream: bool) -> Value {
+    let mut b = body.clone();
+    b["model"] = json!(MODEL);
+    b["stream"] = json!(stream);
+    if !stream {
+        b.as_object_mut().unwrap().remove("stream_options");
+    }
+    b
+}
+
+/// Everything but the messages, as the upstream must receive it: the client's fields
+/// with the documented changes only.
+fn expected_options(client: &Value, stream: bool, user: &str) -> Map<String, Value> {
+    let mut e = client.as_object().unwrap().clone();
+    e.remove("messages");
+    e.insert("model".into(), json!(UPSTREAM_MODEL));
+    e.insert("user".into(), json!(user));
+    e.insert("stream".into(), json!(stream));
+    let usage = client["stream_options"]["include_usage"] == json!(true);
+    e.remove("stream_options");
+    if stream && usage {
+        e.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    if !e.contains_key("max_tokens") && !e.contains_key("max_completion_tokens") {
+        e.insert("max_tokens".into(), json!(CAP));
+    }
+    e
+}
+
+fn without_messages(v: &Value) -> Value {
+    let mut o = v.as_object().unwrap().clone();
+    o.remove("messages");
+    Value::Object(o)
+}
+
+/// Sends `body` and reads the answer's text (JSON, or the streamed deltas joined); on
+/// a failure, says why the stand-in refused the relayed request, if it did.
+async fn answer_text(
+    s: &Server,
+    mock: &Mock,
+    token: &str,
+    thread: Option<&str>,
+    body: &Value,
+) -> String {
+    let mut req = s
+        .http
+        .post(s.url(COMPLETIONS))
+        .bearer_auth(token)
+        .json(body);
+    if let Some(t) = thread {
+        req = req.header("X-Palisade-Thread", t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    if body["stream"] == json!(true) && status == StatusCode::OK {
+        let mut text = String::new();
+        for e in read_sse(resp).await {
+            if e.data == "[DONE]" {
+                continue;
+            }
+            let c: Value = serde_json::from_str(&e.data).unwrap();
+            assert!(c.get("error").is_none(), "stream failed: {c}");
+            let choice = &c["choices"][0];
+            if choice["index"] == 0
+                && let Some(d) = choice["delta"]["content"].as_str()
+            {
+                text.push_str(d);
+            }
+        }
+        return text;
+    }
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{v}; the stand-in: {:?}",
+        mock.refused().last().map(|r| &r.1)
+    );
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn fidelity_server() -> (Server, Mock) {
+    let mock = Mock::start().await;
+    let models = format!(
+        r#"[{{name="{MODEL}",base_url="{}",upstream_model="{UPSTREAM_MODEL}",multimodal=true}}]"#,
+        mock.base_url
+    );
+    let cap = CAP.to_string();
+    let s = Server::start_with(&[
+        ("PALISADE_LLM__MODELS", &models),
+        ("PALISADE_LLM__MAX_TOKENS", &cap),
+        ("PALISADE_LLM__SYSTEM_PROMPT", SYSTEM_PROMPT),
+        ("PALISADE_LLM__READ_TIMEOUT", "5s"),
+        // 4 requests per corpus body, and threads' set-up turns.
+        ("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "10000"),
+        ("PALISADE_THREADS__MAX_THREADS_PER_USER", "10000"),
+    ]);
+    (s, mock)
+}
+
+#[tokio::test]
+async fn the_corpus_reaches_the_upstream_exactly_on_every_path() {
+    let corpus = corpus();
+    assert!(corpus.len() >= 40, "{} corpus entries", corpus.len());
+    let (s, mock) = fidelity_server().await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let admin = s.login("adam", &acme.adam).await;
+    let alice = s.user_id(&admin.access, "alice").await;
+    let system = json!({"role": "system", "content": SYSTEM_PROMPT});
+    let mut thread_refusals = 0;
+
+    for e in &corpus {
+        for stream in [false, true] {
+            let what = format!("{} ({})", e.name, if stream { "streamed" } else { "JSON" });
+            let client = client_body(&e.body, stream);
+            let want_options = expected_options(&client, stream, &alice);
+
+            // Stateless: the client's whole conversation after palisade's prompt.
+            let text = answer_text(&s, &mock, &a.access, None, &client).await;
+            let got = mock.requests().pop().unwrap();
+            assert_relayed(
+                &format!("{what} stateless options"),
+                &without_messages(&got),
+                &Value::Object(want_options.clone()),
+            );
+            let mut want_messages = vec![system.clone()];
+            for m in client["messages"].as_array().unwrap() {
+                let mut m = m.clone();
+                if m["role"] == "tool" {
+                    m.as_object_mut().unwrap().remove("name");
+                }
+                want_messages.push(m);
+            }
+            assert_relayed(
+                &format!("{what} stateless messages"),
+                &got["messages"],
+                &Value::Array(want_messages),
+            );
+            assert_eq!(
+                text,
+                echo_of(&got["messages"]),
+                "{what}: the answer relayed"
+            );
+
+            // In a thread: the client's instructions and its new messages; the history
+            // is the thread's.
+            let messages = client["messages"].as_array().unwrap();
+            let instructions: Vec<Value> = messages
+                .iter()
+                .filter(|m| is_instruction(m))
+                .cloned()
+                .collect();
+            let thread = s.new_thread(&a.access, "fidelity").await;
+            let images = messages.iter().any(|m| {
+                m["content"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["type"] == "image_url"))
+            });
+            if images || client["n"].as_u64().is_some_and(|n| n > 1) {
+                // Documented: a thread stores text and one answer. Refused, not altered.
+                let before = mock.count();
+                let resp = s
+                    .http
+                    .post(s.url(COMPLETIONS))
+                    .bearer_auth(&a.access)
+                    .header("X-Palisade-Thread", &thread)
+                    .json(&client)
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, _) = error_code(resp).await;
+                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}");
+                assert_eq!(
+                    mock.count(),
+                    before,
+                    "{what}: refused, yet the model was called"
+                );
+                thread_refusals += 1;
+                continue;
+            }
+            let last_assistant = messages.iter().rposition(|m| m["role"] == "assistant");
+            let mut want = vec![system.clone()];
+            want.extend(instructions.iter().cloned());
+            let ends_with_tools = messages.last().is_some_and(|m| m["role"] == "tool");
+            if ends_with_tools {
+                // The thread must hold the assistant's calls: a first turn asks the
+                // question, and the stand-in answers with exactly those calls.
+                let ai = last_assistant.unwrap();
+                let question = messages[..ai]
+                    .iter()
+                    .rfind(|m| m["role"] == "user")
+                    .unwrap();
+                let calls = messages[ai]["tool_calls"].as_array().unwrap();
+                mock.push_reply(Reply::Calls(
+                    calls
+                        .iter()
+                        .map(|c| {
+                            (
+                                c["id"].as_str().unwrap().to_owned(),
+                                c["function"]["name"].as_str().unwrap().to_owned(),
+                                c["function"]["arguments"].as_str().unwrap().to_owned(),
+                            )
+                        })
+                        .collect(),
+                ));
+                let mut first = client.clone();
+                first["stream"] = json!(false);
+                first.as_object_mut().unwrap().remove("stream_options");
+                let mut m1 = instructions.clone();
+                m1.push(question.clone());
+                first["messages"] = json!(m1);
+                answer_text(&s, &mock, &a.access, Some(&thread), &first).await;
+                want.push(json!({"role": "user", "content": text_of(question)}));
+                want.push(json!({"role": "assistant", "content": null, "tool_calls": calls}));
+                for m in &messages[ai + 1..] {
+                    want.push(json!({"role": "tool", "tool_call_id": m["tool_call_id"], "content": text_of(m)}));
+                }
+            } else {
+                let question = messages.iter().rfind(|m| m["role"] == "user").unwrap();
+                want.push(json!({"role": "user", "content": text_of(question)}));
+            }
+            let text = answer_text(&s, &mock, &a.access, Some(&thread), &client).await;
+            let got = mock.requests().pop().unwrap();
+            assert_relayed(
+                &format!("{what} thread options"),
+                &without_messages(&got),
+                &Value::Object(want_options),
+            );
+            assert_relayed(
+                &format!("{what} thread messages"),
+                &got["messages"],
+                &Value::Array(want),
+            );
+            assert_eq!(
+                text,
+                echo_of(&got["messages"]),
+                "{what}: the answer relayed"
+            );
+        }
+    }
+    assert!(thread_refusals > 0 && thread_refusals < corpus.len());
+    assert_eq!(
+        mock.refused().len(),
+        0,
+        "the stand-in refused: {:?}",
+        mock.refused().first().map(|r| &r.1)
+    );
+}
+
+/// Posts `body` straight to the stand-in: its status and OpenAI error message.
+async fn stand_in(mock: &Mock, body: &Value) -> (StatusCode, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", mock.base_url))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap();
+    (
+        status,
+        v["error"]["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_stand_in_refuses_what_openai_refuses() {
+    let mock = Mock::start().await;
+    let user = json!({"role": "user", "content": "hi"});
+    let params =
+        json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]});
+    let tool = |parameters: Value| {
+        json!({"model": "gpt-4o", "messages": [user],
+               "tools": [{"type": "function", "function": {"name": "lookup", "parameters": parameters}}]})
+    };
+    // The accepted shape first: the refusals below are each for their one fault.
+    assert_eq!(
+        stand_in(&mock, &tool(params.clone())).await.0,
+        StatusCode::OK
+    );
+
+    // The bug that once reached every upstream: a schema serialised as serde_json's
+    // private RawValue wrapper. The OpenAPI document alone lets it pass (it types
+    // `parameters` as any object); OpenAI refuses it, and so does the stand-in.
+    let wrapper = json!({"$serde_json::private::RawValue": params.to_string()});
+    let (status, msg) = stand_in(&mock, &tool(wrapper.clone())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(msg.contains("type: \"object\""), "{msg}");
+    let mut rf = json!({"model": "gpt-4o", "messages": [user], "response_format": {"type": "json_schema",
+        "json_schema": {"name": "out", "schema": wrapper}}});
+    assert_eq!(stand_in(&mock, &rf).await.0, StatusCode::BAD_REQUEST);
+    rf["response_format"]["json_schema"]["schema"] = params.clone();
+    assert_eq!(stand_in(&mock, &rf).await.0, StatusCode::OK);
+
+    let cases: Vec<(Value, &str)> = vec![
+        // Not a valid JSON Schema (meta-schema).
+        (
+            tool(json!({"type": "object", "properties": {"q": {"type": "strin"}}})),
+            "Invalid schema",
+        ),
+        (
+            tool(json!({"type": "object", "required": "q"})),
+            "Invalid schema",
+        ),
+        // Strict without Structured Outputs' rules.
+        (
+            json!({"model": "gpt-4o", "messages": [user], "tools": [{"type": "function",
+                "function": {"name": "lookup", "strict": true, "parameters": params}}]}),
+            "additionalProperties",
+        ),
+        // Unknown top-level field.
+        (
+            json!({"model": "gpt-4o", "messages": [user], "temprature": 0.2}),
+            "Unrecognized request argument supplied: temprature",
+        ),
+        // The OpenAPI document: wrong types, empty messages, unknown role.
+        (
+            json!({"model": "gpt-4o", "messages": [user], "temperature": "hot"}),
+            "Invalid value",
+        ),
+        (json!({"model": "gpt-4o", "messages": []}), "Invalid value"),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}),
+            "Invalid value",
+        ),
+        (json!({"messages": [user]}), "Invalid value"),
+        // A tool message with no call before it, and a call never answered.
+        (
+            json!({"model": "gpt-4o", "messages": [user, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]}),
+            "must be a response to a preceeding message with 'tool_calls'",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [user,
+                {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "user", "content": "never mind"}]}),
+            "did not have response messages: call_1",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [user], "stream_options": {"include_usage": true}}),
+            "only allowed when 'stream' is enabled",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [user], "top_logprobs": 2}),
+            "'logprobs' must be set to true",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [user], "tools": [{"type": "function", "function": {"name": "bad name"}}]}),
+            "does not match pattern",
+        ),
+    ];
+    for (body, expect) in cases {
+        let (status, msg) = stand_in(&mock, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(msg.contains(expect), "{body}: {msg}");
+    }
+    // Every refusal was recorded as such.
+    assert_eq!(mock.refused().len(), 15);
+}
+
+#[tokio::test]
+async fn answers_come_back_exactly() {
+    let (s, mock) = fidelity_server().await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let tools = json!([{"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]);
+    // Arguments as a model may write them: unicode, escapes, spacing, even invalid JSON.
+    let args = [
+        r#"{"q": "Zürich \"HQ\" \\ 🦀 \u2028", "n": 1.50}"#,
+        "{\n  \"q\" :\t\"spaced\"\n}",
+        r#"{"q": "unterminated"#,
+    ];
+    for stream in [false, true] {
+        mock.push_reply(Reply::Calls(
+            args.iter()
+                .enumerate()
+                .map(|(i, a)| (format!("call_{i}"), "lookup".to_owned(), a.to_string()))
+                .collect(),
+        ));
+        let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "go"}],
+            "tools": tools, "stream": stream, "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null }});
+        let mut body = body;
+        if !stream {
+            body.as_object_mut().unwrap().remove("stream_options");
+        }
+        let resp = s.post_auth(COMPLETIONS, &a.access, &body).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let (calls, finish, usage, fingerprint) = if stream {
+            let mut calls: Vec<(String, String)> = Vec::new();
+            let (mut finish, mut usage, mut fingerprint) = (Value::Null, Value::Null, Value::Null);
+            for e in read_sse(resp).await {
+                if e.data == "[DONE]" {
+                    continue;
+                }
+                let c: Value = serde_json::from_str(&e.data).unwrap();
+                if !c["system_fingerprint"].is_null() {
+                    fingerprint = c["system_fingerprint"].clone();
+                }
+                if !c["usage"].is_null() {
+                    usage = c["usage"].clone();
+                }
+                let choice = &c["choices"][0];
+                if !choice["finish_reason"].is_null() {
+                    finish = choice["finish_reason"].clone();
+                }
+                for t in choice["delta"]["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let i = t["index"].as_u64().unwrap() as usize;
+                    if calls.len() <= i {
+                        calls.push((t["id"].as_str().unwrap().to_owned(), String::new()));
+                    }
+                    calls[i].1 += t["function"]["arguments"].as_str().unwrap_or("");
+                }
+            }
+            (calls, finish, usage, fingerprint)
+        } else {
+            let v: Value = resp.json().await.unwrap();
+            let calls = v["choices"][0]["message"]["tool_calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    assert_eq!(c["type"], "function");
+                    (
+                        c["id"].as_str().unwrap().to_owned(),
+                        c["function"]["arguments"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+            (
+                calls,
+                v["choices"][0]["finish_reason"].clone(),
+                v["usage"].clone(),
+                v["system_fingerprint"].clone(),
+            )
+        };
+        let want: Vec<(String, String)> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("call_{i}"), a.to_string()))
+            .collect();
+        assert_eq!(calls, want, "stream={stream}: arguments byte for byte");
+        assert_eq!(finish, "tool_calls");
+        assert_eq!(fingerprint, "fp_stand_in_1", "stream={stream}");
+        assert_eq!(
+            usage,
+            json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+                   "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
+                   "completion_tokens_details": {"reasoning_tokens": 0}}),
+            "stream={stream}"
+        );
+    }
+
+    // A refusal, JSON and streamed.
+    let refusal = "I'm sorry, I can't help with that — “no”.";
+    mock.push_reply(Reply::Refusal(refusal.into()));
+    let v: Value = s
+        .post_auth(
+            COMPLETIONS,
+            &a.access,
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["message"]["refusal"], refusal);
+    assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    mock.push_reply(Reply::Refusal(refusal.into()));
+    let resp = s
+        .post_auth(
+            COMPLETIONS,
+            &a.access,
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": true}),
+        )
+        .await;
+    let mut got = String::new();
+    for e in read_sse(resp).await {
+        if let Ok(c) = serde_json::from_str::<Value>(&e.data) {
+            got += c["choices"][0]["delta"]["refusal"].as_str().unwrap_or("");
+            assert!(
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .is_empty()
+            );
+        }
+    }
+    assert_eq!(got, refusal);
+
+    // Log probabilities and several choices, JSON.
+    let v: Value = s
+        .post_auth(
+            COMPLETIONS,
+            &a.access,
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                    "logprobs": true, "top_logprobs": 2, "n": 3}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(
+        (
+            sent["n"].clone(),
+            sent["logprobs"].clone(),
+            sent["top_logprobs"].clone()
+        ),
+        (json!(3), json!(true), json!(2))
+    );
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{v}");
+    let first = choices[0]["message"]["content"].as_str().unwrap();
+    assert_eq!(choices[0]["logprobs"]["content"][0]["token"], first);
+    for (i, c) in choices.iter().enumerate().skip(1) {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["message"]["content"], format!("choice {i}"));
+        assert_eq!(c["logprobs"]["content"][0]["token"], format!("choice {i}"));
+    }
+    // Streamed: each piece carries its log probabilities; the other choices arrive under
+    // their index.
+    let resp = s
+        .post_auth(
+            COMPLETIONS,
+            &a.access,
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "y"}],
+                    "logprobs": true, "n": 2, "stream": true}),
+        )
+        .await;
+    let (mut tokens, mut text, mut other) = (String::new(), String::new(), String::new());
+    for e in read_sse(resp).await {
+        let Ok(c) = serde_json::from_str::<Value>(&e.data) else {
+            continue;
+        };
+        let choice = &c["choices"][0];
+        match choice["index"].as_u64() {
+            Some(0) => {
+                text += choice["delta"]["content"].as_str().unwrap_or("");
+                for t in choice["logprobs"]["content"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    tokens += t["token"].as_str().unwrap();
+                }
+            }
+            Some(1) => other += choice["delta"]["content"].as_str().unwrap_or(""),
+            _ => {}
+        }
+    }
+    assert!(!text.is_empty());
+    assert_eq!(tokens, text, "every piece's log probabilities relayed");
+    assert_eq!(other, "choice 1");
+    assert_eq!(mock.refused().len(), 0);
+}
+
+#[tokio::test]
+async fn a_threads_instructions_are_relayed_each_turn_and_never_stored() {
+    let (s, mock) = fidelity_server().await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let thread = s.new_thread(&a.access, "agent").await;
+    let turn = |q: &str| {
+        json!({"model": MODEL, "messages": [
+            {"role": "system", "content": "You are the travel agent. Answer in French."},
+            {"role": "developer", "content": [{"type": "text", "text": "Cite the policy."}], "name": "ops"},
+            {"role": "user", "content": q}]})
+    };
+    for q in ["first question", "second question"] {
+        let r = s
+            .http
+            .post(s.url(COMPLETIONS))
+            .bearer_auth(&a.access)
+            .header("X-Palisade-Thread", &thread)
+            .json(&turn(q))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let got = mock.requests().pop().unwrap();
+    let m = got["messages"].as_array().unwrap();
+    // palisade's prompt, then the client's instructions under their own roles, then the
+    // stored history (without any instruction), then the new question.
+    assert_eq!(m[0]["content"], SYSTEM_PROMPT);
+    assert_eq!(
+        m[1],
+        json!({"role": "system", "content": "You are the travel agent. Answer in French."})
+    );
+    assert_eq!(
+        m[2],
+        json!({"role": "developer", "content": [{"type": "text", "text": "Cite the policy."}], "name": "ops"})
+    );
+    let roles: Vec<&str> = m[3..].iter().map(|x| x["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "user"]);
+    assert_eq!(m[5]["content"], "second question");
+    // Never stored: the thread holds the questions and answers only.
+    let t = s.thread_json(&a.access, &thread).await;
+    let roles: Vec<&str> = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+}
+
+/// The OpenAI Agents SDK on its default model (the Responses API) runs a tool loop,
+/// plain and streamed, and continues a kept conversation; LangChain's
+/// `with_structured_output(strict=True)` and the openai SDK's `parse()` get their
+/// typed answers. All against the strict stand-in, which accepted every request.
+#[tokio::test]
+async fn agents_sdk_langchain_and_openai_sdk_run_against_the_strict_stand_in() {
+    let (s, mock) = fidelity_server().await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    for city in ["Tokyo", "Oslo"] {
+        mock.push_reply(Reply::call(
+            &format!("call_{city}"),
+            "get_weather",
+            &format!("{{\"city\":\"{city}\"}}"),
+        ));
+        mock.push_reply(Reply::Text(format!("Sunny in {city}.")));
+    }
+    mock.push_reply(Reply::Text("Hello Ada.".into()));
+    mock.push_reply(Reply::Text("Your name is Ada.".into()));
+    mock.push_reply(Reply::Text(
+        r#"{"setup":"Why cats?","punchline":"Because.","rating":null}"#.into(),
+    ));
+    mock.push_reply(Reply::Text(
+        r#"{"name":"Science Fair","date":"Friday","participants":["Alice","Bob"]}"#.into(),
+    ));
+    let out = crate::agents::run_python(
+        "structured_agents.py",
+        &[
+            ("BASE", s.base.as_str()),
+            ("TOKEN", a.access.as_str()),
+            ("MODEL", MODEL),
+        ],
+    )
+    .await;
+    assert!(out.contains("STRUCTURED-AGENTS-OK"), "{out}");
+    assert_eq!(mock.refused().len(), 0, "{:?}", mock.refused());
+    let sent = mock.requests();
+    assert_eq!(sent.len(), 8);
+
+    // The agent's first round: its instructions, the question, its tool (strict, as the
+    // SDK declares it) reached the model; the second round carried the call and its
+    // output back.
+    let first = &sent[0];
+    assert_eq!(first["model"], UPSTREAM_MODEL);
+    assert_eq!(
+        first["messages"][1],
+        json!({"role": "system", "content": "You are a helpful agent."})
+    );
+    assert_eq!(
+        first["messages"][2],
+        json!({"role": "user", "content": "What's the weather in Tokyo?"})
+    );
+    let tool = &first["tools"][0]["function"];
+    assert_eq!(tool["name"], "get_weather");
+    assert_eq!(tool["strict"], true);
+    assert_eq!(tool["parameters"]["type"], "object");
+    assert_eq!(tool["parameters"]["additionalProperties"], false);
+    let second = sent[1]["messages"].as_array().unwrap();
+    let n = second.len();
+    assert_eq!(
+        second[n - 2]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Tokyo\"}"
+    );
+    assert_eq!(second[n - 1]["role"], "tool");
+    assert_eq!(second[n - 1]["tool_call_id"], "call_Tokyo");
+    assert_eq!(second[n - 1]["content"], "The weather in Tokyo is sunny");
+    assert_eq!(sent[2]["stream"], true, "run_streamed streams");
+
+    // The kept conversation: the second turn's prompt holds the first from the thread.
+    let kept = sent[5]["messages"].to_string();
+    assert!(
+        kept.contains("My name is Ada.") && kept.contains("Hello Ada."),
+        "{kept}"
+    );
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("KEPT-RESPONSE "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let threads: Value = s.get("/v1/threads", &a.access).await.json().await.unwrap();
+    assert_eq!(
+        threads["threads"].as_array().map(Vec::len),
+        Some(1),
+        "{threads}"
+    );
+
+    // Another user naming that response id: like a missing one; nothing written, no
+    // model call.
+    let h = s.login("hannah", &acme.hannah).await;
+    let before = mock.count();
+    for prev in [
+        id.as_str(),
+        "resp_doesnotexist",
+        "resp_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        let (status, code) = error_code(
+            s.post_auth(
+                "/v1/responses",
+                &h.access,
+                &json!({"model": MODEL, "input": "What is her name?", "previous_response_id": prev}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{prev}"
+        );
+    }
+    assert_eq!(
+        mock.count(),
+        before,
+        "a refused continuation reached the model"
+    );
+    let hers: Value = s.get("/v1/threads", &h.access).await.json().await.unwrap();
+    assert_eq!(hers["threads"], json!([]), "nothing written for her");
+    let denied = s.audit_cli("thread_access_denied");
+    assert!(!denied.is_empty(), "the foreign continuation is audited");
+
+    // LangChain's strict structured output reached the model as a strict JSON schema.
+    let rf = &sent[6]["response_format"];
+    assert_eq!(rf["type"], "json_schema");
+    assert_eq!(rf["json_schema"]["strict"], true);
+    assert_eq!(rf["json_schema"]["schema"]["additionalProperties"], false);
+    assert_eq!(
+        rf["json_schema"]["schema"]["required"],
+        json!(["setup", "punchline", "rating"])
+    );
+    assert_eq!(
+        sent[7]["response_format"]["json_schema"]["name"],
+        "CalendarEvent"
+    );
+}
