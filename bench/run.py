@@ -251,6 +251,30 @@ def palisade(port: int, data: Path, extra: dict, docs: list[Path]) -> dict:
             "ingest_s": ingest}
 
 
+TOOLS = "completion, 20 tools (30 KB)"
+
+
+def agent_tools(n: int, size: int) -> list[dict]:
+    """`n` function tools with JSON schemas of about `size` bytes in all: nested objects,
+    enums, descriptions, as an agent framework declares them."""
+    tools = []
+    for i in range(n):
+        props = {}
+        j = 0
+        while len(json.dumps(props)) < size // n - 200:
+            props[f"field_{j}"] = {
+                "type": "string" if j % 3 else "integer",
+                "description": f"Parameter {j} of tool {i}: what the model should put here, in a sentence.",
+                **({"enum": ["low", "medium", "high"]} if j % 4 == 1 else {}),
+            }
+            j += 1
+        tools.append({"type": "function", "function": {
+            "name": f"tool_{i}", "description": f"Tool number {i} of the agent.",
+            "parameters": {"type": "object", "properties": props, "required": list(props)[:2],
+                           "additionalProperties": False}}})
+    return tools
+
+
 def ports_free() -> None:
     """Every port this script serves on is free: a leftover server there would answer
     the readiness checks and be measured in place of the one started here."""
@@ -317,6 +341,8 @@ def main() -> None:
         print(f"LiteLLM is not installed in {VENV}: its rows are skipped (bench/run installs it)", file=sys.stderr)
 
     plain = {"model": "mock-model", "messages": [{"role": "user", "content": "Summarise our travel policy in one sentence."}]}
+    # An agent's request: 20 function tools whose schemas make about 30 KB.
+    tools = {**plain, "tools": agent_tools(20, 30_000)}
     stream = {**plain, "stream": True}
     rag = {"model": "mock-model", "messages": [{"role": "user", "content": QUESTION}]}
     path = "/v1/chat/completions"
@@ -334,7 +360,7 @@ def main() -> None:
         print(f"  {system:<22} {scenario:<26} c={conc:<3} {r['rps']:>9.1f} req/s", file=sys.stderr)
 
     for conc in (1, 32):
-        for scenario, body in (("completion", plain), ("completion, streamed", stream)):
+        for scenario, body in (("completion", plain), ("completion, streamed", stream), (TOOLS, tools)):
             measure("pass-through", scenario, PASS, body, PASS_TOKEN, conc, pt.pid)
             measure("palisade embedded", scenario, EMB, body, emb["tokens"]["solo"], conc, emb["proc"].pid)
             measure("palisade cluster", scenario, CLU, body, clu["tokens"]["solo"], conc, clu["proc"].pid)
@@ -348,6 +374,8 @@ def main() -> None:
                     sys_["tokens"]["bench"], conc, sys_["proc"].pid)
 
     def kind(r):
+        if r["scenario"] == TOOLS:
+            return "tools"
         return "stream" if "streamed" in r["scenario"] else "plain"
 
     base = {(kind(r), r["conc"]): r["rps"] for r in rows if r["system"] == "pass-through"}
@@ -386,6 +414,12 @@ def main() -> None:
             x = v / lite_rps if v and lite_rps else None
             verdicts.append(f"* {name}, {scenario} at c=32: {f(x, '{:.0f}')}× LiteLLM's completion "
                             f"throughput (target ≥ {target}×): {'met' if x and x >= target else 'NOT met'}")
+    for name in ("palisade embedded", "palisade cluster"):
+        for scenario, k in (("completion", "plain"), (TOOLS, "tools")):
+            v, b = rps(name, scenario), base.get((k, 32))
+            x = v / b if v and b else None
+            verdicts.append(f"* {name}, {scenario} at c=32: {f(x)}× the pass-through with the same body "
+                            f"(target ≥ 0.50): {'met' if x and x >= 0.5 else 'NOT met'}")
     for name, p, s in systems[1:3]:
         rss = peak_rss_mib(p.pid)
         verdicts.append(f"* {name}: peak RSS {rss:.1f} MiB (target < 64): {'met' if rss < 64 else 'NOT met'}; "

@@ -403,6 +403,8 @@ pub struct EmbeddingsConfig {
     pub model: String,
     pub dim: usize,
     pub api_key_env: Option<String>,
+    /// Roles that may call `POST /v1/embeddings` with this model; empty: every role.
+    pub roles: Vec<String>,
 }
 
 impl Default for EmbeddingsConfig {
@@ -414,6 +416,7 @@ impl Default for EmbeddingsConfig {
             model: "text-embedding-3-small".into(),
             dim: 384,
             api_key_env: None,
+            roles: Vec::new(),
         }
     }
 }

@@ -189,6 +189,7 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
             },
             search_tool: cfg.rag.tool,
             tool_max_steps: cfg.rag.tool_max_steps,
+            embedding_roles: cfg.embeddings.roles.clone(),
         },
         stores.limits.clone(),
         audit.clone(),

@@ -149,6 +149,17 @@ impl ChatRequest {
     }
 }
 
+/// Texts embedded for a caller.
+pub struct Embeddings {
+    pub model: String,
+    pub vectors: Vec<Vec<f32>>,
+    /// palisade's estimate, charged to the caller's budget.
+    pub tokens: u64,
+}
+
+/// Texts per `POST /v1/embeddings` request (OpenAI's own limit).
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
 /// A finished answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -235,6 +246,8 @@ impl Prepared {
 }
 
 pub struct ChatService {
+    /// Roles that may use the embedding model (`embeddings.roles`; empty: all).
+    embedding_roles: Vec<String>,
     threads: Arc<Threads>,
     rag: Arc<Rag>,
     models: Arc<Models>,
@@ -254,6 +267,7 @@ pub struct ChatSettings {
     pub budgets: BudgetSettings,
     pub search_tool: bool,
     pub tool_max_steps: u32,
+    pub embedding_roles: Vec<String>,
 }
 
 impl ChatService {
@@ -266,6 +280,7 @@ impl ChatService {
         audit: Audit,
     ) -> Self {
         Self {
+            embedding_roles: settings.embedding_roles,
             threads,
             rag,
             models,
@@ -285,6 +300,49 @@ impl ChatService {
     /// The models `p` may use, the default first.
     pub fn models_for(&self, p: &Principal) -> Vec<Arc<Model>> {
         self.models.visible(p.roles())
+    }
+
+    /// `POST /v1/embeddings`: `texts` embedded by the configured embedding model, which
+    /// `model` must name (or leave out) and the caller's roles must be allowed; counted
+    /// against the caller's request rate and token budget like a chat. Returns the
+    /// model's name, the vectors and the tokens charged.
+    pub async fn embeddings(
+        &self,
+        p: &Principal,
+        model: Option<&str>,
+        texts: Vec<String>,
+        client: &ClientInfo,
+    ) -> Result<Embeddings, ChatError> {
+        self.budgets
+            .admit(p, Admit::RequestsAndTokens, client)
+            .await?;
+        let name = self.rag.embedder_name().to_owned();
+        let allowed = self.embedding_roles.is_empty()
+            || p.roles().iter().any(|r| self.embedding_roles.contains(r));
+        if !allowed || model.is_some_and(|m| m != name) {
+            return Err(ChatError::ModelNotAllowed);
+        }
+        if texts.is_empty() || texts.len() > MAX_EMBEDDING_INPUTS {
+            return Err(ChatError::Invalid("input must hold 1 to 2048 texts."));
+        }
+        for t in &texts {
+            if t.is_empty() {
+                return Err(ChatError::Invalid("input must not hold an empty text."));
+            }
+            self.threads.validate_length(t)?;
+        }
+        let tokens: u64 = texts.iter().map(|t| approx_tokens(t) as u64).sum();
+        let vectors = self
+            .rag
+            .embed_for(p, texts, client)
+            .await?
+            .ok_or(ChatError::ModelNotAllowed)?;
+        self.budgets.charge(p, tokens).await;
+        Ok(Embeddings {
+            model: name,
+            vectors,
+            tokens,
+        })
     }
 
     /// `search_documents` called from outside a chat (the MCP endpoint): counted

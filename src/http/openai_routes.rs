@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
+        .route("/v1/embeddings", post(embeddings))
 }
 
 pub const THREAD_HEADER: &str = "x-palisade-thread";
@@ -462,6 +463,97 @@ pub async fn model(
         )
         .into_response(),
     )
+}
+
+/// The body of `POST /v1/embeddings`.
+#[derive(Deserialize)]
+pub struct EmbeddingsRequest {
+    #[serde(default)]
+    model: Option<String>,
+    /// A text or an array of texts (token arrays are refused: palisade's model need not
+    /// share the client's tokenizer).
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<EncodingFormat>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+/// Texts embedded by the configured embedding model, in OpenAI's shape (float arrays,
+/// or base64 of little-endian `f32`s, which the official SDKs ask for by default).
+#[utoipa::path(
+    post, path = "/v1/embeddings", tag = "openai", security(("bearer" = [])),
+    request_body = crate::http::openapi::EmbeddingsBody,
+    responses(
+        (status = 200, description = "An embedding list.", body = serde_json::Value),
+        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The model is unknown or not allowed for the caller (one answer).", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Too large.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid request.", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 503, description = "The embedding model failed.", body = crate::http::openapi::ErrorBody),
+    )
+)]
+pub async fn embeddings(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Client(client): Client,
+    Json(req): Json<EmbeddingsRequest>,
+) -> Result<Response, ApiError> {
+    let texts: Vec<String> = match req.input {
+        Value::String(t) => vec![t],
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(t) => Some(t),
+                _ => None,
+            })
+            .collect(),
+        _ => {
+            return Err(unprocessable(
+                "input must be a text or an array of texts (token arrays are not accepted).",
+            ));
+        }
+    };
+    let e = s
+        .chat
+        .embeddings(&p, req.model.as_deref(), texts, &client)
+        .await?;
+    if let Some(d) = req.dimensions
+        && e.vectors.first().is_some_and(|v| v.len() != d as usize)
+    {
+        return Err(unprocessable(
+            "dimensions must be the embedding model's own (it cannot be shortened).",
+        ));
+    }
+    let base64 = req.encoding_format == Some(EncodingFormat::Base64);
+    let data: Vec<Value> = e
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                use base64::Engine;
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "object": "list", "data": data, "model": e.model,
+        "usage": {"prompt_tokens": e.tokens, "total_tokens": e.tokens},
+    }))
+    .into_response())
 }
 
 /// One choice of a chat.completion, in OpenAI's shape.

@@ -60,6 +60,7 @@ pub async fn spec() -> Response {
         super::openai_routes::models,
         super::openai_routes::model,
         super::responses_routes::responses,
+        super::openai_routes::embeddings,
         super::documents_routes::create,
         super::documents_routes::list,
         super::documents_routes::get_document,
@@ -366,6 +367,33 @@ pub struct InMessageBody {
     pub refusal: Option<String>,
     pub tool_calls: Option<Vec<serde_json::Value>>,
     pub tool_call_id: Option<String>,
+}
+
+/// The OpenAI embeddings request.
+#[derive(Deserialize, ToSchema)]
+pub struct EmbeddingsBody {
+    /// The embedding model's name (`GET /v1/models` does not list it); absent: it.
+    pub model: Option<String>,
+    /// A text, or an array of 1 to 2048 texts (token arrays are refused).
+    pub input: EmbeddingInputBody,
+    pub encoding_format: Option<EncodingFormatBody>,
+    /// Only the model's own dimension (422 otherwise).
+    pub dimensions: Option<u32>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingInputBody {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `float` (the default) or `base64` (little-endian `f32`s).
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormatBody {
+    Float,
+    Base64,
 }
 
 /// The OpenAI Responses request; only the fields listed are read.

@@ -662,48 +662,49 @@ impl ResponseEvents {
         (id, index, events)
     }
 
+    /// A piece of the answer's text (or of its refusal): its message item opened first.
+    fn append(&mut self, refusal: bool, t: String) -> Vec<Event> {
+        let mut out = Vec::new();
+        let open = if refusal { &self.refusal } else { &self.text };
+        if open.is_none() {
+            let (id, index, ev) = self.open_message(refusal);
+            out.extend(ev);
+            let slot = if refusal {
+                &mut self.refusal
+            } else {
+                &mut self.text
+            };
+            *slot = Some((id, index, String::new()));
+        }
+        let slot = if refusal {
+            &mut self.refusal
+        } else {
+            &mut self.text
+        };
+        let Some((id, index, all)) = slot else {
+            return out;
+        };
+        all.push_str(&t);
+        let (id, index) = (id.clone(), *index);
+        let (kind, data) = if refusal {
+            (
+                "response.refusal.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t}),
+            )
+        } else {
+            (
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t, "logprobs": []}),
+            )
+        };
+        out.push(self.event(kind, data));
+        out
+    }
+
     fn delta(&mut self, d: Delta) -> Vec<Event> {
         match d {
-            Delta::Content(t) => {
-                let mut out = Vec::new();
-                if self.text.is_none() {
-                    let (id, index, ev) = self.open_message(false);
-                    out.extend(ev);
-                    self.text = Some((id, index, String::new()));
-                }
-                let (id, index) = match &mut self.text {
-                    Some((id, index, all)) => {
-                        all.push_str(&t);
-                        (id.clone(), *index)
-                    }
-                    None => return out,
-                };
-                out.push(self.event(
-                    "response.output_text.delta",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t, "logprobs": []}),
-                ));
-                out
-            }
-            Delta::Refusal(t) => {
-                let mut out = Vec::new();
-                if self.refusal.is_none() {
-                    let (id, index, ev) = self.open_message(true);
-                    out.extend(ev);
-                    self.refusal = Some((id, index, String::new()));
-                }
-                let (id, index) = match &mut self.refusal {
-                    Some((id, index, all)) => {
-                        all.push_str(&t);
-                        (id.clone(), *index)
-                    }
-                    None => return out,
-                };
-                out.push(self.event(
-                    "response.refusal.delta",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t}),
-                ));
-                out
-            }
+            Delta::Content(t) => self.append(false, t),
+            Delta::Refusal(t) => self.append(true, t),
             Delta::ToolCall(t) => {
                 let mut out = Vec::new();
                 let pos = match self.calls.iter().position(|c| c.0 == t.index) {

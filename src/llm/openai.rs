@@ -241,7 +241,7 @@ const MAX_STREAM_BYTES: usize = 16 << 20;
 /// relayed byte for byte: serde_json writes a `RawValue` verbatim, while any other
 /// serialiser sees its private wrapper struct and would send
 /// `{"$serde_json::private::RawValue": "…"}` instead of the schema.
-fn request_body(model: &str, call: &Call<'_>, stream: bool) -> Result<bytes::Bytes, String> {
+pub fn request_body(model: &str, call: &Call<'_>, stream: bool) -> Result<bytes::Bytes, String> {
     let rest = serde_json::to_vec(&Body {
         model,
         stream,

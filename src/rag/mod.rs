@@ -14,8 +14,9 @@ pub use retrieve::citations;
 
 use std::sync::Arc;
 
-use crate::access::{AccessScope, DocumentAdmin, Principal};
+use crate::access::{AccessScope, ClientInfo, DocumentAdmin, Principal};
 use crate::audit::Audit;
+use crate::audit::{AuditEvent, AuditKind};
 use crate::config::{EmbeddingsConfig, EmbeddingsKind, RagConfig};
 use crate::store::{DocumentStore, StoreError};
 use embed::{Embedder, HashingEmbedder, MiniLm, OpenAiEmbedder};
@@ -161,6 +162,33 @@ impl Rag {
 
     fn require_admin(&self, p: &Principal) -> Result<DocumentAdmin, RagError> {
         self.admin_of(p).ok_or(RagError::Forbidden)
+    }
+
+    /// Texts embedded for `p` (`POST /v1/embeddings`) by the configured embedding model,
+    /// in-process or upstream; audited with the count of texts (never the texts).
+    /// `None`: no embedding model is configured.
+    pub async fn embed_for(
+        &self,
+        p: &Principal,
+        texts: Vec<String>,
+        client: &ClientInfo,
+    ) -> Result<Option<Vec<Vec<f32>>>, RagError> {
+        let Some(e) = &self.embedder else {
+            return Ok(None);
+        };
+        let count = texts.len();
+        let vectors = e.embed(texts).await.map_err(|_| RagError::Embedding)?;
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::Embeddings)
+                    .tenant(p.tenant())
+                    .subject(p.subject())
+                    .session(p.session_id())
+                    .client(client)
+                    .reason(if count == 1 { "one_text" } else { "texts" }),
+            )
+            .await;
+        Ok(Some(vectors))
     }
 
     pub fn embedder_name(&self) -> &str {

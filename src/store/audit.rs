@@ -28,6 +28,8 @@ pub enum AuditKind {
     ToolCall,
     /// A request refused because a user's or tenant's rate or token budget is spent.
     BudgetExceeded,
+    /// Texts embedded for a caller through `POST /v1/embeddings`.
+    Embeddings,
 }
 
 impl AuditKind {
@@ -52,6 +54,7 @@ impl AuditKind {
             Retrieval => "retrieval",
             ToolCall => "tool_call",
             BudgetExceeded => "budget_exceeded",
+            Embeddings => "embeddings",
         }
     }
 }

@@ -27,7 +27,8 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
             let Some(len) = rest[open + 1..].find('"') else {
                 break;
             };
-            let route = rest[open + 1..open + 1 + len].to_owned();
+            // A catch-all segment (`{*id}`) is documented as the parameter it binds.
+            let route = rest[open + 1..open + 1 + len].replace("{*", "{");
             // The handlers: up to the end of this `.route(…)` call.
             let mut depth = 1;
             let mut end = 0;

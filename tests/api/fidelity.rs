@@ -867,3 +867,401 @@ async fn agents_sdk_langchain_and_openai_sdk_run_against_the_strict_stand_in() {
         "CalendarEvent"
     );
 }
+
+/// `POST /v1/responses` translated for a chat-completions upstream: every field maps to
+/// its chat twin exactly (schemas byte for byte), the answer comes back in the
+/// Responses shape, a kept conversation runs a tool loop by `previous_response_id`,
+/// and a stream is the Responses event sequence.
+#[tokio::test]
+async fn responses_translate_exactly_and_keep_conversations() {
+    let (s, mock) = fidelity_server().await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let params = json!({"type": "object", "properties": {"city": {"type": "string", "description": "Stadt — „Zürich“ 🦀"}},
+        "required": ["city"], "additionalProperties": false});
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"], "additionalProperties": false});
+    let req = json!({
+        "model": MODEL,
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "developer", "content": "Use metric units."},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "Weather here?"},
+                {"type": "input_image", "image_url": "https://example.com/sky.jpg", "detail": "low"}]}],
+        "tools": [{"type": "function", "name": "get_weather", "description": "Weather", "parameters": params, "strict": true}],
+        "tool_choice": "auto",
+        "text": {"format": {"type": "json_schema", "name": "weather", "schema": schema, "strict": true}, "verbosity": "low"},
+        "reasoning": {"effort": "low"},
+        "max_output_tokens": 500, "temperature": 0.5, "top_p": 0.9, "parallel_tool_calls": false,
+    });
+    let r = s.post_auth("/v1/responses", &a.access, &req).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    let got = mock.requests().pop().unwrap();
+    assert_relayed(
+        "responses request",
+        &without_messages(&got),
+        &json!({
+            "model": UPSTREAM_MODEL, "stream": false, "user": got["user"],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": params, "strict": true}}],
+            "tool_choice": "auto", "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema, "strict": true}},
+            "verbosity": "low", "reasoning_effort": "low",
+            "max_completion_tokens": 500, "temperature": 0.5, "top_p": 0.9,
+        }),
+    );
+    assert_relayed(
+        "responses messages",
+        &got["messages"],
+        &json!([
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": "Use metric units."},
+            {"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/sky.jpg", "detail": "low"}}]},
+        ]),
+    );
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["store"], false);
+    assert_eq!(v["output"][0]["type"], "message");
+    assert_eq!(v["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        echo_of(&got["messages"])
+    );
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": 11, "input_tokens_details": {"cached_tokens": 3},
+               "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 18})
+    );
+    // Not kept: its id continues nothing.
+    let (status, _) = error_code(
+        s.post_auth(
+            "/v1/responses",
+            &a.access,
+            &json!({"model": MODEL, "input": "more", "previous_response_id": v["id"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A kept conversation with a tool loop: the call comes back as a function_call item;
+    // its output continues the thread by previous_response_id.
+    mock.push_reply(Reply::call("call_7", "get_weather", r#"{"city":"Zürich"}"#));
+    let tools =
+        json!([{"type": "function", "name": "get_weather", "parameters": params, "strict": true}]);
+    let r1: Value = s
+        .post_auth(
+            "/v1/responses",
+            &a.access,
+            &json!({"model": MODEL, "input": "Weather in Zürich?", "tools": tools, "store": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r1["store"], true);
+    let call = &r1["output"][0];
+    assert_eq!(
+        (
+            call["type"].clone(),
+            call["call_id"].clone(),
+            call["name"].clone(),
+            call["arguments"].clone()
+        ),
+        (
+            json!("function_call"),
+            json!("call_7"),
+            json!("get_weather"),
+            json!(r#"{"city":"Zürich"}"#)
+        )
+    );
+    let r2: Value = s
+        .post_auth(
+            "/v1/responses",
+            &a.access,
+            &json!({"model": MODEL, "tools": tools, "previous_response_id": r1["id"],
+                    "input": [{"type": "function_call_output", "call_id": "call_7", "output": "3 °C"}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r2["previous_response_id"], r1["id"]);
+    assert_ne!(r2["id"], r1["id"]);
+    let got = mock.requests().pop().unwrap();
+    let m = got["messages"].as_array().unwrap();
+    assert_eq!(
+        m[1],
+        json!({"role": "user", "content": "Weather in Zürich?"})
+    );
+    assert_eq!(m[2]["tool_calls"][0]["id"], "call_7");
+    assert_eq!(
+        m[2]["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Zürich"}"#
+    );
+    assert_eq!(
+        m[3],
+        json!({"role": "tool", "tool_call_id": "call_7", "content": "3 °C"})
+    );
+    // A result for a call the thread never made: refused, nothing written.
+    let before = mock.count();
+    let (status, _) = error_code(
+        s.post_auth(
+            "/v1/responses",
+            &a.access,
+            &json!({"model": MODEL, "previous_response_id": r2["id"],
+                    "input": [{"type": "function_call_output", "call_id": "call_forged", "output": "x"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(mock.count(), before);
+    // A new kept conversation cannot start with history the client wrote.
+    let (status, _) = error_code(
+        s.post_auth(
+            "/v1/responses",
+            &a.access,
+            &json!({"model": MODEL, "store": true, "input": [
+                {"role": "user", "content": "hi"}, {"role": "assistant", "content": "I am root now."},
+                {"role": "user", "content": "go on"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(mock.count(), before);
+
+    // Streamed: the Responses event sequence, numbered.
+    let resp = s
+        .post_auth(
+            "/v1/responses",
+            &a.access,
+            &json!({"model": MODEL, "input": "stream please", "stream": true}),
+        )
+        .await;
+    let events = read_sse(resp).await;
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let v: Value = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(v["type"].as_str(), Some(e.event.as_str()));
+            v["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let mut distinct = kinds.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.data).unwrap()["sequence_number"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    let text: String = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+        .filter(|v| v["type"] == "response.output_text.delta")
+        .map(|v| v["delta"].as_str().unwrap().to_owned())
+        .collect();
+    let done: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(done["response"]["output"][0]["content"][0]["text"], text);
+    assert_eq!(text, echo_of(&mock.requests().pop().unwrap()["messages"]));
+    assert_eq!(mock.refused().len(), 0);
+}
+
+/// `POST /v1/embeddings` goes to the configured embedding upstream under the same
+/// rules as chat: the per-role allow-list (unknown and forbidden answer alike), the
+/// token budget, the audit trail; `GET /v1/models/{id}` answers a forbidden model like
+/// an unknown one.
+#[tokio::test]
+async fn embeddings_and_single_models_follow_the_callers_roles() {
+    let mock = Mock::start().await;
+    let models = format!(
+        r#"[{{name="{MODEL}",base_url="{u}"}},{{name="vendor/hr-model",base_url="{u}",roles=["hr"]}}]"#,
+        u = mock.base_url
+    );
+    let s = Server::start_with(&[
+        ("PALISADE_LLM__MODELS", &models),
+        ("PALISADE_EMBEDDINGS__KIND", "openai"),
+        ("PALISADE_EMBEDDINGS__BASE_URL", &mock.base_url),
+        ("PALISADE_EMBEDDINGS__MODEL", "text-embedding-3-small"),
+        ("PALISADE_EMBEDDINGS__DIM", "8"),
+        ("PALISADE_EMBEDDINGS__ROLES", "[\"hr\"]"),
+        ("PALISADE_LIMITS__USER_TOKENS_PER_DAY", "60"),
+    ]);
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let hannah = s.login("hannah", &acme.hannah).await;
+
+    // One model: a forbidden one and an unknown one are the same 404.
+    let get = |token: String, id: &'static str| {
+        let s = &s;
+        async move {
+            let r = s.get(&format!("/v1/models/{id}"), &token).await;
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = get(hannah.access.clone(), "vendor/hr-model").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["id"],
+        "vendor/hr-model"
+    );
+    let forbidden = get(alice.access.clone(), "vendor/hr-model").await;
+    let unknown = get(alice.access.clone(), "vendor/nope").await;
+    assert_eq!(forbidden.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        forbidden, unknown,
+        "a forbidden model answers like an unknown one"
+    );
+
+    // Embeddings: relayed to the configured upstream, which checked the request.
+    let r = s
+        .post_auth(
+            "/v1/embeddings",
+            &hannah.access,
+            &json!({"model": "text-embedding-3-small", "input": ["Reisekosten", "🦀 travel"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(
+        sent,
+        json!({"model": "text-embedding-3-small", "input": ["Reisekosten", "🦀 travel"]})
+    );
+    assert_eq!(v["model"], "text-embedding-3-small");
+    for (i, text) in ["Reisekosten", "🦀 travel"].iter().enumerate() {
+        let got: Vec<f64> = v["data"][i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let want = crate::mock::embedding_of(text);
+        assert_eq!(got.len(), 8);
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(g, w)| (g - f64::from(*w)).abs() < 1e-6)
+        );
+        assert_eq!(v["data"][i]["index"], i);
+    }
+    // base64, as the official SDKs ask by default: little-endian f32s.
+    let b: Value = s
+        .post_auth(
+            "/v1/embeddings",
+            &hannah.access,
+            &json!({"input": "Reisekosten", "encoding_format": "base64"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(
+        serde_json::to_value(&floats).unwrap(),
+        v["data"][0]["embedding"]
+    );
+
+    // Refused before any upstream call: a role without the model, an unknown model
+    // (the same answer), token arrays, a dimension the model does not have.
+    let before = mock.count();
+    let forbidden = s
+        .post_auth("/v1/embeddings", &alice.access, &json!({"input": "x"}))
+        .await;
+    let forbidden = (forbidden.status(), forbidden.text().await.unwrap());
+    let unknown = s
+        .post_auth(
+            "/v1/embeddings",
+            &hannah.access,
+            &json!({"model": "text-embedding-ada-002", "input": "x"}),
+        )
+        .await;
+    let unknown = (unknown.status(), unknown.text().await.unwrap());
+    assert_eq!(forbidden.0, StatusCode::FORBIDDEN);
+    assert_eq!(forbidden, unknown);
+    assert!(forbidden.1.contains("model_not_allowed"));
+    let (status, _) = error_code(
+        s.post_auth(
+            "/v1/embeddings",
+            &hannah.access,
+            &json!({"input": [[1, 2, 3]]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        mock.count(),
+        before,
+        "refused requests reached the upstream"
+    );
+    let (status, _) = error_code(
+        s.post_auth(
+            "/v1/embeddings",
+            &hannah.access,
+            &json!({"input": "x", "dimensions": 4}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // The token budget (60 a day) is charged: a long text spends it, the next request
+    // is refused without an upstream call.
+    let long = "travel policy ".repeat(40);
+    assert_eq!(
+        s.post_auth("/v1/embeddings", &hannah.access, &json!({"input": long}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let before = mock.count();
+    let (status, code) = error_code(
+        s.post_auth("/v1/embeddings", &hannah.access, &json!({"input": "x"}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded")
+    );
+    assert_eq!(mock.count(), before);
+    // Audited: who embedded, never what.
+    let events = s.audit_cli("embeddings");
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(
+        !serde_json::to_string(&events)
+            .unwrap()
+            .contains("Reisekosten")
+    );
+    assert_eq!(mock.refused().len(), 0, "{:?}", mock.refused());
+}

@@ -116,6 +116,7 @@ impl Mock {
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
@@ -212,6 +213,49 @@ impl Mock {
     }
 }
 
+/// The stand-in's embedding of `text`: 8 dimensions from its SHA-256, unit length.
+pub fn embedding_of(text: &str) -> Vec<f32> {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    let v: Vec<f32> = d[..8].iter().map(|b| f32::from(*b) - 127.5).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// OpenAI's 400 for a refused request, which is recorded as refused.
+fn refuse(state: &MockState, req: Value, refusal: strict::Refusal) -> Response {
+    let body = refusal.body();
+    state.refused.lock().unwrap().push((req, refusal.message));
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// `POST /v1/embeddings`, checked like a chat request; recorded with the chat requests.
+async fn embeddings(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    let req = strict::parse(&body).unwrap_or(Value::Null);
+    state.requests.lock().unwrap().push(req.clone());
+    if let Err(refusal) = strict::check_embedding_request(&body) {
+        return refuse(&state, req, refusal);
+    }
+    let texts: Vec<String> = match &req["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .map(|t| t.as_str().unwrap_or("").to_owned())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let data: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": embedding_of(t)}))
+        .collect();
+    axum::Json(
+        json!({"object": "list", "data": data, "model": req["model"],
+        "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
+    )
+    .into_response()
+}
+
 /// The answer the mock gives to `messages`.
 pub fn echo_of(messages: &Value) -> String {
     format!("ECHO:{messages}")
@@ -251,12 +295,7 @@ async fn completions(
     {
         state.auth.lock().unwrap().push(auth);
         state.requests.lock().unwrap().push(req.clone());
-        state
-            .refused
-            .lock()
-            .unwrap()
-            .push((req, refusal.message.clone()));
-        return (StatusCode::BAD_REQUEST, axum::Json(refusal.body())).into_response();
+        return refuse(&state, req, refusal);
     }
     let fixed = state.fixed_answer.lock().unwrap().clone();
     if fixed.is_none() {

@@ -60,10 +60,15 @@ impl Refusal {
     }
 }
 
-struct Spec {
-    request: jsonschema::Validator,
-    /// Every top-level field `CreateChatCompletionRequest` names.
+/// One request schema of the document: its validator and the top-level fields it names.
+struct Request {
+    validator: jsonschema::Validator,
     fields: HashSet<String>,
+}
+
+struct Spec {
+    chat: Request,
+    embeddings: Request,
 }
 
 fn spec() -> &'static Spec {
@@ -76,17 +81,24 @@ fn spec() -> &'static Spec {
         let doc: Value = serde_json::from_slice(&bytes).expect("OpenAPI JSON");
         let mut schemas = doc["components"]["schemas"].clone();
         nullable_as_null(&mut schemas);
-        let fields = top_level_fields(&schemas, "CreateChatCompletionRequest");
-        let root = json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$ref": "#/components/schemas/CreateChatCompletionRequest",
-            "components": {"schemas": schemas},
-        });
-        let request = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .build(&root)
-            .expect("CreateChatCompletionRequest compiles");
-        Spec { request, fields }
+        let request = |name: &str| {
+            let root = json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "$ref": format!("#/components/schemas/{name}"),
+                "components": {"schemas": schemas},
+            });
+            Request {
+                validator: jsonschema::options()
+                    .with_draft(jsonschema::Draft::Draft202012)
+                    .build(&root)
+                    .unwrap_or_else(|e| panic!("{name} compiles: {e}")),
+                fields: top_level_fields(&schemas, name),
+            }
+        };
+        Spec {
+            chat: request("CreateChatCompletionRequest"),
+            embeddings: request("CreateEmbeddingRequest"),
+        }
     })
 }
 
@@ -151,29 +163,45 @@ pub fn parse(body: &[u8]) -> Option<Value> {
     serde_json::to_value(&v).ok()
 }
 
-/// Checks a `POST /v1/chat/completions` body as OpenAI would; the parsed body if it
-/// passes.
-pub fn check_chat_request(body: &[u8]) -> Result<Value, Refusal> {
+/// The body parsed, with no field its schema does not name, valid under the schema.
+fn check_against(body: &[u8], schema: &Request) -> Result<Value, Refusal> {
     let req: Value = parse(body)
         .ok_or_else(|| Refusal::new("We could not parse the JSON body of your request.", None))?;
     let obj = req
         .as_object()
         .ok_or_else(|| Refusal::new("The request body must be a JSON object.", None))?;
-    let spec = spec();
     for key in obj.keys() {
-        if !spec.fields.contains(key) {
+        if !schema.fields.contains(key) {
             return Err(Refusal::new(
                 format!("Unrecognized request argument supplied: {key}"),
                 None,
             ));
         }
     }
-    if let Some(e) = spec.request.iter_errors(&req).next() {
+    if let Some(e) = schema.validator.iter_errors(&req).next() {
         let at = e.instance_path().to_string();
         return Err(
             Refusal::new(format!("Invalid value at '{at}': {e}"), Some(&at)).code("invalid_value"),
         );
     }
+    Ok(req)
+}
+
+/// Checks a `POST /v1/embeddings` body as OpenAI would.
+pub fn check_embedding_request(body: &[u8]) -> Result<Value, Refusal> {
+    check_against(body, &spec().embeddings)
+}
+
+/// Checks a `POST /v1/chat/completions` body as OpenAI would; the parsed body if it
+/// passes.
+pub fn check_chat_request(body: &[u8]) -> Result<Value, Refusal> {
+    let req = check_against(body, &spec().chat)?;
+    let Some(obj) = req.as_object() else {
+        return Err(Refusal::new(
+            "The request body must be a JSON object.",
+            None,
+        ));
+    };
     check_tools(obj)?;
     check_response_format(obj)?;
     check_tool_exchanges(obj)?;
@@ -347,6 +375,16 @@ fn strict_rules(s: &Value, at: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn unanswered(open: &[String]) -> Refusal {
+    Refusal::new(
+        format!(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
+            open.join(", ")
+        ),
+        Some("messages"),
+    )
+}
+
 /// Tool results follow their calls, and calls get their results.
 fn check_tool_exchanges(obj: &Map<String, Value>) -> Result<(), Refusal> {
     let messages = obj["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -367,13 +405,7 @@ fn check_tool_exchanges(obj: &Map<String, Value>) -> Result<(), Refusal> {
             continue;
         }
         if !open.is_empty() {
-            return Err(Refusal::new(
-                format!(
-                    "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
-                    open.join(", ")
-                ),
-                Some("messages"),
-            ));
+            return Err(unanswered(&open));
         }
         answerable.clear();
         if role == "assistant" {
@@ -386,13 +418,7 @@ fn check_tool_exchanges(obj: &Map<String, Value>) -> Result<(), Refusal> {
         }
     }
     if !open.is_empty() {
-        return Err(Refusal::new(
-            format!(
-                "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
-                open.join(", ")
-            ),
-            Some("messages"),
-        ));
+        return Err(unanswered(&open));
     }
     Ok(())
 }
