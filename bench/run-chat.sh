@@ -26,7 +26,7 @@ trap cleanup EXIT
 
 # A realistic answer (400 characters, streamed in 16-character deltas) instead of the
 # echo of the prompt, which would grow with the stored history.
-MOCK_ANSWER_CHARS=400 $T/examples/mock_upstream 127.0.0.1:9100 >/dev/null & pids+=($!)
+MOCK_STRICT=0 MOCK_ANSWER_CHARS=400 $T/examples/mock_upstream 127.0.0.1:9100 >/dev/null & pids+=($!)
 $T/examples/passthrough_proxy 127.0.0.1:9200 http://127.0.0.1:9100 >/dev/null & pids+=($!)
 export PALISADE_LLM__BASE_URL=http://127.0.0.1:9100/v1 PALISADE_LLM__MODEL=mock-model
 export PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE=100000000 PALISADE_LOG__LEVEL=warn
