@@ -343,12 +343,27 @@ impl ResponsesRequest {
     }
 }
 
+/// The thread a request is kept in: continued, or made for it (and removed again if
+/// the turn fails before an answer, so that a refused request leaves nothing behind).
+enum Kept {
+    Continued(String),
+    New(String),
+}
+
+impl Kept {
+    fn id(&self) -> &str {
+        match self {
+            Kept::Continued(id) | Kept::New(id) => id,
+        }
+    }
+}
+
 /// The request as palisade's chat turn, and the thread it is kept in (if any).
 async fn conversation(
     s: &AppState,
     p: &crate::access::Principal,
     req: &mut ResponsesRequest,
-) -> Result<(Conversation, Option<String>), ApiError> {
+) -> Result<(Conversation, Option<Kept>), ApiError> {
     let mut messages = match std::mem::replace(&mut req.input, Input::Items(Vec::new())) {
         Input::Text(t) => vec![ChatMessage::new(Role::User, t)],
         Input::Items(items) => messages_of(items)?,
@@ -357,7 +372,9 @@ async fn conversation(
         messages.insert(0, ChatMessage::new(Role::System, i));
     }
     let thread = match (&req.previous_response_id, req.store) {
-        (Some(prev), _) => Some(thread_of(prev).ok_or(ApiError::NotFound)?.to_owned()),
+        (Some(prev), _) => Some(Kept::Continued(
+            thread_of(prev).ok_or(ApiError::NotFound)?.to_owned(),
+        )),
         (None, Some(true)) => {
             // A new kept conversation starts with the user's own words only: an
             // assistant turn in it would be history the client wrote.
@@ -374,20 +391,22 @@ async fn conversation(
                 .rfind(|m| m.role == Role::User)
                 .map(|m| m.text().chars().take(80).collect())
                 .unwrap_or_default();
-            Some(s.threads.create(p, Some(&title)).await?.id)
+            // Taken apart before the thread is made: a malformed turn makes nothing.
+            crate::chat::thread_turn(messages.clone())?;
+            Some(Kept::New(s.threads.create(p, Some(&title)).await?.id))
         }
         (None, _) => None,
     };
     Ok(match thread {
-        Some(id) => {
+        Some(kept) => {
             let (input, instructions) = crate::chat::thread_turn(messages)?;
             (
                 Conversation::Thread {
-                    id: id.clone(),
+                    id: kept.id().to_owned(),
                     input,
                     instructions,
                 },
-                Some(id),
+                Some(kept),
             )
         }
         None => (Conversation::Stateless { messages }, None),
@@ -545,6 +564,22 @@ pub async fn responses(
         stored: thread.is_some(),
         text,
     };
+    // A thread made for this request goes again if the turn fails before an answer
+    // (a refused model, invalid options, a failed upstream): nothing half-written.
+    let made = match &thread {
+        Some(Kept::New(id)) => Some(id.clone()),
+        _ => None,
+    };
+    let undo = |e: crate::chat::ChatError| {
+        let (s, p, client, made) = (s.clone(), p.clone(), client.clone(), made.clone());
+        async move {
+            if let Some(id) = made {
+                let _ = s.threads.delete(&p, &id, &client).await;
+            }
+            ApiError::from(e)
+        }
+    };
+    let thread = thread.map(|k| k.id().to_owned());
     let kept_id = move |a: &Answer| {
         thread
             .as_deref()
@@ -553,7 +588,10 @@ pub async fn responses(
     };
 
     if !req.stream.unwrap_or(false) {
-        let a = s.chat.complete(&p, chat_req, &client).await?;
+        let a = match s.chat.complete(&p, chat_req, &client).await {
+            Ok(a) => a,
+            Err(e) => return Err(undo(e).await),
+        };
         if let Some(id) = kept_id(&a) {
             echo.id = id;
         }
@@ -575,7 +613,10 @@ pub async fn responses(
         return Ok(axum::Json(echo.response("completed", output, Some(&a))).into_response());
     }
 
-    let stream = s.chat.stream(&p, chat_req, &client).await?;
+    let stream = match s.chat.stream(&p, chat_req, &client).await {
+        Ok(stream) => stream,
+        Err(e) => return Err(undo(e).await),
+    };
     let mut events = ResponseEvents::new(echo);
     let head = events.start();
     let body = stream.flat_map(move |ev| {

@@ -1020,6 +1020,56 @@ async fn responses_translate_exactly_and_keep_conversations() {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(mock.count(), before);
+    // A new kept conversation whose turn is refused, or whose model fails, leaves no
+    // thread behind.
+    let threads_before = s
+        .get("/v1/threads", &a.access)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["threads"]
+        .as_array()
+        .unwrap()
+        .len();
+    let (status, code) = error_code(
+        s.post_auth(
+            "/v1/responses",
+            &a.access,
+            &json!({"model": "no-such-model", "store": true, "input": "hello"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "model_not_allowed")
+    );
+    mock.set_mode(crate::mock::Mode::Status(400));
+    let (status, _) = error_code(
+        s.post_auth(
+            "/v1/responses",
+            &a.access,
+            &json!({"model": MODEL, "store": true, "input": "hello"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    mock.set_mode(crate::mock::Mode::Echo);
+    let threads_after = s
+        .get("/v1/threads", &a.access)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["threads"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        threads_after, threads_before,
+        "a failed new conversation left a thread"
+    );
+    let before = mock.count();
     // A new kept conversation cannot start with history the client wrote.
     let (status, _) = error_code(
         s.post_auth(
