@@ -336,6 +336,19 @@ pub struct ModelConfig {
     /// A lower output-token cap for this model than `llm.max_tokens`.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// The API the upstream speaks: `chat_completions` (every OpenAI-compatible server)
+    /// or `responses` (OpenAI's Responses API).
+    #[serde(default)]
+    pub api: UpstreamApi,
+}
+
+/// How palisade talks to a model's upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamApi {
+    #[default]
+    ChatCompletions,
+    Responses,
 }
 
 impl LlmConfig {
@@ -354,6 +367,7 @@ impl LlmConfig {
                 roles: Vec::new(),
                 multimodal: false,
                 max_tokens: None,
+                api: UpstreamApi::ChatCompletions,
             }],
             None => Vec::new(),
         }

@@ -46,6 +46,34 @@ pub fn options(
     search_tool: bool,
     stateless: bool,
 ) -> Result<(), ChatError> {
+    if model.speaks_responses() {
+        // Refused rather than dropped: the client would believe they applied.
+        let unsupported = [
+            (
+                o.stop.is_some(),
+                "stop is not available with this model (its upstream speaks the Responses API).",
+            ),
+            (
+                o.seed.is_some(),
+                "seed is not available with this model (its upstream speaks the Responses API).",
+            ),
+            (
+                o.presence_penalty.is_some() || o.frequency_penalty.is_some(),
+                "presence_penalty and frequency_penalty are not available with this model (its upstream speaks the Responses API).",
+            ),
+            (
+                o.logit_bias.is_some(),
+                "logit_bias is not available with this model (its upstream speaks the Responses API).",
+            ),
+            (
+                o.n.is_some_and(|n| n > 1),
+                "n above 1 is not available with this model (its upstream speaks the Responses API).",
+            ),
+        ];
+        if let Some((_, m)) = unsupported.iter().find(|(bad, _)| *bad) {
+            return Err(invalid(m));
+        }
+    }
     match o.n {
         Some(0) => return Err(invalid("n must be at least 1.")),
         Some(n) if n > MAX_CHOICES => return Err(invalid("n may be at most 8.")),

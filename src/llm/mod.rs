@@ -8,6 +8,7 @@
 pub mod extractive;
 pub mod message;
 pub mod openai;
+pub mod responses;
 
 use futures_util::stream::BoxStream;
 use std::sync::Arc;
@@ -92,6 +93,12 @@ impl Model {
     /// The most output tokens a request may ask for (and what is asked when it does not say).
     pub fn max_tokens(&self) -> u32 {
         self.max_tokens
+    }
+
+    /// Whether its upstream speaks the Responses API (which has no `stop`, `seed`,
+    /// penalties, `logit_bias` or several choices).
+    pub fn speaks_responses(&self) -> bool {
+        matches!(&self.upstream, Upstream::OpenAi(c) if c.api() == crate::config::UpstreamApi::Responses)
     }
 
     /// Whether it calls tools at all (the extractive responder does not).

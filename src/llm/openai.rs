@@ -17,7 +17,7 @@ use super::{
     Call, Choice, Completion, Delta, DeltaStream, FunctionCall, LlmError, Options, ToolCall,
     ToolCallDelta, ToolKind, Usage,
 };
-use crate::config::{LlmConfig, ModelConfig};
+use crate::config::{LlmConfig, ModelConfig, UpstreamApi};
 
 pub struct OpenAiClient {
     http: reqwest::Client,
@@ -26,6 +26,7 @@ pub struct OpenAiClient {
     url: reqwest::Url,
     model: String,
     max_retries: u32,
+    api: UpstreamApi,
 }
 
 impl OpenAiClient {
@@ -51,19 +52,33 @@ impl OpenAiClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| "cannot build the upstream HTTP client".to_owned())?;
+        let path = match m.api {
+            UpstreamApi::ChatCompletions => "chat/completions",
+            UpstreamApi::Responses => "responses",
+        };
         Ok(Self {
             http,
-            url: reqwest::Url::parse(&format!("{base}/chat/completions"))
+            url: reqwest::Url::parse(&format!("{base}/{path}"))
                 .map_err(|_| format!("the base_url of model {:?} is not a valid URL", m.name))?,
             model: m.upstream_model.clone().unwrap_or_else(|| m.name.clone()),
             max_retries: cfg.max_retries,
+            api: m.api,
         })
+    }
+
+    /// The API this upstream speaks.
+    pub fn api(&self) -> UpstreamApi {
+        self.api
     }
 
     /// Sends the request, retrying what is safe to retry. Returns a response with a
     /// success status whose body has not been read yet.
     async fn send(&self, call: &Call<'_>, stream: bool) -> Result<reqwest::Response, LlmError> {
-        let payload = request_body(&self.model, call, stream).map_err(|e| {
+        let payload = match self.api {
+            UpstreamApi::ChatCompletions => request_body(&self.model, call, stream),
+            UpstreamApi::Responses => super::responses::request_body(&self.model, call, stream),
+        }
+        .map_err(|e| {
             tracing::error!(error = %e, "the upstream request could not be serialised");
             LlmError::Connect
         })?;
@@ -108,6 +123,9 @@ impl OpenAiClient {
                 LlmError::Connect
             }
         })?;
+        if self.api == UpstreamApi::Responses {
+            return super::responses::parse_completion(&bytes);
+        }
         let parsed: CompletionResponse =
             serde_json::from_slice(&bytes).map_err(|_| LlmError::Malformed)?;
         let mut choices = parsed.choices.into_iter();
@@ -154,6 +172,9 @@ impl OpenAiClient {
                 std::future::ready(Some(r))
             });
         let mut events = bytes.eventsource();
+        if self.api == UpstreamApi::Responses {
+            return Ok(Box::pin(responses_stream(events)));
+        }
         let s = try_stream! {
             let mut done = false;
             let mut fingerprint: Option<String> = None;
@@ -225,6 +246,49 @@ impl OpenAiClient {
             while let Some(Ok(_)) = events.next().await {}
         };
         Ok(Box::pin(s))
+    }
+}
+
+/// A streamed Responses answer as deltas; an end without `response.completed` (or
+/// `.incomplete`) is an error, as a chat stream without `[DONE]` is.
+fn responses_stream(
+    mut events: impl futures_util::Stream<
+        Item = Result<eventsource_stream::Event, EventStreamError<LlmError>>,
+    > + Send
+    + Unpin
+    + 'static,
+) -> impl futures_util::Stream<Item = Result<Delta, LlmError>> + Send + 'static {
+    try_stream! {
+        let mut reader = super::responses::EventReader::default();
+        let mut done = false;
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| match e {
+                EventStreamError::Transport(t) => t,
+                _ => LlmError::Malformed,
+            })?;
+            let data = event.data.trim();
+            if data.is_empty() || data == "[DONE]" {
+                continue;
+            }
+            match reader.read(data)? {
+                super::responses::Step::Deltas(ds) => {
+                    for d in ds {
+                        yield d;
+                    }
+                }
+                super::responses::Step::Done(ds) => {
+                    for d in ds {
+                        yield d;
+                    }
+                    done = true;
+                    break;
+                }
+            }
+        }
+        if !done {
+            Err(LlmError::Malformed)?;
+        }
+        while let Some(Ok(_)) = events.next().await {}
     }
 }
 

@@ -16,6 +16,8 @@ use serde_json::{Map, Value, json};
 
 const COMPLETIONS: &str = "/v1/chat/completions";
 const MODEL: &str = "fidelity";
+/// The same upstream model behind the Responses API.
+const MODEL_RESPONSES: &str = "fidelity-responses";
 const UPSTREAM_MODEL: &str = "gpt-4o-2024-08-06";
 const SYSTEM_PROMPT: &str = "FIDELITY-SYSTEM-PROMPT: palisade's own instructions.";
 /// `llm.max_tokens`: above every value in the corpus, so none is capped.
@@ -202,8 +204,9 @@ async fn answer_text(
 async fn fidelity_server() -> (Server, Mock) {
     let mock = Mock::start().await;
     let models = format!(
-        r#"[{{name="{MODEL}",base_url="{}",upstream_model="{UPSTREAM_MODEL}",multimodal=true}}]"#,
-        mock.base_url
+        r#"[{{name="{MODEL}",base_url="{u}",upstream_model="{UPSTREAM_MODEL}",multimodal=true}},
+            {{name="{MODEL_RESPONSES}",base_url="{u}",upstream_model="{UPSTREAM_MODEL}",multimodal=true,api="responses"}}]"#,
+        u = mock.base_url
     );
     let cap = CAP.to_string();
     let s = Server::start_with(&[
@@ -404,6 +407,7 @@ async fn the_stand_in_refuses_what_openai_refuses() {
     // private RawValue wrapper. The OpenAPI document alone lets it pass (it types
     // `parameters` as any object); OpenAI refuses it, and so does the stand-in.
     let wrapper = json!({"$serde_json::private::RawValue": params.to_string()});
+    let wrapper_copy = wrapper.clone();
     let (status, msg) = stand_in(&mock, &tool(wrapper.clone())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(msg.contains("type: \"object\""), "{msg}");
@@ -475,7 +479,38 @@ async fn the_stand_in_refuses_what_openai_refuses() {
         assert!(msg.contains(expect), "{body}: {msg}");
     }
     // Every refusal was recorded as such.
-    assert_eq!(mock.refused().len(), 15);
+    // The Responses endpoint likewise: the wrapper as a flat tool's parameters, and a
+    // function call output that answers no call.
+    let post = |body: Value| {
+        let url = format!("{}/responses", mock.base_url);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            (
+                status,
+                v["error"]["message"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    };
+    let ok = json!({"model": "gpt-4o", "input": "hi", "tools": [{"type": "function", "name": "lookup", "parameters": params, "strict": false}]});
+    assert_eq!(post(ok).await.0, StatusCode::OK);
+    let (status, msg) = post(json!({"model": "gpt-4o", "input": "hi",
+        "tools": [{"type": "function", "name": "lookup", "parameters": wrapper_copy, "strict": false}]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(msg.contains("type: \"object\""), "{msg}");
+    let (status, msg) = post(json!({"model": "gpt-4o", "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "function_call_output", "call_id": "call_x", "output": "1"}]}))
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(msg.contains("No tool call found"), "{msg}");
+    assert_eq!(mock.refused().len(), 17);
 }
 
 #[tokio::test]
@@ -865,6 +900,55 @@ async fn agents_sdk_langchain_and_openai_sdk_run_against_the_strict_stand_in() {
     assert_eq!(
         sent[7]["response_format"]["json_schema"]["name"],
         "CalendarEvent"
+    );
+
+    // The same clients on a model whose upstream speaks the Responses API: palisade
+    // writes every turn as a Responses request, which the stand-in checked.
+    for city in ["Tokyo", "Oslo"] {
+        mock.push_reply(Reply::call(
+            &format!("call_{city}"),
+            "get_weather",
+            &format!("{{\"city\":\"{city}\"}}"),
+        ));
+        mock.push_reply(Reply::Text(format!("Sunny in {city}.")));
+    }
+    mock.push_reply(Reply::Text("Hello Ada.".into()));
+    mock.push_reply(Reply::Text("Your name is Ada.".into()));
+    mock.push_reply(Reply::Text(
+        r#"{"setup":"Why cats?","punchline":"Because.","rating":null}"#.into(),
+    ));
+    mock.push_reply(Reply::Text(
+        r#"{"name":"Science Fair","date":"Friday","participants":["Alice","Bob"]}"#.into(),
+    ));
+    let out = crate::agents::run_python(
+        "structured_agents.py",
+        &[
+            ("BASE", s.base.as_str()),
+            ("TOKEN", a.access.as_str()),
+            ("MODEL", MODEL_RESPONSES),
+        ],
+    )
+    .await;
+    assert!(out.contains("STRUCTURED-AGENTS-OK"), "{out}");
+    assert_eq!(mock.refused().len(), 0, "{:?}", mock.refused());
+    let sent = mock.requests();
+    assert_eq!(sent.len(), 16);
+    for r in &sent[8..] {
+        assert!(r["input"].is_array() && r["store"] == false, "{r}");
+    }
+    // The tool loop's second round: the call and its output as items, in order.
+    let input = sent[9]["input"].as_array().unwrap();
+    let n = input.len();
+    assert_eq!(input[n - 2]["type"], "function_call");
+    assert_eq!(input[n - 2]["call_id"], "call_Tokyo");
+    assert_eq!(
+        input[n - 1],
+        json!({"type": "function_call_output", "call_id": "call_Tokyo", "output": "The weather in Tokyo is sunny"})
+    );
+    assert_eq!(sent[14]["text"]["format"]["strict"], true);
+    assert_eq!(
+        sent[14]["text"]["format"]["schema"]["additionalProperties"],
+        false
     );
 }
 
@@ -1314,4 +1398,187 @@ async fn embeddings_and_single_models_follow_the_callers_roles() {
             .contains("Reisekosten")
     );
     assert_eq!(mock.refused().len(), 0, "{:?}", mock.refused());
+}
+
+/// The item a chat message becomes for a Responses upstream (as docs/agents.md says).
+fn expected_items(m: &Value) -> Vec<Value> {
+    let role = m["role"].as_str().unwrap();
+    if role == "tool" {
+        return vec![
+            json!({"type": "function_call_output", "call_id": m["tool_call_id"], "output": text_of(m)}),
+        ];
+    }
+    let mut out = Vec::new();
+    let content = if role == "assistant" {
+        // An earlier answer goes back as its text (or its refusal's).
+        let t = text_of(m);
+        let refusal = m["refusal"].as_str().map(str::to_owned).or_else(|| {
+            m["content"].as_array().and_then(|p| {
+                p.iter()
+                    .find_map(|p| p["refusal"].as_str().map(str::to_owned))
+            })
+        });
+        match (m["content"].is_null(), t.is_empty(), refusal) {
+            (_, true, Some(r)) => Some(json!(r)),
+            (_, true, None) => None,
+            (_, false, _) => Some(json!(t)),
+        }
+    } else {
+        match &m["content"] {
+            Value::String(s) => Some(json!(s)),
+            Value::Array(parts) => Some(Value::Array(
+                parts
+                    .iter()
+                    .map(|p| match p["type"].as_str().unwrap() {
+                        "text" => json!({"type": "input_text", "text": p["text"]}),
+                        "image_url" => {
+                            json!({"type": "input_image", "image_url": p["image_url"]["url"],
+                            "detail": p["image_url"]["detail"].as_str().unwrap_or("auto")})
+                        }
+                        other => panic!("part {other}"),
+                    })
+                    .collect(),
+            )),
+            _ => None,
+        }
+    };
+    if let Some(content) = content {
+        out.push(json!({"type": "message", "role": role, "content": content}));
+    }
+    for c in m["tool_calls"].as_array().into_iter().flatten() {
+        out.push(
+            json!({"type": "function_call", "call_id": c["id"], "name": c["function"]["name"],
+            "arguments": c["function"]["arguments"]}),
+        );
+    }
+    out
+}
+
+/// A model whose upstream speaks the Responses API: every corpus body is relayed as a
+/// Responses request that OpenAI's document accepts, field for field, or — when it uses
+/// an option that API does not have — refused with a 422 that names it, before any call.
+#[tokio::test]
+async fn the_corpus_reaches_a_responses_upstream_exactly() {
+    let corpus = corpus();
+    let mock = Mock::start().await;
+    let models = format!(
+        r#"[{{name="{MODEL}",base_url="{}",upstream_model="{UPSTREAM_MODEL}",multimodal=true,api="responses"}}]"#,
+        mock.base_url
+    );
+    let cap = CAP.to_string();
+    let s = Server::start_with(&[
+        ("PALISADE_LLM__MODELS", &models),
+        ("PALISADE_LLM__MAX_TOKENS", &cap),
+        ("PALISADE_LLM__SYSTEM_PROMPT", SYSTEM_PROMPT),
+        ("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "10000"),
+    ]);
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let admin = s.login("adam", &acme.adam).await;
+    let alice = s.user_id(&admin.access, "alice").await;
+    let (mut relayed, mut refused) = (0, 0);
+    for e in &corpus {
+        for stream in [false, true] {
+            let what = format!("{} ({})", e.name, if stream { "streamed" } else { "JSON" });
+            let client = client_body(&e.body, stream);
+            let c = client.as_object().unwrap();
+            let unsupported = [
+                "stop",
+                "seed",
+                "presence_penalty",
+                "frequency_penalty",
+                "logit_bias",
+            ]
+            .iter()
+            .any(|k| c.contains_key(*k))
+                || client["n"].as_u64().is_some_and(|n| n > 1);
+            if unsupported {
+                let before = mock.count();
+                let (status, _) =
+                    error_code(s.post_auth(COMPLETIONS, &a.access, &client).await).await;
+                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}");
+                assert_eq!(
+                    mock.count(),
+                    before,
+                    "{what}: refused, yet the upstream was called"
+                );
+                refused += 1;
+                continue;
+            }
+            let text = answer_text(&s, &mock, &a.access, None, &client).await;
+            let got = mock.requests().pop().unwrap();
+            relayed += 1;
+            let tools: Vec<Value> = client["tools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let f = &t["function"];
+                    json!({"type": "function", "name": f["name"], "description": f["description"],
+                        "parameters": if f["parameters"].is_null() { json!({"type": "object", "properties": {}}) } else { f["parameters"].clone() },
+                        "strict": f["strict"].as_bool().unwrap_or(false)})
+                })
+                .collect();
+            let format = match client["response_format"]["type"].as_str() {
+                Some("json_schema") => {
+                    let js = &client["response_format"]["json_schema"];
+                    json!({"type": "json_schema", "name": js["name"], "description": js["description"],
+                        "schema": js["schema"], "strict": js["strict"]})
+                }
+                Some(other) => json!({"type": other}),
+                None => Value::Null,
+            };
+            let text_param = if format.is_null() && client["verbosity"].is_null() {
+                Value::Null
+            } else {
+                json!({"format": format, "verbosity": client["verbosity"]})
+            };
+            let tool_choice = match &client["tool_choice"] {
+                Value::Object(o) => json!({"type": "function", "name": o["function"]["name"]}),
+                other => other.clone(),
+            };
+            let logprobs = client["logprobs"] == json!(true);
+            let want = json!({
+                "model": UPSTREAM_MODEL, "stream": stream, "store": false, "user": alice,
+                "tools": if tools.is_empty() { Value::Null } else { json!(tools) },
+                "tool_choice": tool_choice,
+                "parallel_tool_calls": client["parallel_tool_calls"],
+                "temperature": client["temperature"], "top_p": client["top_p"],
+                "max_output_tokens": if !client["max_completion_tokens"].is_null() { client["max_completion_tokens"].clone() }
+                    else if !client["max_tokens"].is_null() { client["max_tokens"].clone() } else { json!(CAP) },
+                "text": text_param,
+                "reasoning": if client["reasoning_effort"].is_null() { Value::Null } else { json!({"effort": client["reasoning_effort"]}) },
+                "top_logprobs": if logprobs { client["top_logprobs"].clone() } else { Value::Null },
+                "include": if logprobs { json!(["message.output_text.logprobs"]) } else { Value::Null },
+            });
+            let mut options = got.as_object().unwrap().clone();
+            let input = options.remove("input").unwrap();
+            assert_relayed(
+                &format!("{what} responses options"),
+                &Value::Object(options),
+                &want,
+            );
+            let mut items =
+                vec![json!({"type": "message", "role": "system", "content": SYSTEM_PROMPT})];
+            for m in client["messages"].as_array().unwrap() {
+                items.extend(expected_items(m));
+            }
+            assert_relayed(
+                &format!("{what} responses input"),
+                &input,
+                &Value::Array(items),
+            );
+            assert_eq!(text, echo_of(&input), "{what}: the answer relayed");
+        }
+    }
+    assert!(
+        relayed >= 60 && refused > 0,
+        "{relayed} relayed, {refused} refused"
+    );
+    assert_eq!(
+        mock.refused().len(),
+        0,
+        "the stand-in refused: {:?}",
+        mock.refused().first().map(|r| &r.1)
+    );
 }

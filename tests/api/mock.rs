@@ -117,6 +117,7 @@ impl Mock {
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1/responses", post(responses))
             .route("/v1/models", get(models))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
@@ -254,6 +255,109 @@ async fn embeddings(State(state): State<Arc<MockState>>, body: Bytes) -> Respons
         "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
     )
     .into_response()
+}
+
+/// `POST /v1/responses`, checked as OpenAI would: answers with the echo of the `input`
+/// (or the scripted reply) as output items, or as the Responses event stream.
+async fn responses(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    let req = strict::parse(&body).unwrap_or(Value::Null);
+    state.requests.lock().unwrap().push(req.clone());
+    if let Err(refusal) = strict::check_responses_request(&body) {
+        return refuse(&state, req, refusal);
+    }
+    let scripted = {
+        let next = state.script.lock().unwrap().pop_front();
+        next.or_else(|| state.forever.lock().unwrap().clone())
+    };
+    let mut output: Vec<Value> = Vec::new();
+    let mut text = None;
+    match scripted {
+        Some(Reply::Text(t)) => text = Some(("output_text", t)),
+        Some(Reply::Refusal(r)) => text = Some(("refusal", r)),
+        Some(Reply::Calls(calls)) => {
+            for (id, name, args) in calls {
+                output.push(
+                    json!({"type": "function_call", "id": format!("fc_{id}"), "call_id": id,
+                    "name": name, "arguments": args, "status": "completed"}),
+                );
+            }
+        }
+        None => text = Some(("output_text", echo_of(&req["input"]))),
+    }
+    if let Some((kind, t)) = &text {
+        let part = if *kind == "refusal" {
+            json!({"type": "refusal", "refusal": t})
+        } else {
+            json!({"type": "output_text", "text": t, "annotations": []})
+        };
+        output.insert(
+            0,
+            json!({"type": "message", "id": "msg_mock", "status": "completed",
+            "role": "assistant", "content": [part]}),
+        );
+    }
+    let usage = json!({"input_tokens": 11, "input_tokens_details": {"cached_tokens": 3},
+        "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 18});
+    let response = json!({"id": "resp_mock", "object": "response", "created_at": 0,
+        "status": "completed", "model": req["model"], "output": output, "usage": usage});
+    if req["stream"] != Value::Bool(true) {
+        return axum::Json(response).into_response();
+    }
+    // The event sequence: each output item added, its pieces, done; then completed.
+    let mut events: Vec<Value> = vec![
+        json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress", "output": []}}),
+    ];
+    for (i, item) in output.iter().enumerate() {
+        if item["type"] == "function_call" {
+            let mut opened = item.clone();
+            opened["arguments"] = json!("");
+            events.push(
+                json!({"type": "response.output_item.added", "output_index": i, "item": opened}),
+            );
+            let args: Vec<char> = item["arguments"].as_str().unwrap_or("").chars().collect();
+            for c in args.chunks(5) {
+                events.push(
+                    json!({"type": "response.function_call_arguments.delta", "output_index": i,
+                    "item_id": item["id"], "delta": c.iter().collect::<String>()}),
+                );
+            }
+            events.push(
+                json!({"type": "response.output_item.done", "output_index": i, "item": item}),
+            );
+        } else if let Some((kind, t)) = &text {
+            events.push(json!({"type": "response.output_item.added", "output_index": i,
+                "item": {"type": "message", "id": "msg_mock", "status": "in_progress", "role": "assistant", "content": []}}));
+            let delta_kind = if *kind == "refusal" {
+                "response.refusal.delta"
+            } else {
+                "response.output_text.delta"
+            };
+            let chars: Vec<char> = t.chars().collect();
+            for c in chars.chunks(16) {
+                events.push(
+                    json!({"type": delta_kind, "output_index": i, "item_id": "msg_mock",
+                    "content_index": 0, "delta": c.iter().collect::<String>()}),
+                );
+            }
+            events.push(
+                json!({"type": "response.output_item.done", "output_index": i, "item": item}),
+            );
+        }
+    }
+    events.push(json!({"type": "response.completed", "response": response}));
+    let body: String = events
+        .iter()
+        .enumerate()
+        .map(|(n, e)| {
+            let mut e = e.clone();
+            e["sequence_number"] = json!(n);
+            format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or(""))
+        })
+        .collect();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from(body))
+        .unwrap()
 }
 
 /// The answer the mock gives to `messages`.

@@ -5,7 +5,8 @@
 //! * The body must validate against `CreateChatCompletionRequest` of OpenAI's published
 //!   OpenAPI document, vendored unchanged in `tests/openai/openapi.json` (source and
 //!   digest in `tests/openai/README.md`; the digest is checked when it is loaded).
-//!   OpenAPI's `nullable: true` is read as "or null", as OpenAI's servers do.
+//!   OpenAPI's `nullable: true` is read as "or null" and a `oneOf` with a
+//!   `discriminator` as the alternative it picks, as OpenAI's servers do.
 //! * No top-level field the document does not name ("Unrecognized request argument").
 //! * A function's `parameters` and `response_format.json_schema.schema` must be JSON
 //!   Schemas of `"type": "object"`, valid under their meta-schema; with `strict: true`,
@@ -69,6 +70,7 @@ struct Request {
 struct Spec {
     chat: Request,
     embeddings: Request,
+    responses: Request,
 }
 
 fn spec() -> &'static Spec {
@@ -80,7 +82,7 @@ fn spec() -> &'static Spec {
         assert_eq!(digest, SPEC_SHA256, "tests/openai/openapi.json was changed");
         let doc: Value = serde_json::from_slice(&bytes).expect("OpenAPI JSON");
         let mut schemas = doc["components"]["schemas"].clone();
-        nullable_as_null(&mut schemas);
+        as_json_schema(&mut schemas);
         let request = |name: &str| {
             let root = json!({
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -98,6 +100,7 @@ fn spec() -> &'static Spec {
         Spec {
             chat: request("CreateChatCompletionRequest"),
             embeddings: request("CreateEmbeddingRequest"),
+            responses: request("CreateResponse"),
         }
     })
 }
@@ -110,20 +113,28 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// OpenAPI 3.0's `nullable: true`, which the document still uses beside 3.1's
-/// `{"type": "null"}`: the schema or null.
-fn nullable_as_null(v: &mut Value) {
+/// The document's OpenAPI keywords in plain JSON Schema: 3.0's `nullable: true` (which
+/// the document still uses beside 3.1's `{"type": "null"}`) is "the schema or null"; a
+/// `oneOf` with a `discriminator` is the alternative the discriminator picks, which
+/// JSON Schema can only say as `anyOf` (as plain `oneOf`, a user message fits both the
+/// short and the long message shape, and OpenAI's own example bodies fail).
+fn as_json_schema(v: &mut Value) {
     match v {
         Value::Object(m) => {
             for child in m.values_mut() {
-                nullable_as_null(child);
+                as_json_schema(child);
+            }
+            if m.contains_key("discriminator")
+                && let Some(one_of) = m.remove("oneOf")
+            {
+                m.insert("anyOf".into(), one_of);
             }
             if m.remove("nullable") == Some(Value::Bool(true)) {
                 let inner = Value::Object(std::mem::take(m));
                 m.insert("anyOf".into(), json!([inner, {"type": "null"}]));
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(nullable_as_null),
+        Value::Array(a) => a.iter_mut().for_each(as_json_schema),
         _ => {}
     }
 }
@@ -190,6 +201,66 @@ fn check_against(body: &[u8], schema: &Request) -> Result<Value, Refusal> {
 /// Checks a `POST /v1/embeddings` body as OpenAI would.
 pub fn check_embedding_request(body: &[u8]) -> Result<Value, Refusal> {
     check_against(body, &spec().embeddings)
+}
+
+/// Checks a `POST /v1/responses` body as OpenAI would: the document's schema, the
+/// function tools' schemas (flat: `name`, `parameters`, `strict`), the text format's
+/// schema, and every function call output answering a function call before it.
+pub fn check_responses_request(body: &[u8]) -> Result<Value, Refusal> {
+    let req = check_against(body, &spec().responses)?;
+    for (i, t) in req["tools"].as_array().into_iter().flatten().enumerate() {
+        if t["type"] != "function" {
+            continue;
+        }
+        let name = t["name"].as_str().unwrap_or("");
+        if !valid_name(name) {
+            return Err(Refusal::new(
+                format!("Invalid 'tools[{i}].name': string does not match pattern."),
+                Some(&format!("tools[{i}].name")),
+            ));
+        }
+        check_schema(
+            &t["parameters"],
+            &format!("function '{name}'"),
+            t["strict"] == Value::Bool(true),
+        )
+        .map_err(|m| Refusal::new(m, Some(&format!("tools[{i}].parameters"))))?;
+    }
+    let format = &req["text"]["format"];
+    if format["type"] == "json_schema" {
+        let name = format["name"].as_str().unwrap_or("");
+        if !valid_name(name) {
+            return Err(Refusal::new(
+                "Invalid 'text.format.name': string does not match pattern.",
+                Some("text.format.name"),
+            ));
+        }
+        check_schema(
+            &format["schema"],
+            &format!("text.format '{name}'"),
+            format["strict"] == Value::Bool(true),
+        )
+        .map_err(|m| Refusal::new(m, Some("text.format.schema")))?;
+    }
+    let mut calls: HashSet<&str> = HashSet::new();
+    for item in req["input"].as_array().into_iter().flatten() {
+        match item["type"].as_str() {
+            Some("function_call") => {
+                calls.insert(item["call_id"].as_str().unwrap_or(""));
+            }
+            Some("function_call_output") => {
+                let id = item["call_id"].as_str().unwrap_or("");
+                if !calls.contains(id) {
+                    return Err(Refusal::new(
+                        format!("No tool call found for function call output with call_id {id}."),
+                        Some("input"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(req)
 }
 
 /// Checks a `POST /v1/chat/completions` body as OpenAI would; the parsed body if it
