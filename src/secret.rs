@@ -25,6 +25,16 @@ pub fn new_id() -> String {
     random_b64(16)
 }
 
+/// A new 128-bit identifier that guards nothing (request ids, response and item ids of
+/// an answer): from the thread's CSPRNG (ChaCha, seeded and reseeded by the operating
+/// system), without a system call for every id — two a request were 2 % of a stateless
+/// chat request. Anything that protects (sessions, tokens, keys, thread ids) takes
+/// [`new_id`] or [`random_b64`].
+pub fn public_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// An opaque refresh token: 256 random bits. Only its SHA-256 is ever stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RefreshToken(String);

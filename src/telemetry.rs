@@ -5,9 +5,10 @@
 //! fixed reason strings, configured model names. Nothing a client sends becomes a label.
 //! Until [`install`] runs (the server does it at start), recording is a no-op.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock, RwLock};
 
-use metrics::{counter, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "palisade_http_requests_total";
@@ -112,11 +113,72 @@ pub fn render() -> String {
     }
 }
 
-pub fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
-    let (method, route) = (method.to_owned(), route.to_owned());
-    counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
-        .increment(1);
-    histogram!(HTTP_DURATION, "method" => method, "route" => route).record(seconds);
+pub fn http_request(method: &'static str, route: &str, status: u16, seconds: f64) {
+    type PerRoute = Vec<(&'static str, u16, Counter, Histogram)>;
+    static HANDLES: LazyLock<RwLock<HashMap<Box<str>, PerRoute>>> = LazyLock::new(Default::default);
+    if !installed() {
+        return;
+    }
+    if let Ok(map) = HANDLES.read()
+        && let Some((.., c, h)) = map
+            .get(route)
+            .and_then(|v| v.iter().find(|h| h.0 == method && h.1 == status))
+    {
+        c.increment(1);
+        h.record(seconds);
+        return;
+    }
+    let c = counter!(HTTP_REQUESTS, "method" => method, "route" => route.to_owned(), "status" => status.to_string());
+    let h = histogram!(HTTP_DURATION, "method" => method, "route" => route.to_owned());
+    c.increment(1);
+    h.record(seconds);
+    if let Ok(mut map) = HANDLES.write() {
+        map.entry(route.into())
+            .or_default()
+            .push((method, status, c, h));
+    }
+}
+
+/// Whether the recorder is installed: a handle taken before would record nothing, so
+/// none is kept until then.
+fn installed() -> bool {
+    HANDLE.get().is_some()
+}
+
+/// A model's metric handles, registered once (the registry builds and hashes a
+/// metric's labels on every lookup; per request that was ~2 % of a chat request).
+struct ModelHandles {
+    ok: Counter,
+    error: Counter,
+    duration: Histogram,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+}
+
+fn with_model(model: &str, f: impl FnOnce(&ModelHandles)) {
+    static HANDLES: LazyLock<RwLock<HashMap<Box<str>, ModelHandles>>> =
+        LazyLock::new(Default::default);
+    if !installed() {
+        return;
+    }
+    if let Ok(map) = HANDLES.read()
+        && let Some(h) = map.get(model)
+    {
+        f(h);
+        return;
+    }
+    let m = model.to_owned();
+    let h = ModelHandles {
+        ok: counter!(UPSTREAM_REQUESTS, "model" => m.clone(), "outcome" => "ok"),
+        error: counter!(UPSTREAM_REQUESTS, "model" => m.clone(), "outcome" => "error"),
+        duration: histogram!(UPSTREAM_DURATION, "model" => m.clone()),
+        prompt_tokens: counter!(TOKENS, "model" => m.clone(), "kind" => "prompt"),
+        completion_tokens: counter!(TOKENS, "model" => m, "kind" => "completion"),
+    };
+    f(&h);
+    if let Ok(mut map) = HANDLES.write() {
+        map.entry(model.into()).or_insert(h);
+    }
 }
 
 /// One security event (`n` of them for an aggregated audit record), with the derived
@@ -140,18 +202,32 @@ pub fn limited(limit: &'static str) {
 }
 
 pub fn retrieval(seconds: f64, chunks: usize) {
-    counter!(RETRIEVALS).increment(1);
-    histogram!(RETRIEVAL_DURATION).record(seconds);
-    histogram!(RETRIEVAL_CHUNKS).record(chunks as f64);
+    static HANDLES: OnceLock<(Counter, Histogram, Histogram)> = OnceLock::new();
+    if !installed() {
+        return;
+    }
+    let (count, duration, sizes) = HANDLES.get_or_init(|| {
+        (
+            counter!(RETRIEVALS),
+            histogram!(RETRIEVAL_DURATION),
+            histogram!(RETRIEVAL_CHUNKS),
+        )
+    });
+    count.increment(1);
+    duration.record(seconds);
+    sizes.record(chunks as f64);
 }
 
 pub fn upstream(model: &str, ok: bool, seconds: f64) {
-    let outcome = if ok { "ok" } else { "error" };
-    counter!(UPSTREAM_REQUESTS, "model" => model.to_owned(), "outcome" => outcome).increment(1);
-    histogram!(UPSTREAM_DURATION, "model" => model.to_owned()).record(seconds);
+    with_model(model, |h| {
+        if ok { &h.ok } else { &h.error }.increment(1);
+        h.duration.record(seconds);
+    });
 }
 
 pub fn tokens(model: &str, prompt: u64, completion: u64) {
-    counter!(TOKENS, "model" => model.to_owned(), "kind" => "prompt").increment(prompt);
-    counter!(TOKENS, "model" => model.to_owned(), "kind" => "completion").increment(completion);
+    with_model(model, |h| {
+        h.prompt_tokens.increment(prompt);
+        h.completion_tokens.increment(completion);
+    });
 }

@@ -86,14 +86,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::limits,
+            middleware::inner,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::refuse_when_degraded,
-        ))
-        .layer(axum::middleware::from_fn(middleware::refuse_nul))
-        .layer(axum::middleware::from_fn(middleware::expose_request_id))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // Path only: a query string could carry something secret.
             let id = req
@@ -103,13 +97,11 @@ pub fn router(state: AppState) -> Router {
                 .unwrap_or("");
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        // Outermost first on the way in: sanitise the inbound id, set (or mint) it,
-        // then copy it onto the response.
+        // Outermost first on the way in: sanitise the inbound id (in `outer`), set (or
+        // mint) it, then copy it onto the response.
         .layer(propagate_id)
         .layer(set_id)
-        .layer(axum::middleware::from_fn(middleware::sanitize_inbound))
-        .layer(axum::middleware::from_fn(middleware::security_headers))
-        .layer(axum::middleware::from_fn(middleware::track))
+        .layer(axum::middleware::from_fn(middleware::outer))
         .with_state(state)
 }
 

@@ -547,7 +547,7 @@ pub async fn responses(
         options,
     };
     let mut echo = Echo {
-        id: format!("resp_{}", crate::secret::new_id()),
+        id: format!("resp_{}", crate::secret::public_id()),
         created_at: crate::timeutil::now_ms() / 1000,
         model: chat_req
             .model
@@ -598,14 +598,14 @@ pub async fn responses(
         let mut output = Vec::new();
         if !a.content.is_empty() || a.refusal.is_some() {
             output.push(message_item(
-                &format!("msg_{}", crate::secret::new_id()),
+                &format!("msg_{}", crate::secret::public_id()),
                 "completed",
                 &a,
             ));
         }
         for c in &a.tool_calls {
             output.push(call_item(
-                &format!("fc_{}", crate::secret::new_id()),
+                &format!("fc_{}", crate::secret::public_id()),
                 "completed",
                 c,
             ));
@@ -682,7 +682,7 @@ impl ResponseEvents {
     }
 
     fn open_message(&mut self, refusal: bool) -> (String, usize, Vec<Event>) {
-        let id = format!("msg_{}", crate::secret::new_id());
+        let id = format!("msg_{}", crate::secret::public_id());
         let index = self.items;
         self.items += 1;
         let part = if refusal {
@@ -751,7 +751,7 @@ impl ResponseEvents {
                 let pos = match self.calls.iter().position(|c| c.0 == t.index) {
                     Some(pos) => pos,
                     None => {
-                        let id = format!("fc_{}", crate::secret::new_id());
+                        let id = format!("fc_{}", crate::secret::public_id());
                         let index = self.items;
                         self.items += 1;
                         let call = ToolCall {

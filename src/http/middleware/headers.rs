@@ -1,15 +1,12 @@
 //! Security headers on every response.
 
-use axum::extract::Request;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::Response;
 
 /// Every response: never cached (tokens and conversation text must not land in a shared
 /// or browser cache — and unknown suffixes are 404s, so `/auth/me/x.css` caches nothing),
 /// never sniffed, never framed, never leaking a referrer.
-pub async fn security_headers(req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
+pub fn secure(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -27,5 +24,4 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         .or_insert(HeaderValue::from_static(
             "default-src 'none'; frame-ancestors 'none'",
         ));
-    resp
 }

@@ -2,18 +2,16 @@
 //! filters reach SQL as parameters; PostgreSQL refuses NUL in text, so such a request
 //! would fail as a store error. It is bad input: 400, before any handler runs.
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::Uri;
 
 use crate::http::error::ApiError;
 
-pub async fn refuse_nul(req: Request, next: Next) -> Response {
-    let uri = req.uri();
+pub fn refuse_nul(uri: &Uri) -> Result<(), ApiError> {
     let nul = |s: &str| s.contains("%00");
     if nul(uri.path()) || uri.query().is_some_and(nul) {
-        return ApiError::BadRequest("The URL must not contain NUL characters (%00).".into())
-            .into_response();
+        return Err(ApiError::BadRequest(
+            "The URL must not contain NUL characters (%00).".into(),
+        ));
     }
-    next.run(req).await
+    Ok(())
 }

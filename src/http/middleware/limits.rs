@@ -1,7 +1,7 @@
 //! Declared body size and total handling time, both answered in the error contract;
 //! and no service from a store that has shown corruption.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -13,22 +13,19 @@ use crate::http::error::ApiError;
 /// every request but the health probes answers 503 alike — never a mix of answers and
 /// errors. The same while a network store is known to be unreachable (503
 /// `store_unavailable`): no request is answered from caches alone.
-pub async fn refuse_when_degraded(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub fn refuse_when_degraded(state: &AppState, req: &Request) -> Result<(), ApiError> {
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
     if !probe && state.health.degraded() {
-        return ApiError::Unavailable.into_response();
+        return Err(ApiError::Unavailable);
     }
     if !probe && state.health.unreachable() {
-        return ApiError::StoreUnavailable.into_response();
+        return Err(ApiError::StoreUnavailable);
     }
-    next.run(req).await
+    Ok(())
 }
 
-pub async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The declared body size, then the rest of the request within the total time.
+pub async fn limits(state: &AppState, req: Request, next: Next) -> Response {
     let max = state.config.limits.max_body_bytes;
     let declared = req
         .headers()

@@ -8,8 +8,6 @@
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::Response;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -26,7 +24,7 @@ impl MakeRequestId for MintRequestId {
         &mut self,
         _: &axum::http::Request<B>,
     ) -> Option<tower_http::request_id::RequestId> {
-        HeaderValue::from_str(&crate::secret::new_id())
+        HeaderValue::from_str(&crate::secret::public_id())
             .ok()
             .map(tower_http::request_id::RequestId::new)
     }
@@ -40,19 +38,18 @@ fn acceptable(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
-/// Drops an unacceptable inbound id (so one is minted) and exposes the final id as an
-/// extension. Runs inside [`SetRequestIdLayer`], after it has set the header.
-pub async fn expose_request_id(mut req: Request, next: Next) -> Response {
+/// Exposes the final id as an extension. Runs inside [`SetRequestIdLayer`], after it
+/// has set the header.
+pub fn expose(req: &mut Request) {
     if let Some(v) = req.headers().get(REQUEST_ID_HEADER).cloned() {
         req.extensions_mut().insert(RequestId(
             String::from_utf8_lossy(v.as_bytes()).into_owned(),
         ));
     }
-    next.run(req).await
 }
 
-/// Strips an unacceptable inbound id before the set layer sees it.
-pub async fn sanitize_inbound(mut req: Request, next: Next) -> Response {
+/// Strips an unacceptable inbound id before the set layer sees it (so one is minted).
+pub fn sanitize_inbound(req: &mut Request) {
     if req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -60,7 +57,6 @@ pub async fn sanitize_inbound(mut req: Request, next: Next) -> Response {
     {
         req.headers_mut().remove(REQUEST_ID_HEADER);
     }
-    next.run(req).await
 }
 
 /// The layers in application order (outermost first): sanitise, set, propagate.
