@@ -1,7 +1,8 @@
 //! Random identifiers and secret values.
 //!
-//! Every opaque id or secret that leaves the server carries at least 128 bits from the
-//! operating system's CSPRNG (ASVS 7.2.3). Secret-bearing types redact themselves in
+//! Every opaque id or secret that leaves the server carries at least 128 bits from a
+//! CSPRNG (ASVS 7.2.3): the operating system's for anything that protects, the
+//! thread's (seeded by the operating system) for ids that guard nothing. Secret-bearing types redact themselves in
 //! `Debug` so that a stray `tracing::debug!(?x)` cannot leak them.
 
 use base64::Engine;
