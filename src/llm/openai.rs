@@ -179,10 +179,7 @@ impl OpenAiClient {
             let mut done = false;
             let mut fingerprint: Option<String> = None;
             while let Some(event) = events.next().await {
-                let event = event.map_err(|e| match e {
-                    EventStreamError::Transport(t) => t,
-                    _ => LlmError::Malformed,
-                })?;
+                let event = event.map_err(event_error)?;
                 let data = event.data.trim();
                 if data == "[DONE]" {
                     done = true;
@@ -249,6 +246,14 @@ impl OpenAiClient {
     }
 }
 
+/// A transport error as it came; anything else wrong with the event stream is malformed.
+fn event_error(e: EventStreamError<LlmError>) -> LlmError {
+    match e {
+        EventStreamError::Transport(t) => t,
+        _ => LlmError::Malformed,
+    }
+}
+
 /// A streamed Responses answer as deltas; an end without `response.completed` (or
 /// `.incomplete`) is an error, as a chat stream without `[DONE]` is.
 fn responses_stream(
@@ -262,10 +267,7 @@ fn responses_stream(
         let mut reader = super::responses::EventReader::default();
         let mut done = false;
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| match e {
-                EventStreamError::Transport(t) => t,
-                _ => LlmError::Malformed,
-            })?;
+            let event = event.map_err(event_error)?;
             let data = event.data.trim();
             if data.is_empty() || data == "[DONE]" {
                 continue;

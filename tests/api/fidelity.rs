@@ -767,15 +767,9 @@ async fn a_threads_instructions_are_relayed_each_turn_and_never_stored() {
     assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
 }
 
-/// The OpenAI Agents SDK on its default model (the Responses API) runs a tool loop,
-/// plain and streamed, and continues a kept conversation; LangChain's
-/// `with_structured_output(strict=True)` and the openai SDK's `parse()` get their
-/// typed answers. All against the strict stand-in, which accepted every request.
-#[tokio::test]
-async fn agents_sdk_langchain_and_openai_sdk_run_against_the_strict_stand_in() {
-    let (s, mock) = fidelity_server().await;
-    let acme = seed_acme(&s);
-    let a = s.login("alice", &acme.alice).await;
+/// Runs `tests/clients/structured_agents.py` against `model`, with the stand-in's
+/// answers scripted in the order the script asks.
+async fn structured_agents(s: &Server, mock: &Mock, token: &str, model: &str) -> String {
     for city in ["Tokyo", "Oslo"] {
         mock.push_reply(Reply::call(
             &format!("call_{city}"),
@@ -792,15 +786,27 @@ async fn agents_sdk_langchain_and_openai_sdk_run_against_the_strict_stand_in() {
     mock.push_reply(Reply::Text(
         r#"{"name":"Science Fair","date":"Friday","participants":["Alice","Bob"]}"#.into(),
     ));
-    let out = crate::agents::run_python(
+    crate::agents::run_python(
         "structured_agents.py",
         &[
             ("BASE", s.base.as_str()),
-            ("TOKEN", a.access.as_str()),
-            ("MODEL", MODEL),
+            ("TOKEN", token),
+            ("MODEL", model),
         ],
     )
-    .await;
+    .await
+}
+
+/// The OpenAI Agents SDK on its default model (the Responses API) runs a tool loop,
+/// plain and streamed, and continues a kept conversation; LangChain's
+/// `with_structured_output(strict=True)` and the openai SDK's `parse()` get their
+/// typed answers. All against the strict stand-in, which accepted every request.
+#[tokio::test]
+async fn agents_sdk_langchain_and_openai_sdk_run_against_the_strict_stand_in() {
+    let (s, mock) = fidelity_server().await;
+    let acme = seed_acme(&s);
+    let a = s.login("alice", &acme.alice).await;
+    let out = structured_agents(&s, &mock, &a.access, MODEL).await;
     assert!(out.contains("STRUCTURED-AGENTS-OK"), "{out}");
     assert_eq!(mock.refused().len(), 0, "{:?}", mock.refused());
     let sent = mock.requests();
@@ -904,31 +910,7 @@ async fn agents_sdk_langchain_and_openai_sdk_run_against_the_strict_stand_in() {
 
     // The same clients on a model whose upstream speaks the Responses API: palisade
     // writes every turn as a Responses request, which the stand-in checked.
-    for city in ["Tokyo", "Oslo"] {
-        mock.push_reply(Reply::call(
-            &format!("call_{city}"),
-            "get_weather",
-            &format!("{{\"city\":\"{city}\"}}"),
-        ));
-        mock.push_reply(Reply::Text(format!("Sunny in {city}.")));
-    }
-    mock.push_reply(Reply::Text("Hello Ada.".into()));
-    mock.push_reply(Reply::Text("Your name is Ada.".into()));
-    mock.push_reply(Reply::Text(
-        r#"{"setup":"Why cats?","punchline":"Because.","rating":null}"#.into(),
-    ));
-    mock.push_reply(Reply::Text(
-        r#"{"name":"Science Fair","date":"Friday","participants":["Alice","Bob"]}"#.into(),
-    ));
-    let out = crate::agents::run_python(
-        "structured_agents.py",
-        &[
-            ("BASE", s.base.as_str()),
-            ("TOKEN", a.access.as_str()),
-            ("MODEL", MODEL_RESPONSES),
-        ],
-    )
-    .await;
+    let out = structured_agents(&s, &mock, &a.access, MODEL_RESPONSES).await;
     assert!(out.contains("STRUCTURED-AGENTS-OK"), "{out}");
     assert_eq!(mock.refused().len(), 0, "{:?}", mock.refused());
     let sent = mock.requests();
