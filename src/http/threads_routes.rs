@@ -111,7 +111,7 @@ impl From<ShownMessage> for MessageView {
             headers(("location" = String, description = "The thread's URL."))),
         (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "Too many threads.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Too many threads (`thread_limit_reached`).", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub async fn create(
@@ -247,9 +247,8 @@ pub struct PostMessage {
         (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "Not the caller's thread.", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "The thread is full.", body = crate::http::openapi::ErrorBody),
         (status = 413, description = "The message is too long.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Invalid message.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid message, or the thread is full (`thread_full`).", body = crate::http::openapi::ErrorBody),
         (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
         (status = 502, description = "The model failed.", body = crate::http::openapi::ErrorBody),
     )
