@@ -5,7 +5,11 @@
 //! mean per operation). A small timing loop, not a statistics framework: each case runs
 //! for about a second after a warm-up, in batches, and the batch times give the p50.
 
-use std::time::{Duration, Instant};
+#[path = "common/timing.rs"]
+mod timing;
+
+use std::time::Duration;
+use timing::measure;
 
 use palisade::app::{self, ops};
 use palisade::auth::ClientInfo;
@@ -23,30 +27,6 @@ fn claims() -> AccessClaims {
         session_id: "c2Vzc2lvbi1pZC0xMjM0NTY".into(),
         jkt: None,
     }
-}
-
-/// Times `f` over batches for about `budget`; returns (p50, mean) per call.
-fn measure<R>(budget: Duration, mut f: impl FnMut() -> R) -> (Duration, Duration) {
-    // Warm-up, and a batch size that makes a batch last ~10 ms.
-    let t = Instant::now();
-    let mut n = 0u32;
-    while t.elapsed() < Duration::from_millis(200) {
-        std::hint::black_box(f());
-        n += 1;
-    }
-    let batch = (n / 20).max(1);
-    let mut per_call = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < budget || per_call.len() < 5 {
-        let t = Instant::now();
-        for _ in 0..batch {
-            std::hint::black_box(f());
-        }
-        per_call.push(t.elapsed() / batch);
-    }
-    per_call.sort();
-    let mean = per_call.iter().sum::<Duration>() / per_call.len() as u32;
-    (per_call[per_call.len() / 2], mean)
 }
 
 fn fmt(d: Duration) -> String {

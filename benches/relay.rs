@@ -5,7 +5,12 @@
 //!
 //! Run: `cargo bench --bench relay` (prints a table of p50 per body).
 
-use std::time::{Duration, Instant};
+#[path = "common/timing.rs"]
+mod timing;
+
+use std::time::Duration;
+
+use timing::measure;
 
 use palisade::llm::message::{FunctionDef, ToolDef};
 use palisade::llm::openai::request_body;
@@ -23,27 +28,6 @@ struct Whole<'a> {
     #[serde(flatten)]
     options: &'a Options,
     user: &'a str,
-}
-
-fn measure(mut f: impl FnMut() -> usize) -> Duration {
-    let t = Instant::now();
-    let mut n = 0u32;
-    while t.elapsed() < Duration::from_millis(200) {
-        std::hint::black_box(f());
-        n += 1;
-    }
-    let batch = (n / 20).max(1);
-    let mut per_call = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(1) || per_call.len() < 5 {
-        let t = Instant::now();
-        for _ in 0..batch {
-            std::hint::black_box(f());
-        }
-        per_call.push(t.elapsed() / batch);
-    }
-    per_call.sort();
-    per_call[per_call.len() / 2]
 }
 
 /// `n` tools with schemas of about `size` bytes in all (as bench/run declares them).
@@ -76,6 +60,8 @@ fn tools(n: usize, size: usize) -> Vec<ToolDef> {
         })
         .collect()
 }
+
+const BUDGET: Duration = Duration::from_secs(1);
 
 fn main() {
     let question = vec![
@@ -129,9 +115,11 @@ fn main() {
             user: call.user,
         };
         let bytes = request_body("gpt-4o-mini", &call, false).unwrap().len();
-        let split = measure(|| request_body("gpt-4o-mini", &call, false).unwrap().len());
-        let json = measure(|| serde_json::to_vec(&whole).unwrap().len());
-        let sonic = measure(|| sonic_rs::to_vec(&whole).unwrap().len());
+        let (split, _) = measure(BUDGET, || {
+            request_body("gpt-4o-mini", &call, false).unwrap().len()
+        });
+        let (json, _) = measure(BUDGET, || serde_json::to_vec(&whole).unwrap().len());
+        let (sonic, _) = measure(BUDGET, || sonic_rs::to_vec(&whole).unwrap().len());
         let us = |d: Duration| format!("{:.1} µs", d.as_nanos() as f64 / 1e3);
         println!(
             "| {name} | {bytes} | {} | {} | {} |",

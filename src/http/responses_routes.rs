@@ -371,46 +371,40 @@ async fn conversation(
     if let Some(i) = req.instructions.take() {
         messages.insert(0, ChatMessage::new(Role::System, i));
     }
-    let thread = match (&req.previous_response_id, req.store) {
-        (Some(prev), _) => Some(Kept::Continued(
-            thread_of(prev).ok_or(ApiError::NotFound)?.to_owned(),
-        )),
-        (None, Some(true)) => {
-            // A new kept conversation starts with the user's own words only: an
-            // assistant turn in it would be history the client wrote.
-            if messages
-                .iter()
-                .any(|m| m.role == Role::Assistant || m.role == Role::Tool)
-            {
-                return Err(invalid(
-                    "A new stored conversation starts with user messages only; send earlier turns with store false, or continue with previous_response_id.",
-                ));
-            }
-            let title: String = messages
-                .iter()
-                .rfind(|m| m.role == Role::User)
-                .map(|m| m.text().chars().take(80).collect())
-                .unwrap_or_default();
-            // Taken apart before the thread is made: a malformed turn makes nothing.
-            crate::chat::thread_turn(messages.clone())?;
-            Some(Kept::New(s.threads.create(p, Some(&title)).await?.id))
-        }
-        (None, _) => None,
+    let new_kept = req.previous_response_id.is_none() && req.store == Some(true);
+    if req.previous_response_id.is_none() && !new_kept {
+        return Ok((Conversation::Stateless { messages }, None));
+    }
+    if new_kept
+        && messages
+            .iter()
+            .any(|m| m.role == Role::Assistant || m.role == Role::Tool)
+    {
+        // A new kept conversation starts with the user's own words only: an assistant
+        // turn in it would be history the client wrote.
+        return Err(invalid(
+            "A new stored conversation starts with user messages only; send earlier turns with store false, or continue with previous_response_id.",
+        ));
+    }
+    let title: String = messages
+        .iter()
+        .rfind(|m| m.role == Role::User)
+        .map(|m| m.text().chars().take(80).collect())
+        .unwrap_or_default();
+    // Taken apart before any thread is made: a malformed turn makes nothing.
+    let (input, instructions) = crate::chat::thread_turn(messages)?;
+    let kept = match &req.previous_response_id {
+        Some(prev) => Kept::Continued(thread_of(prev).ok_or(ApiError::NotFound)?.to_owned()),
+        None => Kept::New(s.threads.create(p, Some(&title)).await?.id),
     };
-    Ok(match thread {
-        Some(kept) => {
-            let (input, instructions) = crate::chat::thread_turn(messages)?;
-            (
-                Conversation::Thread {
-                    id: kept.id().to_owned(),
-                    input,
-                    instructions,
-                },
-                Some(kept),
-            )
-        }
-        None => (Conversation::Stateless { messages }, None),
-    })
+    Ok((
+        Conversation::Thread {
+            id: kept.id().to_owned(),
+            input,
+            instructions,
+        },
+        Some(kept),
+    ))
 }
 
 /// Responses' usage, from the upstream's chat usage.

@@ -934,6 +934,11 @@ async fn agents_sdk_langchain_and_openai_sdk_run_against_the_strict_stand_in() {
     );
 }
 
+async fn thread_count(s: &Server, token: &str) -> usize {
+    let v: Value = s.get("/v1/threads", token).await.json().await.unwrap();
+    v["threads"].as_array().map_or(0, Vec::len)
+}
+
 /// `POST /v1/responses` translated for a chat-completions upstream: every field maps to
 /// its chat twin exactly (schemas byte for byte), the answer comes back in the
 /// Responses shape, a kept conversation runs a tool loop by `previous_response_id`,
@@ -1088,15 +1093,7 @@ async fn responses_translate_exactly_and_keep_conversations() {
     assert_eq!(mock.count(), before);
     // A new kept conversation whose turn is refused, or whose model fails, leaves no
     // thread behind.
-    let threads_before = s
-        .get("/v1/threads", &a.access)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["threads"]
-        .as_array()
-        .unwrap()
-        .len();
+    let threads_before = thread_count(&s, &a.access).await;
     let (status, code) = error_code(
         s.post_auth(
             "/v1/responses",
@@ -1122,15 +1119,7 @@ async fn responses_translate_exactly_and_keep_conversations() {
     .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     mock.set_mode(crate::mock::Mode::Echo);
-    let threads_after = s
-        .get("/v1/threads", &a.access)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["threads"]
-        .as_array()
-        .unwrap()
-        .len();
+    let threads_after = thread_count(&s, &a.access).await;
     assert_eq!(
         threads_after, threads_before,
         "a failed new conversation left a thread"
