@@ -13,9 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use palisade::access::{AccessScope, Acl, ClientInfo};
+use palisade::access::{AccessScope, Acl};
 use palisade::app::{self, ops};
 use palisade::config::{Config, EmbeddingsKind};
+use palisade::model::ClientInfo;
 use palisade::rag::embed::{Embedder, MiniLm};
 use palisade::secret::SecretString;
 use palisade::store::{NewChunk, NewDocument, SearchQuery, Stores};

@@ -15,7 +15,7 @@ use timing::measure;
 use palisade::llm::message::{FunctionDef, ToolDef};
 use palisade::llm::openai::request_body;
 use palisade::llm::{Call, ChatMessage, Options, ToolKind};
-use palisade::store::Role;
+use palisade::model::Role;
 use serde::Serialize;
 use serde_json::value::RawValue;
 

@@ -247,13 +247,15 @@ impl Operator {
     }
 }
 
-/// Who may read a document.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Who may read a document. It must grant someone: `public`, or at least one role,
+/// group or user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Acl {
     #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// User ids.
     #[serde(default)]
     pub users: Vec<String>,
     #[serde(default)]
@@ -320,14 +322,4 @@ mod tests {
         let adam = Principal::for_tests("acme", "adam", &["admin"], &[]);
         assert_eq!(adam.document_admin(&writers).unwrap().tenant(), "acme");
     }
-}
-
-/// Where a request came from, for throttling and audit: the client address (the
-/// socket's, or from `X-Forwarded-For` only behind a trusted proxy), its user agent
-/// and the request id every log line and audit event of the request carries.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    pub ip: Option<std::net::IpAddr>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
 }

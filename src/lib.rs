@@ -25,6 +25,7 @@ pub mod chat;
 pub mod config;
 pub mod http;
 pub mod llm;
+pub mod model;
 pub mod rag;
 pub mod secret;
 pub mod store;

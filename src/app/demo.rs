@@ -5,10 +5,11 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::AnyError;
-use crate::access::{ClientInfo, Operator};
+use crate::access::Operator;
 use crate::auth::NewAccount;
 use crate::config::Config;
 use crate::http::AppState;
+use crate::model::ClientInfo;
 use crate::secret::SecretString;
 
 pub const DEMO_TENANT: &str = "acme";

@@ -6,13 +6,15 @@
 use std::path::Path;
 
 use super::{AnyError, open_stores};
-use crate::access::{Acl, ClientInfo, Operator};
+use crate::access::{Acl, Operator};
 use crate::audit::{Audit, AuditRecord, ChainFault, ChainReport};
 use crate::auth::keys::Keyring;
 use crate::auth::{AccessChange, AuthService, NewAccount, UserView};
 use crate::config::Config;
+use crate::model::ClientInfo;
+use crate::model::{DocumentMeta, DocumentRecord};
 use crate::rag::{Rag, embedder_from_config};
-use crate::store::{AuditQuery, DocumentMeta, DocumentRecord, UserRecord};
+use crate::store::{AuditQuery, UserRecord};
 
 async fn auth_service(cfg: &Config) -> Result<AuthService, AnyError> {
     let stores = open_stores(cfg).await?;

@@ -28,13 +28,15 @@ mod users;
 use std::sync::Arc;
 
 pub use crate::access::{
-    ADMIN_ROLE, AccessScope, ClientInfo, PUBLIC_LABEL, Principal, group_label, role_label,
-    user_label, valid_name,
+    ADMIN_ROLE, AccessScope, PUBLIC_LABEL, Principal, group_label, role_label, user_label,
+    valid_name,
 };
 use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::config::Config;
+pub use crate::model::ClientInfo;
+use crate::model::StoreError;
 use crate::secret::RefreshToken;
-use crate::store::{Limit, LimitKind, LimitStore, SessionStore, StoreError, Stores, UserStore};
+use crate::store::{Limit, LimitKind, LimitStore, SessionStore, Stores, UserStore};
 use crate::timeutil::ms;
 
 use password::PasswordVerifierPool;

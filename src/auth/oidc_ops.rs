@@ -15,9 +15,10 @@ use super::sealed::Purpose;
 use super::{AuthError, AuthService, ClientInfo, IssuedTokens, Principal};
 use crate::access::Grants;
 use crate::audit::{AuditEvent, AuditKind};
+use crate::model::StoreError;
 use crate::secret::{constant_time_eq, new_id};
 use crate::store::{Admission, Limit, LimitKind};
-use crate::store::{NewUser, StoreError, UserRecord};
+use crate::store::{NewUser, UserRecord};
 use crate::timeutil::now_ms;
 
 /// Not a PHC string: a password can never match it.
@@ -31,7 +32,8 @@ pub struct SignInStart {
 }
 
 /// The query of the IdP's redirect to `/auth/oidc/callback`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackParams {
     pub code: Option<String>,
     pub state: Option<String>,

@@ -12,7 +12,8 @@ use std::time::Duration;
 use moka::future::Cache;
 
 use crate::access::Grants;
-use crate::store::{SessionRecord, SessionStore, StoreError};
+use crate::model::StoreError;
+use crate::store::{SessionRecord, SessionStore};
 use crate::timeutil::now_ms;
 
 /// Past this many entries the least recently used are evicted: an attacker minting

@@ -12,8 +12,9 @@ use super::password::hash_password;
 use super::{ADMIN_ROLE, AuthError, AuthService, ClientInfo, Principal, valid_name};
 use crate::access::Operator;
 use crate::audit::{AuditEvent, AuditKind};
+use crate::model::StoreError;
 use crate::secret::{SecretString, new_id};
-use crate::store::{NewUser, StoreError, UserRecord};
+use crate::store::{NewUser, UserRecord};
 use crate::timeutil::now_ms;
 
 /// A user as administrators see it: never the password hash.

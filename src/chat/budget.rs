@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ChatError;
-use crate::access::{ClientInfo, Principal};
+use crate::access::Principal;
 use crate::audit::{Audit, AuditEvent, AuditKind};
+use crate::model::ClientInfo;
 use crate::store::{Admission, Limit, LimitKind, LimitStore};
 
 const DAY_SECS: i64 = 86_400;
@@ -148,7 +149,7 @@ impl Budgets {
                     return Ok(Some((Refusal::TenantTokens, until_tomorrow)));
                 }
             }
-            Ok::<_, crate::store::StoreError>(None)
+            Ok::<_, crate::model::StoreError>(None)
         };
         let refusal = match checks.await {
             Ok(None) => return Ok(()),

@@ -22,17 +22,18 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use crate::access::{ClientInfo, Principal};
+use crate::access::Principal;
 use crate::audit::Audit;
 use crate::llm::{
     Call, ChatMessage, Choice, Completion, Delta, LlmError, Model, Models, Options, ToolCall,
     ToolCallAssembler, Usage,
 };
+use crate::model::ClientInfo;
+use crate::model::ThreadRecord;
+use crate::model::approx_tokens;
+use crate::model::{ChunkHit, Citation, MessageRecord, Role};
 use crate::rag::{Rag, RagError, citations};
-use crate::store::threads::approx_tokens;
-use crate::store::{
-    ChunkHit, Citation, HistoryBudget, LimitStore, MessageRecord, Role, ThreadRecord,
-};
+use crate::store::{HistoryBudget, LimitStore};
 pub use crate::threads::TurnInput;
 use crate::threads::{ThreadError, Threads};
 use budget::{Admit, BudgetSettings, Budgets};

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::llm::ChatMessage;
-use crate::store::{ChunkHit, MessageRecord, Role, ToolData};
+use crate::model::{ChunkHit, MessageRecord, Role, ToolData};
 
 /// A stored message as the model sees it again.
 pub fn from_record(m: MessageRecord) -> ChatMessage {

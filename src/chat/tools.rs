@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::prompt::context_block;
 use crate::llm::{FunctionDef, ToolCall, ToolCallDelta, ToolDef, ToolKind};
-use crate::store::ChunkHit;
+use crate::model::ChunkHit;
 
 pub const SEARCH_TOOL: &str = "search_documents";
 

@@ -12,7 +12,7 @@ use crate::llm::{
     ChatMessage, Content, ContentPart, Model, Options, ResponseFormatKind, Stop, ToolChoice,
     ToolChoiceMode,
 };
-use crate::store::Role;
+use crate::model::Role;
 use crate::threads::Threads;
 
 const MAX_TOOLS: usize = 128;

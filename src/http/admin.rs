@@ -6,12 +6,13 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Client, Json, Query};
-use crate::audit::{AuditFilter, AuditRecord};
-use crate::auth::AccessChange;
+use crate::audit::{AuditFilter, AuditKind, AuditRecord};
+use crate::auth::{AccessChange, UserView};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -21,24 +22,97 @@ pub fn router() -> Router<AppState> {
         .route("/admin/lineage", get(lineage))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
-    /// The event kind (`event` is accepted as well).
+    /// The event kind, e.g. `login_failed` (`event` is accepted as well).
     #[serde(alias = "event")]
     kind: Option<String>,
     request_id: Option<String>,
     /// A user id: the events about that user.
     user: Option<String>,
-    /// RFC 3339; inclusive.
+    /// RFC 3339, inclusive.
+    #[param(format = DateTime)]
     since: Option<String>,
-    /// RFC 3339; exclusive.
+    /// RFC 3339, exclusive.
+    #[param(format = DateTime)]
     until: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct AuditList {
-    events: Vec<AuditRecord>,
+#[derive(Serialize, ToSchema)]
+pub struct AuditList {
+    /// Newest first.
+    events: Vec<AuditEventView>,
+}
+
+/// A security event as an admin reads it: who, what, why and which request, with its
+/// place in the hash chain.
+#[derive(Serialize, ToSchema)]
+pub struct AuditEventView {
+    /// The record's place in the hash chain (absent for events older than the chain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<i64>,
+    /// Unix milliseconds.
+    ts: i64,
+    kind: AuditKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    /// The user id the event is about, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    /// The username as given (login failures for unknown users have no subject).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<String>,
+    /// A fixed machine-readable reason, e.g. `expired`, `bad_password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// The object the event is about (a thread id), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<String>,
+    /// The `x-request-id` of the request that caused the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+    /// For an aggregated event: how many more of the same kind happened in its window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    /// The thread the event happened in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread: Option<String>,
+    /// The documents whose passages went to the model (or an MCP client); ids only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    documents: Vec<String>,
+    /// SHA-256 over the previous record's hash and this record, hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+}
+
+impl From<AuditRecord> for AuditEventView {
+    fn from(r: AuditRecord) -> Self {
+        let e = r.event;
+        Self {
+            seq: r.seq,
+            ts: e.ts,
+            kind: e.kind,
+            tenant: e.tenant,
+            subject: e.subject,
+            username: e.username,
+            session_id: e.session_id,
+            ip: e.ip,
+            reason: e.reason,
+            resource: e.resource,
+            request_id: e.request_id,
+            count: e.count,
+            thread: e.thread,
+            documents: e.documents,
+            hash: r.hash.map(|h| h.hex()),
+        }
+    }
 }
 
 fn instant(v: Option<String>, name: &str) -> Result<Option<i64>, ApiError> {
@@ -51,12 +125,12 @@ fn instant(v: Option<String>, name: &str) -> Result<Option<i64>, ApiError> {
 
 #[utoipa::path(
     get, path = "/admin/audit", tag = "admin", security(("bearer" = [])),
-    params(crate::http::openapi::AuditQueryParams),
+    params(AuditParams),
     responses(
-        (status = 200, description = "The admin's tenant's events.", body = crate::http::openapi::AuditListBody),
-        (status = 400, description = "Invalid query parameters.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "The admin's tenant's events.", body = AuditList),
+        (status = 400, description = "Invalid query parameters.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
     )
 )]
 pub async fn audit(
@@ -74,6 +148,7 @@ pub async fn audit(
         limit: q.limit,
     };
     let events = s.audit.events_for(&p, filter).await?;
+    let events = events.into_iter().map(AuditEventView::from).collect();
     Ok(axum::Json(AuditList { events }).into_response())
 }
 
@@ -86,21 +161,27 @@ fn limit_in_range(limit: Option<u32>) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LineageParams {
+    /// A document id.
     document: String,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// One time a document was put in front of a model: who, when, where. Ids only.
-#[derive(Serialize)]
-struct LineageUse {
+#[derive(Serialize, ToSchema)]
+pub struct LineageUse {
     seq: Option<i64>,
+    /// RFC 3339.
     at: String,
+    /// Unix milliseconds.
     ts: i64,
     /// `retrieval` (palisade retrieved it for the prompt) or `tool_call` (the model
     /// or an MCP client asked `search_documents`).
     kind: &'static str,
+    /// For a tool call: `chat` or `mcp`.
     #[serde(skip_serializing_if = "Option::is_none")]
     via: Option<String>,
     user: Option<String>,
@@ -109,9 +190,10 @@ struct LineageUse {
     request_id: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Lineage {
+#[derive(Serialize, ToSchema)]
+pub struct Lineage {
     document: String,
+    /// Newest first.
     uses: Vec<LineageUse>,
 }
 
@@ -119,12 +201,12 @@ struct Lineage {
 /// thread — within the admin's own tenant (another tenant's admin sees nothing).
 #[utoipa::path(
     get, path = "/admin/lineage", tag = "admin", security(("bearer" = [])),
-    params(crate::http::openapi::LineageQueryParams),
+    params(LineageParams),
     responses(
-        (status = 200, description = "Who had the document in a prompt, when, in which thread.", body = crate::http::openapi::LineageBody),
-        (status = 400, description = "No document id.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "Who had the document in a prompt, when, in which thread.", body = Lineage),
+        (status = 400, description = "No document id.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
     )
 )]
 pub async fn lineage(
@@ -158,17 +240,22 @@ pub async fn lineage(
 #[utoipa::path(
     get, path = "/admin/users", tag = "admin", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The users of the admin's tenant.", body = crate::http::openapi::UserListBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "The users of the admin's tenant.", body = UserList),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
     )
 )]
 pub async fn list_users(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
     let users = s.auth.list_users(&p).await?;
-    Ok(axum::Json(serde_json::json!({ "users": users })).into_response())
+    Ok(axum::Json(UserList { users }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, ToSchema)]
+pub struct UserList {
+    users: Vec<UserView>,
+}
+
+#[derive(Deserialize, ToSchema)]
 pub struct UpdateUser {
     roles: Option<Vec<String>>,
     groups: Option<Vec<String>>,
@@ -180,14 +267,14 @@ pub struct UpdateUser {
 #[utoipa::path(
     patch, path = "/admin/users/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = String, Path)),
-    request_body = crate::http::openapi::UpdateUserBody,
+    request_body = UpdateUser,
     responses(
-        (status = 200, description = "Updated; the user's sessions are over.", body = crate::auth::UserView),
-        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "Not an admin.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such user in the admin's tenant.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Invalid roles or groups.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "Updated; the user's sessions are over.", body = UserView),
+        (status = 400, description = "Malformed body.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+        (status = 404, description = "No such user in the admin's tenant.", body = ErrorBody),
+        (status = 422, description = "Invalid roles or groups.", body = ErrorBody),
     )
 )]
 pub async fn update_user(

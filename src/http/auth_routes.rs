@@ -6,13 +6,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::cookies::{
     SIGN_IN_COOKIE, clear_refresh_cookie, clear_sign_in_cookie, read_cookie, read_refresh,
     refresh_cookie, require_same_origin, sign_in_cookie,
 };
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Client, Json, MaybeAuth, Query, dpop_proof};
 use crate::auth::oidc::signin::ReturnTo;
 use crate::auth::{AuthError, CallbackParams, IssuedTokens};
@@ -36,16 +37,19 @@ pub fn router() -> Router<AppState> {
 
 /// Only these two fields are read; anything else in the body (tenant, roles, …) is
 /// ignored and can change nothing.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     username: String,
+    #[schema(value_type = String, format = Password)]
     password: SecretString,
 }
 
-#[derive(Serialize)]
-struct TokenResponse<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse<'a> {
     access_token: &'a str,
+    /// `Bearer`, or `DPoP` for a DPoP-bound session.
     token_type: &'static str,
+    /// Seconds.
     expires_in: u64,
     session_id: &'a str,
 }
@@ -69,13 +73,13 @@ fn token_response(t: &IssuedTokens) -> Response {
 
 #[utoipa::path(
     post, path = "/auth/login", tag = "auth", security(()),
-    request_body = crate::http::openapi::LoginBody,
+    request_body = LoginRequest,
     params(("DPoP" = Option<String>, Header, description = "A DPoP proof: binds the session to its key.")),
     responses(
-        (status = 200, description = "Signed in; the refresh token is in an HttpOnly cookie.", body = crate::http::openapi::TokenBody),
-        (status = 400, description = "Malformed body or DPoP proof.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Wrong username or password (one answer for both).", body = crate::http::openapi::ErrorBody),
-        (status = 429, description = "Too many attempts.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 200, description = "Signed in; the refresh token is in an HttpOnly cookie.", body = TokenResponse),
+        (status = 400, description = "Malformed body or DPoP proof.", body = ErrorBody),
+        (status = 401, description = "Wrong username or password (one answer for both).", body = ErrorBody),
+        (status = 429, description = "Too many attempts.", body = ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
     )
 )]
 pub async fn login(
@@ -99,8 +103,9 @@ pub async fn login(
     Ok(token_response(&issued))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ExchangeRequest {
+    /// An ID token of a configured issuer.
     id_token: String,
 }
 
@@ -108,11 +113,11 @@ pub struct ExchangeRequest {
 /// password login. Every refusal is the same 401.
 #[utoipa::path(
     post, path = "/auth/oidc/exchange", tag = "auth", security(()),
-    request_body = crate::http::openapi::ExchangeBody,
+    request_body = ExchangeRequest,
     responses(
-        (status = 200, description = "Signed in.", body = crate::http::openapi::TokenBody),
-        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "The ID token is refused.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "Signed in.", body = TokenResponse),
+        (status = 400, description = "Malformed body.", body = ErrorBody),
+        (status = 401, description = "The ID token is refused.", body = ErrorBody),
     )
 )]
 pub async fn oidc_exchange(
@@ -132,16 +137,21 @@ pub async fn oidc_exchange(
     Ok(token_response(&issued))
 }
 
-#[derive(Serialize)]
-struct Provider<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct Provider<'a> {
     name: &'a str,
     issuer: &'a str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProviderList<'a> {
+    providers: Vec<Provider<'a>>,
 }
 
 /// The IdPs offered for sign-in (the sign-in page shows a button for each).
 #[utoipa::path(
     get, path = "/auth/oidc/providers", tag = "auth", security(()),
-    responses((status = 200, description = "The issuers offered for sign-in.", body = crate::http::openapi::ProviderList))
+    responses((status = 200, description = "The issuers offered for sign-in.", body = ProviderList))
 )]
 pub async fn oidc_providers(State(s): State<AppState>) -> Response {
     let clients = s.auth.oidc().sign_in_clients();
@@ -152,23 +162,27 @@ pub async fn oidc_providers(State(s): State<AppState>) -> Response {
             issuer: &c.issuer,
         })
         .collect();
-    axum::Json(serde_json::json!({ "providers": providers })).into_response()
+    axum::Json(ProviderList { providers }).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LoginQuery {
+    /// The issuer's configured `name`.
     provider: Option<String>,
+    /// A path on this site to return to (default `/`).
+    #[param(pattern = r"^/([^/\\\s\x00-\x1f\x7f-\x9f][^\\\s\x00-\x1f\x7f-\x9f]{0,1022})?$")]
     return_to: Option<String>,
 }
 
 /// Sends the browser to the IdP, with the flow's state sealed in an HttpOnly cookie.
 #[utoipa::path(
     get, path = "/auth/oidc/login", tag = "auth", security(()),
-    params(crate::http::openapi::SignInQuery),
+    params(LoginQuery),
     responses(
         (status = 303, description = "To the IdP, with the flow sealed in an HttpOnly cookie."),
-        (status = 400, description = "return_to is not a path on this site.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such provider.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "return_to is not a path on this site.", body = ErrorBody),
+        (status = 404, description = "No such provider.", body = ErrorBody),
     )
 )]
 pub async fn oidc_login(
@@ -208,11 +222,11 @@ fn no_store() -> axum::http::HeaderValue {
 /// — no token ever rides in a URL. The flow cookie is cleared either way.
 #[utoipa::path(
     get, path = "/auth/oidc/callback", tag = "auth", security(()),
-    params(crate::http::openapi::CallbackQuery),
+    params(CallbackParams),
     responses(
         (status = 303, description = "Signed in: to return_to, with the refresh cookie."),
-        (status = 400, description = "Malformed query.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Forged, replayed or refused sign-in.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Malformed query.", body = ErrorBody),
+        (status = 401, description = "Forged, replayed or refused sign-in.", body = ErrorBody),
     )
 )]
 pub async fn oidc_callback(
@@ -266,10 +280,10 @@ pub async fn oidc_callback(
     post, path = "/auth/refresh", tag = "auth", security(("refresh_cookie" = [])),
     params(("Origin" = String, Header, description = "Must equal the public origin.")),
     responses(
-        (status = 200, description = "A new access token; the refresh cookie is rotated.", body = crate::http::openapi::TokenBody),
-        (status = 401, description = "No, an expired, or a reused refresh token.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "Cross-site request.", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "A concurrent refresh of the same token won.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "A new access token; the refresh cookie is rotated.", body = TokenResponse),
+        (status = 401, description = "No, an expired, or a reused refresh token.", body = ErrorBody),
+        (status = 403, description = "Cross-site request.", body = ErrorBody),
+        (status = 409, description = "A concurrent refresh of the same token won.", body = ErrorBody),
     )
 )]
 pub async fn refresh(
@@ -303,8 +317,8 @@ pub async fn refresh(
     post, path = "/auth/logout", tag = "auth", security(("bearer" = []), ("refresh_cookie" = [])),
     responses(
         (status = 204, description = "The session is over; the cookie is cleared."),
-        (status = 401, description = "Neither a token nor a cookie.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "Cross-site request.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Neither a token nor a cookie.", body = ErrorBody),
+        (status = 403, description = "Cross-site request.", body = ErrorBody),
     )
 )]
 pub async fn logout(
@@ -346,7 +360,7 @@ pub async fn logout(
     post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])),
     responses(
         (status = 204, description = "Every session of the caller is over."),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
     )
 )]
 pub async fn logout_all(
@@ -362,7 +376,7 @@ pub async fn logout_all(
         .into_response())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Me<'a> {
     subject: &'a str,
     username: &'a str,
@@ -375,8 +389,8 @@ pub struct Me<'a> {
 #[utoipa::path(
     get, path = "/auth/me", tag = "auth", security(("bearer" = [])),
     responses(
-        (status = 200, description = "Who the token names.", body = crate::http::openapi::MeBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "Who the token names.", body = Me),
+        (status = 401, description = "No valid token.", body = ErrorBody),
     )
 )]
 pub async fn me(Auth(p): Auth) -> Response {
@@ -391,8 +405,8 @@ pub async fn me(Auth(p): Auth) -> Response {
     .into_response()
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct SessionView {
+#[derive(Serialize, ToSchema)]
+pub struct SessionView {
     id: String,
     created_at: String,
     last_seen_at: String,
@@ -401,8 +415,8 @@ struct SessionView {
     current: bool,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct SessionList {
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
     sessions: Vec<SessionView>,
 }
 
@@ -410,7 +424,7 @@ struct SessionList {
     get, path = "/auth/sessions", tag = "auth", security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's live sessions.", body = SessionList),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
     )
 )]
 pub async fn list_sessions(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
@@ -436,8 +450,8 @@ pub async fn list_sessions(State(s): State<AppState>, Auth(p): Auth) -> Result<R
     params(("id" = String, Path, description = "One of the caller's sessions.")),
     responses(
         (status = 204, description = "Revoked."),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "Not one of the caller's sessions.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not one of the caller's sessions.", body = ErrorBody),
     )
 )]
 pub async fn delete_session(

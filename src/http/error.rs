@@ -9,15 +9,29 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::audit::AuditError;
 use crate::auth::{AuthError, DpopChallenge};
 use crate::chat::ChatError;
 use crate::llm::LlmError;
+use crate::model::StoreError;
 use crate::rag::RagError;
-use crate::store::StoreError;
 use crate::threads::ThreadError;
+
+/// Every error: a stable machine-readable code and a human message.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// E.g. `unauthorized`, `not_found`, `too_many_requests`, `budget_exceeded`.
+    pub code: &'static str,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -195,7 +209,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.public_message(),
+            },
+        };
         let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {

@@ -19,8 +19,9 @@ use std::net::{IpAddr, SocketAddr};
 use super::AppState;
 use super::error::ApiError;
 use super::middleware::RequestId;
-use crate::access::{ClientInfo, Principal};
+use crate::access::Principal;
 use crate::auth::{Credentials, Scheme};
+use crate::model::ClientInfo;
 
 pub struct Json<T>(pub T);
 

@@ -33,10 +33,11 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{client_info, credentials};
-use crate::access::{ClientInfo, Principal};
+use crate::access::Principal;
 use crate::chat::tools::{
     BAD_ARGUMENTS, SEARCH_TOOL, render_results, search_query, search_tool_def,
 };
+use crate::model::ClientInfo;
 use crate::threads::MAX_PAGE;
 
 const THREAD_URI: &str = "palisade://threads/";

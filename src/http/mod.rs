@@ -27,8 +27,8 @@ use crate::audit::Audit;
 use crate::auth::AuthService;
 use crate::chat::ChatService;
 use crate::config::Config;
+use crate::model::Health;
 use crate::rag::Rag;
-use crate::store::Health;
 use crate::threads::Threads;
 use error::ApiError;
 

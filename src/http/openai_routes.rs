@@ -13,20 +13,21 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::convert::Infallible;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Client, Json};
 use crate::chat::{ChatEvent, ChatRequest, Conversation};
 use crate::llm::{
     ChatMessage, Choice, Content, ContentPart, Delta, Options, ReasoningEffort, ResponseFormat,
     RoleOnWire, Stop, ToolCall, ToolChoice, ToolDef, Verbosity,
 };
-use crate::store::Role;
+use crate::model::Role;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -40,8 +41,11 @@ pub const THREAD_HEADER: &str = "x-palisade-thread";
 
 /// The body of `POST /v1/chat/completions`. Fields not listed here are not forwarded;
 /// `user` is read only to be replaced by the caller's subject id.
-#[derive(Deserialize)]
+/// The OpenAI chat-completions request; only the fields listed are read (and `user`,
+/// which is replaced by the caller's id).
+#[derive(Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    #[schema(min_items = 1)]
     messages: Vec<InMessage>,
     #[serde(default)]
     model: Option<String>,
@@ -59,7 +63,9 @@ pub struct CompletionRequest {
     max_tokens: Option<u32>,
     #[serde(default)]
     max_completion_tokens: Option<u32>,
+    /// A string or an array of strings.
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     stop: Option<Stop>,
     #[serde(default)]
     seed: Option<i64>,
@@ -68,10 +74,13 @@ pub struct CompletionRequest {
     #[serde(default)]
     frequency_penalty: Option<f64>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     response_format: Option<ResponseFormat>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     tools: Option<Vec<ToolDef>>,
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     tool_choice: Option<ToolChoice>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
@@ -79,31 +88,41 @@ pub struct CompletionRequest {
     logprobs: Option<bool>,
     #[serde(default)]
     top_logprobs: Option<u32>,
+    /// Token ids (decimal strings) to whole numbers from -100 to 100.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     logit_bias: Option<serde_json::Map<String, Value>>,
+    /// `none`, `minimal`, `low`, `medium`, `high`, `xhigh` or `max`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     reasoning_effort: Option<ReasoningEffort>,
+    /// `low`, `medium` or `high`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     verbosity: Option<Verbosity>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct InMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     role: String,
-    /// Kept raw and parsed by shape: a string, or an array of parts.
+    /// A string, or an array of `text` and `image_url` (and, for an assistant,
+    /// `refusal`) parts; kept raw and parsed by shape.
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     content: Option<Box<RawValue>>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
     refusal: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     tool_calls: Option<Vec<ToolCall>>,
     #[serde(default)]
     tool_call_id: Option<String>,
@@ -224,20 +243,20 @@ impl CompletionRequest {
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "openai", security(("bearer" = [])),
     params(("x-palisade-thread" = Option<String>, Header, description = "Continue one of the caller's threads.")),
-    request_body = crate::http::openapi::CompletionBody,
+    request_body = CompletionRequest,
     responses(
         (status = 200, description = "A chat.completion (or, with stream, server-sent chunks).", content(
-            (crate::http::openapi::CompletionResponseBody = "application/json"),
+            (CompletionBody = "application/json"),
             (serde_json::Value = "text/event-stream"),
         )),
-        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The model is not allowed for the caller.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "Not the caller's thread.", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Too large.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Invalid request.", body = crate::http::openapi::ErrorBody),
-        (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
-        (status = 502, description = "The model failed.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Malformed body.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The model is not allowed for the caller.", body = ErrorBody),
+        (status = 404, description = "Not the caller's thread.", body = ErrorBody),
+        (status = 413, description = "Too large.", body = ErrorBody),
+        (status = 422, description = "Invalid request.", body = ErrorBody),
+        (status = 429, description = "A rate or token budget is spent.", body = ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 502, description = "The model failed.", body = ErrorBody),
     )
 )]
 pub async fn chat_completions(
@@ -451,9 +470,9 @@ pub async fn chat_completions(
     get, path = "/v1/models/{id}", tag = "openai", security(("bearer" = [])),
     params(("id" = String, Path, description = "A model name (it may contain `/`).")),
     responses(
-        (status = 200, description = "The model.", body = crate::http::openapi::ModelBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such model for the caller (unknown or not allowed: one answer).", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "The model.", body = ModelView),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "No such model for the caller (unknown or not allowed: one answer).", body = ErrorBody),
     )
 )]
 pub async fn model(
@@ -467,29 +486,56 @@ pub async fn model(
         .into_iter()
         .find(|m| m.name() == id)
         .ok_or(ApiError::NotFound)?;
-    Ok(
-        axum::Json(
-            json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "palisade"}),
-        )
-        .into_response(),
-    )
+    Ok(axum::Json(ModelView::of(m.name())).into_response())
+}
+
+/// A model the caller may name.
+#[derive(Serialize, ToSchema)]
+pub struct ModelView<'a> {
+    id: &'a str,
+    /// `model`.
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
+impl<'a> ModelView<'a> {
+    fn of(name: &'a str) -> Self {
+        Self {
+            id: name,
+            object: "model",
+            created: 0,
+            owned_by: "palisade",
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelList<'a> {
+    /// `list`.
+    object: &'static str,
+    data: Vec<ModelView<'a>>,
 }
 
 /// The body of `POST /v1/embeddings`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct EmbeddingsRequest {
+    /// The embedding model's name (`GET /v1/models` does not list it); absent: it.
     #[serde(default)]
     model: Option<String>,
-    /// A text or an array of texts (token arrays are refused: palisade's model need not
-    /// share the client's tokenizer).
+    /// A text or an array of 1 to 2048 texts (token arrays are refused: palisade's
+    /// model need not share the client's tokenizer).
+    #[schema(value_type = Value)]
     input: Value,
     #[serde(default)]
     encoding_format: Option<EncodingFormat>,
+    /// Only the model's own dimension (422 otherwise).
     #[serde(default)]
     dimensions: Option<u32>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+/// `float` (the default) or `base64` (little-endian `f32`s).
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 enum EncodingFormat {
     Float,
@@ -500,15 +546,15 @@ enum EncodingFormat {
 /// or base64 of little-endian `f32`s, which the official SDKs ask for by default).
 #[utoipa::path(
     post, path = "/v1/embeddings", tag = "openai", security(("bearer" = [])),
-    request_body = crate::http::openapi::EmbeddingsBody,
+    request_body = EmbeddingsRequest,
     responses(
-        (status = 200, description = "An embedding list.", body = serde_json::Value),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The model is unknown or not allowed for the caller (one answer).", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Too large.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Invalid request.", body = crate::http::openapi::ErrorBody),
-        (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
-        (status = 503, description = "The embedding model failed.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "An embedding list.", body = EmbeddingList),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The model is unknown or not allowed for the caller (one answer).", body = ErrorBody),
+        (status = 413, description = "Too large.", body = ErrorBody),
+        (status = 422, description = "Invalid request.", body = ErrorBody),
+        (status = 429, description = "A rate or token budget is spent.", body = ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 503, description = "The embedding model failed.", body = ErrorBody),
     )
 )]
 pub async fn embeddings(
@@ -544,44 +590,86 @@ pub async fn embeddings(
         ));
     }
     let base64 = req.encoding_format == Some(EncodingFormat::Base64);
-    let data: Vec<Value> = e
+    let data = e
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| {
+        .map(|(index, v)| {
             let embedding = if base64 {
                 use base64::Engine;
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(v)
+                Vector::Floats(v.into_iter().map(f64::from).collect())
             };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+            Embedding {
+                object: "embedding",
+                index,
+                embedding,
+            }
         })
         .collect();
-    Ok(axum::Json(json!({
-        "object": "list", "data": data, "model": e.model,
-        "usage": {"prompt_tokens": e.tokens, "total_tokens": e.tokens},
-    }))
+    Ok(axum::Json(EmbeddingList {
+        object: "list",
+        data,
+        model: e.model,
+        usage: EmbeddingUsage {
+            prompt_tokens: e.tokens,
+            total_tokens: e.tokens,
+        },
+    })
     .into_response())
+}
+
+/// An OpenAI embedding list.
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingList {
+    /// `list`.
+    object: &'static str,
+    data: Vec<Embedding>,
+    model: String,
+    usage: EmbeddingUsage,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Embedding {
+    /// `embedding`.
+    object: &'static str,
+    index: usize,
+    embedding: Vector,
+}
+
+/// Floats, or base64 of little-endian `f32`s.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Vector {
+    Floats(Vec<f64>),
+    Base64(String),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingUsage {
+    prompt_tokens: u64,
+    total_tokens: u64,
 }
 
 /// A `chat.completion`, with palisade's `citations` (written straight from these types:
 /// building a `serde_json::Value` tree first cost a stateless request ~2 %).
-#[derive(serde::Serialize)]
-struct CompletionBody<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct CompletionBody<'a> {
     id: &'a str,
     object: &'static str,
     created: i64,
     model: &'a str,
     choices: Vec<ChoiceBody>,
+    #[schema(value_type = Object)]
     usage: crate::llm::Usage,
     #[serde(skip_serializing_if = "Option::is_none")]
     system_fingerprint: Option<String>,
-    citations: &'a [crate::store::Citation],
+    citations: &'a [crate::model::Citation],
 }
 
-#[derive(serde::Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ChoiceBody {
     index: usize,
     message: MessageBody,
@@ -589,12 +677,13 @@ struct ChoiceBody {
     finish_reason: String,
 }
 
-#[derive(serde::Serialize)]
+#[derive(Serialize, ToSchema)]
 struct MessageBody {
     role: &'static str,
     content: Option<String>,
     refusal: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     tool_calls: Vec<ToolCall>,
 }
 
@@ -602,16 +691,16 @@ struct MessageBody {
 #[utoipa::path(
     get, path = "/v1/models", tag = "openai", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The models the caller may use.", body = crate::http::openapi::ModelListBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "The models the caller may use.", body = ModelList),
+        (status = 401, description = "No valid token.", body = ErrorBody),
     )
 )]
 pub async fn models(State(s): State<AppState>, Auth(p): Auth) -> Response {
-    let data: Vec<Value> = s
-        .chat
-        .models_for(&p)
-        .iter()
-        .map(|m| json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "palisade"}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    let models = s.chat.models_for(&p);
+    let data = models.iter().map(|m| ModelView::of(m.name())).collect();
+    axum::Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
 }

@@ -23,8 +23,8 @@ pub fn router() -> Router<AppState> {
     get, path = "/metrics", tag = "ops", security(("bearer" = [])),
     responses(
         (status = 200, description = "Prometheus text (only with metrics.bearer_token_env, to that token).", content_type = "text/plain"),
-        (status = 401, description = "Not the scrape token.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "Metrics are not served on this address.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Not the scrape token.", body = crate::http::error::ErrorBody),
+        (status = 404, description = "Metrics are not served on this address.", body = crate::http::error::ErrorBody),
     )
 )]
 pub async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {

@@ -31,23 +31,30 @@ use crate::llm::{
     ResponseFormat, ResponseFormatKind, RoleOnWire, ToolCall, ToolChoice, ToolChoiceMode, ToolDef,
     ToolKind, Usage, Verbosity,
 };
-use crate::store::Role;
+use crate::model::Role;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/responses", post(responses))
 }
 
 /// The request fields palisade reads; the others are not forwarded (docs/agents.md).
-#[derive(Deserialize)]
+/// The OpenAI Responses request; only the fields listed are read.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ResponsesRequest {
     #[serde(default)]
     model: Option<String>,
+    /// A string, or an array of input items (`message`, `function_call`,
+    /// `function_call_output`, `reasoning`).
+    #[schema(value_type = Value)]
     input: Input,
     #[serde(default)]
     instructions: Option<String>,
+    /// Function tools (`{"type": "function", "name", "parameters", "strict"}`).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     tools: Option<Vec<InTool>>,
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     tool_choice: Option<Value>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
@@ -59,13 +66,19 @@ pub struct ResponsesRequest {
     max_output_tokens: Option<u32>,
     #[serde(default)]
     stream: Option<bool>,
+    /// Keep the conversation (as one of the caller's threads); off unless set.
     #[serde(default)]
     store: Option<bool>,
+    /// Continue a kept conversation (404 unless it is one of the caller's).
     #[serde(default)]
     previous_response_id: Option<String>,
+    /// `{"format": {"type": "text" | "json_object" | "json_schema", …}, "verbosity"}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     text: Option<TextOptions>,
+    /// `{"effort": …}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     reasoning: Option<Reasoning>,
 }
 
@@ -487,19 +500,19 @@ fn call_item(id: &str, status: &str, c: &ToolCall) -> Value {
 
 #[utoipa::path(
     post, path = "/v1/responses", tag = "openai", security(("bearer" = [])),
-    request_body = crate::http::openapi::ResponsesBody,
+    request_body = ResponsesRequest,
     responses(
         (status = 200, description = "A response object (or, with stream, server-sent response events).", content(
             (serde_json::Value = "application/json"),
             (serde_json::Value = "text/event-stream"),
         )),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The model is not allowed for the caller.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "previous_response_id is not one of the caller's kept responses.", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Too large.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Invalid request.", body = crate::http::openapi::ErrorBody),
-        (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
-        (status = 502, description = "The model failed.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = super::error::ErrorBody),
+        (status = 403, description = "The model is not allowed for the caller.", body = super::error::ErrorBody),
+        (status = 404, description = "previous_response_id is not one of the caller's kept responses.", body = super::error::ErrorBody),
+        (status = 413, description = "Too large.", body = super::error::ErrorBody),
+        (status = 422, description = "Invalid request.", body = super::error::ErrorBody),
+        (status = 429, description = "A rate or token budget is spent.", body = super::error::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 502, description = "The model failed.", body = super::error::ErrorBody),
     )
 )]
 pub async fn responses(

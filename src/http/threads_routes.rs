@@ -11,13 +11,14 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::convert::Infallible;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Client, Json, Query};
 use crate::chat::{ChatEvent, ChatRequest, ShownMessage};
 use crate::llm::Delta;
-use crate::store::{Citation, MessageRecord, ThreadRecord, ToolCall, ToolData};
+use crate::model::{Citation, MessageRecord, Role, ThreadRecord, ToolCall, ToolData};
 use crate::timeutil::rfc3339;
 
 pub fn router() -> Router<AppState> {
@@ -27,17 +28,25 @@ pub fn router() -> Router<AppState> {
         .route("/v1/threads/{id}/messages", post(post_message))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 pub struct CreateThread {
     title: Option<String>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct ThreadView {
     id: String,
     title: String,
+    /// RFC 3339.
     created_at: String,
+    /// RFC 3339.
     updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ThreadList {
+    /// Newest activity first.
+    threads: Vec<ThreadView>,
 }
 
 impl From<ThreadRecord> for ThreadView {
@@ -51,11 +60,13 @@ impl From<ThreadRecord> for ThreadView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MessageView {
     id: String,
-    role: &'static str,
+    /// `system`, `user`, `assistant` or `tool`.
+    role: Role,
     content: String,
+    /// RFC 3339.
     created_at: String,
     citations: Vec<Citation>,
     /// An assistant message asking for tool calls.
@@ -64,8 +75,32 @@ pub struct MessageView {
     /// A tool message: the call it answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_call_id: Option<String>,
+    /// `source_no_longer_accessible`: withheld because the caller can no longer read
+    /// a document it cites.
     #[serde(skip_serializing_if = "Option::is_none")]
     redacted: Option<&'static str>,
+}
+
+/// One page of a thread.
+#[derive(Serialize, ToSchema)]
+pub struct ThreadPageView {
+    id: String,
+    title: String,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+    /// Oldest first.
+    messages: Vec<MessageView>,
+    /// The cursor of the page before, absent at the start of the thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// The stored answer to a posted message.
+#[derive(Serialize, ToSchema)]
+pub struct Posted {
+    message: MessageView,
 }
 
 impl From<MessageRecord> for MessageView {
@@ -79,7 +114,7 @@ impl From<MessageRecord> for MessageView {
             tool_calls,
             tool_call_id,
             id: m.id,
-            role: m.role.as_str(),
+            role: m.role,
             content: m.content,
             created_at: rfc3339(m.created_at),
             citations: m.citations,
@@ -105,13 +140,13 @@ impl From<ShownMessage> for MessageView {
 
 #[utoipa::path(
     post, path = "/v1/threads", operation_id = "create_thread", tag = "threads", security(("bearer" = [])),
-    request_body(content = Option<crate::http::openapi::CreateThreadBody>, description = "Optional."),
+    request_body(content = Option<CreateThread>, description = "Optional."),
     responses(
         (status = 201, description = "Created.", body = ThreadView,
             headers(("location" = String, description = "The thread's URL."))),
-        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Too many threads (`thread_limit_reached`).", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Malformed body.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 422, description = "Too many threads (`thread_limit_reached`).", body = ErrorBody),
     )
 )]
 pub async fn create(
@@ -141,8 +176,8 @@ pub async fn create(
 #[utoipa::path(
     get, path = "/v1/threads", operation_id = "list_threads", tag = "threads", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The caller's threads.", body = crate::http::openapi::ThreadListBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "The caller's threads.", body = ThreadList),
+        (status = 401, description = "No valid token.", body = ErrorBody),
     )
 )]
 pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
@@ -153,12 +188,17 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, 
         .into_iter()
         .map(Into::into)
         .collect();
-    Ok(axum::Json(json!({ "threads": threads })).into_response())
+    Ok(axum::Json(ThreadList { threads }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// The cursor `next` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
+    /// Messages per page (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
@@ -167,13 +207,13 @@ pub struct PageParams {
 /// start of the thread).
 #[utoipa::path(
     get, path = "/v1/threads/{id}", tag = "threads", security(("bearer" = [])),
-    params(("id" = String, Path), crate::http::openapi::PageQuery),
+    params(("id" = String, Path), PageParams),
     responses(
-        (status = 200, description = "One page of the thread.", body = crate::http::openapi::ThreadPageBody),
-        (status = 422, description = "The cursor names no page.", body = crate::http::openapi::ErrorBody),
-        (status = 400, description = "Invalid query parameters.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "Not the caller's thread (or no such thread: one answer for both).", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "One page of the thread.", body = ThreadPageView),
+        (status = 422, description = "The cursor names no page.", body = ErrorBody),
+        (status = 400, description = "Invalid query parameters.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's thread (or no such thread: one answer for both).", body = ErrorBody),
     )
 )]
 pub async fn get_thread(
@@ -197,14 +237,15 @@ pub async fn get_thread(
         .await?;
     let messages: Vec<MessageView> = page.messages.into_iter().map(Into::into).collect();
     let t = ThreadView::from(page.thread);
-    let mut body = json!({
-        "id": t.id, "title": t.title, "created_at": t.created_at, "updated_at": t.updated_at,
-        "messages": messages,
-    });
-    if let Some(next) = page.next_before {
-        body["next"] = json!(next.to_string());
-    }
-    Ok(axum::Json(body).into_response())
+    Ok(axum::Json(ThreadPageView {
+        id: t.id,
+        title: t.title,
+        created_at: t.created_at,
+        updated_at: t.updated_at,
+        messages,
+        next: page.next_before.map(|n| n.to_string()),
+    })
+    .into_response())
 }
 
 #[utoipa::path(
@@ -212,8 +253,8 @@ pub async fn get_thread(
     params(("id" = String, Path)),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "Not the caller's thread.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's thread.", body = ErrorBody),
     )
 )]
 pub async fn delete(
@@ -228,9 +269,12 @@ pub async fn delete(
 
 /// Only `content` and `stream` are read: roles, history, system prompts or owners in
 /// the body change nothing.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct PostMessage {
+    /// Not blank; at most `threads.max_message_chars` characters (413 above).
+    #[schema(min_length = 1, pattern = r"\S")]
     content: String,
+    /// Answer as server-sent events.
     #[serde(default)]
     stream: Option<bool>,
 }
@@ -238,19 +282,19 @@ pub struct PostMessage {
 #[utoipa::path(
     post, path = "/v1/threads/{id}/messages", tag = "threads", security(("bearer" = [])),
     params(("id" = String, Path)),
-    request_body = crate::http::openapi::PostMessageBody,
+    request_body = PostMessage,
     responses(
         (status = 200, description = "The stored answer (or, with stream, server-sent events).", content(
-            (crate::http::openapi::PostedBody = "application/json"),
+            (Posted = "application/json"),
             (serde_json::Value = "text/event-stream"),
         )),
-        (status = 400, description = "Malformed body.", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No valid token.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "Not the caller's thread.", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "The message is too long.", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Invalid message, or the thread is full (`thread_full`).", body = crate::http::openapi::ErrorBody),
-        (status = 429, description = "A rate or token budget is spent.", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
-        (status = 502, description = "The model failed.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Malformed body.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's thread.", body = ErrorBody),
+        (status = 413, description = "The message is too long.", body = ErrorBody),
+        (status = 422, description = "Invalid message, or the thread is full (`thread_full`).", body = ErrorBody),
+        (status = 429, description = "A rate or token budget is spent.", body = ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 502, description = "The model failed.", body = ErrorBody),
     )
 )]
 pub async fn post_message(
@@ -264,7 +308,10 @@ pub async fn post_message(
     if !req.stream.unwrap_or(false) {
         let answer = s.chat.complete(&p, conv, &client).await?;
         let msg = answer.stored.ok_or(ApiError::Internal)?;
-        return Ok(axum::Json(json!({ "message": MessageView::from(msg) })).into_response());
+        return Ok(axum::Json(Posted {
+            message: MessageView::from(msg),
+        })
+        .into_response());
     }
     let events = s.chat.stream(&p, conv, &client).await?.flat_map(|ev| {
         let out: Vec<Event> = match ev {

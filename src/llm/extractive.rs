@@ -2,7 +2,7 @@
 //! passages retrieval found (which are already within the caller's scope), clearly
 //! labelled as such, so a newcomer sees the access rules at work without a model.
 
-use crate::store::ChunkHit;
+use crate::model::ChunkHit;
 
 /// The built-in responder's answer: the best passages, quoted, with their sources.
 pub fn answer(hits: &[ChunkHit]) -> String {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::store::Role;
-pub use crate::store::{FunctionCall, ToolCall, ToolKind};
+use crate::model::Role;
+pub use crate::model::{FunctionCall, ToolCall, ToolKind};
 
 /// One message of a prompt, in the OpenAI shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]

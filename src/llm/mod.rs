@@ -14,7 +14,7 @@ use futures_util::stream::BoxStream;
 use std::sync::Arc;
 
 use crate::config::{LlmConfig, ModelConfig};
-use crate::store::ChunkHit;
+use crate::model::ChunkHit;
 pub use message::{
     ChatMessage, Choice, Completion, Content, ContentPart, Delta, FunctionCall, FunctionDef,
     Options, ReasoningEffort, ResponseFormat, ResponseFormatKind, RoleOnWire, Stop, ToolCall,

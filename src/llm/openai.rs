@@ -519,7 +519,7 @@ mod tests {
     use super::*;
     use crate::llm::message::{FunctionDef, JsonSchemaFormat, ResponseFormat, ToolDef};
     use crate::llm::{ChatMessage, ResponseFormatKind};
-    use crate::store::Role;
+    use crate::model::Role;
     use serde_json::value::RawValue;
 
     fn raw(s: &str) -> Box<RawValue> {

@@ -22,7 +22,7 @@ use super::{
     ReasoningEffort, ResponseFormatKind, ToolCall, ToolCallDelta, ToolChoice, ToolChoiceMode,
     ToolKind, Usage, Verbosity,
 };
-use crate::store::Role;
+use crate::model::Role;
 
 #[derive(Serialize)]
 struct Body<'a> {

@@ -1,10 +1,12 @@
 //! Ingestion: validation, chunking, embedding, and one atomic insert.
 
 use super::{Rag, RagError};
-use crate::access::{Acl, ClientInfo, DocumentAdmin, Principal};
+use crate::access::{Acl, DocumentAdmin, Principal};
 use crate::audit::{AuditEvent, AuditKind};
+use crate::model::ClientInfo;
+use crate::model::DocumentRecord;
 use crate::secret::new_id;
-use crate::store::{DocumentRecord, NewChunk, NewDocument};
+use crate::store::{NewChunk, NewDocument};
 use crate::timeutil::now_ms;
 
 impl Rag {

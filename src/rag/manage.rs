@@ -2,9 +2,10 @@
 //! `documents:write` list every document's metadata and delete any of their tenant.
 
 use super::{Rag, RagError};
-use crate::access::{ClientInfo, DocumentAdmin, Principal};
+use crate::access::{DocumentAdmin, Principal};
 use crate::audit::{AuditEvent, AuditKind};
-use crate::store::{DocumentMeta, DocumentRecord};
+use crate::model::ClientInfo;
+use crate::model::{DocumentMeta, DocumentRecord};
 
 impl Rag {
     /// The documents the caller may read.

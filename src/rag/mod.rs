@@ -14,11 +14,13 @@ pub use retrieve::citations;
 
 use std::sync::Arc;
 
-use crate::access::{AccessScope, ClientInfo, DocumentAdmin, Principal};
+use crate::access::{AccessScope, DocumentAdmin, Principal};
 use crate::audit::Audit;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::{EmbeddingsConfig, EmbeddingsKind, RagConfig};
-use crate::store::{DocumentStore, StoreError};
+use crate::model::ClientInfo;
+use crate::model::StoreError;
+use crate::store::DocumentStore;
 use embed::{Embedder, HashingEmbedder, MiniLm, OpenAiEmbedder};
 
 #[derive(Debug, thiserror::Error)]

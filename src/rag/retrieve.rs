@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 
 use super::{CANDIDATES_PER_RESULT, RRF_K, Rag, RagError, query_terms};
-use crate::access::{AccessScope, ClientInfo, Principal};
+use crate::access::{AccessScope, Principal};
 use crate::audit::{AuditEvent, AuditKind};
-use crate::store::{ChunkHit, Citation, SearchQuery};
+use crate::model::ClientInfo;
+use crate::model::{ChunkHit, Citation};
+use crate::store::SearchQuery;
 
 impl Rag {
     /// Hybrid retrieval within `scope`: exact KNN and BM25, each with the ACL inside its

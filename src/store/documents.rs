@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use super::StoreResult;
 use crate::access::{AccessScope, Acl, DocumentAdmin, Labels};
+use crate::model::{ChunkHit, DocumentMeta, DocumentRecord};
 
 /// A document ready to be stored. Its tenant comes from the [`DocumentAdmin`] and its
 /// labels from its ACL: neither can be passed in separately.
@@ -83,42 +84,6 @@ pub struct NewChunk {
     pub text: String,
     /// Absent when no embedder is configured (BM25 only).
     pub embedding: Option<Vec<f32>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct DocumentRecord {
-    pub id: String,
-    pub title: String,
-    pub text: String,
-    pub acl: Acl,
-    pub created_at: i64,
-    pub created_by: String,
-    pub chunk_count: u32,
-}
-
-/// What a document administrator sees of any document of the tenant: never its text.
-#[derive(Debug, Clone)]
-pub struct DocumentMeta {
-    pub id: String,
-    pub title: String,
-    pub acl: Acl,
-    pub created_at: i64,
-    pub created_by: String,
-    pub chunk_count: u32,
-}
-
-/// A retrieved chunk, with what the in-code re-check needs.
-#[derive(Debug, Clone)]
-pub struct ChunkHit {
-    pub chunk_id: String,
-    pub document_id: String,
-    pub title: String,
-    pub text: String,
-    pub tenant: String,
-    pub labels: Vec<String>,
-    /// Rank-specific score: L2 distance of unit vectors (vector) or BM25 (text); lower
-    /// is better. Replaced by the fused score after fusion.
-    pub score: f64,
 }
 
 pub struct SearchQuery {

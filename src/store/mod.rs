@@ -1,7 +1,7 @@
 //! The store contract: small traits, one per concern, bundled as [`Stores`] and opened
 //! from the store configuration. Handlers never see SQL; services never see a backend.
 //!
-//! Rules every backend follows (the conformance suite in `conformance.rs` checks them):
+//! Rules every backend follows (the conformance suite in `conformance/` checks them):
 //! * The caller supplies the clock and the ids (`now`, `id` fields): a backend never
 //!   reads the time or draws randomness, so tests can move time instead of sleeping.
 //! * No operation spans two concerns in one transaction: sessions may live in Redis
@@ -19,7 +19,7 @@
 pub mod audit;
 pub mod cluster;
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 mod documents;
 pub mod limits;
 mod sessions;
@@ -30,82 +30,20 @@ mod users;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use audit::{
-    AuditEvent, AuditKind, AuditQuery, AuditRecord, AuditStore, ChainHash, ChainHead, LineageQuery,
-};
-pub use documents::{
-    ChunkHit, DocumentMeta, DocumentRecord, DocumentStore, NewChunk, NewDocument, Rankings,
-    SearchQuery,
-};
+pub use audit::{AuditQuery, AuditStore, ChainHead, LineageQuery};
+pub use documents::{DocumentStore, NewChunk, NewDocument, Rankings, SearchQuery};
 pub use limits::{Admission, Limit, LimitKind, LimitStore};
 pub use sessions::{NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore};
 pub use threads::{
-    Append, Citation, CreateThread, FunctionCall, HistoryBudget, MessageRecord, NewMessage,
-    NewThread, Role, ThreadPage, ThreadRecord, ThreadStore, ToolCall, ToolData, ToolKind,
-    TurnStart,
+    Append, CreateThread, HistoryBudget, NewMessage, NewThread, ThreadPage, ThreadStore, TurnStart,
 };
 pub use users::{NewUser, UserRecord, UserStore};
 
 pub use crate::access::Acl;
-use crate::config::{StoreConfig, StoreKind};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A uniqueness rule was hit (a taken username).
-    #[error("conflict: {0}")]
-    Conflict(&'static str),
-    /// The backend could not be reached or refused the operation; retryable.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The backend answered with something that cannot be right (a damaged file, a
-    /// schema from a newer binary, a row that does not parse).
-    #[error("corrupt store: {0}")]
-    Corrupt(String),
-}
+pub use crate::model::{Check, Health, StoreError};
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// One readiness check: which part, and whether it works. `detail` is a fixed word
-/// (`ok`, `unavailable`, `corrupt`), never an internal error text.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub ok: bool,
-    pub detail: &'static str,
-}
-
-impl Check {
-    pub fn of(name: &'static str, r: &StoreResult<()>) -> Check {
-        let detail = match r {
-            Ok(()) => "ok",
-            Err(StoreError::Corrupt(_)) => "corrupt",
-            Err(_) => "unavailable",
-        };
-        Check {
-            name,
-            ok: r.is_ok(),
-            detail,
-        }
-    }
-}
-
-/// Health of the backing stores, for `/readyz` and for refusing service when the data
-/// cannot be trusted.
-#[async_trait::async_trait]
-pub trait Health: Send + Sync {
-    /// Exercises the store for real: reads real tables the way a new connection sees
-    /// the files, and makes a durable write.
-    async fn check(&self) -> Vec<Check>;
-    /// True once the store has shown corruption: every protected request is then
-    /// refused (503) until an operator restarts the gateway on repaired data.
-    fn degraded(&self) -> bool;
-    /// True while a network store is known to be unreachable: every request but the
-    /// probes is refused (503 `store_unavailable`) until it is back, which the store
-    /// notices by itself.
-    fn unreachable(&self) -> bool {
-        false
-    }
-}
+use crate::config::{StoreConfig, StoreKind};
 
 /// Every store a running gateway needs, opened once from the configuration.
 #[derive(Clone)]

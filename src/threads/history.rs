@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::ThreadOwner;
-use crate::store::threads::approx_tokens;
-use crate::store::{HistoryBudget, MessageRecord};
+use crate::model::MessageRecord;
+use crate::model::approx_tokens;
+use crate::store::HistoryBudget;
 
 /// Message text (bytes, plus a per-message allowance) held for all threads together.
 const MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -313,7 +314,7 @@ impl Fill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Role;
+    use crate::model::Role;
     use crate::store::threads::HistoryFill;
 
     fn message(seq: i64, chars: usize) -> MessageRecord {

@@ -13,13 +13,15 @@ use std::sync::Arc;
 
 use history::{Fill, HistoryCache};
 
-use crate::access::{ClientInfo, Principal, ThreadOwner};
+use crate::access::{Principal, ThreadOwner};
 use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::config::{ThreadBinding, ThreadsConfig};
+use crate::model::ClientInfo;
+use crate::model::{Citation, MessageRecord, Role, ToolCall, ToolData};
+use crate::model::{StoreError, ThreadRecord};
 use crate::secret::new_id;
 use crate::store::{
-    Append, Citation, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role,
-    StoreError, ThreadPage, ThreadRecord, ThreadStore, ToolCall, ToolData, TurnStart,
+    Append, CreateThread, HistoryBudget, NewMessage, NewThread, ThreadPage, ThreadStore, TurnStart,
 };
 use crate::timeutil::now_ms;
 

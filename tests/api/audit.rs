@@ -179,10 +179,10 @@ async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
             .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
             .collect()
     };
-    let mut forged: palisade::store::AuditEvent =
+    let mut forged: palisade::model::AuditEvent =
         serde_json::from_value(records[failed as usize - 1].clone()).unwrap();
     forged.username = Some("someone-else".into());
-    let prev = palisade::store::ChainHash::from_slice(&hex(&records[failed as usize - 2]["hash"]))
+    let prev = palisade::model::ChainHash::from_slice(&hex(&records[failed as usize - 2]["hash"]))
         .unwrap();
     let rehashed = forged.chain_hash(&prev, failed).hex();
     let blob = |h: &str| {

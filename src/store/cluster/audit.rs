@@ -6,10 +6,8 @@ use async_trait::async_trait;
 use tokio_postgres::Row;
 
 use super::{ClusterStore, timed};
-use crate::store::{
-    AuditEvent, AuditKind, AuditQuery, AuditRecord, AuditStore, ChainHash, ChainHead, LineageQuery,
-    StoreError, StoreResult,
-};
+use crate::model::{AuditEvent, AuditKind, AuditRecord, ChainHash};
+use crate::store::{AuditQuery, AuditStore, ChainHead, LineageQuery, StoreError, StoreResult};
 
 const AUDIT_COLS: &str = "ts, kind, tenant, subject, username, session_id, ip, reason, resource, \
                           request_id, count, thread, documents, seq, prev_hash, hash";

@@ -25,10 +25,9 @@ use tokio_postgres::Row;
 
 use super::{ClusterStore, DDL_LOCK, row, rows, timed};
 use crate::access::{AccessScope, DocumentAdmin};
-use crate::store::{
-    ChunkHit, DocumentMeta, DocumentRecord, DocumentStore, NewDocument, Rankings, SearchQuery,
-    StoreError, StoreResult,
-};
+use crate::model::ChunkHit;
+use crate::model::{DocumentMeta, DocumentRecord};
+use crate::store::{DocumentStore, NewDocument, Rankings, SearchQuery, StoreError, StoreResult};
 
 /// Up to this many visible chunks, search exactly (BENCHMARKS.md: ~4 ms at 5,000 of
 /// 100,000); above, HNSW with iterative scan.

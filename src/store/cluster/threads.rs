@@ -9,10 +9,12 @@ use tokio_postgres::Row;
 
 use super::{ClusterStore, exec, row, rows, timed};
 use crate::access::ThreadOwner;
+use crate::model::ThreadRecord;
+use crate::model::{MessageRecord, Role, ToolData};
 use crate::store::threads::HistoryFill;
 use crate::store::{
-    Append, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role, StoreError,
-    StoreResult, ThreadPage, ThreadRecord, ThreadStore, ToolData, TurnStart,
+    Append, CreateThread, HistoryBudget, NewMessage, NewThread, StoreError, StoreResult,
+    ThreadPage, ThreadStore, TurnStart,
 };
 
 /// The WHERE clause every thread lookup uses; `$1` is the thread id, `$4` the session

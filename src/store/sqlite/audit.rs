@@ -5,10 +5,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
-use crate::store::{
-    AuditEvent, AuditKind, AuditQuery, AuditRecord, AuditStore, ChainHash, ChainHead, LineageQuery,
-    StoreError, StoreResult,
-};
+use crate::model::{AuditEvent, AuditKind, AuditRecord, ChainHash};
+use crate::store::{AuditQuery, AuditStore, ChainHead, LineageQuery, StoreError, StoreResult};
 
 const COLS: &str = "ts, kind, tenant, subject, username, session_id, ip, reason, resource, \
                     request_id, count, thread, documents, seq, prev_hash, hash";

@@ -24,10 +24,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{SqliteStore, placeholders};
 use crate::access::{AccessScope, DocumentAdmin};
-use crate::store::{
-    ChunkHit, DocumentMeta, DocumentRecord, DocumentStore, NewDocument, Rankings, SearchQuery,
-    StoreResult,
-};
+use crate::model::ChunkHit;
+use crate::model::{DocumentMeta, DocumentRecord};
+use crate::store::{DocumentStore, NewDocument, Rankings, SearchQuery, StoreResult};
 
 /// Vectors per vec0 storage chunk. vec0 allocates whole chunks per partition, so with
 /// the default (1024) a tenant with 2,000 small ACL partitions holds 2,000 mostly empty

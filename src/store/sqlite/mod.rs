@@ -585,7 +585,8 @@ mod tests {
     /// and a thread's deletion still removes its messages.
     #[tokio::test]
     async fn messages_survive_the_move_to_thread_order() {
-        use crate::store::{HistoryBudget, NewMessage, Role, ThreadStore, TurnStart};
+        use crate::model::Role;
+        use crate::store::{HistoryBudget, NewMessage, ThreadStore, TurnStart};
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.db");
         secure_files(&path).expect("file");

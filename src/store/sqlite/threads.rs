@@ -7,10 +7,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
 use crate::access::ThreadOwner;
+use crate::model::ThreadRecord;
+use crate::model::{MessageRecord, Role};
 use crate::store::threads::HistoryFill;
 use crate::store::{
-    Append, CreateThread, HistoryBudget, MessageRecord, NewMessage, NewThread, Role, StoreResult,
-    ThreadPage, ThreadRecord, ThreadStore, TurnStart,
+    Append, CreateThread, HistoryBudget, NewMessage, NewThread, StoreResult, ThreadPage,
+    ThreadStore, TurnStart,
 };
 
 /// The WHERE clause every thread lookup uses; `?1` is the thread id, `?4` the session
