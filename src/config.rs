@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -39,7 +39,7 @@ pub struct Config {
 /// Who may read `/metrics`. Off unless one of the two is set: metrics name routes,
 /// models and failure rates, which is nobody's business but the operator's.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve `/metrics` (only) on this address of its own, without authentication: for
     /// a scraper on a private interface.
@@ -80,7 +80,7 @@ pub enum StoreKind {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     /// Cluster store: Redis for sessions and refresh families (`rediss://` for TLS).
@@ -120,7 +120,7 @@ pub enum TokenFormat {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TokenConfig {
     #[serde(with = "humantime_serde")]
     pub access_ttl: Duration,
@@ -181,7 +181,7 @@ impl Default for TokenConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
@@ -262,7 +262,7 @@ pub enum ThreadBinding {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ThreadsConfig {
     pub binding: ThreadBinding,
     pub max_threads_per_user: u32,
@@ -289,7 +289,7 @@ impl Default for ThreadsConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
     /// An OpenAI-compatible base URL ending in `/v1`. Absent: the built-in extractive
     /// responder answers.
@@ -316,6 +316,7 @@ pub struct LlmConfig {
 
 /// One model callers can name (`[[llm.models]]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The name clients send as `model` and see in `GET /v1/models`.
     pub name: String,
@@ -409,7 +410,7 @@ pub enum EmbeddingsKind {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct EmbeddingsConfig {
     pub kind: EmbeddingsKind,
     pub model_dir: PathBuf,
@@ -436,7 +437,7 @@ impl Default for EmbeddingsConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RagConfig {
     /// Passages retrieved per question.
     pub top_k: usize,
@@ -477,7 +478,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive, e.g. `info` or `palisade=debug`.
@@ -511,8 +512,66 @@ pub struct CliOverrides {
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Parse(String),
+    /// A key, section or variable that is not a setting (a typo would otherwise start
+    /// the gateway on a default), with the nearest valid name.
+    #[error("configuration: {0}")]
+    Unknown(String),
     #[error("configuration: {0}")]
     Invalid(String),
+}
+
+/// Environment variables starting with this configure palisade (`__` separates
+/// sections from keys: `PALISADE_TOKENS__ACCESS_TTL`).
+const ENV_PREFIX: &str = "PALISADE_";
+
+/// A figment error, with an unknown key named the way it was written (a file key or a
+/// variable) beside the nearest valid one.
+fn unknown_or_invalid(e: figment::Error) -> ConfigError {
+    if let figment::error::Kind::UnknownField(field, expected) = &e.kind {
+        let from_env = e
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.name.contains("environment"));
+        // figment's path ends with the unknown field itself.
+        let mut path = e.path.clone();
+        if path.last() == Some(field) {
+            path.pop();
+        }
+        let near = nearest(field, expected).map(|n| {
+            let mut p = path.clone();
+            p.push(n.to_owned());
+            p
+        });
+        path.push(field.clone());
+        let name = |p: &[String]| {
+            if from_env {
+                format!("{ENV_PREFIX}{}", p.join("__").to_ascii_uppercase())
+            } else {
+                format!("`{}`", p.join("."))
+            }
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .and_then(|m| m.source.as_ref())
+            .map(|s| format!(" in {s}"))
+            .unwrap_or_default();
+        let hint = near
+            .map(|n| format!(" (did you mean {}?)", name(&n)))
+            .unwrap_or_default();
+        return ConfigError::Unknown(format!("{} is not a setting{source}{hint}", name(&path)));
+    }
+    ConfigError::Parse(e.to_string())
+}
+
+/// The valid name closest to a mistyped one, if any is close.
+fn nearest<'a>(given: &str, valid: &[&'a str]) -> Option<&'a str> {
+    valid
+        .iter()
+        .map(|v| (strsim::damerau_levenshtein(given, v), *v))
+        .filter(|(d, v)| *d <= 2.max(v.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v)
 }
 
 impl Config {
@@ -531,13 +590,103 @@ impl Config {
             }
             None => fig = fig.merge(Toml::file("palisade.toml")),
         }
-        let cfg: Config = fig
-            .merge(Env::prefixed("PALISADE_").split("__"))
-            .merge(Serialized::defaults(cli))
-            .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        // A variable whose first part names no section or key is not configuration; it
+        // is allowed only as a secret some `*_env` setting names (checked below).
+        let is_setting = |k: &figment::value::UncasedStr| {
+            let top = k.as_str().split("__").next().unwrap_or_default();
+            Config::KEYS.iter().any(|key| top.eq_ignore_ascii_case(key))
+        };
+        let cfg = Config::extract(
+            fig.merge(Env::prefixed(ENV_PREFIX).filter(is_setting).split("__"))
+                .merge(Serialized::defaults(cli)),
+        )?;
+        cfg.refuse_stray_variables(std::env::vars().map(|(k, _)| k))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The configuration `fig` holds; an unknown key is an error naming it.
+    fn extract(fig: Figment) -> Result<Config, ConfigError> {
+        fig.extract().map_err(unknown_or_invalid)
+    }
+
+    /// Every top-level key (section or setting), as written in a file.
+    const KEYS: &[&str] = &[
+        "listen",
+        "data_dir",
+        "public_origin",
+        "default_tenant",
+        "trusted_proxies",
+        "store",
+        "tokens",
+        "limits",
+        "threads",
+        "llm",
+        "embeddings",
+        "rag",
+        "log",
+        "oidc",
+        "metrics",
+    ];
+
+    /// The scrape token for `/metrics` on the main address, read when the gateway is
+    /// served (the CLI's other commands do not need it): a named variable that is
+    /// missing or shorter than 32 characters refuses to start.
+    pub fn metrics_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(var) = &self.metrics.bearer_token_env else {
+            return Ok(None);
+        };
+        match std::env::var(var) {
+            Ok(t) if t.trim().len() >= 32 => Ok(Some(t.trim().to_owned())),
+            _ => Err(ConfigError::Invalid(
+                "metrics.bearer_token_env must name an environment variable holding at least 32 characters".into(),
+            )),
+        }
+    }
+
+    /// The environment variables the configuration names as holding secrets.
+    fn secret_variables(&self) -> Vec<&str> {
+        let mut vars = vec![
+            self.metrics.bearer_token_env.as_deref(),
+            self.llm.api_key_env.as_deref(),
+            self.embeddings.api_key_env.as_deref(),
+        ];
+        vars.extend(self.llm.models.iter().map(|m| m.api_key_env.as_deref()));
+        vars.extend(
+            self.oidc
+                .issuers
+                .iter()
+                .map(|i| i.client_secret_env.as_deref()),
+        );
+        vars.into_iter().flatten().collect()
+    }
+
+    /// Refuses a `PALISADE_*` variable that is neither configuration nor a secret the
+    /// configuration names: `PALISADE_TOKENZ__ACCESS_TTL` must not start the gateway on
+    /// the default it meant to change.
+    fn refuse_stray_variables(
+        &self,
+        vars: impl Iterator<Item = String>,
+    ) -> Result<(), ConfigError> {
+        let secrets = self.secret_variables();
+        for var in vars {
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let top = key.split("__").next().unwrap_or_default();
+            if Config::KEYS.iter().any(|k| top.eq_ignore_ascii_case(k))
+                || secrets.contains(&var.as_str())
+            {
+                continue;
+            }
+            let hint = nearest(&top.to_ascii_lowercase(), Config::KEYS)
+                .map(|k| format!(" (did you mean {ENV_PREFIX}{}?)", k.to_ascii_uppercase()))
+                .unwrap_or_default();
+            return Err(ConfigError::Unknown(format!(
+                "{var} is not a setting{hint}"
+            )));
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -654,13 +803,6 @@ impl Config {
                 );
             }
         }
-        if let Some(var) = &self.metrics.bearer_token_env
-            && std::env::var(var).map_or(true, |t| t.trim().len() < 32)
-        {
-            return bad(
-                "metrics.bearer_token_env must name an environment variable holding at least 32 characters",
-            );
-        }
         for i in &self.oidc.issuers {
             if let Err(m) = i.check() {
                 return Err(ConfigError::Invalid(format!(
@@ -700,6 +842,72 @@ fn plain_http_url(raw: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn unknown(r: Result<Config, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Unknown(m)) => m,
+            other => panic!("expected an unknown-setting error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_mistyped_key_or_section_is_refused_with_the_nearest_valid_name() {
+        let m = unknown(from_toml("[tokens]\naccess_tll = \"5m\"\n"));
+        assert!(m.starts_with("`tokens.access_tll` is not a setting"), "{m}");
+        assert!(m.ends_with("(did you mean `tokens.access_ttl`?)"), "{m}");
+        let m = unknown(from_toml("[tokenz]\naccess_ttl = \"5m\"\n"));
+        assert!(m.contains("`tokenz` is not a setting"), "{m}");
+        assert!(m.ends_with("(did you mean `tokens`?)"), "{m}");
+        // In an array of tables, too; and a name far from every key gets no guess.
+        let m = unknown(from_toml(
+            "[[llm.models]]\nname = \"a\"\nupstream_model = \"b\"\nbase_urll = \"http://x\"\n",
+        ));
+        assert!(
+            m.contains("`llm.models.base_urll` is not a setting") || m.contains("base_urll"),
+            "{m}"
+        );
+        let m = unknown(from_toml("zzzzzzzz = 1\n"));
+        assert!(!m.contains("did you mean"), "{m}");
+        // What is valid still loads.
+        from_toml("[tokens]\naccess_ttl = \"5m\"\n").unwrap();
+    }
+
+    #[test]
+    fn a_stray_palisade_variable_is_refused_unless_it_holds_a_named_secret() {
+        let mut cfg = Config::default();
+        let vars = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let err = cfg
+            .refuse_stray_variables(vars(&["PATH", "PALISADE_TOKENZ__ACCESS_TTL"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration: PALISADE_TOKENZ__ACCESS_TTL is not a setting (did you mean PALISADE_TOKENS?)"
+        );
+        // A secret the configuration names is not a stray.
+        assert!(
+            cfg.refuse_stray_variables(vars(&["PALISADE_SCRAPE"]))
+                .is_err()
+        );
+        cfg.metrics.bearer_token_env = Some("PALISADE_SCRAPE".into());
+        cfg.refuse_stray_variables(vars(&[
+            "PALISADE_SCRAPE",
+            "PALISADE_LOG__LEVEL",
+            "PALISADE_PUBLIC_ORIGIN",
+        ]))
+        .unwrap();
+    }
 
     #[test]
     fn the_embeddings_host_gets_no_key_unless_configured() {
@@ -755,7 +963,7 @@ mod tests {
 
 /// External identity providers (OpenID Connect).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct OidcConfig {
     pub issuers: Vec<IssuerConfig>,
     /// How often each issuer's JWKS is fetched in the background.
@@ -794,6 +1002,7 @@ pub enum JwsAlgorithm {
 
 /// One trusted issuer (`[[oidc.issuers]]`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// The exact `iss` value.
     pub issuer: String,

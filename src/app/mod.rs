@@ -195,11 +195,8 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
         audit.clone(),
     );
     let metrics_token = cfg
-        .metrics
-        .bearer_token_env
-        .as_deref()
-        .and_then(|var| std::env::var(var).ok())
-        .map(|t| Arc::new(crate::secret::SecretString::from(t.trim().to_owned())));
+        .metrics_token()?
+        .map(|t| Arc::new(crate::secret::SecretString::from(t)));
     Ok(AppState::new(crate::http::Services {
         metrics_token,
         config: Arc::new(cfg),
@@ -212,6 +209,9 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
     }))
 }
 
+/// Scrapers are few: the metrics address never holds more connections than this.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     let listen = cfg.listen;
     crate::telemetry::install();
@@ -223,11 +223,16 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
             let local = l.local_addr()?;
             tracing::info!(addr = %local, "metrics listening");
             println!("palisade metrics on http://{local}/metrics");
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, crate::http::ops::metrics_only()).await {
-                    tracing::error!(error = %e, "metrics listener stopped");
-                }
-            }))
+            // The same accept loop as the main address: header, idle and stall
+            // deadlines, and a small connection cap of its own.
+            let mut limits = ConnectionLimits::from_config(&cfg.limits);
+            limits.max_connections = limits.max_connections.min(METRICS_MAX_CONNECTIONS);
+            Some(tokio::spawn(crate::http::server::serve(
+                l,
+                crate::http::ops::metrics_only(),
+                limits,
+                std::future::pending(),
+            )))
         }
         None => None,
     };

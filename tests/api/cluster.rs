@@ -786,7 +786,7 @@ async fn postgres_over_verified_tls_only() {
     let plain_url = pg.url();
     for url in [tls_url.as_str(), plain_url.as_str()] {
         let data = tempfile::tempdir().unwrap();
-        let out = Command::new(BIN)
+        let out = palisade()
             .env("PALISADE_STORE__KIND", "cluster")
             .env("PALISADE_STORE__REDIS_PREFIX", "palisade_tls_test:")
             .env("PALISADE_STORE__POSTGRES_URL", url)

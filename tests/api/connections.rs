@@ -257,3 +257,44 @@ async fn shutdown_completes_with_a_half_sent_header_and_a_stream_in_flight() {
     );
     drop(stream);
 }
+
+/// The separate metrics address is served by the same hardened accept loop: a client
+/// that never finishes its request head is cut off at the header deadline there too.
+#[tokio::test]
+async fn the_metrics_address_closes_silent_and_trickling_connections() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _s = Server::start_with(&[
+        ("PALISADE_METRICS__LISTEN", metrics.as_str()),
+        ("PALISADE_LIMITS__HEADER_READ_TIMEOUT", "1s"),
+        ("PALISADE_LIMITS__KEEP_ALIVE_TIMEOUT", "10s"),
+    ]);
+    // Served: a scrape works.
+    let mut ok = TcpStream::connect(&metrics).await.unwrap();
+    ok.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = ok.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // A silent connection and a half-sent head are closed at the 1 s header deadline
+    // (the idle deadline is 10 s), where a plain server would hold them for ever.
+    let silent = TcpStream::connect(&metrics).await.unwrap();
+    let mut half = TcpStream::connect(&metrics).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    for (name, sock) in [("silent", silent), ("half-sent", half)] {
+        let closed = closed_after(sock, t0, Duration::from_secs(8))
+            .await
+            .unwrap_or_else(|| panic!("the {name} connection was never closed"));
+        assert!(
+            closed < Duration::from_secs(5),
+            "{name}: closed after {closed:?}"
+        );
+    }
+}

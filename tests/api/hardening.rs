@@ -6,7 +6,6 @@ use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -19,7 +18,7 @@ async fn store_files_are_private_even_in_a_preexisting_open_directory() {
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let run = |args: &[&str]| {
-        Command::new(BIN)
+        palisade()
             .env("PALISADE_EMBEDDINGS__KIND", "none")
             .arg("--data-dir")
             .arg(&data)
@@ -279,7 +278,7 @@ async fn parallel_key_rotations_keep_every_key_and_the_server_follows() {
     // Eight operators rotate at once: each new key lands in the file.
     let children: Vec<_> = (0..8)
         .map(|_| {
-            let mut c = std::process::Command::new(BIN);
+            let mut c = palisade();
             c.env("PALISADE_EMBEDDINGS__KIND", "none")
                 .arg("--data-dir")
                 .arg(s.data_dir())

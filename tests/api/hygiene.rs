@@ -214,7 +214,7 @@ async fn secrets_never_reach_the_logs() {
 async fn refuses_to_start_with_weak_configuration_or_exposed_keys() {
     use std::os::unix::fs::PermissionsExt;
     let run = |args: &[&str], envs: &[(&str, &str)]| {
-        std::process::Command::new(BIN)
+        palisade()
             .args(args)
             .envs(envs.iter().copied())
             .output()
@@ -253,4 +253,68 @@ async fn refuses_to_start_with_weak_configuration_or_exposed_keys() {
     assert!(err.contains("chmod 600"), "{err}");
     let kf: serde_json::Value = serde_json::from_slice(&std::fs::read(&keys).unwrap()).unwrap();
     assert!(!err.contains(kf["keys"][0]["secret"].as_str().unwrap()));
+}
+
+/// A typo in the configuration refuses to start, naming the offending key, section or
+/// variable and the nearest valid one — never the gateway running on a default the
+/// operator meant to change.
+#[test]
+fn a_configuration_typo_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |file: Option<&str>, env: &[(&str, &str)]| {
+        let mut c = palisade();
+        c.arg("--data-dir").arg(dir.path());
+        if let Some(text) = file {
+            let path = dir.path().join("palisade.toml");
+            std::fs::write(&path, text).unwrap();
+            c.arg("--config").arg(path);
+        }
+        let out = c
+            .env("PALISADE_EMBEDDINGS__KIND", "none")
+            .envs(env.iter().copied())
+            .args(["user", "list"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (
+            Some("[tokens]\naccess_tll = \"5m\"\n"),
+            &[],
+            "`tokens.access_tll` is not a setting",
+        ),
+        (
+            Some("[tokenz]\naccess_ttl = \"5m\"\n"),
+            &[],
+            "`tokenz` is not a setting",
+        ),
+        (
+            None,
+            &[("PALISADE_TOKENS__ACESS_TTL", "5m")],
+            "PALISADE_TOKENS__ACESS_TTL is not a setting",
+        ),
+        (
+            None,
+            &[("PALISADE_TOKENZ__ACCESS_TTL", "5m")],
+            "PALISADE_TOKENZ__ACCESS_TTL is not a setting (did you mean PALISADE_TOKENS?)",
+        ),
+    ];
+    for (file, env, says) in cases {
+        let (code, stderr) = start(file, env);
+        assert_ne!(code, Some(0), "started despite {says}");
+        assert!(stderr.contains(says), "{says}: {stderr}");
+        assert!(stderr.contains("did you mean"), "no suggestion: {stderr}");
+    }
+    // Refused before anything was opened; the same settings spelled right start.
+    assert!(!dir.path().join("palisade.db").exists());
+    let (code, stderr) = start(
+        Some("[tokens]\naccess_ttl = \"5m\"\n"),
+        &[("PALISADE_TOKENS__ACCESS_TTL", "5m")],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(dir.path().join("palisade.db").exists());
 }

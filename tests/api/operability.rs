@@ -383,7 +383,7 @@ async fn metrics_on_the_main_address_need_the_configured_token() {
     assert!(!s.log().contains(TOKEN));
 
     // A token too short to be a secret refuses to start.
-    let out = std::process::Command::new(BIN)
+    let out = palisade()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("PALISADE_METRICS__BEARER_TOKEN_ENV", "SCRAPE_TOKEN")
         .env("SCRAPE_TOKEN", "short")
@@ -392,6 +392,29 @@ async fn metrics_on_the_main_address_need_the_configured_token() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("metrics.bearer_token_env"));
+    // The CLI's commands that serve nothing need no scrape token.
+    for args in [&["audit", "verify"][..], &["audit", "list", "--limit", "1"]] {
+        let out = palisade()
+            .args(args)
+            .env("PALISADE_METRICS__BEARER_TOKEN_ENV", "SCRAPE_TOKEN")
+            .env("PALISADE_DATA_DIR", s.data_dir())
+            .env("PALISADE_STORE__KIND", store_kind())
+            .envs(
+                s.env_of("PALISADE_STORE__POSTGRES_URL")
+                    .map(|v| ("PALISADE_STORE__POSTGRES_URL", v)),
+            )
+            .envs(
+                s.env_of("PALISADE_STORE__REDIS_PREFIX")
+                    .map(|v| ("PALISADE_STORE__REDIS_PREFIX", v)),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[tokio::test]

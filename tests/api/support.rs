@@ -12,6 +12,16 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
+/// The `palisade` binary without the suite's own `PALISADE_TEST_*` variables (the
+/// gateway refuses a `PALISADE_*` variable that is not a setting).
+pub fn palisade() -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PALISADE_")) {
+        c.env_remove(k);
+    }
+    c
+}
+
 /// The store kind the suite runs against: `PALISADE_TEST_STORE`, default `embedded`.
 pub fn store_kind() -> String {
     std::env::var("PALISADE_TEST_STORE").unwrap_or_else(|_| "embedded".into())
@@ -227,6 +237,14 @@ impl Server {
         }
     }
 
+    /// A variable this server was started with.
+    pub fn env_of(&self, key: &str) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -244,11 +262,20 @@ impl Server {
         // Deterministic embeddings unless a test asks for the real model. The store kind
         // under test comes from PALISADE_TEST_STORE (embedded by default): the whole
         // suite runs against another backend by changing that one variable.
-        c.env_remove("PALISADE_CONFIG")
-            .env("PALISADE_STORE__KIND", store_kind())
+        // The suite's own variables (PALISADE_TEST_*) are not the gateway's: it refuses
+        // a `PALISADE_*` variable that is not a setting.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PALISADE_")) {
+            c.env_remove(k);
+        }
+        c.env("PALISADE_STORE__KIND", store_kind())
             .env("PALISADE_EMBEDDINGS__KIND", "hash")
             .env("PALISADE_PUBLIC_ORIGIN", "http://localhost:8080")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.env
+                    .iter()
+                    .filter(|(k, _)| k != "PALISADE_TEST_LISTEN")
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .arg("--data-dir")
             .arg(self.dir.path());
         c
