@@ -44,8 +44,7 @@ const SCANNERS: usize = 2;
 /// 40 MiB before it is reused). SQLite's default, 1,000, checkpointed several times a
 /// second under a steady stream of chat turns, re-copying the same hot pages (the
 /// thread's row, its newest messages, the owner's thread index) each time:
-/// 10,000 made a thread-bound turn ~12 % faster (BENCHMARKS.md, "Four more changes
-/// found by profiling").
+/// 10,000 made a thread-bound turn ~12 % faster (measured in BENCHMARKS.md).
 const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 /// The most writes one transaction takes: bounds how long the first waits for the last.
 const MAX_BATCH: usize = 128;
@@ -132,8 +131,8 @@ impl Pool {
     /// No `mmap_size`: every retrieval writes its lineage record, and SQLite unmaps a
     /// reader's whole mapping at its next read after any write, so in service a mapped
     /// scan paid for an munmap, a fresh mapping and its page faults on every request,
-    /// and each connection's mapping counted the file once more in the RSS
-    /// (BENCHMARKS.md, "Two fixes found by profiling").
+    /// and each connection's mapping counted the file once more in the RSS (measured in
+    /// BENCHMARKS.md).
     fn open(path: &Path, n: usize) -> StoreResult<Pool> {
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
