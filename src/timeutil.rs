@@ -1,7 +1,55 @@
 //! Wall-clock helpers. Everything stored is unix milliseconds (an `i64`), so the
 //! store never has to agree with the process on a time zone or a format.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where a service reads the time: the system's clock in service, one set by hand in
+/// tests (which then move time instead of sleeping through it).
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+/// A clock that stands still until it is set or advanced.
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn at(unix_ms: i64) -> Self {
+        Self(AtomicI64::new(unix_ms))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(ms(by), Ordering::SeqCst);
+    }
+
+    pub fn set(&self, unix_ms: i64) {
+        self.0.store(unix_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A unix-millisecond time as a `time` instant (the epoch if out of range).
+pub fn instant_of(unix_ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
 
 /// Milliseconds since the unix epoch, now.
 pub fn now_ms() -> i64 {

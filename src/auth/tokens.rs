@@ -84,6 +84,8 @@ pub struct TokenService {
     /// under other keys than the current ones is not used, and a key change clears
     /// them all.
     verified: moka::sync::Cache<[u8; 32], Verified>,
+    /// What `iat`, `nbf` and `exp` are minted and checked against.
+    clock: std::sync::Arc<dyn crate::timeutil::Clock>,
 }
 
 /// A [`TokenService::verified`] entry.
@@ -115,7 +117,18 @@ impl TokenService {
                 .max_capacity(VERIFIED_TOKENS)
                 .time_to_live(access_ttl)
                 .build(),
+            clock: std::sync::Arc::new(crate::timeutil::SystemClock),
         }
+    }
+
+    /// The same service reading the time from `clock`.
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::timeutil::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> time::OffsetDateTime {
+        crate::timeutil::instant_of(self.clock.now_ms())
     }
 
     /// A stable pseudonym of `value` for the audit trail (e.g. a username that matches
@@ -194,7 +207,14 @@ impl TokenService {
         if self.format == TokenFormat::Jwe {
             return self.mint_jwe(c);
         }
-        let mut claims = Claims::new_expires_in(&self.access_ttl).map_err(|_| MintError)?;
+        use time::format_description::well_known::Rfc3339;
+        let now = self.now();
+        let ttl = time::Duration::try_from(self.access_ttl).map_err(|_| MintError)?;
+        let t = |d: time::OffsetDateTime| d.format(&Rfc3339).map_err(|_| MintError);
+        let mut claims = Claims::new().map_err(|_| MintError)?;
+        claims.issued_at(&t(now)?).map_err(|_| MintError)?;
+        claims.not_before(&t(now)?).map_err(|_| MintError)?;
+        claims.expiration(&t(now + ttl)?).map_err(|_| MintError)?;
         claims.issuer(ISSUER).map_err(|_| MintError)?;
         claims.audience(&self.audience).map_err(|_| MintError)?;
         claims.subject(&c.subject).map_err(|_| MintError)?;
@@ -230,7 +250,7 @@ impl TokenService {
     fn mint_jwe(&self, c: &AccessClaims) -> Result<String, MintError> {
         use time::OffsetDateTime;
         use time::format_description::well_known::Rfc3339;
-        let now = OffsetDateTime::now_utc();
+        let now = self.now();
         let ttl = time::Duration::try_from(self.access_ttl).map_err(|_| MintError)?;
         let t = |d: OffsetDateTime| d.format(&Rfc3339).map_err(|_| MintError);
         let mut payload = serde_json::json!({
@@ -259,7 +279,7 @@ impl TokenService {
         })?;
         let payload: Payload =
             serde_json::from_slice(&plain).map_err(|_| TokenRejection::Invalid)?;
-        payload.validate(&self.audience)
+        payload.validate(&self.audience, self.now())
     }
 
     pub fn verify(&self, token: &str) -> Result<AccessClaims, Rejected> {
@@ -275,7 +295,7 @@ impl TokenService {
         if let Some(known) = self.verified.get(&digest)
             && std::sync::Arc::ptr_eq(&known.keys, &keys)
         {
-            return known.payload.validate(&self.audience);
+            return known.payload.validate(&self.audience, self.now());
         }
         let untrusted =
             UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenRejection::Malformed)?;
@@ -306,7 +326,7 @@ impl TokenService {
                 payload: payload.clone(),
             },
         );
-        payload.validate(&self.audience)
+        payload.validate(&self.audience, self.now())
     }
 }
 
@@ -339,7 +359,7 @@ struct Confirmation {
 impl Payload {
     /// Registered-claim checks of PASETO (iss, aud exact; iat/nbf not in the future;
     /// exp in the future; RFC 3339 times), then our own type claim.
-    fn validate(self, audience: &str) -> Result<AccessClaims, Rejected> {
+    fn validate(self, audience: &str, now: time::OffsetDateTime) -> Result<AccessClaims, Rejected> {
         use time::OffsetDateTime;
         use time::format_description::well_known::Rfc3339;
         if self.iss != ISSUER || self.aud != audience || self.jti.is_empty() {
@@ -351,7 +371,6 @@ impl Payload {
         let parse =
             |t: &str| OffsetDateTime::parse(t, &Rfc3339).map_err(|_| TokenRejection::Invalid);
         let (iat, nbf, exp) = (parse(&self.iat)?, parse(&self.nbf)?, parse(&self.exp)?);
-        let now = OffsetDateTime::now_utc();
         let why = if exp <= now {
             Some(TokenRejection::Expired)
         } else if nbf > now || iat > now {
@@ -444,12 +463,19 @@ mod tests {
     }
 
     #[test]
-    fn expired_is_reported_as_such() {
+    fn expired_and_not_yet_valid_are_reported_as_such() {
         let dir = tempfile::tempdir().unwrap();
-        let svc = service(dir.path(), Duration::from_secs(1));
+        let clock = std::sync::Arc::new(crate::timeutil::ManualClock::at(1_800_000_000_000));
+        let svc = service(dir.path(), Duration::from_secs(60)).with_clock(clock.clone());
         let t = svc.mint(&claims()).unwrap();
-        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(svc.verify(&t).unwrap(), claims());
+        clock.advance(Duration::from_millis(59_999));
+        assert_eq!(svc.verify(&t).unwrap(), claims());
+        clock.advance(Duration::from_millis(1));
         assert_eq!(svc.verify(&t).unwrap_err().why, TokenRejection::Expired);
         assert_eq!(svc.verify(&t).unwrap_err().claims, Some(Box::new(claims())));
+        // Minted in what is still the future for the verifier.
+        clock.set(1_800_000_000_000 - 1_000);
+        assert_eq!(svc.verify(&t).unwrap_err().why, TokenRejection::NotYetValid);
     }
 }

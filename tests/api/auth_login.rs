@@ -133,8 +133,12 @@ async fn disabled_user_is_refused_and_cli_disable_kills_live_sessions() {
     );
 
     // The CLI is another process: the server sees it within session_cache_ttl (1 s).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     for sess in [&a, &b] {
+        eventually(Duration::from_secs(3), "the CLI's disable seen", || async {
+            (s.get("/auth/me", &sess.access).await.status() == StatusCode::UNAUTHORIZED)
+                .then_some(())
+        })
+        .await;
         assert_eq!(
             s.get("/auth/me", &sess.access).await.status(),
             StatusCode::UNAUTHORIZED

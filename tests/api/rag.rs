@@ -361,11 +361,15 @@ async fn revoking_a_role_or_deleting_a_document_takes_effect_on_the_next_query()
     // Through the CLI as well (another process: visible within the 1 s session cache).
     s.cli_ok(&["user", "update", "hannah", "--roles", "employee,hr"]);
     // The CLI change ended the sessions holding the old roles (seen within 1 s).
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    assert_eq!(
-        s.get("/auth/me", &again.access).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    eventually(
+        std::time::Duration::from_secs(3),
+        "the CLI's role change seen",
+        || async {
+            (s.get("/auth/me", &again.access).await.status() == StatusCode::UNAUTHORIZED)
+                .then_some(())
+        },
+    )
+    .await;
     let back = s.login("hannah", hannah_pw).await;
     assert!(search(back.access.clone()).await.contains(HR));
 
@@ -513,10 +517,15 @@ async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere
         "--tenant",
         "umbrella",
     ]);
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    assert!(
-        results(&uma.access, "stapler inventory")
-            .await
-            .contains("CANARY-STAPLER-2")
-    );
+    eventually(
+        std::time::Duration::from_secs(3),
+        "the CLI's document found",
+        || async {
+            results(&uma.access, "stapler inventory")
+                .await
+                .contains("CANARY-STAPLER-2")
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -673,6 +673,27 @@ pub async fn read_sse(resp: Response) -> Vec<SseEvent> {
 }
 
 /// A random id of the shape palisade mints (22 base64url characters).
+/// Polls `probe` every 20 ms until it gives `Some`, for at most `within`; panics naming
+/// `what` otherwise. For what another process makes true at a time of its own (the CLI's
+/// change seen through a 1 s cache): the test waits on the condition, not a duration.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn random_id() -> String {
     use base64::Engine;
     let mut b = [0u8; 16];
