@@ -95,6 +95,18 @@ pub struct ApiDoc;
 
 struct Security;
 
+/// The answers declared for every route (or every route with a JSON body) unless the
+/// route declares its own; index 0 is unused so that the rest read by status below.
+const GENERIC: [&str; 7] = [
+    "",
+    "Malformed request (for one, a NUL character in the URL).",
+    "The body is too large.",
+    "The body is not application/json.",
+    "The body does not fit the schema.",
+    "Internal error: nothing was done.",
+    "A store cannot be reached or its data cannot be trusted; nothing was done.",
+];
+
 impl Modify for Security {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let c = doc.components.get_or_insert_with(Default::default);
@@ -149,17 +161,28 @@ impl Modify for Security {
                     .as_ref()
                     .is_some_and(|b| b.content.contains_key("application/json"));
                 let responses = &mut op.responses.responses;
-                responses.entry("400".into()).or_insert_with(|| {
-                    error("Malformed request (for one, a NUL character in the URL).")
-                });
+                responses
+                    .entry("400".into())
+                    .or_insert_with(|| error(GENERIC[1]));
                 if json_body {
                     responses
+                        .entry("413".into())
+                        .or_insert_with(|| error(GENERIC[2]));
+                    responses
                         .entry("415".into())
-                        .or_insert_with(|| error("The body is not application/json."));
+                        .or_insert_with(|| error(GENERIC[3]));
                     responses
                         .entry("422".into())
-                        .or_insert_with(|| error("The body does not fit the schema."));
+                        .or_insert_with(|| error(GENERIC[4]));
                 }
+                // Fail closed: any route may refuse when a store cannot be reached or
+                // its data cannot be trusted, or when something cannot be done safely.
+                responses
+                    .entry("500".into())
+                    .or_insert_with(|| error(GENERIC[5]));
+                responses
+                    .entry("503".into())
+                    .or_insert_with(|| error(GENERIC[6]));
             }
         }
     }
@@ -198,3 +221,462 @@ fn page_style() {}
     responses((status = 200, description = "The icon.", content_type = "image/svg+xml")))]
 #[allow(dead_code)]
 fn page_icon() {}
+
+/// The documented statuses of every route against what its handler can answer: each
+/// `ApiError` the handler (or a helper of its file) names, each service error named in
+/// the service methods it calls (one level deep), and what its extractors refuse with.
+/// A drift such as a 409 documented for an error the code answers with 422 fails here.
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    use super::ApiDoc;
+    use crate::audit::AuditError;
+    use crate::auth::{AuthError, DpopChallenge};
+    use crate::chat::ChatError;
+    use crate::http::error::ApiError;
+    use crate::rag::RagError;
+    use crate::threads::ThreadError;
+    use utoipa::OpenApi;
+
+    /// The status of `Enum::Variant` as the HTTP face answers it; `None` for a name that
+    /// is not a variant. Each arm list is checked exhaustive by the `match` below it.
+    fn status_of(kind: &str, variant: &str) -> Option<u16> {
+        let e: ApiError = match kind {
+            "ApiError" => api_error(variant)?,
+            "ThreadError" => thread_error(variant)?.into(),
+            "RagError" => rag_error(variant)?.into(),
+            "AuthError" => auth_error(variant)?.into(),
+            "ChatError" => chat_error(variant)?.into(),
+            "AuditError" => match variant {
+                "Forbidden" => AuditError::Forbidden.into(),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(e.status().as_u16())
+    }
+
+    fn api_error(v: &str) -> Option<ApiError> {
+        use ApiError::*;
+        let e = match v {
+            "InvalidCredentials" => InvalidCredentials,
+            "Unauthorized" => Unauthorized,
+            "RefreshReused" => RefreshReused,
+            "RefreshInvalid" => RefreshInvalid,
+            "RefreshInProgress" => RefreshInProgress,
+            "Dpop" => Dpop(DpopChallenge::InvalidProof),
+            "CrossSite" => CrossSite,
+            "Forbidden" => Forbidden,
+            "NotFound" => NotFound,
+            "MethodNotAllowed" => MethodNotAllowed,
+            "Conflict" => Conflict("x"),
+            "TooManyRequests" => TooManyRequests {
+                retry_after_secs: 1,
+            },
+            "BudgetExceeded" => BudgetExceeded {
+                retry_after_secs: 1,
+            },
+            "PayloadTooLarge" => PayloadTooLarge,
+            "BadRequest" => BadRequest(String::new()),
+            "Unprocessable" => Unprocessable(String::new()),
+            "UnsupportedMediaType" => UnsupportedMediaType,
+            "Timeout" => Timeout,
+            "MessageTooLong" => MessageTooLong,
+            "ThreadLimit" => ThreadLimit,
+            "ThreadFull" => ThreadFull,
+            "Upstream" => Upstream,
+            "ModelNotAllowed" => ModelNotAllowed,
+            "ToolStepsExceeded" => ToolStepsExceeded,
+            "Unavailable" => Unavailable,
+            "StoreUnavailable" => StoreUnavailable,
+            "Internal" => Internal,
+            _ => return None,
+        };
+        // A new variant must be added above: this match has no wildcard.
+        match &e {
+            InvalidCredentials
+            | Unauthorized
+            | RefreshReused
+            | RefreshInvalid
+            | RefreshInProgress
+            | Dpop(_)
+            | CrossSite
+            | Forbidden
+            | NotFound
+            | MethodNotAllowed
+            | Conflict(_)
+            | TooManyRequests { .. }
+            | BudgetExceeded { .. }
+            | PayloadTooLarge
+            | BadRequest(_)
+            | Unprocessable(_)
+            | UnsupportedMediaType
+            | Timeout
+            | MessageTooLong
+            | ThreadLimit
+            | ThreadFull
+            | Upstream
+            | ModelNotAllowed
+            | ToolStepsExceeded
+            | Unavailable
+            | StoreUnavailable
+            | Internal => {}
+        }
+        Some(e)
+    }
+
+    fn thread_error(v: &str) -> Option<ThreadError> {
+        use ThreadError::*;
+        let e = match v {
+            "NotFound" => NotFound,
+            "LimitReached" => LimitReached,
+            "Full" => Full,
+            "MessageTooLong" => MessageTooLong,
+            "Invalid" => Invalid("x"),
+            _ => return None,
+        };
+        match &e {
+            NotFound | LimitReached | Full | MessageTooLong | Invalid(_) | Store(_) => {}
+        }
+        Some(e)
+    }
+
+    fn rag_error(v: &str) -> Option<RagError> {
+        use RagError::*;
+        let e = match v {
+            "Forbidden" => Forbidden,
+            "NotFound" => NotFound,
+            "Invalid" => Invalid(String::new()),
+            "TooLarge" => TooLarge,
+            "Embedding" => Embedding,
+            _ => return None,
+        };
+        match &e {
+            Forbidden | NotFound | Invalid(_) | TooLarge | Embedding | Store(_) => {}
+        }
+        Some(e)
+    }
+
+    fn auth_error(v: &str) -> Option<AuthError> {
+        use AuthError::*;
+        let e = match v {
+            "InvalidCredentials" => InvalidCredentials,
+            "Unauthorized" => Unauthorized,
+            "RefreshReused" => RefreshReused,
+            "RefreshInvalid" => RefreshInvalid,
+            "RefreshInProgress" => RefreshInProgress,
+            "Throttled" => Throttled {
+                retry_after_secs: 1,
+            },
+            "Forbidden" => Forbidden,
+            "NotFound" => NotFound,
+            "Invalid" => Invalid("x"),
+            "Mint" => Mint,
+            "Dpop" => Dpop(DpopChallenge::InvalidProof),
+            "Unavailable" => Unavailable,
+            _ => return None,
+        };
+        match &e {
+            InvalidCredentials
+            | Unauthorized
+            | RefreshReused
+            | RefreshInvalid
+            | RefreshInProgress
+            | Throttled { .. }
+            | Forbidden
+            | NotFound
+            | Invalid(_)
+            | Mint
+            | Dpop(_)
+            | Unavailable
+            | Store(_) => {}
+        }
+        Some(e)
+    }
+
+    fn chat_error(v: &str) -> Option<ChatError> {
+        use ChatError::*;
+        let e = match v {
+            "RateLimited" => RateLimited {
+                retry_after_secs: 1,
+            },
+            "BudgetExceeded" => BudgetExceeded {
+                retry_after_secs: 1,
+            },
+            "Invalid" => Invalid("x"),
+            "ModelNotAllowed" => ModelNotAllowed,
+            "ToolStepsExceeded" => ToolStepsExceeded,
+            _ => return None,
+        };
+        match &e {
+            RateLimited { .. }
+            | BudgetExceeded { .. }
+            | Invalid(_)
+            | ModelNotAllowed
+            | ToolStepsExceeded
+            | Thread(_)
+            | Rag(_)
+            | Llm(_) => {}
+        }
+        Some(e)
+    }
+
+    /// The text of the block that starts at the first `{` at or after `from`.
+    fn block(text: &str, from: usize) -> &str {
+        let Some(open) = text[from..].find('{').map(|i| from + i) else {
+            return "";
+        };
+        let mut depth = 0;
+        for (i, c) in text[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return &text[open..open + i + 1];
+                    }
+                }
+                _ => {}
+            }
+        }
+        &text[open..]
+    }
+
+    /// The bodies of every `fn name(` in `text`.
+    fn fn_bodies<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        let pat = format!("fn {name}(");
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(i) = text[at..].find(&pat) {
+            let start = at + i;
+            // Past the parameter list, whose types may hold braces of their own.
+            let mut depth = 0;
+            let mut end = start;
+            for (j, c) in text[start..].char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = start + j;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push(block(text, end));
+            at = end.max(start + 1);
+        }
+        out
+    }
+
+    /// The names called in `text` right after `prefix` (`s.threads.` → `create`), or,
+    /// without one, the free functions called (`name(` not after `.` or `::`).
+    fn calls(text: &str, prefix: Option<&str>) -> BTreeSet<String> {
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let mut out = BTreeSet::new();
+        match prefix {
+            Some(p) => {
+                let mut rest = text;
+                while let Some(j) = rest.find(p) {
+                    rest = &rest[j + p.len()..];
+                    let m: String = rest.chars().take_while(|c| ident(*c)).collect();
+                    if rest[m.len()..].starts_with('(') {
+                        out.insert(m);
+                    }
+                }
+            }
+            None => {
+                for (j, _) in text.match_indices('(') {
+                    let before = &text[..j];
+                    let start = before.trim_end_matches(ident).len();
+                    let name = &before[start..];
+                    let prev = before[..start].chars().next_back();
+                    if !name.is_empty() && !matches!(prev, Some('.') | Some(':')) {
+                        out.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every `Kind::Variant` in `text` for the error kinds above.
+    fn named_errors(text: &str) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for kind in [
+            "ApiError",
+            "ThreadError",
+            "RagError",
+            "AuthError",
+            "ChatError",
+            "AuditError",
+        ] {
+            let pat = format!("{kind}::");
+            let mut rest = text;
+            while let Some(i) = rest.find(&pat) {
+                rest = &rest[i + pat.len()..];
+                let v: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                out.insert((kind.to_owned(), v));
+            }
+        }
+        out
+    }
+
+    fn source(rel: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut text = String::new();
+        let mut stack = vec![root.join(rel)];
+        while let Some(p) = stack.pop() {
+            if p.is_dir() {
+                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                text.push_str(&std::fs::read_to_string(&p).unwrap());
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn every_status_a_route_can_answer_is_documented() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let services: BTreeMap<&str, String> = [
+            ("threads", source("threads")),
+            ("chat", source("chat")),
+            ("rag", source("rag")),
+            ("auth", source("auth")),
+            ("audit", source("audit.rs")),
+        ]
+        .into_iter()
+        .collect();
+        let http_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+        let mut checked = 0;
+        let mut missing = Vec::new();
+        for entry in std::fs::read_dir(&http_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|x| x != "rs") || path.ends_with("openapi.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut at = 0;
+            while let Some(i) = text[at..].find("#[utoipa::path(") {
+                let attr_at = at + i;
+                let attr = &text[attr_at..];
+                let method = attr["#[utoipa::path(".len()..]
+                    .trim_start()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .to_owned();
+                let route = attr
+                    .split("path = \"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap()
+                    .to_owned();
+                let fn_at = attr_at + attr.find("pub async fn ").unwrap();
+                let name: String = text[fn_at + "pub async fn ".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let body = fn_bodies(&text[fn_at..], &name)[0];
+                let signature = &text[fn_at..fn_at + text[fn_at..].find(body).unwrap()];
+                at = fn_at + 1;
+
+                // What the handler can answer.
+                let mut expected: BTreeMap<u16, String> = BTreeMap::new();
+                let mut errors = named_errors(body);
+                // Helpers of the same file that the handler calls (`helper(`, not a
+                // method or a field of the same name).
+                for helper in calls(body, None) {
+                    if helper != name {
+                        for b in fn_bodies(&text, &helper) {
+                            errors.extend(named_errors(b));
+                        }
+                    }
+                }
+                // The service methods it calls (`s.<service>.<method>(`), and the methods
+                // those call on the services they hold (`self.<service>.<method>(`).
+                for (service, src) in &services {
+                    for method in calls(body, Some(&format!("s.{service}."))) {
+                        for b in fn_bodies(src, &method) {
+                            errors.extend(named_errors(b));
+                            for (inner, inner_src) in &services {
+                                for m in calls(b, Some(&format!("self.{inner}."))) {
+                                    for ib in fn_bodies(inner_src, &m) {
+                                        errors.extend(named_errors(ib));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                // An error of the handler's own must be declared by the handler, not
+                // only by a generic answer every route gets (a 409 documented where
+                // the code answers 422 would hide behind the generic 422).
+                let mut specific: BTreeMap<u16, String> = BTreeMap::new();
+                for (kind, variant) in &errors {
+                    if let Some(status) = status_of(kind, variant) {
+                        let why = format!("{kind}::{variant}");
+                        if matches!(status, 500 | 503) {
+                            expected.insert(status, why);
+                        } else {
+                            specific.insert(status, why);
+                        }
+                    }
+                }
+                if signature.contains("Auth(") && !signature.contains("MaybeAuth(") {
+                    expected.insert(401, "the bearer token".into());
+                }
+                if signature.contains("Json(") {
+                    for s in [400, 413, 415, 422] {
+                        expected.insert(s, "the JSON body".into());
+                    }
+                }
+                if signature.contains("Query(") {
+                    expected.insert(400, "the query string".into());
+                }
+
+                let key = route.replace("{*", "{");
+                let op = &doc["paths"][&key][&method];
+                assert!(op.is_object(), "{method} {key} is not documented");
+                let responses = op["responses"].as_object().unwrap();
+                let declared: BTreeSet<u16> =
+                    responses.keys().filter_map(|k| k.parse().ok()).collect();
+                let own: BTreeSet<u16> = responses
+                    .iter()
+                    .filter(|(_, r)| {
+                        !super::GENERIC.contains(&r["description"].as_str().unwrap_or(""))
+                    })
+                    .filter_map(|(k, _)| k.parse().ok())
+                    .collect();
+                for (status, why) in expected {
+                    if !declared.contains(&status) {
+                        missing.push(format!("{method} {key}: {status} ({why})"));
+                    }
+                }
+                for (status, why) in specific {
+                    if !own.contains(&status) {
+                        missing.push(format!(
+                            "{method} {key}: {status} ({why}), declared by the route"
+                        ));
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "only {checked} routes found");
+        assert!(
+            missing.is_empty(),
+            "statuses a route can answer but does not document:\n{}",
+            missing.join("\n")
+        );
+    }
+}
