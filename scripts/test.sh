@@ -13,9 +13,11 @@ cd "$(dirname "$0")/.."
 # once instead of once checked for clippy and once built for the tests. Every target is
 # built (and linted), benches and examples included; a lint is a compile error.
 cargo fmt --all -- --check
+SECONDS=0
 export RUSTC_WORKSPACE_WRAPPER="${RUSTC_WORKSPACE_WRAPPER:-$(command -v clippy-driver)}"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 cargo test --locked --all-targets --no-run
+echo "== build of every target: ${SECONDS} s"
 
 # Real clients, in a private venv: the official OpenAI Python SDK, LangChain's
 # ChatOpenAI and the OpenAI Agents SDK (compatibility, structured output and tool
@@ -64,9 +66,11 @@ fi
 export RUST_BACKTRACE=0
 # Tests that need the cluster store are #[ignore]d: the embedded pass reports them as
 # not run, the cluster pass includes them.
+echo "== set-up: ${SECONDS} s"
 for store in embedded cluster; do
-  echo "== tests on the $store store"
+  echo "== tests on the $store store (at ${SECONDS} s)"
   extra=()
   [ "$store" = cluster ] && extra=(--include-ignored)
   PALISADE_TEST_STORE=$store cargo test --locked -- --test-threads="${PALISADE_TEST_THREADS:-4}" "${extra[@]}"
 done
+echo "== done in ${SECONDS} s"
