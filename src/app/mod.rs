@@ -212,8 +212,20 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
 /// Scrapers are few: the metrics address never holds more connections than this.
 const METRICS_MAX_CONNECTIONS: usize = 16;
 
+/// Serves on `cfg.listen` until SIGINT or SIGTERM.
 pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
-    let listen = cfg.listen;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    serve_on(cfg, demo, listener, shutdown_signal()).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: the whole gateway, as a
+/// library call (the CLI's `serve`, and the tests that need no process of its own).
+pub async fn serve_on(
+    cfg: Config,
+    demo: bool,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AnyError> {
     crate::telemetry::install();
     let state = build_state(cfg.clone()).await?;
     // The separate metrics address, if configured: `/metrics` only, nothing else.
@@ -291,7 +303,6 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
         })
     };
     let auth = state.auth.clone();
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     let mut limits = ConnectionLimits::from_config(&cfg.limits);
     limits.max_connections = fit_descriptor_limit(limits.max_connections);
@@ -299,7 +310,7 @@ pub async fn serve(cfg: Config, demo: bool) -> Result<(), AnyError> {
     // Tests and scripts read this line to find an ephemeral port.
     println!("palisade listening on http://{local}");
     let _ = std::io::stdout().flush();
-    crate::http::server::serve(listener, router(state), limits, shutdown_signal()).await;
+    crate::http::server::serve(listener, router(state), limits, shutdown).await;
     housekeeping.abort();
     if let Some(t) = metrics_listener {
         t.abort();

@@ -33,11 +33,9 @@ impl OpenAiClient {
     pub fn new(m: &ModelConfig, cfg: &LlmConfig) -> Result<Self, String> {
         let base = m.base_url.trim_end_matches('/');
         let mut headers = HeaderMap::new();
-        if let Some(var) = &m.api_key_env
-            && let Ok(key) = std::env::var(var)
-            && !key.is_empty()
-        {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
+        if let Some(key) = &m.api_key {
+            let var = m.api_key_env.as_deref().unwrap_or_default();
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
                 .map_err(|_| format!("the value of {var} is not a valid header value"))?;
             // Marked sensitive: hyper and reqwest leave it out of any debug output.
             v.set_sensitive(true);

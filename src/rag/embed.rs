@@ -223,16 +223,13 @@ impl OpenAiEmbedder {
         base_url: &str,
         model: &str,
         dim: usize,
-        api_key_env: Option<&str>,
+        api_key: Option<&crate::config::Secret>,
     ) -> Result<Self, EmbedError> {
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(var) = api_key_env
-            && let Ok(key) = std::env::var(var)
-            && !key.is_empty()
-        {
-            let mut v =
-                reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    EmbedError::Model(format!("the value of {var} is not a valid header"))
+        if let Some(key) = api_key {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                .map_err(|_| {
+                    EmbedError::Model("the embeddings API key is not a valid header value".into())
                 })?;
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);

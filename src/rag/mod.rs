@@ -81,7 +81,7 @@ pub fn embedder_from_config(cfg: &EmbeddingsConfig) -> Result<Option<Arc<dyn Emb
                 cfg.base_url.as_deref().unwrap_or_default(),
                 &cfg.model,
                 cfg.dim,
-                cfg.api_key_env.as_deref(),
+                cfg.api_key.as_ref(),
             )
             .map_err(|e| e.to_string())?,
         )),

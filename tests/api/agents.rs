@@ -154,7 +154,7 @@ async fn models_are_listed_and_allowed_per_role() {
         r#"[{{name="mock-model",base_url="{u}"}},{{name="hr-model",base_url="{u}",upstream_model="hr-upstream-7",roles=["hr"],multimodal=true,max_tokens=64}}]"#,
         u = mock.base_url
     );
-    let s = Server::start_with(&[("PALISADE_LLM__MODELS", &models)]);
+    let s = Server::in_process_with(&[("PALISADE_LLM__MODELS", &models)]);
     let acme = seed_acme(&s);
     let alice = s.login("alice", &acme.alice).await;
     let hannah = s.login("hannah", &acme.hannah).await;
@@ -709,7 +709,7 @@ async fn mcp_tools_and_resources_are_scoped_to_the_token() {
 
     // No token, a garbage one, and a token of another deployment: 401 before the
     // protocol runs.
-    let other = Server::start();
+    let other = Server::in_process();
     let o = other.add_user("mallory", "employee", "", "acme");
     let foreign = other.login("mallory", &o).await;
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

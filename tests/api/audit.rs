@@ -40,7 +40,7 @@ fn assert_fails_at(s: &Server, seq: i64, what: &str) {
 
 #[tokio::test]
 async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     assert_eq!(
@@ -226,7 +226,7 @@ async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
 
 #[tokio::test]
 async fn the_admin_audit_view_filters_by_user_event_and_time() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let _ = s.login("alice", &acme.alice).await;
@@ -279,7 +279,7 @@ async fn the_admin_audit_view_filters_by_user_event_and_time() {
 
 #[tokio::test]
 async fn lineage_names_who_had_a_document_in_a_prompt_and_in_which_thread() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let gina_pw = s.add_user("gina", "employee,admin", "", "globex");
     let admin = s.login("adam", &acme.adam).await;

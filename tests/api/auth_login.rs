@@ -5,7 +5,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn login_issues_token_and_exact_refresh_cookie() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let resp = s.login_raw("alice", &acme.alice).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -39,7 +39,7 @@ async fn login_issues_token_and_exact_refresh_cookie() {
 
 #[tokio::test]
 async fn wrong_password_and_unknown_user_are_indistinguishable() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let wrong = s.login_raw("alice", "not-her-password").await;
     let unknown = s.login_raw("mallory", "not-her-password").await;
@@ -77,7 +77,7 @@ async fn wrong_password_and_unknown_user_are_indistinguishable() {
 
 #[tokio::test]
 async fn repeated_failures_are_throttled_per_username_and_per_ip() {
-    let s = Server::start_with(&[
+    let s = Server::in_process_with(&[
         ("PALISADE_LIMITS__LOGIN_FAILURES_PER_USER", "3"),
         ("PALISADE_LIMITS__LOGIN_ATTEMPTS_PER_IP", "6"),
     ]);
@@ -119,7 +119,7 @@ async fn repeated_failures_are_throttled_per_username_and_per_ip() {
 
 #[tokio::test]
 async fn disabled_user_is_refused_and_cli_disable_kills_live_sessions() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let b = s.login("alice", &acme.alice).await;
@@ -174,7 +174,7 @@ async fn disabled_user_is_refused_and_cli_disable_kills_live_sessions() {
 
 #[tokio::test]
 async fn each_login_is_a_new_session_and_sessions_are_private() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let a1 = s.login("alice", &acme.alice).await;
     let a2 = s.login("alice", &acme.alice).await;
@@ -237,7 +237,7 @@ async fn each_login_is_a_new_session_and_sessions_are_private() {
 
 #[tokio::test]
 async fn logout_and_logout_all_revoke_immediately() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let a1 = s.login("alice", &acme.alice).await;
     let a2 = s.login("alice", &acme.alice).await;
@@ -306,7 +306,7 @@ async fn logout_and_logout_all_revoke_immediately() {
 
 #[tokio::test]
 async fn admin_audit_needs_the_admin_role() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let resp = s.get("/admin/audit", &a.access).await;

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 #[tokio::test]
 async fn rotation_kills_the_old_token_and_reuse_revokes_the_session() {
     // No grace window: the replay below is outside it without waiting one out.
-    let s = Server::start_with(&[("PALISADE_TOKENS__REFRESH_REUSE_GRACE", "0s")]);
+    let s = Server::in_process_with(&[("PALISADE_TOKENS__REFRESH_REUSE_GRACE", "0s")]);
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
 
@@ -61,7 +61,7 @@ async fn rotation_kills_the_old_token_and_reuse_revokes_the_session() {
 
 #[tokio::test]
 async fn twenty_concurrent_refreshes_exactly_one_wins() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
 
@@ -103,7 +103,7 @@ async fn twenty_concurrent_refreshes_exactly_one_wins() {
 
 #[tokio::test]
 async fn refresh_refuses_cross_site_requests_and_other_methods() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
 
@@ -165,7 +165,7 @@ async fn refresh_refuses_cross_site_requests_and_other_methods() {
 
 #[tokio::test]
 async fn garbage_refresh_cookies_are_refused() {
-    let s = Server::start();
+    let s = Server::in_process();
     seed_acme(&s);
     for v in [
         "",
@@ -224,7 +224,7 @@ async fn state_survives_kill_9() {
 /// logout endpoint cannot be used to probe or to "succeed" without a credential.
 #[tokio::test]
 async fn logout_with_only_a_dead_refresh_cookie_is_refused() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let logout = |cookie: String| {

@@ -61,7 +61,7 @@ async fn forged_and_confused_tokens_are_rejected() {
     // A zero aggregation window records every rejection on its own, so each forgery's
     // reason can be checked (repeats are aggregated by default; see
     // garbage_tokens_do_not_write_one_audit_row_each).
-    let s = Server::start_with(&[("PALISADE_LIMITS__REJECTED_TOKEN_AUDIT_WINDOW", "0s")]);
+    let s = Server::in_process_with(&[("PALISADE_LIMITS__REJECTED_TOKEN_AUDIT_WINDOW", "0s")]);
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let me: Value = s.get("/auth/me", &a.access).await.json().await.unwrap();
@@ -210,8 +210,8 @@ async fn tokens_only_count_in_the_authorization_header() {
 
 #[tokio::test]
 async fn tokens_of_another_deployment_are_rejected() {
-    let s1 = Server::start();
-    let s2 = Server::start();
+    let s1 = Server::in_process();
+    let s2 = Server::in_process();
     let p1 = seed_acme(&s1);
     seed_acme(&s2);
     let a = s1.login("alice", &p1.alice).await;
@@ -228,7 +228,7 @@ async fn expired_tokens_are_rejected() {
     // Every token lives one second. On a loaded machine a fresh one can expire before
     // its first use, so "a fresh token works" is shown by the first of a few that does;
     // "an expired token is refused" needs no such care.
-    let s = Server::start_with(&[("PALISADE_TOKENS__ACCESS_TTL", "1s")]);
+    let s = Server::in_process_with(&[("PALISADE_TOKENS__ACCESS_TTL", "1s")]);
     let acme = seed_acme(&s);
     let mut a = s.login("alice", &acme.alice).await;
     let mut worked = false;
@@ -274,7 +274,7 @@ async fn expired_tokens_are_rejected() {
 /// the server remembers as authentic.
 #[tokio::test]
 async fn a_key_removed_from_the_keys_file_stops_its_tokens_at_once() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let path = s.data_dir().join("keys.json");
     let leaked: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -337,7 +337,7 @@ async fn key_rotation_keeps_old_tokens_valid_until_they_expire() {
 
 #[tokio::test]
 async fn session_absolute_lifetime_ends_tokens_and_refresh() {
-    let s = Server::start_with(&[
+    let s = Server::in_process_with(&[
         ("PALISADE_TOKENS__SESSION_ABSOLUTE_TTL", "3s"),
         ("PALISADE_TOKENS__SESSION_IDLE_TTL", "3s"),
     ]);
@@ -356,7 +356,7 @@ async fn session_absolute_lifetime_ends_tokens_and_refresh() {
 
 #[tokio::test]
 async fn idle_sessions_expire_but_active_ones_live_on() {
-    let s = Server::start_with(&[
+    let s = Server::in_process_with(&[
         ("PALISADE_TOKENS__SESSION_IDLE_TTL", "2s"),
         ("PALISADE_TOKENS__SESSION_ABSOLUTE_TTL", "1h"),
     ]);
@@ -379,7 +379,7 @@ async fn idle_sessions_expire_but_active_ones_live_on() {
 
 #[tokio::test]
 async fn garbage_tokens_do_not_write_one_audit_row_each() {
-    let s = Server::start_with(&[("PALISADE_LIMITS__REJECTED_TOKEN_AUDIT_WINDOW", "1s")]);
+    let s = Server::in_process_with(&[("PALISADE_LIMITS__REJECTED_TOKEN_AUDIT_WINDOW", "1s")]);
     seed_acme(&s);
     let mut tasks = Vec::new();
     for i in 0..2000 {
@@ -423,7 +423,7 @@ async fn garbage_tokens_do_not_write_one_audit_row_each() {
 /// PBES2, not with a changed tag or header.
 #[tokio::test]
 async fn jwe_tokens_accept_exactly_dir_a256gcm() {
-    let s = Server::start_with(&[("PALISADE_TOKENS__FORMAT", "jwe")]);
+    let s = Server::in_process_with(&[("PALISADE_TOKENS__FORMAT", "jwe")]);
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let parts: Vec<&str> = a.access.split('.').collect();

@@ -31,7 +31,7 @@ async fn the_chat_page_in_a_real_browser() {
     let port = free_port();
     let origin = format!("http://localhost:{port}");
     let listen = format!("127.0.0.1:{port}");
-    let (s, mock) = start_with_mock(&[
+    let (s, mock) = start_process_with_mock(&[
         ("PALISADE_TEST_LISTEN", listen.as_str()),
         ("PALISADE_PUBLIC_ORIGIN", origin.as_str()),
         // Short-lived access tokens: the page renews them on its own while the test runs.

@@ -136,7 +136,7 @@ async fn an_upstream_redirect_is_not_followed() {
 
 #[tokio::test]
 async fn upstream_failures_are_502_and_leave_the_thread_consistent() {
-    let (s, mock) = start_with_mock(&[("PALISADE_LLM__READ_TIMEOUT", "1s")]).await;
+    let (s, mock) = start_process_with_mock(&[("PALISADE_LLM__READ_TIMEOUT", "1s")]).await;
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let id = s.new_thread(&a.access, "faults").await;
@@ -382,7 +382,7 @@ async fn openai_compatible_face_stateless_and_streaming() {
 
 #[tokio::test]
 async fn the_upstream_key_is_sent_upstream_and_nowhere_else() {
-    let (mut s, mock) = start_with_mock(&[("PALISADE_LOG__LEVEL", "trace")]).await;
+    let (mut s, mock) = start_process_with_mock(&[("PALISADE_LOG__LEVEL", "trace")]).await;
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let id = s.new_thread(&a.access, "k").await;
@@ -421,7 +421,7 @@ async fn the_upstream_key_is_sent_upstream_and_nowhere_else() {
 
 #[tokio::test]
 async fn without_an_upstream_the_extractive_responder_answers_and_says_so() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let id = s.new_thread(&a.access, "no model").await;

@@ -36,7 +36,7 @@ fn tiny_pdf(text: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn doc_add_ingests_markdown_and_pdf_with_their_acl() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let dir = tempfile::tempdir().unwrap();
     let md = dir.path().join("policy.md");

@@ -462,7 +462,7 @@ async fn with_postgres_down_nothing_protected_is_served_and_service_resumes_by_i
 #[ignore = "cluster store only: run in the cluster pass"]
 async fn a_node_killed_mid_conversation_loses_no_acknowledged_message() {
     require_cluster_pass();
-    let (mut s, _mock) = start_with_mock(&[]).await;
+    let (mut s, _mock) = start_process_with_mock(&[]).await;
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let thread = s.new_thread(&a.access, "durable").await;

@@ -145,7 +145,7 @@ async fn connections_over_the_limit_are_refused_at_once_and_capacity_returns() {
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_a_stream_is_cut() {
-    let (s, mock) = start_with_mock(&[
+    let (s, mock) = start_process_with_mock(&[
         ("PALISADE_LIMITS__WRITE_STALL_TIMEOUT", "1s"),
         ("PALISADE_LLM__READ_TIMEOUT", "30s"),
     ])
@@ -207,7 +207,7 @@ async fn a_reader_that_stops_reading_a_stream_is_cut() {
 
 #[tokio::test]
 async fn shutdown_completes_with_a_half_sent_header_and_a_stream_in_flight() {
-    let (mut s, mock) = start_with_mock(&[
+    let (mut s, mock) = start_process_with_mock(&[
         ("PALISADE_LIMITS__SHUTDOWN_DRAIN_TIMEOUT", "2s"),
         ("PALISADE_LLM__READ_TIMEOUT", "30s"),
     ])

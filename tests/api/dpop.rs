@@ -122,7 +122,7 @@ async fn refresh_with_proof(s: &Server, cookie: &str, proof: Option<&str>) -> re
 
 #[tokio::test]
 async fn a_dpop_bound_token_is_useless_without_its_key() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let key = DpopKey::new();
     let resp = login_with(
@@ -302,7 +302,7 @@ async fn a_dpop_bound_token_is_useless_without_its_key() {
 
 #[tokio::test]
 async fn dpop_required_refuses_bearer_logins_and_tokens() {
-    let s = Server::start_with(&[("PALISADE_TOKENS__DPOP", "required")]);
+    let s = Server::in_process_with(&[("PALISADE_TOKENS__DPOP", "required")]);
     let acme = seed_acme(&s);
     assert_dpop_refusal(
         login_with(&s, "alice", &acme.alice, None).await,
@@ -348,7 +348,7 @@ async fn dpop_required_refuses_bearer_logins_and_tokens() {
 
 #[tokio::test]
 async fn the_dpop_nonce_challenge() {
-    let s = Server::start_with(&[("PALISADE_TOKENS__DPOP_NONCE", "true")]);
+    let s = Server::in_process_with(&[("PALISADE_TOKENS__DPOP_NONCE", "true")]);
     let acme = seed_acme(&s);
     let key = DpopKey::new();
     let resp = login_with(

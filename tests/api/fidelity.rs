@@ -209,7 +209,7 @@ async fn fidelity_server() -> (Server, Mock) {
         u = mock.base_url
     );
     let cap = CAP.to_string();
-    let s = Server::start_with(&[
+    let s = Server::in_process_with(&[
         ("PALISADE_LLM__MODELS", &models),
         ("PALISADE_LLM__MAX_TOKENS", &cap),
         ("PALISADE_LLM__SYSTEM_PROMPT", SYSTEM_PROMPT),
@@ -1205,7 +1205,7 @@ async fn embeddings_and_single_models_follow_the_callers_roles() {
         r#"[{{name="{MODEL}",base_url="{u}"}},{{name="vendor/hr-model",base_url="{u}",roles=["hr"]}}]"#,
         u = mock.base_url
     );
-    let s = Server::start_with(&[
+    let s = Server::in_process_with(&[
         ("PALISADE_LLM__MODELS", &models),
         ("PALISADE_EMBEDDINGS__KIND", "openai"),
         ("PALISADE_EMBEDDINGS__BASE_URL", &mock.base_url),
@@ -1437,7 +1437,7 @@ async fn the_corpus_reaches_a_responses_upstream_exactly() {
         mock.base_url
     );
     let cap = CAP.to_string();
-    let s = Server::start_with(&[
+    let s = Server::in_process_with(&[
         ("PALISADE_LLM__MODELS", &models),
         ("PALISADE_LLM__MAX_TOKENS", &cap),
         ("PALISADE_LLM__SYSTEM_PROMPT", SYSTEM_PROMPT),

@@ -250,7 +250,7 @@ async fn failed_login_ips(s: &Server, xff: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn forwarded_for_is_ignored_from_an_untrusted_peer() {
-    let s = Server::start_with(&[("PALISADE_LIMITS__LOGIN_ATTEMPTS_PER_IP", "3")]);
+    let s = Server::in_process_with(&[("PALISADE_LIMITS__LOGIN_ATTEMPTS_PER_IP", "3")]);
     seed_acme(&s);
     assert_eq!(failed_login_ips(&s, "203.0.113.5").await, ["127.0.0.1"]);
     // Rotating the header does not buy more attempts from one address.
@@ -269,7 +269,7 @@ async fn forwarded_for_is_ignored_from_an_untrusted_peer() {
 
 #[tokio::test]
 async fn forwarded_for_is_believed_behind_a_trusted_proxy() {
-    let s = Server::start_with(&[("PALISADE_TRUSTED_PROXIES", "[\"127.0.0.0/8\"]")]);
+    let s = Server::in_process_with(&[("PALISADE_TRUSTED_PROXIES", "[\"127.0.0.0/8\"]")]);
     seed_acme(&s);
     // The rightmost address our proxy did not add itself.
     assert_eq!(
@@ -280,7 +280,7 @@ async fn forwarded_for_is_believed_behind_a_trusted_proxy() {
 
 #[tokio::test]
 async fn thread_pages_join_up_to_the_whole_thread() {
-    let s = Server::start_with(&[("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "1000")]);
+    let s = Server::in_process_with(&[("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "1000")]);
     let acme = seed_acme(&s);
     let a = s.login("alice", &acme.alice).await;
     let id = s.new_thread(&a.access, "long").await;
@@ -338,7 +338,7 @@ async fn thread_pages_join_up_to_the_whole_thread() {
 
 #[tokio::test]
 async fn the_operator_lists_and_removes_documents_from_the_cli() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let adam = s.login("adam", &acme.adam).await;
     let hannah = s.login("hannah", &acme.hannah).await;

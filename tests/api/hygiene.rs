@@ -25,7 +25,7 @@ fn raw_request(base: &str, bytes: &[u8]) -> u16 {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_the_server_lives() {
-    let s = Server::start_with(&[("PALISADE_LIMITS__MAX_BODY_BYTES", "65536")]);
+    let s = Server::in_process_with(&[("PALISADE_LIMITS__MAX_BODY_BYTES", "65536")]);
     let acme = seed_acme(&s);
     let login = s.url("/auth/login");
 
@@ -148,7 +148,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_lives() {
 
 #[tokio::test]
 async fn security_headers_on_every_response() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let ok = s.login_raw("alice", &acme.alice).await;
     let err = s.login_raw("alice", "wrong").await;
@@ -243,7 +243,7 @@ async fn refuses_to_start_with_weak_configuration_or_exposed_keys() {
     assert!(err.contains("--features otlp"), "{err}");
 
     // A keys file readable by others is refused, without printing its content.
-    let s = Server::start();
+    let s = Server::in_process();
     let keys = s.data_dir().join("keys.json");
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
     let d = s.data_dir().to_str().unwrap();

@@ -27,7 +27,7 @@ fn words(s: &str) -> HashSet<String> {
 #[tokio::test]
 async fn the_real_model_finds_a_semantically_related_document() {
     let dir = model_dir();
-    let s = Server::start_with(&[
+    let s = Server::in_process_with(&[
         ("PALISADE_EMBEDDINGS__KIND", "local"),
         ("PALISADE_EMBEDDINGS__MODEL_DIR", &dir),
     ]);

@@ -93,7 +93,7 @@ async fn exchange(s: &Server, token: &str) -> reqwest::Response {
 #[tokio::test]
 async fn an_id_token_becomes_a_session_like_a_password_login() {
     let idp = idp().await;
-    let s = Server::start_with(&[("PALISADE_OIDC__ISSUERS", &idp.env())]);
+    let s = Server::in_process_with(&[("PALISADE_OIDC__ISSUERS", &idp.env())]);
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let hr_doc = s
@@ -161,7 +161,7 @@ async fn an_id_token_becomes_a_session_like_a_password_login() {
 #[tokio::test]
 async fn forged_id_tokens_are_refused_and_create_nothing() {
     let idp = idp().await;
-    let s = Server::start_with(&[("PALISADE_OIDC__ISSUERS", &idp.env())]);
+    let s = Server::in_process_with(&[("PALISADE_OIDC__ISSUERS", &idp.env())]);
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let users_before: Value = s
@@ -234,7 +234,7 @@ async fn forged_id_tokens_are_refused_and_create_nothing() {
 #[tokio::test]
 async fn idp_access_tokens_work_as_bearer_tokens_where_allowed() {
     let idp = idp().await;
-    let s = Server::start_with(&[("PALISADE_OIDC__ISSUERS", &idp.env_with(true))]);
+    let s = Server::in_process_with(&[("PALISADE_OIDC__ISSUERS", &idp.env_with(true))]);
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let at = idp.access_token(&idp.claims("kc-bearer-7", &["hrstaff"], vec!["hr".into()]));
@@ -314,7 +314,7 @@ async fn idp_access_tokens_work_as_bearer_tokens_where_allowed() {
     );
 
     // Where DPoP is required, an IdP access token is a bearer token like any other.
-    let strict = Server::start_with(&[
+    let strict = Server::in_process_with(&[
         ("PALISADE_OIDC__ISSUERS", &idp.env_with(true)),
         ("PALISADE_TOKENS__DPOP", "required"),
     ]);

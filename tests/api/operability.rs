@@ -36,7 +36,8 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn a_user_over_the_daily_token_budget_gets_429_and_the_model_is_not_called() {
     // The mock reports 18 tokens per answer: two answers fit under 30, the third does not.
-    let (s, mock) = start_with_mock(&[("PALISADE_LIMITS__USER_TOKENS_PER_DAY", "30")]).await;
+    let (s, mock) =
+        start_process_with_mock(&[("PALISADE_LIMITS__USER_TOKENS_PER_DAY", "30")]).await;
     let acme = seed_acme(&s);
     let alice = s.login("alice", &acme.alice).await;
     for _ in 0..2 {
@@ -88,7 +89,7 @@ async fn a_user_over_the_daily_token_budget_gets_429_and_the_model_is_not_called
 
 #[tokio::test]
 async fn a_tenant_rate_and_budget_bind_all_its_users_and_no_one_else() {
-    let (s, mock) = start_with_mock(&[
+    let (s, mock) = start_process_with_mock(&[
         ("PALISADE_LIMITS__TENANT_REQUESTS_PER_MINUTE", "3"),
         ("PALISADE_LIMITS__TENANT_TOKENS_PER_DAY", "1000000"),
     ])
@@ -123,7 +124,8 @@ async fn a_tenant_rate_and_budget_bind_all_its_users_and_no_one_else() {
     assert_eq!(events[0]["reason"], "tenant_requests");
 
     // A tenant token budget, on a server of its own.
-    let (s, mock) = start_with_mock(&[("PALISADE_LIMITS__TENANT_TOKENS_PER_DAY", "20")]).await;
+    let (s, mock) =
+        start_process_with_mock(&[("PALISADE_LIMITS__TENANT_TOKENS_PER_DAY", "20")]).await;
     let acme = seed_acme(&s);
     let gina_pw = s.add_user("gina", "employee", "", "globex");
     let alice = s.login("alice", &acme.alice).await;
@@ -198,7 +200,7 @@ async fn budgets_are_shared_by_every_node_of_a_cluster() {
 async fn metrics_count_exactly_what_a_scripted_scenario_caused() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let (s, mock) = start_with_mock(&[
+    let (s, mock) = start_process_with_mock(&[
         ("PALISADE_METRICS__LISTEN", listen.as_str()),
         ("PALISADE_TOKENS__REFRESH_REUSE_GRACE", "0s"),
     ])
@@ -420,7 +422,8 @@ async fn metrics_on_the_main_address_need_the_configured_token() {
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_still_pays_for_what_it_used() {
     // 100 tokens a day; the streamed question alone is estimated above that.
-    let (s, mock) = start_with_mock(&[("PALISADE_LIMITS__USER_TOKENS_PER_DAY", "100")]).await;
+    let (s, mock) =
+        start_process_with_mock(&[("PALISADE_LIMITS__USER_TOKENS_PER_DAY", "100")]).await;
     mock.set_chunk_delay(300);
     let acme = seed_acme(&s);
     let alice = s.login("alice", &acme.alice).await;

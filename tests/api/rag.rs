@@ -26,9 +26,22 @@ impl World {
 }
 
 pub(crate) async fn world(extra: &[(&str, &str)]) -> World {
+    build_world(extra, false).await
+}
+
+/// The same world with its gateway as a `palisade` process (its log is read).
+async fn world_process(extra: &[(&str, &str)]) -> World {
+    build_world(extra, true).await
+}
+
+async fn build_world(extra: &[(&str, &str)], process: bool) -> World {
     let mut env = vec![("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "100000")];
     env.extend_from_slice(extra);
-    let (s, mock) = start_with_mock(&env).await;
+    let (s, mock) = if process {
+        start_process_with_mock(&env).await
+    } else {
+        start_with_mock(&env).await
+    };
     let acme = seed_acme(&s);
     let nora = s.add_user("nora", "", "", "acme");
     let eve = s.add_user("eve", "employee,admin", "executives", "globex");
@@ -145,7 +158,7 @@ fn forbidden(allowed: &[&str]) -> Vec<&'static str> {
 
 #[tokio::test]
 async fn no_prompt_body_field_or_endpoint_leaks_a_canary() {
-    let w = world(&[]).await;
+    let w = world_process(&[]).await;
     let s = &w.s;
     let prompts = hostile_prompts();
     assert!(prompts.len() >= 30);
@@ -424,7 +437,7 @@ async fn revoking_a_role_or_deleting_a_document_takes_effect_on_the_next_query()
 
 #[tokio::test]
 async fn answers_cite_only_what_was_retrieved_and_the_extractive_responder_quotes_it() {
-    let s = Server::start();
+    let s = Server::in_process();
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let r = s
@@ -467,7 +480,7 @@ async fn answers_cite_only_what_was_retrieved_and_the_extractive_responder_quote
 /// the second.
 #[tokio::test]
 async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere() {
-    let s = Server::start();
+    let s = Server::in_process();
     let ivan_pw = s.add_user("ivan", "employee", "", "initech");
     let ian_pw = s.add_user("ian", "employee,admin", "", "initech");
     let ivan = s.login("ivan", &ivan_pw).await;

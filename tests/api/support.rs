@@ -29,6 +29,9 @@ pub fn store_kind() -> String {
 
 pub struct Server {
     child: Option<Child>,
+    /// A gateway served in this test process (`Server::in_process_with`): its runtime's
+    /// thread and the sender that stops it.
+    inproc: Option<InProcess>,
     pub base: String,
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -38,6 +41,24 @@ pub struct Server {
     cluster: Option<std::sync::Arc<ClusterSpace>>,
     /// The `--listen` address (an ephemeral port unless a test needs a known one).
     listen: String,
+}
+
+/// A gateway running in this process, on a runtime and thread of its own (so that a
+/// test that blocks its own thread does not stall it).
+struct InProcess {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl InProcess {
+    fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A PostgreSQL database and a Redis key prefix of one test's own, so that tests in
@@ -105,7 +126,20 @@ impl Server {
     pub fn start_with(env: &[(&str, &str)]) -> Server {
         let cluster =
             (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
-        Self::start_in(cluster, env)
+        Self::start_in(cluster, env, false)
+    }
+
+    /// The gateway served in this test process rather than as a `palisade` process:
+    /// for tests with no process boundary under test (no kill, signal, log or exact
+    /// process metrics, and no secret read from the environment).
+    pub fn in_process_with(env: &[(&str, &str)]) -> Server {
+        let cluster =
+            (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
+        Self::start_in(cluster, env, true)
+    }
+
+    pub fn in_process() -> Server {
+        Self::in_process_with(&[])
     }
 
     /// One node of a cluster: on the cluster store of `space` (whatever store the suite
@@ -121,10 +155,14 @@ impl Server {
             ("PALISADE_TOKENS__KEYS_FILE", keys.as_str()),
         ];
         all.extend_from_slice(env);
-        Self::start_in(Some(space.clone()), &all)
+        Self::start_in(Some(space.clone()), &all, false)
     }
 
-    fn start_in(cluster: Option<std::sync::Arc<ClusterSpace>>, env: &[(&str, &str)]) -> Server {
+    fn start_in(
+        cluster: Option<std::sync::Arc<ClusterSpace>>,
+        env: &[(&str, &str)],
+        in_process: bool,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut env: Vec<(String, String)> = env
             .iter()
@@ -150,6 +188,7 @@ impl Server {
         let mut s = Server {
             cluster,
             child: None,
+            inproc: None,
             base: String::new(),
             dir,
             listen: env
@@ -163,7 +202,11 @@ impl Server {
                 .build()
                 .expect("client"),
         };
-        s.spawn();
+        if in_process {
+            s.spawn_in_process();
+        } else {
+            s.spawn();
+        }
         s
     }
 
@@ -254,6 +297,7 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
+        self.require_process("the server's log");
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
@@ -267,15 +311,7 @@ impl Server {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PALISADE_")) {
             c.env_remove(k);
         }
-        c.env("PALISADE_STORE__KIND", store_kind())
-            .env("PALISADE_EMBEDDINGS__KIND", "hash")
-            .env("PALISADE_PUBLIC_ORIGIN", "http://localhost:8080")
-            .envs(
-                self.env
-                    .iter()
-                    .filter(|(k, _)| k != "PALISADE_TEST_LISTEN")
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
+        c.envs(self.settings())
             .arg("--data-dir")
             .arg(self.dir.path());
         c
@@ -312,8 +348,95 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The settings a started gateway gets: the store under test, deterministic
+    /// embeddings unless a test asks for the real model, the test's own.
+    fn settings(&self) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = vec![
+            ("PALISADE_STORE__KIND".into(), store_kind()),
+            ("PALISADE_EMBEDDINGS__KIND".into(), "hash".into()),
+            (
+                "PALISADE_PUBLIC_ORIGIN".into(),
+                "http://localhost:8080".into(),
+            ),
+        ];
+        vars.extend(
+            self.env
+                .iter()
+                .filter(|(k, _)| k != "PALISADE_TEST_LISTEN")
+                .cloned(),
+        );
+        vars
+    }
+
+    fn spawn_in_process(&mut self) {
+        let cli = palisade::config::CliOverrides {
+            listen: None,
+            data_dir: Some(self.dir.path().to_owned()),
+        };
+        let cfg = palisade::config::Config::load_from(None, &cli, self.settings())
+            .unwrap_or_else(|e| panic!("in-process gateway: {e}"));
+        let listener = std::net::TcpListener::bind(&self.listen).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+                palisade::app::serve_on(cfg, false, listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+        });
+        self.base = format!("http://{addr}");
+        self.inproc = Some(InProcess {
+            stop: Some(stop),
+            thread: Some(thread),
+        });
+        // Ready when it answers (or failed: then say why).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(addr).is_ok_and(|mut c| {
+                c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .is_ok()
+                    && {
+                        let mut buf = [0u8; 12];
+                        std::io::Read::read_exact(&mut c, &mut buf).is_ok()
+                            && buf.starts_with(b"HTTP/1.1 200")
+                    }
+            }) {
+                return;
+            }
+            let inproc = self.inproc.as_mut().expect("in process");
+            if inproc.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let result = inproc.thread.take().map(|t| t.join());
+                panic!("the in-process gateway stopped before serving: {result:?}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the in-process gateway never answered"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn require_process(&self, what: &str) {
+        assert!(
+            self.inproc.is_none(),
+            "{what} needs a palisade process: start this test's server with Server::start_with"
+        );
+    }
+
     /// SIGKILL: no graceful shutdown, no flush beyond what was committed.
     pub fn kill9(&mut self) {
+        self.require_process("kill -9");
         if let Some(mut c) = self.child.take() {
             c.kill().expect("kill");
             c.wait().expect("wait");
@@ -322,6 +445,7 @@ impl Server {
 
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.require_process("SIGTERM");
         let mut c = self.child.take().expect("running");
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
@@ -330,11 +454,13 @@ impl Server {
     }
 
     pub fn restart(&mut self) {
+        self.require_process("a restart");
         assert!(self.child.is_none(), "stop the server first");
         self.spawn();
     }
 
     pub fn is_running(&mut self) -> bool {
+        self.require_process("is_running");
         match self.child.as_mut() {
             Some(c) => c.try_wait().expect("try_wait").is_none(),
             None => false,
@@ -472,7 +598,21 @@ impl Server {
 pub const UPSTREAM_KEY: &str = "sk-test-UPSTREAM-KEY-must-never-leak-0123456789";
 
 /// A server whose model upstream is a fresh mock, with an upstream API key set.
+/// A gateway in this process in front of a fresh mock upstream.
 pub async fn start_with_mock(env: &[(&str, &str)]) -> (Server, crate::mock::Mock) {
+    mock_and(env, Server::in_process_with).await
+}
+
+/// A `palisade` process in front of a fresh mock upstream (for tests that kill,
+/// signal or read the log of the process, or count its metrics).
+pub async fn start_process_with_mock(env: &[(&str, &str)]) -> (Server, crate::mock::Mock) {
+    mock_and(env, Server::start_with).await
+}
+
+async fn mock_and(
+    env: &[(&str, &str)],
+    start: fn(&[(&str, &str)]) -> Server,
+) -> (Server, crate::mock::Mock) {
     let mock = crate::mock::Mock::start().await;
     let mut all: Vec<(&str, &str)> = vec![
         ("PALISADE_LLM__BASE_URL", mock.base_url.as_str()),
@@ -483,7 +623,7 @@ pub async fn start_with_mock(env: &[(&str, &str)]) -> (Server, crate::mock::Mock
     ];
     all.extend_from_slice(env);
     // Blocking start is fine: the mock is idle until palisade calls it.
-    let server = Server::start_with(&all);
+    let server = start(&all);
     (server, mock)
 }
 
@@ -546,6 +686,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(mut inproc) = self.inproc.take() {
+            inproc.stop();
+            return;
+        }
         self.kill9();
         // A failing test shows what the server said about it.
         if std::thread::panicking() {

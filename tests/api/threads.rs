@@ -346,7 +346,7 @@ async fn limits_answer_clearly_and_write_nothing() {
 async fn every_turn_sees_exactly_the_newest_stored_history_that_fits_its_budget() {
     const BUDGET: usize = 1500;
     let (mut s, mock) =
-        start_with_mock(&[("PALISADE_THREADS__HISTORY_BUDGET_TOKENS", "1500")]).await;
+        start_process_with_mock(&[("PALISADE_THREADS__HISTORY_BUDGET_TOKENS", "1500")]).await;
     // ~105 tokens an answer: about twelve turns fit the budget.
     mock.always(crate::mock::Reply::Text(
         "An answer of about one hundred tokens. ".repeat(11),

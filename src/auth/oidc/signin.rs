@@ -117,14 +117,10 @@ impl SignInClient {
         else {
             return Ok(None);
         };
-        let client_secret = match &cfg.client_secret_env {
-            Some(var) => Some(
-                std::env::var(var)
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .ok_or_else(|| format!("oidc issuer {name}: {var} is not set"))?,
-            ),
-            None => None,
+        let client_secret = match (&cfg.client_secret_env, &cfg.client_secret) {
+            (Some(_), Some(secret)) => Some(secret.expose().to_owned()),
+            (Some(var), None) => return Err(format!("oidc issuer {name}: {var} is not set")),
+            (None, _) => None,
         };
         let configured = match (&cfg.authorization_endpoint, &cfg.token_endpoint) {
             (Some(a), Some(t)) => Some(Endpoints {
