@@ -146,12 +146,28 @@ fn ensure_data_dir(dir: &Path) -> Result<(), AnyError> {
 
 /// Everything a running gateway needs, built from the configuration.
 pub async fn build_state(cfg: Config) -> Result<AppState, AnyError> {
+    build_state_at(cfg, Arc::new(crate::timeutil::SystemClock)).await
+}
+
+/// [`build_state`] with the services reading the time from `clock`.
+pub async fn build_state_at(
+    cfg: Config,
+    clock: Arc<dyn crate::timeutil::Clock>,
+) -> Result<AppState, AnyError> {
     let stores = open_stores(&cfg).await?;
-    build_state_with(cfg, stores)
+    build_state_with_clock(cfg, stores, clock)
 }
 
 /// The services over already-opened stores (tests and the conformance suite use this).
 pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyError> {
+    build_state_with_clock(cfg, stores, Arc::new(crate::timeutil::SystemClock))
+}
+
+fn build_state_with_clock(
+    cfg: Config,
+    stores: Stores,
+    clock: Arc<dyn crate::timeutil::Clock>,
+) -> Result<AppState, AnyError> {
     let keys = Keyring::load_or_create(&cfg.keys_path())?;
     let audit = Audit::new(stores.audit.clone());
     let auth = AuthService::new(
@@ -160,7 +176,8 @@ pub fn build_state_with(cfg: Config, stores: Stores) -> Result<AppState, AnyErro
         keys,
         audit.clone(),
         crate::auth::oidc::OidcVerifier::new(&cfg.oidc)?,
-    );
+    )
+    .with_clock(clock);
     let threads = Arc::new(Threads::new(
         stores.threads.clone(),
         cfg.threads.clone(),
@@ -226,8 +243,26 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AnyError> {
+    serve_on_at(
+        cfg,
+        demo,
+        listener,
+        shutdown,
+        Arc::new(crate::timeutil::SystemClock),
+    )
+    .await
+}
+
+/// [`serve_on`] with the services reading the time from `clock`.
+pub async fn serve_on_at(
+    cfg: Config,
+    demo: bool,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    clock: Arc<dyn crate::timeutil::Clock>,
+) -> Result<(), AnyError> {
     crate::telemetry::install();
-    let state = build_state(cfg.clone()).await?;
+    let state = build_state_at(cfg.clone(), clock).await?;
     // The separate metrics address, if configured: `/metrics` only, nothing else.
     let metrics_listener = match cfg.metrics.listen {
         Some(addr) => {

@@ -14,7 +14,6 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::config::DpopMode;
 use crate::secret::constant_time_eq;
 use crate::store::{Admission, Limit, LimitKind};
-use crate::timeutil::now_ms;
 
 /// How a request authenticates: its token, under which scheme, and its DPoP proof.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +85,7 @@ impl AuthService {
 
     /// The current server nonce (`DPoP-Nonce`).
     pub fn dpop_nonce(&self) -> String {
-        self.nonce_for_slot(now_ms() / 1000 / self.dpop.window_secs.max(1))
+        self.nonce_for_slot(self.clock.now_ms() / 1000 / self.dpop.window_secs.max(1))
     }
 
     fn nonce_for_slot(&self, slot: i64) -> String {
@@ -98,7 +97,7 @@ impl AuthService {
 
     /// A nonce of this slot or the one before.
     fn nonce_is_fresh(&self, nonce: &str) -> bool {
-        let now_slot = now_ms() / 1000 / self.dpop.window_secs.max(1);
+        let now_slot = self.clock.now_ms() / 1000 / self.dpop.window_secs.max(1);
         let Some(slot) = nonce
             .split_once('.')
             .and_then(|(s, _)| s.parse::<i64>().ok())
@@ -126,7 +125,7 @@ impl AuthService {
                 method,
                 url: &url,
                 access_token,
-                now: now_ms() / 1000,
+                now: self.clock.now_ms() / 1000,
                 window_secs: self.dpop.window_secs,
             },
         );

@@ -19,7 +19,6 @@ use crate::model::StoreError;
 use crate::secret::{constant_time_eq, new_id};
 use crate::store::{Admission, Limit, LimitKind};
 use crate::store::{NewUser, UserRecord};
-use crate::timeutil::now_ms;
 
 /// Not a PHC string: a password can never match it.
 const NO_PASSWORD: &str = "!external-identity";
@@ -144,7 +143,7 @@ impl AuthService {
             .sign_in_client(provider)
             .ok_or(AuthError::NotFound)?;
         let (location, pending) = c
-            .start(return_to, self.sign_in_ttl, now_ms() / 1000)
+            .start(return_to, self.sign_in_ttl, self.clock.now_ms() / 1000)
             .await
             .map_err(|_| AuthError::Unavailable)?;
         let payload = serde_json::to_vec(&pending).map_err(|_| AuthError::Mint)?;
@@ -200,7 +199,7 @@ impl AuthService {
             .and_then(|c| self.tokens.open(Purpose::OidcSignIn, c))
             .and_then(|p| serde_json::from_slice(&p).ok())
             .ok_or(Refused("sign_in_no_flow"))?;
-        if pending.expires_at <= now_ms() / 1000 {
+        if pending.expires_at <= self.clock.now_ms() / 1000 {
             return Err(Refused("sign_in_expired"));
         }
         let state = answer.state.as_deref().unwrap_or_default();
@@ -285,7 +284,7 @@ impl AuthService {
                         password_hash: NO_PASSWORD.into(),
                         roles: id.roles.clone(),
                         groups: id.groups.clone(),
-                        now: now_ms(),
+                        now: self.clock.now_ms(),
                     })
                     .await;
                 match created {

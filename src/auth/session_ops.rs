@@ -7,7 +7,6 @@ use crate::secret::{RefreshToken, SecretString, new_id};
 use crate::store::{
     Admission, NewSession, RotateOutcome, RotateRequest, SessionRecord, UserRecord,
 };
-use crate::timeutil::now_ms;
 
 impl AuthService {
     pub async fn login(
@@ -79,7 +78,7 @@ impl AuthService {
         dpop_key: Option<String>,
     ) -> Result<IssuedTokens, AuthError> {
         // Mint before persisting: if minting failed, no orphan session would remain.
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let session_id = new_id();
         let absolute_expires_at = now.saturating_add(self.absolute_ttl_ms);
         let refresh = RefreshToken::generate();
@@ -227,7 +226,7 @@ impl AuthService {
             .token_request_key(proof, "/auth/refresh", client)
             .await?;
         let replacement = RefreshToken::generate();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let outcome = self
             .sessions
             .rotate_refresh(RotateRequest {
@@ -315,7 +314,7 @@ impl AuthService {
             && s.revoked_at.is_none()
         {
             self.sessions
-                .revoke_session(&s.tenant, &s.user_id, &s.id, "logout", now_ms())
+                .revoke_session(&s.tenant, &s.user_id, &s.id, "logout", self.clock.now_ms())
                 .await?;
             self.cache.invalidate(&s.id).await;
             self.audit
@@ -343,7 +342,13 @@ impl AuthService {
     ) -> Result<(), AuthError> {
         let revoked = self
             .sessions
-            .revoke_session(p.tenant(), p.subject(), session_id, reason, now_ms())
+            .revoke_session(
+                p.tenant(),
+                p.subject(),
+                session_id,
+                reason,
+                self.clock.now_ms(),
+            )
             .await?;
         if !revoked {
             return Err(AuthError::NotFound);
@@ -383,7 +388,7 @@ impl AuthService {
     ) -> Result<(), AuthError> {
         let ids = self
             .sessions
-            .revoke_user_sessions(tenant, user_id, reason, now_ms())
+            .revoke_user_sessions(tenant, user_id, reason, self.clock.now_ms())
             .await?;
         self.cache.invalidate_many(&ids).await;
         for sid in &ids {
@@ -402,7 +407,7 @@ impl AuthService {
     }
 
     pub async fn sessions_of(&self, p: &Principal) -> Result<Vec<SessionRecord>, AuthError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut list = self
             .sessions
             .list_sessions(p.tenant(), p.subject(), now)

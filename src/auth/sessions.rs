@@ -14,7 +14,6 @@ use moka::future::Cache;
 use crate::access::Grants;
 use crate::model::StoreError;
 use crate::store::{SessionRecord, SessionStore};
-use crate::timeutil::now_ms;
 
 /// Past this many entries the least recently used are evicted: an attacker minting
 /// nothing can only fill the cache with sessions that exist.
@@ -33,6 +32,8 @@ pub struct SessionCache {
     store: Arc<dyn SessionStore>,
     entries: Cache<String, Entry>,
     idle_ttl_ms: i64,
+    /// What "live" is judged against.
+    pub(super) clock: Arc<dyn crate::timeutil::Clock>,
 }
 
 /// The outcome of a liveness check.
@@ -71,6 +72,7 @@ impl SessionCache {
             store,
             entries,
             idle_ttl_ms,
+            clock: Arc::new(crate::timeutil::SystemClock),
         }
     }
 
@@ -85,11 +87,13 @@ impl SessionCache {
             .entries
             .try_get_with_by_ref(sid, async {
                 let rec = self.store.session(sid).await?;
-                Ok::<_, StoreError>(self.entry_for(rec.as_ref(), now_ms()))
+                Ok::<_, StoreError>(self.entry_for(rec.as_ref(), self.clock.now_ms()))
             })
             .await
             .map_err(|e: Arc<StoreError>| StoreError::Unavailable(e.to_string()))?;
-        let ok = now_ms() < entry.live_until && entry.tenant == tenant && entry.user_id == user_id;
+        let ok = self.clock.now_ms() < entry.live_until
+            && entry.tenant == tenant
+            && entry.user_id == user_id;
         Ok(if ok {
             Liveness::Live(entry.grants)
         } else {

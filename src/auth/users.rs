@@ -15,7 +15,6 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::model::StoreError;
 use crate::secret::{SecretString, new_id};
 use crate::store::{NewUser, UserRecord};
-use crate::timeutil::now_ms;
 
 /// A user as administrators see it: never the password hash.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -140,7 +139,7 @@ impl AuthService {
                 password_hash: hash,
                 roles: a.roles,
                 groups: a.groups,
-                now: now_ms(),
+                now: self.clock.now_ms(),
             })
             .await
             .map_err(|e| match e {

@@ -32,6 +32,8 @@ pub struct Server {
     /// A gateway served in this test process (`Server::in_process_with`): its runtime's
     /// thread and the sender that stops it.
     inproc: Option<InProcess>,
+    /// The clock an in-process gateway reads (the system's unless a test set one).
+    clock: std::sync::Arc<dyn palisade::timeutil::Clock>,
     pub base: String,
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -126,7 +128,7 @@ impl Server {
     pub fn start_with(env: &[(&str, &str)]) -> Server {
         let cluster =
             (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
-        Self::start_in(cluster, env, false)
+        Self::start_in(cluster, env, Some(false))
     }
 
     /// The gateway served in this test process rather than as a `palisade` process:
@@ -135,11 +137,25 @@ impl Server {
     pub fn in_process_with(env: &[(&str, &str)]) -> Server {
         let cluster =
             (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
-        Self::start_in(cluster, env, true)
+        Self::start_in(cluster, env, Some(true))
     }
 
     pub fn in_process() -> Server {
         Self::in_process_with(&[])
+    }
+
+    /// In process, with the gateway reading the time from `clock`: the test moves time
+    /// instead of waiting for it to pass.
+    pub fn in_process_at(
+        env: &[(&str, &str)],
+        clock: std::sync::Arc<palisade::timeutil::ManualClock>,
+    ) -> Server {
+        let cluster =
+            (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
+        let mut s = Self::start_in(cluster, env, None);
+        s.clock = clock;
+        s.spawn_in_process();
+        s
     }
 
     /// One node of a cluster: on the cluster store of `space` (whatever store the suite
@@ -155,13 +171,13 @@ impl Server {
             ("PALISADE_TOKENS__KEYS_FILE", keys.as_str()),
         ];
         all.extend_from_slice(env);
-        Self::start_in(Some(space.clone()), &all, false)
+        Self::start_in(Some(space.clone()), &all, Some(false))
     }
 
     fn start_in(
         cluster: Option<std::sync::Arc<ClusterSpace>>,
         env: &[(&str, &str)],
-        in_process: bool,
+        in_process: Option<bool>,
     ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut env: Vec<(String, String)> = env
@@ -189,6 +205,7 @@ impl Server {
             cluster,
             child: None,
             inproc: None,
+            clock: std::sync::Arc::new(palisade::timeutil::SystemClock),
             base: String::new(),
             dir,
             listen: env
@@ -202,10 +219,11 @@ impl Server {
                 .build()
                 .expect("client"),
         };
-        if in_process {
-            s.spawn_in_process();
-        } else {
-            s.spawn();
+        // `None`: the caller starts it.
+        match in_process {
+            Some(true) => s.spawn_in_process(),
+            Some(false) => s.spawn(),
+            None => {}
         }
         s
     }
@@ -379,6 +397,7 @@ impl Server {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let clock = self.clock.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -388,9 +407,15 @@ impl Server {
             rt.block_on(async move {
                 let listener =
                     tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-                palisade::app::serve_on(cfg, false, listener, async {
-                    let _ = stopped.await;
-                })
+                palisade::app::serve_on_at(
+                    cfg,
+                    false,
+                    listener,
+                    async {
+                        let _ = stopped.await;
+                    },
+                    clock,
+                )
                 .await
                 .map_err(|e| e.to_string())
             })
