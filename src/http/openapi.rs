@@ -95,16 +95,47 @@ pub struct ApiDoc;
 
 struct Security;
 
-/// The answers declared for every route (or every route with a JSON body) unless the
-/// route declares its own; index 0 is unused so that the rest read by status below.
-const GENERIC: [&str; 7] = [
-    "",
-    "Malformed request (for one, a NUL character in the URL).",
-    "The body is too large.",
-    "The body is not application/json.",
-    "The body does not fit the schema.",
-    "Internal error: nothing was done.",
-    "A store cannot be reached or its data cannot be trusted; nothing was done.",
+/// An answer declared for every route (or every route with a JSON body) unless the
+/// route declares its own.
+struct Generic {
+    status: &'static str,
+    description: &'static str,
+    json_body_only: bool,
+}
+
+const GENERIC: [Generic; 6] = [
+    Generic {
+        status: "400",
+        description: "Malformed request (for one, a NUL character in the URL).",
+        json_body_only: false,
+    },
+    Generic {
+        status: "413",
+        description: "The body is too large.",
+        json_body_only: true,
+    },
+    Generic {
+        status: "415",
+        description: "The body is not application/json.",
+        json_body_only: true,
+    },
+    Generic {
+        status: "422",
+        description: "The body does not fit the schema.",
+        json_body_only: true,
+    },
+    // Fail closed: any route may refuse when a store cannot be reached or its data
+    // cannot be trusted, or when something cannot be done safely.
+    Generic {
+        status: "500",
+        description: "Internal error: nothing was done.",
+        json_body_only: false,
+    },
+    Generic {
+        status: "503",
+        description: "A store cannot be reached or its data cannot be trusted; nothing was done.",
+        json_body_only: false,
+    },
 ];
 
 impl Modify for Security {
@@ -161,28 +192,11 @@ impl Modify for Security {
                     .as_ref()
                     .is_some_and(|b| b.content.contains_key("application/json"));
                 let responses = &mut op.responses.responses;
-                responses
-                    .entry("400".into())
-                    .or_insert_with(|| error(GENERIC[1]));
-                if json_body {
+                for g in GENERIC.iter().filter(|g| json_body || !g.json_body_only) {
                     responses
-                        .entry("413".into())
-                        .or_insert_with(|| error(GENERIC[2]));
-                    responses
-                        .entry("415".into())
-                        .or_insert_with(|| error(GENERIC[3]));
-                    responses
-                        .entry("422".into())
-                        .or_insert_with(|| error(GENERIC[4]));
+                        .entry(g.status.into())
+                        .or_insert_with(|| error(g.description));
                 }
-                // Fail closed: any route may refuse when a store cannot be reached or
-                // its data cannot be trusted, or when something cannot be done safely.
-                responses
-                    .entry("500".into())
-                    .or_insert_with(|| error(GENERIC[5]));
-                responses
-                    .entry("503".into())
-                    .or_insert_with(|| error(GENERIC[6]));
             }
         }
     }
@@ -653,7 +667,9 @@ mod tests {
                 let own: BTreeSet<u16> = responses
                     .iter()
                     .filter(|(_, r)| {
-                        !super::GENERIC.contains(&r["description"].as_str().unwrap_or(""))
+                        !super::GENERIC
+                            .iter()
+                            .any(|g| Some(g.description) == r["description"].as_str())
                     })
                     .filter_map(|(k, _)| k.parse().ok())
                     .collect();

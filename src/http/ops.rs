@@ -4,10 +4,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorDetail};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -60,12 +62,37 @@ pub fn metrics_only() -> axum::Router {
     axum::Router::new().route("/metrics", get(|| async { exposition() }))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    /// `ok`.
+    status: &'static str,
+}
+
 #[utoipa::path(
     get, path = "/healthz", tag = "ops", security(()),
-    responses((status = 200, description = "The process is up."))
+    responses((status = 200, description = "The process is up.", body = Liveness))
 )]
 pub async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+    axum::Json(Liveness { status: "ok" }).into_response()
+}
+
+/// Each part of the store and whether it works: `ok`, `unavailable` or `corrupt`.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// Only when not ready: why, as every error says it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+    /// `ready` or `unavailable`.
+    status: &'static str,
+    checks: BTreeMap<&'static str, &'static str>,
+    /// Only when not ready: the store has shown corruption (service stops until an
+    /// operator restarts on repaired data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<bool>,
+    /// Only when not ready: a network store cannot be reached (service resumes when it is
+    /// back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable: Option<bool>,
 }
 
 /// Ready only when the store works for real: a fresh connection reads the real tables
@@ -73,19 +100,24 @@ pub async fn healthz() -> Response {
 #[utoipa::path(
     get, path = "/readyz", tag = "ops", security(()),
     responses(
-        (status = 200, description = "The store works for real."),
-        (status = 503, description = "Not ready; the failing part is named."),
+        (status = 200, description = "The store works for real.", body = Readiness),
+        (status = 503, description = "Not ready; the failing part is named.", body = Readiness),
     )
 )]
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let checks = s.health.check().await;
     let ok = checks.iter().all(|c| c.ok) && !s.health.degraded() && !s.health.unreachable();
-    let report: serde_json::Map<String, serde_json::Value> = checks
-        .iter()
-        .map(|c| (c.name.to_owned(), json!(c.detail)))
-        .collect();
+    let report: BTreeMap<&'static str, &'static str> =
+        checks.iter().map(|c| (c.name, c.detail)).collect();
     if ok {
-        return axum::Json(json!({"status": "ready", "checks": report})).into_response();
+        return axum::Json(Readiness {
+            error: None,
+            status: "ready",
+            checks: report,
+            degraded: None,
+            unreachable: None,
+        })
+        .into_response();
     }
     // Damaged data is the operator's to repair; an unreachable store comes back.
     let e = if s.health.degraded() || checks.iter().any(|c| c.detail == "corrupt") {
@@ -95,13 +127,16 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     };
     (
         e.status(),
-        axum::Json(json!({
-            "error": {"code": e.code(), "message": e.public_message()},
-            "status": "unavailable",
-            "checks": report,
-            "degraded": s.health.degraded(),
-            "unreachable": s.health.unreachable(),
-        })),
+        axum::Json(Readiness {
+            error: Some(ErrorDetail {
+                code: e.code(),
+                message: e.public_message(),
+            }),
+            status: "unavailable",
+            checks: report,
+            degraded: Some(s.health.degraded()),
+            unreachable: Some(s.health.unreachable()),
+        }),
     )
         .into_response()
 }

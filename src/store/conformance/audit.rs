@@ -14,15 +14,7 @@ async fn audit_events_are_kept_per_tenant_and_request() {
         .append(&AuditEvent::new(AuditKind::Retrieval).tenant("globex"))
         .await
         .unwrap();
-    let acme = s
-        .audit
-        .query(AuditQuery {
-            tenant: Some("acme".into()),
-            limit: 10,
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap();
+    let acme = tenant_events(s, "acme").await;
     assert_eq!(acme.len(), 1);
     let by_req = s
         .audit

@@ -176,3 +176,15 @@ pub(super) async fn thread(s: &Stores, owner: &crate::access::ThreadOwner) -> St
     assert!(matches!(created, CreateThread::Created(_)));
     id
 }
+
+/// Up to ten of `tenant`'s audit events, newest first.
+pub(super) async fn tenant_events(s: &Stores, tenant: &str) -> Vec<crate::model::AuditRecord> {
+    s.audit
+        .query(AuditQuery {
+            tenant: Some(tenant.into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+}
