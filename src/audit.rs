@@ -15,6 +15,8 @@ use crate::store::{AuditQuery, AuditStore, LineageQuery};
 #[derive(Clone)]
 pub struct Audit {
     store: Arc<dyn AuditStore>,
+    /// What events are stamped with and retention is counted from.
+    clock: Arc<dyn crate::timeutil::Clock>,
 }
 
 /// Filters an admin may set; the tenant is always the admin's own.
@@ -41,12 +43,22 @@ pub enum AuditError {
 
 impl Audit {
     pub fn new(store: Arc<dyn AuditStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            clock: Arc::new(crate::timeutil::SystemClock),
+        }
+    }
+
+    /// The same sink stamping events with `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn crate::timeutil::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Records an event. A failure to persist is logged loudly but does not turn a
     /// denial into something else: callers that deny keep denying.
-    pub async fn record(&self, ev: AuditEvent) {
+    pub async fn record(&self, mut ev: AuditEvent) {
+        ev.ts = self.clock.now_ms();
         // An aggregated record (with a count) stands for repeats already counted as
         // they happened (see `count_repeat`).
         if ev.count.is_none() {
@@ -155,7 +167,7 @@ impl Audit {
         if retention.is_zero() {
             return Ok(0);
         }
-        let before = crate::timeutil::now_ms() - crate::timeutil::ms(retention);
+        let before = self.clock.now_ms() - crate::timeutil::ms(retention);
         Ok(self.store.prune(before).await?)
     }
 

@@ -169,7 +169,7 @@ fn build_state_with_clock(
     clock: Arc<dyn crate::timeutil::Clock>,
 ) -> Result<AppState, AnyError> {
     let keys = Keyring::load_or_create(&cfg.keys_path())?;
-    let audit = Audit::new(stores.audit.clone());
+    let audit = Audit::new(stores.audit.clone()).with_clock(clock.clone());
     let auth = AuthService::new(
         &cfg,
         &stores,
@@ -177,20 +177,22 @@ fn build_state_with_clock(
         audit.clone(),
         crate::auth::oidc::OidcVerifier::new(&cfg.oidc)?,
     )
-    .with_clock(clock);
-    let threads = Arc::new(Threads::new(
-        stores.threads.clone(),
-        cfg.threads.clone(),
-        audit.clone(),
-    ));
+    .with_clock(clock.clone());
+    let threads = Arc::new(
+        Threads::new(stores.threads.clone(), cfg.threads.clone(), audit.clone())
+            .with_clock(clock.clone()),
+    );
     let models = Arc::new(Models::from_config(&cfg.llm)?);
     let embedder = embedder_from_config(&cfg.embeddings)?;
-    let rag = Arc::new(Rag::new(
-        stores.documents.clone(),
-        embedder,
-        cfg.rag.clone(),
-        audit.clone(),
-    ));
+    let rag = Arc::new(
+        Rag::new(
+            stores.documents.clone(),
+            embedder,
+            cfg.rag.clone(),
+            audit.clone(),
+        )
+        .with_clock(clock.clone()),
+    );
     let chat = ChatService::new(
         threads.clone(),
         rag.clone(),
@@ -210,7 +212,8 @@ fn build_state_with_clock(
         },
         stores.limits.clone(),
         audit.clone(),
-    );
+    )
+    .with_clock(clock);
     let metrics_token = cfg
         .metrics_token()?
         .map(|t| Arc::new(crate::secret::SecretString::from(t)));

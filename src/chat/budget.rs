@@ -70,6 +70,8 @@ pub struct Budgets {
     audit_once: Limit,
     limits: Arc<dyn LimitStore>,
     audit: Audit,
+    /// What "today" is for the token budgets.
+    pub(super) clock: Arc<dyn crate::timeutil::Clock>,
 }
 
 fn rate(name: &'static str, per_minute: u32) -> Limit {
@@ -83,9 +85,9 @@ fn rate(name: &'static str, per_minute: u32) -> Limit {
     }
 }
 
-/// Today (days since the unix epoch, UTC) and the seconds until tomorrow.
-fn today() -> (i64, u64) {
-    let now = crate::timeutil::now_ms() / 1000;
+/// Today (days since the unix epoch, UTC) and the seconds until tomorrow, at `now_ms`.
+fn today(now_ms: i64) -> (i64, u64) {
+    let now = now_ms / 1000;
     let day = now.div_euclid(DAY_SECS);
     (day, ((day + 1) * DAY_SECS - now).max(1) as u64)
 }
@@ -105,6 +107,7 @@ impl Budgets {
             settings,
             limits,
             audit,
+            clock: Arc::new(crate::timeutil::SystemClock),
         }
     }
 
@@ -132,7 +135,7 @@ impl Budgets {
                 return Ok(Some((Refusal::TenantRequests, s)));
             }
             if what == Admit::RequestsAndTokens {
-                let (day, until_tomorrow) = today();
+                let (day, until_tomorrow) = today(self.clock.now_ms());
                 let spent = |budget, key: &str| {
                     let key = key.to_owned();
                     async move { self.limits.usage(budget, &key, day).await }
@@ -195,7 +198,7 @@ impl Budgets {
         {
             return;
         }
-        let (day, _) = today();
+        let (day, _) = today(self.clock.now_ms());
         let user = Self::user_key(p);
         let (u, t) = tokio::join!(
             self.limits.add_usage("tokens_user", &user, day, tokens),

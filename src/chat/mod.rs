@@ -293,6 +293,12 @@ impl ChatService {
         }
     }
 
+    /// The same service counting its daily budgets by `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn crate::timeutil::Clock>) -> Self {
+        self.budgets.clock = clock;
+        self
+    }
+
     /// The model used when a request names none.
     pub fn default_model(&self) -> &str {
         self.models.default_name()

@@ -7,7 +7,6 @@ use crate::model::ClientInfo;
 use crate::model::DocumentRecord;
 use crate::secret::new_id;
 use crate::store::{NewChunk, NewDocument};
-use crate::timeutil::now_ms;
 
 impl Rag {
     /// Ingestion by an authenticated writer, into the writer's own tenant.
@@ -107,7 +106,7 @@ impl Rag {
             text.to_owned(),
             acl,
             chunks,
-            now_ms(),
+            self.clock.now_ms(),
         )
         .ok_or_else(|| RagError::Invalid("The ACL names nobody.".into()))?;
         let doc = self.store.insert_document(doc).await?;

@@ -60,6 +60,8 @@ pub struct Rag {
     /// added by another process or node) skips retrieval for at most the TTL. This
     /// process's own ingestions and deletions clear it at once.
     visible: moka::sync::Cache<AccessScope, bool>,
+    /// What documents are stamped with.
+    clock: Arc<dyn crate::timeutil::Clock>,
 }
 
 /// How long [`Rag::visible`] remembers an answer.
@@ -139,7 +141,14 @@ impl Rag {
                 .max_capacity(VISIBILITY_SCOPES)
                 .time_to_live(VISIBILITY_TTL)
                 .build(),
+            clock: Arc::new(crate::timeutil::SystemClock),
         }
+    }
+
+    /// The same service stamping documents with `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn crate::timeutil::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Whether `scope` can see any document (see [`Rag::visible`]).

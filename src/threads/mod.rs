@@ -23,7 +23,6 @@ use crate::secret::new_id;
 use crate::store::{
     Append, CreateThread, HistoryBudget, NewMessage, NewThread, ThreadPage, ThreadStore, TurnStart,
 };
-use crate::timeutil::now_ms;
 
 pub const DEFAULT_TITLE: &str = "New conversation";
 const MAX_TITLE_CHARS: usize = 200;
@@ -56,6 +55,7 @@ pub struct Threads {
     audit: Audit,
     /// The recent history of the threads this process serves (see `history`).
     history: HistoryCache,
+    clock: Arc<dyn crate::timeutil::Clock>,
 }
 
 /// A turn whose new messages are stored: the stored history that fits the budget,
@@ -89,7 +89,7 @@ impl TurnInput {
         }
     }
 
-    fn to_new(&self) -> NewMessage {
+    fn to_new(&self, now: i64) -> NewMessage {
         let (role, tool) = match self {
             TurnInput::Question(_) => (Role::User, None),
             TurnInput::ToolResult { call_id, .. } => (
@@ -105,7 +105,7 @@ impl TurnInput {
             content: self.content().to_owned(),
             citations: Vec::new(),
             tool,
-            now: now_ms(),
+            now,
         }
     }
 }
@@ -140,7 +140,14 @@ impl Threads {
             cfg,
             audit,
             history: HistoryCache::new(),
+            clock: Arc::new(crate::timeutil::SystemClock),
         }
+    }
+
+    /// The same service stamping messages and threads with `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn crate::timeutil::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn owner(&self, p: &Principal) -> ThreadOwner {
@@ -181,7 +188,7 @@ impl Threads {
         let new = NewThread {
             id: new_id(),
             title: title.to_owned(),
-            now: now_ms(),
+            now: self.clock.now_ms(),
         };
         match self
             .store
@@ -289,7 +296,12 @@ impl Threads {
         for input in earlier {
             match self
                 .store
-                .append_message(&owner, id, input.to_new(), self.cfg.max_messages_per_thread)
+                .append_message(
+                    &owner,
+                    id,
+                    input.to_new(self.clock.now_ms()),
+                    self.cfg.max_messages_per_thread,
+                )
                 .await?
             {
                 Append::Appended(m) => added.push(m),
@@ -305,7 +317,7 @@ impl Threads {
             .begin_turn(
                 &owner,
                 id,
-                last.to_new(),
+                last.to_new(self.clock.now_ms()),
                 self.cfg.max_messages_per_thread,
                 Fill::store_budget(budget),
                 after,
@@ -354,7 +366,7 @@ impl Threads {
             content,
             citations,
             tool: (!tool_calls.is_empty()).then_some(ToolData::Calls(tool_calls)),
-            now: now_ms(),
+            now: self.clock.now_ms(),
         };
         // The answer may take the thread one past the limit: the user's turn was
         // admitted, so its answer is kept.

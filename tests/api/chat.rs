@@ -489,3 +489,52 @@ print("SDK-OK", [m.id for m in c.models.list().data])
     let t = s.thread_json(&a.access, &id).await;
     assert_eq!(t["messages"].as_array().unwrap().len(), 2);
 }
+
+/// The daily token budget is counted per day of the gateway's clock: spent today, it is
+/// whole again tomorrow (the clock is moved, not waited for).
+#[tokio::test]
+async fn the_daily_token_budget_starts_again_the_next_day() {
+    let clock = std::sync::Arc::new(palisade::timeutil::ManualClock::at(unix_now() * 1000));
+    // The mock reports 18 tokens per answer: two answers fit under 30, the third does not.
+    let (s, mock) = mock_and(&[("PALISADE_LIMITS__USER_TOKENS_PER_DAY", "30")], |env| {
+        Server::in_process_at(env, clock.clone())
+    })
+    .await;
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let ask = json!({"messages": [{"role": "user", "content": "Flights?"}]});
+    for _ in 0..2 {
+        let r = s
+            .post_auth("/v1/chat/completions", &alice.access, &ask)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = s
+        .post_auth("/v1/chat/completions", &alice.access, &ask)
+        .await;
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded".into())
+    );
+    assert_eq!(mock.count(), 2);
+    // Just before midnight it is still spent; at midnight it is whole again. (Access
+    // tokens live on the same clock: a fresh one each time.)
+    clock.advance(Duration::from_secs(retry - 1));
+    let alice = s.login("alice", &acme.alice).await;
+    let r = s
+        .post_auth("/v1/chat/completions", &alice.access, &ask)
+        .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    clock.advance(Duration::from_secs(1));
+    let alice = s.login("alice", &acme.alice).await;
+    let r = s
+        .post_auth("/v1/chat/completions", &alice.access, &ask)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(mock.count(), 3);
+}

@@ -634,9 +634,10 @@ pub async fn start_process_with_mock(env: &[(&str, &str)]) -> (Server, crate::mo
     mock_and(env, Server::start_with).await
 }
 
-async fn mock_and(
+/// A gateway started by `start` in front of a fresh mock upstream.
+pub async fn mock_and(
     env: &[(&str, &str)],
-    start: fn(&[(&str, &str)]) -> Server,
+    start: impl FnOnce(&[(&str, &str)]) -> Server,
 ) -> (Server, crate::mock::Mock) {
     let mock = crate::mock::Mock::start().await;
     let mut all: Vec<(&str, &str)> = vec![
