@@ -7,6 +7,48 @@ cd "$(dirname "$0")/.."
 # A cold build (CI, a fresh clone) gains nothing from incremental compilation.
 [ -d target/debug ] || export CARGO_INCREMENTAL=0
 
+# What the tests need that a fresh machine lacks.
+setup() {
+  set -euo pipefail
+  # Real clients, in a private venv: the official OpenAI Python SDK, LangChain's
+  # ChatOpenAI and the OpenAI Agents SDK (compatibility, structured output and tool
+  # loops, on chat completions and the Responses API), the official MCP Python SDK, and
+  # Schemathesis (fuzzes the live server against /openapi.json). All pinned: the same
+  # clients (and the same generated cases) on every run; a changed list reinstalls.
+  PYENV=target/pyenv
+  PYREQS="openai==3.63.0 langchain-openai==1.8.1 openai-agents==0.24.0 mcp==2.3.0 schemathesis==4.32.5"
+  if [ "$(cat "$PYENV/.requirements" 2>/dev/null)" != "$PYREQS" ]; then
+    python3 -m venv "$PYENV"
+    # shellcheck disable=SC2086 # one word per requirement
+    "$PYENV/bin/pip" install --quiet --disable-pip-version-check $PYREQS
+    echo "$PYREQS" > "$PYENV/.requirements"
+  fi
+
+  # A real OpenID provider for the sign-in tests: panva's oidc-provider, from the npm
+  # registry at the version package-lock.json pins (run on the machine's Node.js).
+  if ! [ -d tests/oidc/node_modules/oidc-provider ]; then
+    npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+  fi
+
+  # The browser tests: Debian's Chromium, driven by playwright-core (which never downloads
+  # a browser of its own).
+  if ! [ -x /usr/bin/chromium ]; then
+    echo "installing Debian's chromium for the browser tests"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+  fi
+  if ! [ -d tests/browser/node_modules/playwright-core ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+  fi
+
+  # The real embedding model for the semantic-retrieval test (SHA-256 verified).
+  ./scripts/fetch-model.sh
+
+  # PostgreSQL with pgvector and Redis, for the cluster store.
+  ./scripts/services.sh
+}
+
 # Habits first: formatting, then lints. The lints ride along with the one build the
 # tests need: clippy-driver wraps rustc for palisade's own crates only (what `cargo
 # clippy -- -D warnings` does, but generating code too), so the dependencies are compiled
@@ -16,47 +58,21 @@ cargo fmt --all -- --check
 SECONDS=0
 export RUSTC_WORKSPACE_WRAPPER="${RUSTC_WORKSPACE_WRAPPER:-$(command -v clippy-driver)}"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+# The set-up (above) needs no build and the build needs none of it: it runs beside the
+# build (its output in target/setup.log, shown if it fails).
+mkdir -p target
+setup > target/setup.log 2>&1 &
+setup_pid=$!
 cargo test --locked --all-targets --no-run
 echo "== build of every target: ${SECONDS} s"
-
-# Real clients, in a private venv: the official OpenAI Python SDK, LangChain's
-# ChatOpenAI and the OpenAI Agents SDK (compatibility, structured output and tool
-# loops, on chat completions and the Responses API), the official MCP Python SDK, and
-# Schemathesis (fuzzes the live server against /openapi.json). All pinned: the same
-# clients (and the same generated cases) on every run; a changed list reinstalls.
+if ! wait "$setup_pid"; then
+  cat target/setup.log
+  echo "set-up failed" >&2
+  exit 1
+fi
+cat target/setup.log
 PYENV=target/pyenv
-PYREQS="openai==3.63.0 langchain-openai==1.8.1 openai-agents==0.24.0 mcp==2.3.0 schemathesis==4.32.5"
-if [ "$(cat "$PYENV/.requirements" 2>/dev/null)" != "$PYREQS" ]; then
-  python3 -m venv "$PYENV"
-  # shellcheck disable=SC2086 # one word per requirement
-  "$PYENV/bin/pip" install --quiet --disable-pip-version-check $PYREQS
-  echo "$PYREQS" > "$PYENV/.requirements"
-fi
 export PALISADE_TEST_PYTHON="$PWD/$PYENV/bin/python"
-
-# A real OpenID provider for the sign-in tests: panva's oidc-provider, from the npm
-# registry at the version package-lock.json pins (run on the machine's Node.js).
-if ! [ -d tests/oidc/node_modules/oidc-provider ]; then
-  npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
-fi
-
-# The browser tests: Debian's Chromium, driven by playwright-core (which never downloads
-# a browser of its own).
-if ! [ -x /usr/bin/chromium ]; then
-  echo "installing Debian's chromium for the browser tests"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
-fi
-if ! [ -d tests/browser/node_modules/playwright-core ]; then
-  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
-fi
-
-# The real embedding model for the semantic-retrieval test (SHA-256 verified).
-./scripts/fetch-model.sh
-
-# PostgreSQL with pgvector and Redis, for the cluster store.
-./scripts/services.sh
 
 # Tests spawn the real `palisade` binary on ephemeral ports; keep the parallelism
 # modest on a 2-core machine so timing-based assertions stay honest.
