@@ -172,13 +172,9 @@ impl figment::Provider for Vars {
         }
         let mut dict = Dict::new();
         for (name, raw) in &self.0 {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            let Variable::Setting(key) = Variable::of(name) else {
                 continue;
             };
-            let top = key.split("__").next().unwrap_or_default();
-            if !Config::KEYS.iter().any(|k| top.eq_ignore_ascii_case(k)) {
-                continue;
-            }
             let path = key.to_ascii_lowercase().replace("__", ".");
             let value: Value = match raw.parse() {
                 Ok(v) => v,
@@ -192,6 +188,31 @@ impl figment::Provider for Vars {
             figment::Profile::Default,
             dict,
         )]))
+    }
+}
+
+/// What an environment variable is to the configuration.
+enum Variable<'a> {
+    /// Not `PALISADE_*`.
+    Other,
+    /// `PALISADE_<SECTION>__<KEY>` or `PALISADE_<KEY>` for a known top-level key: the part
+    /// after the prefix.
+    Setting(&'a str),
+    /// `PALISADE_*` whose first part names no section or key: the first part.
+    Stray(&'a str),
+}
+
+impl<'a> Variable<'a> {
+    fn of(name: &'a str) -> Self {
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            return Variable::Other;
+        };
+        let top = key.split("__").next().unwrap_or_default();
+        if Config::KEYS.iter().any(|k| top.eq_ignore_ascii_case(k)) {
+            Variable::Setting(key)
+        } else {
+            Variable::Stray(top)
+        }
     }
 }
 
@@ -324,13 +345,10 @@ impl Config {
     ) -> Result<(), ConfigError> {
         let secrets = self.secret_variables();
         for var in vars {
-            let Some(key) = var.strip_prefix(ENV_PREFIX) else {
+            let Variable::Stray(top) = Variable::of(&var) else {
                 continue;
             };
-            let top = key.split("__").next().unwrap_or_default();
-            if Config::KEYS.iter().any(|k| top.eq_ignore_ascii_case(k))
-                || secrets.contains(&var.as_str())
-            {
+            if secrets.contains(&var.as_str()) {
                 continue;
             }
             let hint = nearest(&top.to_ascii_lowercase(), Config::KEYS)

@@ -45,6 +45,14 @@ pub struct Server {
     listen: String,
 }
 
+/// How `Server::start_in` starts the gateway.
+enum Start {
+    Process,
+    InProcess,
+    /// Not yet: the caller sets something first, then starts it.
+    Later,
+}
+
 /// A gateway running in this process, on a runtime and thread of its own (so that a
 /// test that blocks its own thread does not stall it).
 struct InProcess {
@@ -128,7 +136,7 @@ impl Server {
     pub fn start_with(env: &[(&str, &str)]) -> Server {
         let cluster =
             (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
-        Self::start_in(cluster, env, Some(false))
+        Self::start_in(cluster, env, Start::Process)
     }
 
     /// The gateway served in this test process rather than as a `palisade` process:
@@ -137,7 +145,7 @@ impl Server {
     pub fn in_process_with(env: &[(&str, &str)]) -> Server {
         let cluster =
             (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
-        Self::start_in(cluster, env, Some(true))
+        Self::start_in(cluster, env, Start::InProcess)
     }
 
     pub fn in_process() -> Server {
@@ -152,7 +160,7 @@ impl Server {
     ) -> Server {
         let cluster =
             (store_kind() == "cluster").then(|| std::sync::Arc::new(ClusterSpace::create()));
-        let mut s = Self::start_in(cluster, env, None);
+        let mut s = Self::start_in(cluster, env, Start::Later);
         s.clock = clock;
         s.spawn_in_process();
         s
@@ -171,13 +179,13 @@ impl Server {
             ("PALISADE_TOKENS__KEYS_FILE", keys.as_str()),
         ];
         all.extend_from_slice(env);
-        Self::start_in(Some(space.clone()), &all, Some(false))
+        Self::start_in(Some(space.clone()), &all, Start::Process)
     }
 
     fn start_in(
         cluster: Option<std::sync::Arc<ClusterSpace>>,
         env: &[(&str, &str)],
-        in_process: Option<bool>,
+        start: Start,
     ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut env: Vec<(String, String)> = env
@@ -219,11 +227,10 @@ impl Server {
                 .build()
                 .expect("client"),
         };
-        // `None`: the caller starts it.
-        match in_process {
-            Some(true) => s.spawn_in_process(),
-            Some(false) => s.spawn(),
-            None => {}
+        match start {
+            Start::InProcess => s.spawn_in_process(),
+            Start::Process => s.spawn(),
+            Start::Later => {}
         }
         s
     }
