@@ -422,8 +422,10 @@ async fn two_large_uploads_do_not_stall_other_requests() {
         started.elapsed()
     );
     assert!(probes >= 3, "the uploads took {:?}", started.elapsed());
+    // A stall is seconds (the whole ingestion); the bound leaves room for a loaded
+    // two-core machine running the suite four tests at a time.
     assert!(
-        worst < std::time::Duration::from_millis(100),
+        worst < std::time::Duration::from_millis(500),
         "/healthz took {worst:?} while two 1 MB documents were ingested"
     );
 }
