@@ -95,9 +95,11 @@ fn verify_with_session() {
                 &SecretString::from("correct horse battery"),
                 &client,
                 None,
+                None,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         issued.access_token
     });
     report("verify_plus_session_check_cache_hit", || {
@@ -127,9 +129,11 @@ fn verify_with_session() {
                 &SecretString::from("correct horse battery"),
                 &client,
                 key,
+                None,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(issued.dpop_bound);
         issued.access_token
     });

@@ -86,9 +86,16 @@ async fn scope_for(
     let client = ClientInfo::default();
     let t = state
         .auth
-        .login(name, &SecretString::from("bench-password-1"), &client, None)
+        .login(
+            name,
+            &SecretString::from("bench-password-1"),
+            &client,
+            None,
+            None,
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     state
         .auth
         .verify_access(

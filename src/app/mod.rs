@@ -208,6 +208,7 @@ fn build_state_with_clock(
             },
             search_tool: cfg.rag.tool,
             tool_max_steps: cfg.rag.tool_max_steps,
+            context_tokens: cfg.rag.top_k * cfg.rag.chunk_tokens,
             embedding_roles: cfg.embeddings.roles.clone(),
         },
         stores.limits.clone(),
@@ -265,6 +266,11 @@ pub async fn serve_on_at(
     clock: Arc<dyn crate::timeutil::Clock>,
 ) -> Result<(), AnyError> {
     crate::telemetry::install();
+    let mut cfg = cfg;
+    if demo && cfg.admin.privileged_roles.is_empty() {
+        // The demo's sensitive roles: no single admin grants them.
+        cfg.admin.privileged_roles = vec!["hr".into(), "exec".into()];
+    }
     let state = build_state_at(cfg.clone(), clock).await?;
     // The separate metrics address, if configured: `/metrics` only, nothing else.
     let metrics_listener = match cfg.metrics.listen {

@@ -76,7 +76,7 @@ impl AuthService {
         format!("{}{path}", self.dpop.origin)
     }
 
-    async fn refuse(&self, reason: &'static str, client: &ClientInfo) {
+    pub(super) async fn refuse(&self, reason: &'static str, client: &ClientInfo) {
         let ev = AuditEvent::new(AuditKind::TokenRejected)
             .client(client)
             .reason(reason);

@@ -45,7 +45,7 @@ use sessions::{Liveness, SessionCache};
 use tokens::{AccessClaims, TokenRejection, TokenService};
 
 pub use oidc_ops::external_username;
-pub use users::{AccessChange, NewAccount, UserView};
+pub use users::{AccessChange, GrantView, NewAccount, UserView};
 
 /// What can go wrong in authentication and account administration. Mapped to HTTP
 /// statuses once, in `http::error`.
@@ -78,8 +78,26 @@ pub enum AuthError {
     /// A dependency outside the store (the IdP) could not be reached.
     #[error("unavailable")]
     Unavailable,
+    /// Separation of duties refused an access change.
+    #[error("refused: {0:?}")]
+    Duty(Duty),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A rule of separation of duties that refused an access change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// No one changes their own roles or groups, nor approves their own access.
+    OwnAccess,
+    /// A privileged role needs a second admin: propose it (`POST /admin/grants`).
+    TwoPersonRule,
+    /// Privileged roles come only from the identity provider.
+    IdpOnly,
+    /// The proposer may not approve their own proposal.
+    OwnProposal,
+    /// The proposal was not approved in time.
+    Expired,
 }
 
 /// What login and refresh hand back: the access token, and the refresh token for the
@@ -118,6 +136,9 @@ pub struct AuthService {
     ip_limit: Limit,
     /// Login attempts per canonical username, from anywhere (GCRA: a burst, then a rate).
     user_ceiling: Limit,
+    /// Failures of one known browser (a device cookie) for its user.
+    device_limit: Limit,
+    device_ttl_ms: i64,
     rejections: RejectionLog,
     /// The keys file and the modification time of the keys in use.
     keys_file: (
@@ -134,6 +155,8 @@ pub struct AuthService {
     dpop: DpopSettings,
     /// What sessions, tokens, throttles and proofs are judged against.
     clock: Arc<dyn crate::timeutil::Clock>,
+    /// Separation of duties for access changes.
+    admin: crate::config::AdminConfig,
 }
 
 struct DpopSettings {
@@ -190,6 +213,16 @@ impl AuthService {
                     per_minute: l.login_user_attempts_per_minute,
                 },
             },
+            // A known browser's own allowance: as many failures as one address gets
+            // for one account, then it is locked out like a stranger.
+            device_limit: Limit {
+                name: "login_device",
+                kind: LimitKind::Window {
+                    max: l.login_failures_per_user,
+                    period: l.login_failure_window,
+                },
+            },
+            device_ttl_ms: ms(l.device_cookie_ttl),
             rejections: RejectionLog::new(l.rejected_token_audit_window),
             keys_file: {
                 let path = cfg.keys_path();
@@ -208,6 +241,7 @@ impl AuthService {
                 origin: cfg.public_origin.trim_end_matches('/').to_owned(),
             },
             clock: Arc::new(crate::timeutil::SystemClock),
+            admin: cfg.admin.clone(),
         }
     }
 

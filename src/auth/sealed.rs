@@ -17,12 +17,15 @@ use hmac::{Hmac, Mac};
 pub enum Purpose {
     /// The sign-in cookie of the authorization code flow.
     OidcSignIn,
+    /// A device cookie: this browser signed in as this user before.
+    Device,
 }
 
 impl Purpose {
     fn label(self) -> &'static [u8] {
         match self {
             Purpose::OidcSignIn => b"palisade:sealed:oidc-sign-in:v1",
+            Purpose::Device => b"palisade:sealed:device:v1",
         }
     }
 }

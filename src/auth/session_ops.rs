@@ -1,31 +1,54 @@
 //! Login, refresh, logout and the user's own sessions.
 
+use super::sealed::Purpose;
 use super::tokens::AccessClaims;
 use super::{AuthError, AuthService, ClientInfo, IssuedTokens, Principal};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::secret::{RefreshToken, SecretString, new_id};
 use crate::store::{
-    Admission, NewSession, RotateOutcome, RotateRequest, SessionRecord, UserRecord,
+    Admission, Limit, NewSession, RotateOutcome, RotateRequest, SessionRecord, UserRecord,
 };
 
+/// What a device cookie holds (sealed): the user, a nonce that keys its own throttle,
+/// and its expiry (unix ms).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DeviceClaims {
+    u: String,
+    n: String,
+    exp: i64,
+}
+
 impl AuthService {
+    /// A password sign-in. `device` is the device cookie the browser sent, if any: a
+    /// browser that signed in as this user before is throttled on its own, not by the
+    /// per-username allowance a stranger's guesses use up (OWASP's device cookies).
+    /// The tokens come back with a fresh device cookie for this user.
     pub async fn login(
         &self,
         username: &str,
         password: &SecretString,
         client: &ClientInfo,
         dpop_key: Option<String>,
-    ) -> Result<IssuedTokens, AuthError> {
+        device: Option<&str>,
+    ) -> Result<(IssuedTokens, String), AuthError> {
         let canonical = crate::access::canonical_username(username);
         // Limits are keyed by a pseudonym of the username: it may be a password typed
         // into the wrong field, and the limits may live in a shared store.
         let user_key = self.tokens.pseudonym(&canonical);
         let ip_key = client.ip.map(|i| i.to_string()).unwrap_or_default();
         let pair_key = format!("{user_key}\u{1f}{ip_key}");
+        let known = device.and_then(|d| self.known_device(d, &canonical));
         // Every slot is taken before the slow hash, each in one atomic step, so a burst
         // of concurrent guesses evaluates at most the limit; an attempt refused by one
         // limit gives back what it took from the others.
-        if let Err(retry_after_secs) = self.admit_login(&user_key, &pair_key, &ip_key).await? {
+        let ceiling = match &known {
+            Some(nonce) => (&self.device_limit, format!("{user_key}\u{1f}{nonce}")),
+            None => (&self.user_ceiling, user_key.clone()),
+        };
+        if let Err(retry_after_secs) = self
+            .admit_login((ceiling.0, ceiling.1.clone()), &pair_key, &ip_key)
+            .await?
+        {
             self.audit
                 .record(
                     AuditEvent::new(AuditKind::LoginThrottled)
@@ -65,7 +88,39 @@ impl AuthService {
             }
         };
         self.limits.reset(&self.pair_limit, &pair_key).await?;
-        self.open_session(&user, "password", client, dpop_key).await
+        if known.is_some() {
+            self.limits.reset(ceiling.0, &ceiling.1).await?;
+        }
+        let issued = self
+            .open_session(&user, "password", client, dpop_key)
+            .await?;
+        let cookie = self.device_cookie(&canonical).ok_or(AuthError::Mint)?;
+        Ok((issued, cookie))
+    }
+
+    /// A device cookie for `canonical`: sealed (no one reads or forges it), naming the
+    /// user and a nonce of its own, valid for `limits.device_cookie_ttl`.
+    fn device_cookie(&self, canonical: &str) -> Option<String> {
+        let exp = self.clock.now_ms().saturating_add(self.device_ttl_ms);
+        let payload = serde_json::to_vec(&DeviceClaims {
+            u: canonical.to_owned(),
+            n: new_id(),
+            exp,
+        })
+        .ok()?;
+        self.tokens.seal(Purpose::Device, &payload)
+    }
+
+    /// The nonce of `cookie` if it is a live device cookie of `canonical`.
+    fn known_device(&self, cookie: &str, canonical: &str) -> Option<String> {
+        let claims: DeviceClaims =
+            serde_json::from_slice(&self.tokens.open(Purpose::Device, cookie)?).ok()?;
+        (claims.u == canonical && claims.exp > self.clock.now_ms()).then_some(claims.n)
+    }
+
+    /// How long a device cookie lives (the cookie's Max-Age).
+    pub fn device_cookie_max_age(&self) -> i64 {
+        self.device_ttl_ms / 1000
     }
 
     /// A new session for `user`, signed in `via` a password or an IdP: the access token
@@ -125,10 +180,11 @@ impl AuthService {
     /// A store error refuses the login (fail closed).
     async fn admit_login(
         &self,
-        user_key: &str,
+        (ceiling, user_key): (&Limit, String),
         pair_key: &str,
         ip_key: &str,
     ) -> Result<Result<(), u64>, AuthError> {
+        let user_key = user_key.as_str();
         let l = &self.limits;
         if let Admission::RetryAfter(s) = l.take(&self.pair_limit, pair_key).await? {
             return Ok(Err(s));
@@ -143,7 +199,7 @@ impl AuthService {
                 };
             }
         }
-        match l.take(&self.user_ceiling, user_key).await {
+        match l.take(ceiling, user_key).await {
             Ok(Admission::Admitted) => Ok(Ok(())),
             refused => {
                 l.give_back(&self.pair_limit, pair_key).await?;
@@ -222,9 +278,20 @@ impl AuthService {
         let Some(presented) = presented.and_then(RefreshToken::parse) else {
             return Err(AuthError::RefreshInvalid);
         };
-        let proved = self
-            .token_request_key(proof, "/auth/refresh", client)
-            .await?;
+        // Without a proof where DPoP is required, the cookie is still looked up: a
+        // session's cookie presented without its key is a stolen cookie, and the
+        // session ends below (as the contract says), rather than living on for the
+        // thief's next try.
+        let proved = match (proof, self.dpop.mode) {
+            (None, crate::config::DpopMode::Required) => {
+                self.refuse("dpop_required", client).await;
+                None
+            }
+            _ => {
+                self.token_request_key(proof, "/auth/refresh", client)
+                    .await?
+            }
+        };
         let replacement = RefreshToken::generate();
         let now = self.clock.now_ms();
         let outcome = self
@@ -249,9 +316,13 @@ impl AuthService {
                     .await?
                     .filter(|u| !u.disabled)
                     .ok_or(AuthError::RefreshInvalid)?;
-                if let Some(bound) = &session.dpop_jkt
-                    && proved.as_deref() != Some(bound.as_str())
-                {
+                let unproved = match &session.dpop_jkt {
+                    Some(bound) => proved.as_deref() != Some(bound.as_str()),
+                    // An unbound session (made before DPoP was required) cannot show
+                    // a key: where DPoP is required, it ends too.
+                    None => proved.is_none() && self.dpop.mode == crate::config::DpopMode::Required,
+                };
+                if unproved {
                     self.sessions
                         .revoke_session(
                             &session.tenant,

@@ -9,12 +9,13 @@
 use serde::Serialize;
 
 use super::password::hash_password;
-use super::{ADMIN_ROLE, AuthError, AuthService, ClientInfo, Principal, valid_name};
+use super::{ADMIN_ROLE, AuthError, AuthService, ClientInfo, Duty, Principal, valid_name};
 use crate::access::Operator;
 use crate::audit::{AuditEvent, AuditKind};
+use crate::config::PrivilegedGrants;
 use crate::model::StoreError;
 use crate::secret::{SecretString, new_id};
-use crate::store::{NewUser, UserRecord};
+use crate::store::{GrantApproval, GrantRecord, GrantRefusal, NewUser, UserRecord};
 
 /// A user as administrators see it: never the password hash.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -36,6 +37,34 @@ impl From<UserRecord> for UserView {
             roles: u.roles,
             groups: u.groups,
             disabled: u.disabled,
+        }
+    }
+}
+
+/// A proposal to grant a privileged role, as admins see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GrantView {
+    pub id: String,
+    /// The user who would get the role.
+    pub user_id: String,
+    pub role: String,
+    /// The admin who proposed it (a different admin must approve it).
+    pub proposed_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339: unapproved by then, the proposal lapses.
+    pub expires_at: String,
+}
+
+impl From<GrantRecord> for GrantView {
+    fn from(g: GrantRecord) -> Self {
+        Self {
+            id: g.id,
+            user_id: g.user_id,
+            role: g.role,
+            proposed_by: g.proposed_by,
+            created_at: crate::timeutil::rfc3339(g.created_at),
+            expires_at: crate::timeutil::rfc3339(g.expires_at),
         }
     }
 }
@@ -99,13 +128,184 @@ impl AuthService {
     ) -> Result<UserView, AuthError> {
         require_admin(admin)?;
         change.validate()?;
+        if user_id == admin.subject() && (change.roles.is_some() || change.groups.is_some()) {
+            return Err(self
+                .refuse_change(admin, user_id, Duty::OwnAccess, client)
+                .await);
+        }
         let user = self
             .users
             .user_by_id(admin.tenant(), user_id)
             .await?
             .ok_or(AuthError::NotFound)?;
+        // A privileged role the user lacks is never added by one admin; removing one is.
+        let added_privilege = change
+            .roles
+            .iter()
+            .flatten()
+            .any(|r| !user.roles.contains(r) && self.admin.is_privileged(r));
+        if added_privilege {
+            let rule = match self.admin.privileged_grants {
+                PrivilegedGrants::TwoPerson => Duty::TwoPersonRule,
+                PrivilegedGrants::IdpOnly => Duty::IdpOnly,
+            };
+            return Err(self.refuse_change(admin, user_id, rule, client).await);
+        }
         let updated = self.apply(user, change, admin.subject(), client).await?;
         Ok(updated.into())
+    }
+
+    /// The first admin of the two-person rule proposes granting a privileged role.
+    pub async fn propose_grant(
+        &self,
+        admin: &Principal,
+        user_id: &str,
+        role: &str,
+        client: &ClientInfo,
+    ) -> Result<GrantView, AuthError> {
+        require_admin(admin)?;
+        if !valid_name(role) {
+            return Err(AuthError::Invalid("invalid role name"));
+        }
+        if !self.admin.is_privileged(role) {
+            return Err(AuthError::Invalid(
+                "not a privileged role: one admin sets it with PATCH /admin/users/{id}",
+            ));
+        }
+        if self.admin.privileged_grants == PrivilegedGrants::IdpOnly {
+            return Err(self
+                .refuse_change(admin, user_id, Duty::IdpOnly, client)
+                .await);
+        }
+        if user_id == admin.subject() {
+            return Err(self
+                .refuse_change(admin, user_id, Duty::OwnAccess, client)
+                .await);
+        }
+        let user = self
+            .users
+            .user_by_id(admin.tenant(), user_id)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        if user.roles.iter().any(|r| r == role) {
+            return Err(AuthError::Invalid("the user has this role already"));
+        }
+        let now = self.clock.now_ms();
+        let ttl = i64::try_from(self.admin.grant_ttl.as_millis()).unwrap_or(i64::MAX);
+        let grant = GrantRecord {
+            id: new_id(),
+            tenant: user.tenant.clone(),
+            user_id: user.id.clone(),
+            role: role.to_owned(),
+            proposed_by: admin.subject().to_owned(),
+            created_at: now,
+            expires_at: now.saturating_add(ttl),
+        };
+        self.users.propose_grant(grant.clone()).await?;
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::GrantProposed)
+                    .tenant(&user.tenant)
+                    .subject(&user.id)
+                    .username(&user.username)
+                    .resource(&grant.id)
+                    .session(admin.session_id())
+                    .client(client),
+            )
+            .await;
+        Ok(grant.into())
+    }
+
+    /// The proposals of the admin's tenant waiting for a second admin.
+    pub async fn pending_grants(&self, admin: &Principal) -> Result<Vec<GrantView>, AuthError> {
+        require_admin(admin)?;
+        let grants = self
+            .users
+            .pending_grants(admin.tenant(), self.clock.now_ms())
+            .await?;
+        Ok(grants.into_iter().map(GrantView::from).collect())
+    }
+
+    /// The second admin approves a proposal: the role is the user's at once and the
+    /// user's sessions end (their tokens carry the old roles).
+    pub async fn approve_grant(
+        &self,
+        admin: &Principal,
+        grant_id: &str,
+        client: &ClientInfo,
+    ) -> Result<UserView, AuthError> {
+        require_admin(admin)?;
+        if self.admin.privileged_grants == PrivilegedGrants::IdpOnly {
+            return Err(self
+                .refuse_change(admin, grant_id, Duty::IdpOnly, client)
+                .await);
+        }
+        let outcome = self
+            .users
+            .approve_grant(
+                admin.tenant(),
+                grant_id,
+                admin.subject(),
+                self.clock.now_ms(),
+            )
+            .await?;
+        let (user, grant) = match outcome {
+            GrantApproval::Approved(done) => *done,
+            GrantApproval::Refused(GrantRefusal::NotFound) => return Err(AuthError::NotFound),
+            GrantApproval::Refused(why) => {
+                let duty = match why {
+                    GrantRefusal::Expired => Duty::Expired,
+                    GrantRefusal::OwnProposal => Duty::OwnProposal,
+                    _ => Duty::OwnAccess,
+                };
+                return Err(self.refuse_change(admin, grant_id, duty, client).await);
+            }
+        };
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::GrantApproved)
+                    .tenant(&user.tenant)
+                    .subject(&user.id)
+                    .username(&user.username)
+                    .resource(&grant.id)
+                    .session(admin.session_id())
+                    .client(client),
+            )
+            .await;
+        self.end_all_sessions(&user.tenant, &user.id, "access_changed", client)
+            .await?;
+        Ok(user.into())
+    }
+
+    /// Audits a change refused by separation of duties, and the error for it.
+    async fn refuse_change(
+        &self,
+        admin: &Principal,
+        about: &str,
+        duty: Duty,
+        client: &ClientInfo,
+    ) -> AuthError {
+        let reason = match duty {
+            Duty::OwnAccess => "own_access",
+            Duty::TwoPersonRule => "two_person_rule",
+            Duty::IdpOnly => "idp_only",
+            Duty::OwnProposal => "own_proposal",
+            Duty::Expired => "grant_expired",
+        };
+        // `about` is a path parameter: only its length-bounded form is recorded.
+        let shown: String = about.chars().take(64).collect();
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::AccessChangeRefused)
+                    .tenant(admin.tenant())
+                    .subject(admin.subject())
+                    .session(admin.session_id())
+                    .resource(shown)
+                    .reason(reason)
+                    .client(client),
+            )
+            .await;
+        AuthError::Duty(duty)
     }
 
     /// The operator's `palisade user add`.
@@ -198,6 +398,13 @@ impl AuthService {
                 .update_access(&tenant, &id, change.roles, change.groups)
                 .await?
                 .ok_or(AuthError::NotFound)?;
+            // The operator at the machine is the break-glass path: no second admin,
+            // recorded as such.
+            let via = if actor == "cli" {
+                "break_glass"
+            } else {
+                "admin"
+            };
             self.audit
                 .record(
                     AuditEvent::new(AuditKind::UserAccessChanged)
@@ -205,6 +412,7 @@ impl AuthService {
                         .subject(&id)
                         .username(&current.username)
                         .resource(actor)
+                        .reason(via)
                         .client(client),
                 )
                 .await;

@@ -3,9 +3,12 @@
 //! counts against the same allowance).
 //!
 //! Request rates are exact (check and count are one atomic step). A token budget is
-//! checked before the model is called and charged with what the answer used once it is
-//! known, so requests already running when the budget runs out may overshoot it by
-//! what they use; the next one is refused. Refusals answer 429 with `Retry-After`, are
+//! reserved before the model is called — the request's prompt estimate plus its output
+//! cap, in one atomic step with the check — and settled with what the answer used once
+//! it is known. A reservation that does not fit is refused (429) before any upstream
+//! call, so requests in flight together cannot overshoot the budget by more than their
+//! estimates' error (one request alone is always let through while the day's usage is
+//! below the budget, as a small budget would otherwise refuse every request). Refusals answer 429 with `Retry-After`, are
 //! counted in metrics, and are audited as `budget_exceeded` — once per user, limit and
 //! minute, so that hammering a closed door cannot flood the trail.
 
@@ -162,7 +165,17 @@ impl Budgets {
                 return Err(ChatError::Thread(e.into()));
             }
         };
-        let (why, retry_after_secs) = refusal;
+        Err(self.refused(p, client, refusal).await)
+    }
+
+    /// Counts and audits (once per user, limit and minute) a refusal, and its error.
+    async fn refused(
+        &self,
+        p: &Principal,
+        client: &ClientInfo,
+        (why, retry_after_secs): (Refusal, u64),
+    ) -> ChatError {
+        let user = Self::user_key(p);
         crate::telemetry::limited(why.as_str());
         let once_key = format!("{user}\u{1f}{}", why.as_str());
         if matches!(
@@ -180,14 +193,68 @@ impl Budgets {
                 )
                 .await;
         }
-        Err(match why {
+        match why {
             Refusal::UserRequests | Refusal::TenantRequests => {
                 ChatError::RateLimited { retry_after_secs }
             }
             Refusal::UserTokens | Refusal::TenantTokens => {
                 ChatError::BudgetExceeded { retry_after_secs }
             }
-        })
+        }
+    }
+
+    /// Reserves `amount` tokens of the caller's and the tenant's day for a model call
+    /// about to run; `None` when no token budget is set. A reservation that does not
+    /// fit refuses the request (429, audited once a minute); a store error refuses
+    /// (fail closed).
+    pub async fn reserve(
+        &self,
+        p: &Principal,
+        amount: u64,
+        client: &ClientInfo,
+    ) -> Result<Option<Reservation>, ChatError> {
+        let (user_cap, tenant_cap) = (
+            self.settings.user_tokens_per_day,
+            self.settings.tenant_tokens_per_day,
+        );
+        if user_cap == 0 && tenant_cap == 0 {
+            return Ok(None);
+        }
+        let (day, until_tomorrow) = today(self.clock.now_ms());
+        let mut r = Reservation {
+            limits: self.limits.clone(),
+            holds: Vec::new(),
+            day,
+            amount,
+            settled: false,
+        };
+        let user = Self::user_key(p);
+        let wanted = [
+            ("tokens_user", user, user_cap, Refusal::UserTokens),
+            (
+                "tokens_tenant",
+                p.tenant().to_owned(),
+                tenant_cap,
+                Refusal::TenantTokens,
+            ),
+        ];
+        for (budget, key, cap, why) in wanted {
+            if cap == 0 {
+                continue;
+            }
+            match self.limits.reserve(budget, &key, day, amount, cap).await {
+                Ok(true) => r.holds.push((budget, key)),
+                Ok(false) => {
+                    // Dropping `r` gives back what it holds already.
+                    return Err(self.refused(p, client, (why, until_tomorrow)).await);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "limit store failed; refusing");
+                    return Err(ChatError::Thread(e.into()));
+                }
+            }
+        }
+        Ok(Some(r))
     }
 
     /// Charges what a model call used to the caller's and the tenant's day. A failure
@@ -207,6 +274,55 @@ impl Budgets {
         );
         if let Err(e) = u.and(t) {
             tracing::error!(error = %e, "token usage not recorded");
+        }
+    }
+}
+
+/// Tokens held of a caller's (and the tenant's) day for a model call in flight. Settled
+/// with what the call used; dropped unsettled (the request failed or was abandoned before
+/// an answer was charged), it gives the hold back.
+pub struct Reservation {
+    limits: Arc<dyn LimitStore>,
+    holds: Vec<(&'static str, String)>,
+    day: i64,
+    amount: u64,
+    settled: bool,
+}
+
+impl Reservation {
+    /// Ends the hold and charges `used` tokens. A failure is logged: the answer was
+    /// already given, and refusing it now would lose it.
+    pub async fn settle(mut self, used: u64) {
+        self.settled = true;
+        for (budget, key) in std::mem::take(&mut self.holds) {
+            if let Err(e) = self
+                .limits
+                .settle(budget, &key, self.day, self.amount, used)
+                .await
+            {
+                tracing::error!(error = %e, "token usage not recorded");
+            }
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.settled || self.holds.is_empty() {
+            return;
+        }
+        let (limits, holds, day, amount) = (
+            self.limits.clone(),
+            std::mem::take(&mut self.holds),
+            self.day,
+            self.amount,
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for (budget, key) in holds {
+                    let _ = limits.settle(budget, &key, day, amount, 0).await;
+                }
+            });
         }
     }
 }

@@ -31,12 +31,15 @@ use crate::llm::{
 use crate::model::ClientInfo;
 use crate::model::ThreadRecord;
 use crate::model::approx_tokens;
-use crate::model::{ChunkHit, Citation, MessageRecord, Role};
+use crate::model::{ChunkHit, Citation, MessageRecord, Provenance, Role};
 use crate::rag::{Rag, RagError, citations};
 use crate::store::{HistoryBudget, LimitStore};
 pub use crate::threads::TurnInput;
-use crate::threads::{ThreadError, Threads};
-use budget::{Admit, BudgetSettings, Budgets};
+use crate::threads::{StoredAnswer, ThreadError, Threads};
+use budget::{Admit, BudgetSettings, Budgets, Reservation};
+
+/// The output a budget reservation counts for a request that sets no output cap.
+const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 
 pub use prompt::context_block;
 
@@ -197,7 +200,7 @@ pub type ChatStream = BoxStream<'static, ChatEvent>;
 /// A stored message as the caller may see it now.
 pub struct ShownMessage {
     pub record: MessageRecord,
-    /// It cites a document the caller can no longer read: show no text.
+    /// It drew on a document the caller can no longer read: show no text.
     pub redacted: bool,
 }
 
@@ -207,11 +210,10 @@ pub struct ShownPage {
     pub next_before: Option<i64>,
 }
 
-/// Whether every document `m` cites is in `readable`.
-fn cites_only(m: &MessageRecord, readable: &HashSet<String>) -> bool {
-    m.citations
-        .iter()
-        .all(|c| readable.contains(&c.document_id))
+/// Whether every document `m` drew on (its provenance and its citations) is in
+/// `readable`.
+fn drew_only_on(m: &MessageRecord, readable: &HashSet<String>) -> bool {
+    m.drew_on().all(|d| readable.contains(d))
 }
 
 /// A turn that has passed every check and has its prompt.
@@ -223,6 +225,10 @@ struct Prepared {
     options: Options,
     /// The model was offered `search_documents`.
     search_tool: bool,
+    /// What the history in the prompt drew on: the answer inherits it.
+    inherited: Provenance,
+    /// The tokens held of the caller's budgets for this turn (none without budgets).
+    reservation: Option<Reservation>,
 }
 
 impl Prepared {
@@ -234,6 +240,33 @@ impl Prepared {
             .iter()
             .map(|m| approx_tokens(&m.text()) as u64)
             .sum()
+    }
+
+    /// The tools the model may call in this turn.
+    fn toolbox(&self) -> tools::Toolbox {
+        tools::Toolbox::new(
+            self.search_tool,
+            self.options.tools.iter().map(|t| t.function.name.clone()),
+        )
+    }
+
+    /// Every document whose text is in the prompt: the history's and the passages'.
+    fn provenance(&self) -> Provenance {
+        let mut all = self.inherited.clone();
+        for h in &self.passages {
+            all.add(&h.document_id);
+        }
+        all
+    }
+
+    /// The answer as it is stored.
+    fn stored_answer(&self, content: String, tool_calls: Vec<ToolCall>) -> StoredAnswer {
+        StoredAnswer {
+            content,
+            citations: citations(&self.passages),
+            tool_calls,
+            provenance: self.provenance(),
+        }
     }
 
     fn call<'a>(&'a self, options: &'a Options, p: &'a Principal) -> Call<'a> {
@@ -259,6 +292,8 @@ pub struct ChatService {
     /// Offer the model `search_documents` instead of retrieving up front.
     search_tool: bool,
     tool_max_steps: u32,
+    /// The most tokens retrieved passages add to a prompt (top_k × chunk size).
+    context_tokens: usize,
 }
 
 /// How the chat service is set up.
@@ -269,6 +304,8 @@ pub struct ChatSettings {
     pub search_tool: bool,
     pub tool_max_steps: u32,
     pub embedding_roles: Vec<String>,
+    /// The most tokens retrieved passages add to a prompt.
+    pub context_tokens: usize,
 }
 
 impl ChatService {
@@ -290,6 +327,7 @@ impl ChatService {
             budgets: Budgets::new(settings.budgets, limits, audit),
             search_tool: settings.search_tool,
             tool_max_steps: settings.tool_max_steps.max(1),
+            context_tokens: settings.context_tokens,
         }
     }
 
@@ -369,13 +407,59 @@ impl ChatService {
     /// Charges what an answer used to the caller's budgets and to the token metrics:
     /// the upstream's own count where it gave one, else palisade's estimate of the
     /// prompt and the answer.
-    async fn account(&self, p: &Principal, prep: &Prepared, usage: Option<&Usage>, answer: &str) {
+    async fn account(
+        &self,
+        p: &Principal,
+        prep: &mut Prepared,
+        usage: Option<&Usage>,
+        answer: &str,
+    ) {
         let (prompt, completion) = match usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens),
             None => (prep.prompt_tokens(), approx_tokens(answer) as u64),
         };
         crate::telemetry::tokens(prep.model.name(), prompt, completion);
-        self.budgets.charge(p, prompt + completion).await;
+        match prep.reservation.take() {
+            Some(r) => r.settle(prompt + completion).await,
+            None => self.budgets.charge(p, prompt + completion).await,
+        }
+    }
+
+    /// The most tokens a request may use: its messages, the history and passages the
+    /// server adds, and its output cap (per model call of a search loop).
+    fn reservation_tokens(&self, req: &ChatRequest, search_tool: bool) -> u64 {
+        let texts: usize = match &req.conversation {
+            Conversation::Stateless { messages } => {
+                messages.iter().map(|m| approx_tokens(&m.text())).sum()
+            }
+            Conversation::Thread {
+                input,
+                instructions,
+                ..
+            } => {
+                input
+                    .iter()
+                    .map(|i| approx_tokens(i.content()))
+                    .sum::<usize>()
+                    + instructions
+                        .iter()
+                        .map(|m| approx_tokens(&m.text()))
+                        .sum::<usize>()
+                    + self.history_budget_tokens
+            }
+        };
+        let calls = if search_tool {
+            self.tool_max_steps + 1
+        } else {
+            1
+        } as u64;
+        let output = req
+            .options
+            .max_completion_tokens
+            .or(req.options.max_tokens)
+            .map_or(DEFAULT_OUTPUT_RESERVE, u64::from);
+        (approx_tokens(&self.system_prompt) + texts + self.context_tokens) as u64 * calls
+            + output * calls
     }
 
     /// Everything before the model: admission, validation, model access, thread,
@@ -409,7 +493,17 @@ impl ChatService {
                 validate::messages(instructions, &model, &self.threads)?
             }
         }
+        // 2b. The tokens this request may use, held of the caller's budgets before
+        //     anything is stored or called: concurrent requests cannot all slip under a
+        //     budget that fits only some of them.
+        let req = ChatRequest { options, ..req };
+        let reservation = self
+            .budgets
+            .reserve(p, self.reservation_tokens(&req, search_tool), client)
+            .await?;
+        let options = req.options;
         // 3. Ownership and the stored turn, before any retrieval or model call.
+        let mut inherited = Provenance::default();
         let (thread, history, instructions) = match req.conversation {
             Conversation::Thread {
                 id,
@@ -431,16 +525,19 @@ impl ChatService {
                     .threads
                     .begin_turn(p, &id, input, HistoryBudget(budget), client)
                     .await?;
-                let readable = self.readable_citations(p, &turn.history).await?;
-                let history = turn
+                let readable = self.readable_sources(p, &turn.history).await?;
+                // Access is re-checked on every turn: a message that drew on a document
+                // the caller can no longer read never goes back to the model, and the
+                // prompt is built as if it were absent.
+                let kept: Vec<MessageRecord> = turn
                     .history
                     .into_iter()
-                    .filter(|m| m.role != Role::System)
-                    // Access is re-checked on every turn: an answer that quotes a document
-                    // the caller can no longer read never goes back to the model.
-                    .filter(|m| cites_only(m, &readable))
-                    .map(prompt::from_record)
+                    .filter(|m| m.role != Role::System && drew_only_on(m, &readable))
                     .collect();
+                for m in &kept {
+                    inherited.inherit(&m.provenance);
+                }
+                let history = kept.into_iter().map(prompt::from_record).collect();
                 (Some(id), history, instructions)
             }
             Conversation::Stateless { messages } => (None, messages, Vec::new()),
@@ -461,6 +558,17 @@ impl ChatService {
                 .retrieve_for_prompt(p, &question, thread.as_deref(), client)
                 .await?
         };
+        // Lineage: documents whose text reaches the model again through the history,
+        // beyond those this turn retrieved (recorded with them).
+        if let Some(id) = &thread {
+            let again: Provenance = inherited
+                .documents()
+                .filter(|d| !passages.iter().any(|h| h.document_id == *d))
+                .collect();
+            if !again.is_empty() {
+                self.rag.record_history_lineage(p, &again, id, client).await;
+            }
+        }
         // 5. The prompt, built here.
         let prompt = prompt::build(
             &self.system_prompt,
@@ -475,6 +583,8 @@ impl ChatService {
             passages,
             options,
             search_tool,
+            inherited,
+            reservation,
         })
     }
 
@@ -528,15 +638,15 @@ impl ChatService {
         Cow::Owned(o)
     }
 
-    /// The documents cited in `messages` that the caller may still read.
-    async fn readable_citations(
+    /// The documents `messages` drew on that the caller may still read.
+    async fn readable_sources(
         &self,
         p: &Principal,
         messages: &[MessageRecord],
     ) -> Result<HashSet<String>, ChatError> {
         let mut ids: Vec<String> = messages
             .iter()
-            .flat_map(|m| m.citations.iter().map(|c| c.document_id.clone()))
+            .flat_map(|m| m.drew_on().map(str::to_owned))
             .collect();
         if ids.is_empty() {
             return Ok(HashSet::new());
@@ -546,9 +656,9 @@ impl ChatService {
         Ok(self.rag.still_readable(p, ids).await?)
     }
 
-    /// One page of a thread as the caller may see it now: a message citing a document
-    /// the caller can no longer read is marked redacted (its text withheld, never
-    /// deleted).
+    /// One page of a thread as the caller may see it now: a message that drew on a
+    /// document the caller can no longer read is marked redacted (its text withheld,
+    /// never deleted).
     pub async fn thread_page(
         &self,
         p: &Principal,
@@ -558,12 +668,12 @@ impl ChatService {
         client: &ClientInfo,
     ) -> Result<ShownPage, ChatError> {
         let page = self.threads.page(p, id, before, limit, client).await?;
-        let readable = self.readable_citations(p, &page.messages).await?;
+        let readable = self.readable_sources(p, &page.messages).await?;
         let messages = page
             .messages
             .into_iter()
             .map(|m| ShownMessage {
-                redacted: !cites_only(&m, &readable),
+                redacted: !drew_only_on(&m, &readable),
                 record: m,
             })
             .collect();
@@ -588,12 +698,19 @@ impl ChatService {
             let options = self.step_options(&prep, step);
             let c = prep.model.complete(&prep.call(&options, p)).await?;
             add_usage(&mut usage, c.usage.as_ref());
-            let (ours, theirs) = tools::split_calls(c.tool_calls, prep.search_tool);
+            let (ours, theirs) = tools::split_calls(c.tool_calls, &prep.toolbox());
             // The client's own calls go back to it (palisade's are dropped: the model
             // asks again if it still needs them).
             if ours.is_empty() || !theirs.is_empty() {
+                let finish_reason = if theirs.is_empty() && c.finish_reason == "tool_calls" {
+                    // Every call was of an undeclared tool, and dropped.
+                    "stop".to_owned()
+                } else {
+                    c.finish_reason
+                };
                 break Completion {
                     tool_calls: theirs,
+                    finish_reason,
                     ..c
                 };
             }
@@ -604,7 +721,7 @@ impl ChatService {
                 .await?;
             step += 1;
         };
-        self.account(p, &prep, usage.as_ref(), &completion.content)
+        self.account(p, &mut prep, usage.as_ref(), &completion.content)
             .await;
         let cites = citations(&prep.passages);
         let stored = match &prep.thread {
@@ -613,9 +730,10 @@ impl ChatService {
                     .finish_turn(
                         p,
                         id,
-                        completion.content.clone(),
-                        cites.clone(),
-                        completion.tool_calls.clone(),
+                        prep.stored_answer(
+                            completion.content.clone(),
+                            completion.tool_calls.clone(),
+                        ),
                         client,
                     )
                     .await?,
@@ -673,7 +791,7 @@ impl ChatService {
             let mut fingerprint: Option<String> = None;
             let mut step = 0;
             loop {
-                let mut router = tools::DeltaRouter::new(prep.search_tool);
+                let mut router = tools::DeltaRouter::new(prep.toolbox());
                 let mut calls = ToolCallAssembler::default();
                 let mut content = String::new();
                 let mut finish = None;
@@ -712,16 +830,21 @@ impl ChatService {
                     }
                 }
                 full.push_str(&content);
-                let (ours, theirs) = tools::split_calls(calls.finish(), prep.search_tool);
+                let (ours, theirs) = tools::split_calls(calls.finish(), &prep.toolbox());
                 if ours.is_empty() || router.relayed_any() {
                     meter.settled = true;
-                    svc.account(&p, &prep, usage.as_ref(), &full).await;
+                    svc.account(&p, &mut prep, usage.as_ref(), &full).await;
                     let cites = citations(&prep.passages);
-                    let finish_reason = finish.unwrap_or_else(|| "stop".into());
+                    let finish_reason = match finish {
+                        // Every call was of an undeclared tool, and dropped.
+                        Some(f) if f == "tool_calls" && theirs.is_empty() => "stop".into(),
+                        Some(f) => f,
+                        None => "stop".into(),
+                    };
                     let stored = match &prep.thread {
                         Some(id) => match svc
                             .threads
-                            .finish_turn(&p, id, full.clone(), cites.clone(), theirs.clone(), &client)
+                            .finish_turn(&p, id, prep.stored_answer(full.clone(), theirs.clone()), &client)
                             .await
                         {
                             Ok(m) => Some(m),

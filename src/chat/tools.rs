@@ -63,11 +63,60 @@ pub fn render_results(hits: &[ChunkHit]) -> String {
 pub const BAD_ARGUMENTS: &str =
     "search_documents needs a JSON object with a non-empty \"query\" string.";
 
-/// Splits a model's tool calls into palisade's own and the client's.
-pub fn split_calls(calls: Vec<ToolCall>, ours_enabled: bool) -> (Vec<ToolCall>, Vec<ToolCall>) {
-    calls
-        .into_iter()
-        .partition(|c| ours_enabled && c.function.name == SEARCH_TOOL)
+/// The tools of a request: palisade's own (`search_documents`, when offered) and the
+/// ones the client declared. A call of any other tool is dropped: the client never
+/// declared it, so it cannot run it (a model steered by a poisoned passage may well
+/// ask for one), and palisade does not either.
+#[derive(Debug, Clone, Default)]
+pub struct Toolbox {
+    ours: bool,
+    declared: std::collections::HashSet<String>,
+}
+
+impl Toolbox {
+    pub fn new(ours: bool, declared: impl IntoIterator<Item = String>) -> Self {
+        let mut declared: std::collections::HashSet<String> = declared.into_iter().collect();
+        if ours {
+            declared.remove(SEARCH_TOOL);
+        }
+        Self { ours, declared }
+    }
+
+    fn route_of(&self, name: &str) -> Kind {
+        if self.ours && name == SEARCH_TOOL {
+            Kind::Ours
+        } else if self.declared.contains(name) {
+            Kind::Client
+        } else {
+            Kind::Undeclared
+        }
+    }
+}
+
+enum Kind {
+    Ours,
+    Client,
+    Undeclared,
+}
+
+/// Splits a model's tool calls into palisade's own and the client's; calls of tools no
+/// one declared are dropped (logged, by count only: names are model output).
+pub fn split_calls(calls: Vec<ToolCall>, tools: &Toolbox) -> (Vec<ToolCall>, Vec<ToolCall>) {
+    let (mut ours, mut theirs, mut dropped) = (Vec::new(), Vec::new(), 0usize);
+    for c in calls {
+        match tools.route_of(&c.function.name) {
+            Kind::Ours => ours.push(c),
+            Kind::Client => theirs.push(c),
+            Kind::Undeclared => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "the model called tools the request did not declare; dropped"
+        );
+    }
+    (ours, theirs)
 }
 
 /// Where the pieces of one streamed tool call go.
@@ -78,20 +127,22 @@ enum Route {
     Relay(u32),
     /// palisade's own: kept.
     Ours,
+    /// A tool no one declared: dropped.
+    Dropped,
 }
 
 /// Routes streamed tool-call pieces: the client's calls are relayed as they arrive
 /// (renumbered from 0 in the order they start), palisade's own are held back.
 pub struct DeltaRouter {
-    ours_enabled: bool,
+    tools: Toolbox,
     routes: HashMap<u32, Route>,
     relayed: u32,
 }
 
 impl DeltaRouter {
-    pub fn new(ours_enabled: bool) -> Self {
+    pub fn new(tools: Toolbox) -> Self {
         Self {
-            ours_enabled,
+            tools,
             routes: HashMap::new(),
             relayed: 0,
         }
@@ -105,7 +156,7 @@ impl DeltaRouter {
             .or_insert_with(|| Route::Undecided(Vec::new()));
         match route {
             Route::Relay(i) => vec![ToolCallDelta { index: *i, ..d }],
-            Route::Ours => Vec::new(),
+            Route::Ours | Route::Dropped => Vec::new(),
             Route::Undecided(held) => {
                 let Some(name) = d.name.clone() else {
                     held.push(d);
@@ -113,9 +164,16 @@ impl DeltaRouter {
                 };
                 let mut pieces = std::mem::take(held);
                 pieces.push(d);
-                if self.ours_enabled && name == SEARCH_TOOL {
-                    *route = Route::Ours;
-                    return Vec::new();
+                match self.tools.route_of(&name) {
+                    Kind::Ours => {
+                        *route = Route::Ours;
+                        return Vec::new();
+                    }
+                    Kind::Undeclared => {
+                        *route = Route::Dropped;
+                        return Vec::new();
+                    }
+                    Kind::Client => {}
                 }
                 let index = self.relayed;
                 self.relayed += 1;
@@ -153,7 +211,7 @@ mod tests {
 
     #[test]
     fn client_calls_are_relayed_and_ours_held() {
-        let mut r = DeltaRouter::new(true);
+        let mut r = DeltaRouter::new(Toolbox::new(true, ["get_weather".to_owned()]));
         let piece = |index, name: Option<&str>, args: &str| ToolCallDelta {
             index,
             id: name.map(|_| format!("call_{index}")),
@@ -166,6 +224,12 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].index, 0);
         assert_eq!(r.route(piece(1, None, "{\"city\"")).len(), 1);
+        // A tool no one declared is never relayed.
+        assert!(
+            r.route(piece(2, Some("delete_everything"), "{}"))
+                .is_empty()
+        );
+        assert!(r.route(piece(2, None, "{\"all\":true}")).is_empty());
         assert!(r.relayed_any());
     }
 }

@@ -22,6 +22,10 @@ pub struct LimitsConfig {
     /// campaign without locking the real user out for long.
     pub login_user_attempt_burst: u32,
     pub login_user_attempts_per_minute: u32,
+    /// How long a device cookie (a browser that signed in as a user before, which
+    /// then bypasses the per-username ceiling) stays valid.
+    #[serde(with = "humantime_serde")]
+    pub device_cookie_ttl: Duration,
     /// Repeated rejected tokens of one kind within this window are one audit event with
     /// a count, not one write each.
     #[serde(with = "humantime_serde")]
@@ -61,6 +65,7 @@ impl Default for LimitsConfig {
             login_ip_window: Duration::from_secs(60),
             login_user_attempt_burst: 100,
             login_user_attempts_per_minute: 10,
+            device_cookie_ttl: Duration::from_secs(90 * 86_400),
             rejected_token_audit_window: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod admin;
 mod embeddings;
 mod limits;
 mod llm;
@@ -23,6 +24,7 @@ mod store;
 mod threads;
 mod tokens;
 
+pub use admin::{AdminConfig, PrivilegedGrants};
 pub use embeddings::{EmbeddingsConfig, EmbeddingsKind};
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, ModelConfig, UpstreamApi};
@@ -56,6 +58,7 @@ pub struct Config {
     pub log: LogConfig,
     pub oidc: OidcConfig,
     pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             log: LogConfig::default(),
             oidc: OidcConfig::default(),
             metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -282,6 +286,7 @@ impl Config {
         "log",
         "oidc",
         "metrics",
+        "admin",
     ];
 
     /// Reads every secret a `*_env` setting names, from `lookup` (the process's
@@ -383,7 +388,8 @@ impl Config {
         self.threads.check()?;
         self.embeddings.check()?;
         self.log.check()?;
-        self.oidc.check()
+        self.oidc.check()?;
+        self.admin.check()
     }
 
     pub fn keys_path(&self) -> PathBuf {

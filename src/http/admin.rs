@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -12,12 +12,14 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Client, Json, Query};
 use crate::audit::{AuditFilter, AuditKind, AuditRecord};
-use crate::auth::{AccessChange, UserView};
+use crate::auth::{AccessChange, GrantView, UserView};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/users", get(list_users))
         .route("/admin/users/{id}", patch(update_user))
+        .route("/admin/grants", get(list_grants).post(propose_grant))
+        .route("/admin/grants/{id}/approve", post(approve_grant))
         .route("/admin/audit", get(audit))
         .route("/admin/lineage", get(lineage))
 }
@@ -181,7 +183,8 @@ pub struct LineageUse {
     /// `retrieval` (palisade retrieved it for the prompt) or `tool_call` (the model
     /// or an MCP client asked `search_documents`).
     kind: &'static str,
-    /// For a tool call: `chat` or `mcp`.
+    /// For a tool call: `chat` or `mcp`. For a retrieval: `history` when the document
+    /// reached the model through earlier answers in the prompt that drew on it.
     #[serde(skip_serializing_if = "Option::is_none")]
     via: Option<String>,
     user: Option<String>,
@@ -263,7 +266,9 @@ pub struct UpdateUser {
 }
 
 /// Changes roles, groups or the disabled flag of a user of the admin's tenant. Any
-/// change of access ends the user's sessions.
+/// change of access ends the user's sessions. No admin changes their own roles or
+/// groups, and a privileged role (`admin.privileged_roles`, and `admin`) is added only
+/// through `POST /admin/grants` and a second admin's approval (or only by the IdP).
 #[utoipa::path(
     patch, path = "/admin/users/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = String, Path)),
@@ -272,7 +277,7 @@ pub struct UpdateUser {
         (status = 200, description = "Updated; the user's sessions are over.", body = UserView),
         (status = 400, description = "Malformed body.", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "Not an admin.", body = ErrorBody),
+        (status = 403, description = "Not an admin; or `own_access` (the admin's own roles or groups), `two_person_rule` (a privileged role: propose it), `idp_only` (privileged roles come from the IdP).", body = ErrorBody),
         (status = 404, description = "No such user in the admin's tenant.", body = ErrorBody),
         (status = 422, description = "Invalid roles or groups.", body = ErrorBody),
     )
@@ -290,5 +295,84 @@ pub async fn update_user(
         disabled: req.disabled,
     };
     let user = s.auth.update_user(&p, &id, change, &client).await?;
+    Ok(axum::Json(user).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ProposeGrant {
+    /// The user who would get the role (of the admin's tenant).
+    #[schema(min_length = 1, max_length = 64)]
+    user_id: String,
+    /// A privileged role (`admin.privileged_roles`, or `admin`).
+    #[schema(pattern = "^[A-Za-z0-9_.@:-]{1,64}$")]
+    role: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GrantList {
+    /// Oldest first.
+    grants: Vec<GrantView>,
+}
+
+/// The first admin of the two-person rule proposes granting a privileged role; a
+/// different admin approves it before it expires (`admin.grant_ttl`).
+#[utoipa::path(
+    post, path = "/admin/grants", tag = "admin", security(("bearer" = [])),
+    request_body = ProposeGrant,
+    responses(
+        (status = 201, description = "Proposed; waiting for a second admin.", body = GrantView),
+        (status = 400, description = "Malformed body.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "Not an admin; or `own_access` (for the admin themself), `idp_only`.", body = ErrorBody),
+        (status = 404, description = "No such user in the admin's tenant.", body = ErrorBody),
+        (status = 422, description = "Not a privileged role, or the user has it already.", body = ErrorBody),
+    )
+)]
+pub async fn propose_grant(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Client(client): Client,
+    Json(req): Json<ProposeGrant>,
+) -> Result<Response, ApiError> {
+    let grant = s
+        .auth
+        .propose_grant(&p, &req.user_id, &req.role, &client)
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, axum::Json(grant)).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/admin/grants", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The proposals of the admin's tenant waiting for approval.", body = GrantList),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+    )
+)]
+pub async fn list_grants(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
+    let grants = s.auth.pending_grants(&p).await?;
+    Ok(axum::Json(GrantList { grants }).into_response())
+}
+
+/// A second admin approves a proposal: the role is the user's at once, and the user's
+/// sessions end.
+#[utoipa::path(
+    post, path = "/admin/grants/{id}/approve", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Approved; the user has the role and must sign in again.", body = UserView),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "Not an admin; or `own_proposal` (its proposer), `own_access` (its grantee), `idp_only`.", body = ErrorBody),
+        (status = 404, description = "No pending proposal with that id in the admin's tenant.", body = ErrorBody),
+        (status = 409, description = "`grant_expired`: not approved in time.", body = ErrorBody),
+    )
+)]
+pub async fn approve_grant(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Client(client): Client,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let user = s.auth.approve_grant(&p, &id, &client).await?;
     Ok(axum::Json(user).into_response())
 }

@@ -10,8 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::cookies::{
-    SIGN_IN_COOKIE, clear_refresh_cookie, clear_sign_in_cookie, read_cookie, read_refresh,
-    refresh_cookie, require_same_origin, sign_in_cookie,
+    DEVICE_COOKIE, SIGN_IN_COOKIE, clear_refresh_cookie, clear_sign_in_cookie, device_cookie,
+    read_cookie, read_refresh, refresh_cookie, require_same_origin, sign_in_cookie,
 };
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Client, Json, MaybeAuth, Query, dpop_proof};
@@ -96,11 +96,25 @@ pub async fn login(
         .auth
         .token_request_key(dpop_proof(&headers), "/auth/login", &client)
         .await?;
-    let issued = s
+    let device = read_cookie(&headers, DEVICE_COOKIE);
+    let (issued, device) = s
         .auth
-        .login(&req.username, &req.password, &client, key)
+        .login(
+            &req.username,
+            &req.password,
+            &client,
+            key,
+            device.as_deref(),
+        )
         .await?;
-    Ok(token_response(&issued))
+    let mut resp = token_response(&issued);
+    match device_cookie(&device, s.auth.device_cookie_max_age()) {
+        Some(c) => {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+            Ok(resp)
+        }
+        None => Err(ApiError::Internal),
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

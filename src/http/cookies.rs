@@ -43,6 +43,19 @@ pub fn clear_sign_in_cookie() -> HeaderValue {
     )
 }
 
+/// The device cookie: a sealed value naming a user who signed in from this browser
+/// before (OWASP's device cookies). It authorises nothing; it only lets its holder's
+/// sign-ins be throttled on their own, not by the per-username allowance a stranger's
+/// guesses use up. HttpOnly, Secure, SameSite=Strict, and scoped to the sign-in route.
+pub const DEVICE_COOKIE: &str = "__Host-palisade_device";
+
+pub fn device_cookie(value: &str, max_age_secs: i64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age_secs}"
+    ))
+    .ok()
+}
+
 /// The refresh token from the `Cookie` header(s), if any.
 pub fn read_refresh(headers: &HeaderMap) -> Option<String> {
     read_cookie(headers, REFRESH_COOKIE)

@@ -53,6 +53,9 @@ pub enum ApiError {
     CrossSite,
     #[error("forbidden")]
     Forbidden,
+    /// Separation of duties refused an access change.
+    #[error("refused by separation of duties")]
+    Duty(crate::auth::Duty),
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -108,6 +111,8 @@ impl ApiError {
             }
             RefreshInProgress | Conflict(_) => StatusCode::CONFLICT,
             CrossSite | Forbidden | ModelNotAllowed => StatusCode::FORBIDDEN,
+            Duty(crate::auth::Duty::Expired) => StatusCode::CONFLICT,
+            Duty(_) => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TooManyRequests { .. } | BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -135,6 +140,13 @@ impl ApiError {
             Dpop(c) => c.error(),
             CrossSite => "cross_site_request",
             Forbidden => "forbidden",
+            Duty(d) => match d {
+                crate::auth::Duty::OwnAccess => "own_access",
+                crate::auth::Duty::TwoPersonRule => "two_person_rule",
+                crate::auth::Duty::IdpOnly => "idp_only",
+                crate::auth::Duty::OwnProposal => "own_proposal",
+                crate::auth::Duty::Expired => "grant_expired",
+            },
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             Conflict(_) => "conflict",
@@ -180,6 +192,20 @@ impl ApiError {
             }
             CrossSite => "Cross-site requests are not allowed here.".into(),
             Forbidden => "You do not have permission for this operation.".into(),
+            Duty(d) => match d {
+                crate::auth::Duty::OwnAccess => {
+                    "No one changes their own roles or groups, nor approves their own access."
+                }
+                crate::auth::Duty::TwoPersonRule => {
+                    "This role is privileged: propose it with POST /admin/grants; a second admin approves it."
+                }
+                crate::auth::Duty::IdpOnly => {
+                    "This role is privileged and comes only from the identity provider."
+                }
+                crate::auth::Duty::OwnProposal => "A second admin must approve this proposal.",
+                crate::auth::Duty::Expired => "This proposal expired; propose it again.",
+            }
+            .into(),
             NotFound => "Not found.".into(),
             MethodNotAllowed => "Method not allowed.".into(),
             Conflict(what) => format!("Conflict: {what}."),
@@ -284,6 +310,7 @@ impl From<AuthError> for ApiError {
                 ApiError::TooManyRequests { retry_after_secs }
             }
             AuthError::Forbidden => ApiError::Forbidden,
+            AuthError::Duty(d) => ApiError::Duty(d),
             AuthError::NotFound => ApiError::NotFound,
             AuthError::Invalid(m) => ApiError::Unprocessable(m.to_owned()),
             AuthError::Mint => {
@@ -349,4 +376,68 @@ impl From<AuditError> for ApiError {
             AuditError::Store(s) => s.into(),
         }
     }
+}
+
+/// Every error answer in the JSON error shape: one a component answered in its own
+/// words (the MCP transport's plain-text 405/406/415, a framework rejection) is
+/// re-worded by its status alone — its original text may quote the request. Its
+/// headers (`Allow`, `WWW-Authenticate`, `Retry-After`) are kept.
+pub fn json_shaped(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"));
+    if is_json {
+        return resp;
+    }
+    let known = match status {
+        StatusCode::BAD_REQUEST => Some(ApiError::BadRequest("The request is malformed.".into())),
+        StatusCode::NOT_FOUND => Some(ApiError::NotFound),
+        StatusCode::METHOD_NOT_ALLOWED => Some(ApiError::MethodNotAllowed),
+        StatusCode::PAYLOAD_TOO_LARGE => Some(ApiError::PayloadTooLarge),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Some(ApiError::UnsupportedMediaType),
+        StatusCode::REQUEST_TIMEOUT => Some(ApiError::Timeout),
+        StatusCode::INTERNAL_SERVER_ERROR => Some(ApiError::Internal),
+        StatusCode::SERVICE_UNAVAILABLE => Some(ApiError::Unavailable),
+        _ => None,
+    };
+    let (code, message) = match &known {
+        Some(e) => (e.code(), e.public_message()),
+        None => (
+            match status {
+                StatusCode::NOT_ACCEPTABLE => "not_acceptable",
+                StatusCode::CONFLICT => "conflict",
+                StatusCode::UNAUTHORIZED => "unauthorized",
+                StatusCode::FORBIDDEN => "forbidden",
+                _ if status.is_client_error() => "bad_request",
+                _ => "internal_error",
+            },
+            status
+                .canonical_reason()
+                .map_or_else(|| "Error.".to_owned(), |r| format!("{r}.")),
+        ),
+    };
+    let (mut parts, _) = resp.into_parts();
+    let body = ErrorBody {
+        error: ErrorDetail { code, message },
+    };
+    let json = (status, Json(body)).into_response();
+    let (fresh, body) = json.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in fresh.headers.iter() {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, body)
 }

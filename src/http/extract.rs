@@ -9,7 +9,6 @@
 //!   run for an unauthenticated caller. Tokens are read from `Authorization: Bearer`
 //!   only — never from the query string or a cookie.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -50,11 +49,63 @@ where
                 "Text must not contain NUL characters (\\u0000).".into(),
             ));
         }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rej) => Err(map_json_rejection(&rej)),
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| json_error(&e))?;
+        // Trailing characters after the document: not valid JSON.
+        de.end()
+            .map_err(|_| ApiError::BadRequest("The request body is not valid JSON.".into()))?;
+        Ok(Json(value))
+    }
+}
+
+/// A body that does not parse, or has the wrong fields or types: the error names the
+/// field and what was expected, never the value that was sent (it may be a secret
+/// pasted into the wrong field).
+fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    use serde_json::error::Category;
+    let inner = e.inner();
+    if !matches!(inner.classify(), Category::Data) {
+        return ApiError::BadRequest("The request body is not valid JSON.".into());
+    }
+    let path = e.path().to_string();
+    let field = if path == "." || path.is_empty() {
+        "The body".to_owned()
+    } else {
+        format!("`{path}`")
+    };
+    ApiError::Unprocessable(format!("{field} {}.", without_value(&inner.to_string())))
+}
+
+/// What serde says was expected, without what it found: `invalid type: string
+/// "sk-…", expected u32` becomes `must be u32`. Messages palisade's own types raise
+/// name no value and are kept.
+fn without_value(message: &str) -> String {
+    // serde_json appends the position; it says nothing the field does not.
+    let message = message.rsplit_once(" at line ").map_or(message, |(m, _)| m);
+    let bounded = |s: &str| s.chars().take(200).collect::<String>();
+    for found in [
+        "invalid type: ",
+        "invalid value: ",
+        "unknown variant ",
+        "invalid length ",
+    ] {
+        if message.starts_with(found) {
+            return match message.split_once("expected ") {
+                Some((_, expected)) => format!("must be {}", bounded(expected)),
+                None => "has the wrong type or value".to_owned(),
+            };
         }
     }
+    if message.starts_with("unknown field ") {
+        return "is not a known field".to_owned();
+    }
+    if let Some(rest) = message.strip_prefix("missing field ") {
+        return format!("needs the field {}", bounded(rest));
+    }
+    if message.starts_with("duplicate field ") {
+        return "holds a field twice".to_owned();
+    }
+    bounded(message)
 }
 
 /// A query string, deserialized; a malformed one (wrong type, a repeated or missing
@@ -110,22 +161,6 @@ fn has_escaped_nul(json: &[u8]) -> bool {
         }
     }
     false
-}
-
-fn map_json_rejection(rej: &JsonRejection) -> ApiError {
-    match rej {
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-        _ if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        JsonRejection::JsonDataError(e) => {
-            // serde's account of the first mismatch (a field path and the expected type),
-            // bounded in length: it quotes only the caller's own request.
-            let detail: String = e.body_text().chars().take(300).collect();
-            ApiError::Unprocessable(format!(
-                "The JSON body does not have the expected fields or types: {detail}"
-            ))
-        }
-        _ => ApiError::BadRequest("The request body is not valid JSON.".into()),
-    }
 }
 
 /// Where the request came from, computed once per request in one place: the client

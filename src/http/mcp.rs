@@ -233,7 +233,7 @@ impl ServerHandler for Mcp {
                 if m.redacted {
                     json!({"role": m.record.role.as_str(), "content": "", "redacted": "source_no_longer_accessible"})
                 } else {
-                    json!({"role": m.record.role.as_str(), "content": m.record.content, "citations": m.record.citations})
+                    json!({"role": m.record.role.as_str(), "content": m.record.content, "citations": m.record.citations, "sources": m.record.provenance})
                 }
             })
             .collect();

@@ -69,6 +69,9 @@ pub async fn spec() -> Response {
         super::documents_routes::search,
         super::admin::list_users,
         super::admin::update_user,
+        super::admin::propose_grant,
+        super::admin::list_grants,
+        super::admin::approve_grant,
         super::admin::audit,
         super::admin::lineage,
         super::ops::healthz,
@@ -306,10 +309,12 @@ mod tests {
             "Unavailable" => Unavailable,
             "StoreUnavailable" => StoreUnavailable,
             "Internal" => Internal,
+            "Duty" => Duty(crate::auth::Duty::OwnAccess),
             _ => return None,
         };
         // A new variant must be added above: this match has no wildcard.
         match &e {
+            Duty(_) => {}
             InvalidCredentials
             | Unauthorized
             | RefreshReused
@@ -390,9 +395,11 @@ mod tests {
             "Mint" => Mint,
             "Dpop" => Dpop(DpopChallenge::InvalidProof),
             "Unavailable" => Unavailable,
+            "Duty" => Duty(crate::auth::Duty::OwnAccess),
             _ => return None,
         };
         match &e {
+            Duty(_) => {}
             InvalidCredentials
             | Unauthorized
             | RefreshReused

@@ -75,8 +75,13 @@ pub struct MessageView {
     /// A tool message: the call it answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_call_id: Option<String>,
+    /// An answer: the documents whose text was in the model's context when it was
+    /// written (the passages of its turn and what the earlier answers in its prompt
+    /// drew on). Ids, sorted; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sources: Vec<String>,
     /// `source_no_longer_accessible`: withheld because the caller can no longer read
-    /// a document it cites.
+    /// a document it drew on.
     #[serde(skip_serializing_if = "Option::is_none")]
     redacted: Option<&'static str>,
 }
@@ -118,6 +123,7 @@ impl From<MessageRecord> for MessageView {
             content: m.content,
             created_at: rfc3339(m.created_at),
             citations: m.citations,
+            sources: m.provenance.documents().map(str::to_owned).collect(),
             redacted: None,
         }
     }
@@ -128,10 +134,13 @@ impl From<ShownMessage> for MessageView {
         if !m.redacted {
             return m.record.into();
         }
-        // Withheld, not deleted: the message is there, its text and sources are not.
+        // Withheld, not deleted: the message is there; its text, tool calls and
+        // sources are not.
         Self {
             content: String::new(),
             citations: Vec::new(),
+            tool_calls: None,
+            sources: Vec::new(),
             redacted: Some("source_no_longer_accessible"),
             ..m.record.into()
         }

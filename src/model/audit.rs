@@ -28,6 +28,14 @@ pub enum AuditKind {
     BudgetExceeded,
     /// Texts embedded for a caller through `POST /v1/embeddings`.
     Embeddings,
+    /// An admin proposed granting a privileged role (the first of two admins). The
+    /// subject is the grantee, the resource the proposal, the session the admin's.
+    GrantProposed,
+    /// A second admin approved a proposed grant: the role is the user's. Recorded as
+    /// the proposal is.
+    GrantApproved,
+    /// Separation of duties refused an access change (the reason says which rule).
+    AccessChangeRefused,
 }
 
 impl AuditKind {
@@ -53,6 +61,9 @@ impl AuditKind {
             ToolCall => "tool_call",
             BudgetExceeded => "budget_exceeded",
             Embeddings => "embeddings",
+            GrantProposed => "grant_proposed",
+            GrantApproved => "grant_approved",
+            AccessChangeRefused => "access_change_refused",
         }
     }
 }

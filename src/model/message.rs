@@ -93,6 +93,46 @@ impl ToolData {
     }
 }
 
+/// The documents whose text was in the model's context when a message was produced:
+/// the passages retrieved for its turn (up front or by the search tool) and the
+/// provenance of every earlier message in that prompt, so it is inherited along the
+/// conversation. A reader who may no longer read one of them is not shown the message,
+/// and a prompt is built as if it were absent. Messages the model did not write (the
+/// user's, a client's tool results) have none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Provenance(std::collections::BTreeSet<String>);
+
+impl Provenance {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn add(&mut self, document_id: &str) {
+        if !self.0.contains(document_id) {
+            self.0.insert(document_id.to_owned());
+        }
+    }
+
+    /// Adds every document of `other` (a message this one saw in its prompt).
+    pub fn inherit(&mut self, other: &Provenance) {
+        for d in &other.0 {
+            self.add(d);
+        }
+    }
+
+    /// The document ids, sorted.
+    pub fn documents(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+}
+
+impl<'a> FromIterator<&'a str> for Provenance {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Self {
+        Self(iter.into_iter().map(str::to_owned).collect())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MessageRecord {
     pub id: String,
@@ -102,7 +142,17 @@ pub struct MessageRecord {
     pub content: String,
     pub citations: Vec<Citation>,
     pub tool: Option<ToolData>,
+    pub provenance: Provenance,
     pub created_at: i64,
+}
+
+impl MessageRecord {
+    /// Every document this message drew on: its provenance and what it cites.
+    pub fn drew_on(&self) -> impl Iterator<Item = &str> {
+        self.provenance
+            .documents()
+            .chain(self.citations.iter().map(|c| c.document_id.as_str()))
+    }
 }
 
 /// The token estimate every budget uses: about four characters a token, plus a few for

@@ -15,8 +15,8 @@ pub use audit::{AuditEvent, AuditKind, AuditRecord, ChainFault, ChainHash, Chain
 pub use document::{DocumentMeta, DocumentRecord};
 pub use health::{Check, Health, StoreError};
 pub use message::{
-    Citation, FunctionCall, MessageRecord, Role, ThreadRecord, ToolCall, ToolData, ToolKind,
-    approx_tokens,
+    Citation, FunctionCall, MessageRecord, Provenance, Role, ThreadRecord, ToolCall, ToolData,
+    ToolKind, approx_tokens,
 };
 pub use passage::ChunkHit;
 

@@ -51,12 +51,17 @@ impl Rag {
         if text.chars().count() > self.cfg.max_document_chars {
             return Err(RagError::TooLarge);
         }
-        let names = acl.roles.iter().chain(&acl.groups).chain(&acl.users);
-        if let Some(bad) = names.clone().find(|n| !crate::access::valid_name(n)) {
-            let shown: String = bad.chars().take(64).collect();
-            return Err(RagError::Invalid(format!(
-                "Invalid name in the ACL: {shown:?}."
-            )));
+        // The field is named, never the value (it may be anything pasted there).
+        for (field, names) in [
+            ("acl.roles", &acl.roles),
+            ("acl.groups", &acl.groups),
+            ("acl.users", &acl.users),
+        ] {
+            if names.iter().any(|n| !crate::access::valid_name(n)) {
+                return Err(RagError::Invalid(format!(
+                    "`{field}` holds an invalid name: names are 1-64 characters from [A-Za-z0-9_.@:-]."
+                )));
+            }
         }
         if crate::access::Labels::of(&acl).is_none() {
             return Err(RagError::Invalid(

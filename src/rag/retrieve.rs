@@ -126,6 +126,30 @@ impl Rag {
 }
 
 impl Rag {
+    /// Data lineage for a turn whose history carries text drawn from `documents` (the
+    /// provenance of the earlier answers in its prompt): they reach the model again,
+    /// recorded like a retrieval, with the reason `history`.
+    pub async fn record_history_lineage(
+        &self,
+        p: &Principal,
+        documents: &crate::model::Provenance,
+        thread: &str,
+        client: &ClientInfo,
+    ) {
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::Retrieval)
+                    .tenant(p.tenant())
+                    .subject(p.subject())
+                    .session(p.session_id())
+                    .client(client)
+                    .reason("history")
+                    .thread(Some(thread))
+                    .documents(documents.documents()),
+            )
+            .await;
+    }
+
     /// `search_documents`, as the model or an MCP client calls it: retrieval within the
     /// caller's own scope (nothing of the call's arguments but the query is read, so
     /// no argument can widen it), recorded as a `tool_call` audit event naming the

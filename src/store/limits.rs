@@ -53,6 +53,29 @@ pub trait LimitStore: Send + Sync {
     ) -> StoreResult<u64>;
     /// `key`'s usage of `budget` on day `day` so far.
     async fn usage(&self, budget: &'static str, key: &str, day: i64) -> StoreResult<u64>;
+    /// Holds `amount` of `key`'s `budget` on `day` for a request about to run, in one
+    /// atomic step, if it fits: the day's usage, what requests in flight hold and
+    /// `amount` stay within `cap` — or nothing is held and the day's usage is below
+    /// `cap` (one request at a time may still overshoot by its own estimate error, as
+    /// before reservations). Returns whether it was held.
+    async fn reserve(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        amount: u64,
+        cap: u64,
+    ) -> StoreResult<bool>;
+    /// Ends a reservation of `reserved` on `day`: it leaves the hold and `used` is added
+    /// to the day's usage.
+    async fn settle(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        reserved: u64,
+        used: u64,
+    ) -> StoreResult<()>;
 }
 
 /// Past this many entries, expired windows are swept.
@@ -87,6 +110,8 @@ pub struct MemoryLimits {
     /// Daily usage counters (token budgets); yesterday's and older are dropped when a
     /// new day's first counter is written.
     usage: Mutex<(i64, HashMap<UsageKey, u64>)>,
+    /// What requests in flight hold of each day's budgets (under the same lock's day).
+    held: Mutex<HashMap<UsageKey, u64>>,
     rates: Mutex<HashMap<&'static str, Arc<Keyed>>>,
     rate_checks: std::sync::atomic::AtomicU64,
 }
@@ -217,6 +242,53 @@ impl LimitStore for MemoryLimits {
             .get(&(budget, key.to_owned(), day))
             .copied()
             .unwrap_or(0))
+    }
+
+    async fn reserve(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        amount: u64,
+        cap: u64,
+    ) -> StoreResult<bool> {
+        let poisoned = || super::StoreError::Unavailable("usage lock poisoned".into());
+        // The usage lock first, then the holds: one order everywhere.
+        let usage = self.usage.lock().map_err(|_| poisoned())?;
+        let mut held = self.held.lock().map_err(|_| poisoned())?;
+        held.retain(|k, _| k.2 >= day - 1);
+        let k = (budget, key.to_owned(), day);
+        let used = usage.1.get(&k).copied().unwrap_or(0);
+        let hold = held.entry(k).or_insert(0);
+        let fits =
+            used.saturating_add(*hold).saturating_add(amount) <= cap || (*hold == 0 && used < cap);
+        if fits {
+            *hold = hold.saturating_add(amount);
+        }
+        Ok(fits)
+    }
+
+    async fn settle(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        reserved: u64,
+        used: u64,
+    ) -> StoreResult<()> {
+        {
+            let mut held = self
+                .held
+                .lock()
+                .map_err(|_| super::StoreError::Unavailable("usage lock poisoned".into()))?;
+            if let Some(h) = held.get_mut(&(budget, key.to_owned(), day)) {
+                *h = h.saturating_sub(reserved);
+            }
+        }
+        if used > 0 {
+            self.add_usage(budget, key, day, used).await?;
+        }
+        Ok(())
     }
 }
 

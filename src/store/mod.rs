@@ -37,7 +37,9 @@ pub use sessions::{NewSession, RotateOutcome, RotateRequest, SessionRecord, Sess
 pub use threads::{
     Append, CreateThread, HistoryBudget, NewMessage, NewThread, ThreadPage, ThreadStore, TurnStart,
 };
-pub use users::{NewUser, UserRecord, UserStore};
+pub use users::{
+    GrantApproval, GrantRecord, GrantRefusal, NewUser, UserRecord, UserStore, grant_refusal,
+};
 
 pub use crate::access::Acl;
 pub use crate::model::{Check, Health, StoreError};

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 
 use super::StoreResult;
 use crate::access::ThreadOwner;
-use crate::model::{Citation, MessageRecord, Role, ThreadRecord, ToolData, approx_tokens};
+use crate::model::{
+    Citation, MessageRecord, Provenance, Role, ThreadRecord, ToolData, approx_tokens,
+};
 
 pub struct NewThread {
     pub id: String,
@@ -20,6 +22,7 @@ pub struct NewMessage {
     pub content: String,
     pub citations: Vec<Citation>,
     pub tool: Option<ToolData>,
+    pub provenance: Provenance,
     pub now: i64,
 }
 
@@ -33,6 +36,7 @@ impl NewMessage {
             content: self.content,
             citations: self.citations,
             tool: self.tool,
+            provenance: self.provenance,
             created_at,
         }
     }

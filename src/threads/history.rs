@@ -329,6 +329,7 @@ mod tests {
             content: "x".repeat(chars),
             citations: Vec::new(),
             tool: None,
+            provenance: Default::default(),
             created_at: seq,
         }
     }

@@ -17,7 +17,7 @@ use crate::access::{Principal, ThreadOwner};
 use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::config::{ThreadBinding, ThreadsConfig};
 use crate::model::ClientInfo;
-use crate::model::{Citation, MessageRecord, Role, ToolCall, ToolData};
+use crate::model::{Citation, MessageRecord, Provenance, Role, ToolCall, ToolData};
 use crate::model::{StoreError, ThreadRecord};
 use crate::secret::new_id;
 use crate::store::{
@@ -64,6 +64,15 @@ pub struct Turn {
     pub history: Vec<MessageRecord>,
 }
 
+/// The model's answer to a turn, as it is stored.
+pub struct StoredAnswer {
+    pub content: String,
+    pub citations: Vec<Citation>,
+    pub tool_calls: Vec<ToolCall>,
+    /// The documents whose text was in the turn's prompt.
+    pub provenance: Provenance,
+}
+
 /// A new message of a turn in a stored thread.
 pub enum TurnInput {
     Question(String),
@@ -105,6 +114,7 @@ impl TurnInput {
             content: self.content().to_owned(),
             citations: Vec::new(),
             tool,
+            provenance: Provenance::default(),
             now,
         }
     }
@@ -350,22 +360,28 @@ impl Threads {
         }
     }
 
-    /// Stores the assistant's answer to a turn (with the tool calls it asks for, if any).
+    /// Stores the assistant's answer to a turn (with the tool calls it asks for, if any)
+    /// and the documents it drew on.
     pub async fn finish_turn(
         &self,
         p: &Principal,
         id: &str,
-        content: String,
-        citations: Vec<Citation>,
-        tool_calls: Vec<ToolCall>,
+        answer: StoredAnswer,
         client: &ClientInfo,
     ) -> Result<MessageRecord, ThreadError> {
+        let StoredAnswer {
+            content,
+            citations,
+            tool_calls,
+            provenance,
+        } = answer;
         let msg = NewMessage {
             id: new_id(),
             role: Role::Assistant,
             content,
             citations,
             tool: (!tool_calls.is_empty()).then_some(ToolData::Calls(tool_calls)),
+            provenance,
             now: self.clock.now_ms(),
         };
         // The answer may take the thread one past the limit: the user's turn was

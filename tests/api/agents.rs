@@ -755,3 +755,95 @@ pub async fn run_python(script: &str, env: &[(&str, &str)]) -> String {
     );
     stdout
 }
+
+/// A model asking for a tool the client never declared (say, steered by a poisoned
+/// passage): the client cannot run it, so the call is dropped — never relayed, never
+/// stored as pending — while calls of declared tools still go through.
+#[tokio::test]
+async fn calls_of_tools_the_client_did_not_declare_are_dropped() {
+    let (s, mock) = start_with_mock(&[]).await;
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    for stream in [false, true] {
+        // Only an undeclared call: a plain answer, no calls, finish "stop".
+        mock.push_reply(Reply::call("call_x", "delete_everything", "{\"all\":true}"));
+        let r = s
+            .post_auth(
+                COMPLETIONS,
+                &alice.access,
+                &json!({"stream": stream, "tools": tools, "messages": [{"role": "user", "content": "Weather in Rome?"}]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let shown = if stream {
+            let c = chunks(r).await;
+            let finish: Vec<&Value> = c
+                .iter()
+                .map(|ch| &ch["choices"][0]["finish_reason"])
+                .filter(|f| !f.is_null())
+                .collect();
+            assert_eq!(finish, [&json!("stop")]);
+            Value::Array(c).to_string()
+        } else {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["choices"][0]["finish_reason"], "stop");
+            assert!(body["choices"][0]["message"].get("tool_calls").is_none());
+            body.to_string()
+        };
+        assert!(!shown.contains("delete_everything"), "relayed: {shown}");
+
+        // A declared and an undeclared call together: only the declared one.
+        mock.push_reply(Reply::Calls(vec![
+            (
+                "call_w".into(),
+                "get_weather".into(),
+                "{\"city\":\"Rome\"}".into(),
+            ),
+            ("call_x".into(), "delete_everything".into(), "{}".into()),
+        ]));
+        let r = s
+            .post_auth(
+                COMPLETIONS,
+                &alice.access,
+                &json!({"stream": stream, "tools": tools, "messages": [{"role": "user", "content": "Weather in Rome?"}]}),
+            )
+            .await;
+        let shown = if stream {
+            Value::Array(chunks(r).await).to_string()
+        } else {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+            assert_eq!(
+                body["choices"][0]["message"]["tool_calls"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                1
+            );
+            body.to_string()
+        };
+        assert!(shown.contains("get_weather") && !shown.contains("delete_everything"));
+    }
+
+    // In a stored thread, a dropped call leaves nothing pending: the next question is
+    // an ordinary turn.
+    let t = s.new_thread(&alice.access, "tools").await;
+    mock.push_reply(Reply::call("call_x", "delete_everything", "{}"));
+    let r = s
+        .http
+        .post(s.url(COMPLETIONS))
+        .bearer_auth(&alice.access)
+        .header("x-palisade-thread", &t)
+        .json(&json!({"tools": tools, "messages": [{"role": "user", "content": "Weather?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let stored = s.thread_json(&alice.access, &t).await;
+    assert!(
+        !stored.to_string().contains("delete_everything"),
+        "{stored}"
+    );
+    assert!(stored["messages"][1].get("tool_calls").is_none());
+}

@@ -825,3 +825,32 @@ async fn turns_alternating_between_nodes_see_each_others_messages() {
         assert_prompt_history(node, &mock, &alice.access, &id, BUDGET).await;
     }
 }
+
+/// hannah learns the HR canary in a thread served by node A; an admin on node B removes
+/// her from the `hr` group. On A (which holds the thread's history in memory) every
+/// answer that drew on the HR document is withheld from her: in the thread, over MCP
+/// and in the next prompt.
+#[tokio::test]
+#[ignore = "cluster store only: run in the cluster pass"]
+async fn a_group_removed_on_another_node_withholds_what_was_drawn_from_its_documents() {
+    use crate::provenance::{Retrieval, seeded};
+    require_cluster_pass();
+    let mock = crate::mock::Mock::start().await;
+    let Pair { a, b, _keys } = pair(&[
+        ("PALISADE_LLM__BASE_URL", mock.base_url.as_str()),
+        ("PALISADE_LLM__MODEL", "mock-model"),
+    ]);
+    let sc = seeded(a, mock, Retrieval::Prompt, json!({"groups": ["hr"]})).await;
+    let (t, _, _) = sc.hannah_learns_the_canary().await;
+    let id = b.user_id(&sc.admin.access, "hannah").await;
+    let r = b
+        .http
+        .patch(b.url(&format!("/admin/users/{id}")))
+        .bearer_auth(&sc.admin.access)
+        .json(&json!({"groups": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    sc.nothing_of_the_canary_reaches_hannah(&sc.s, &t).await;
+}

@@ -334,8 +334,9 @@ async fn dpop_required_refuses_bearer_logins_and_tokens() {
         .status(),
         StatusCode::OK
     );
-    // A refresh without a proof is refused before anything rotates: the cookie still
-    // works with one.
+    // A refresh without a proof is refused, and it ends the session (as the contract
+    // says): a session's cookie without its key is a stolen cookie. Neither the cookie
+    // (now with a proof) nor the access token works any more.
     assert_dpop_refusal(
         refresh_with_proof(&s, &cookie, None).await,
         "invalid_dpop_proof",
@@ -343,7 +344,24 @@ async fn dpop_required_refuses_bearer_logins_and_tokens() {
     )
     .await;
     let r = refresh_with_proof(&s, &cookie, Some(&key.proof("POST", "/auth/refresh", None))).await;
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me(
+            &s,
+            &format!("DPoP {token}"),
+            Some(&key.proof("GET", "/auth/me", Some(&token)))
+        )
+        .await
+        .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let theft = s.audit_cli("refresh_reuse_detected");
+    assert!(
+        theft
+            .iter()
+            .any(|e| e["reason"] == "refresh_without_dpop_key"),
+        "{theft:?}"
+    );
 }
 
 #[tokio::test]

@@ -631,3 +631,118 @@ async fn ranking_reveals_nothing_about_documents_the_caller_cannot_read() {
         "the order of eve's results moved with unreadable text"
     );
 }
+
+/// The device cookie a sign-in sets, as a `Cookie` header value.
+fn device_cookie_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("__Host-palisade_device="))
+        .map(|c| {
+            assert!(
+                c.contains("HttpOnly") && c.contains("Secure") && c.contains("SameSite=Strict"),
+                "{c}"
+            );
+            c.split(';').next().unwrap().to_owned()
+        })
+        .expect("a device cookie")
+}
+
+async fn login_with(
+    s: &Server,
+    user: &str,
+    password: &str,
+    ip: &str,
+    cookie: Option<&str>,
+) -> reqwest::Response {
+    let mut req = s
+        .http
+        .post(s.url("/auth/login"))
+        .header("x-forwarded-for", ip)
+        .json(&json!({"username": user, "password": password}));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send().await.unwrap()
+}
+
+/// A stranger spends the per-username allowance from 25 addresses and keeps trickling
+/// guesses; the owner, from the browser she signed in with before, gets in every time.
+/// The stranger stays throttled, with or without a device cookie of his own account,
+/// and a device cookie that guesses wrong is throttled on its own.
+#[tokio::test]
+async fn a_stranger_cannot_lock_the_owner_out_of_her_known_browser() {
+    let s = Server::in_process_with(&[
+        ("PALISADE_TRUSTED_PROXIES", "[\"127.0.0.0/8\"]"),
+        // The shared ceiling barely refills while the test runs.
+        ("PALISADE_LIMITS__LOGIN_USER_ATTEMPTS_PER_MINUTE", "1"),
+    ]);
+    let acme = seed_acme(&s);
+    let home = "198.51.100.7";
+    let r = login_with(&s, "alice", &acme.alice, home, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let alices_browser = device_cookie_of(&r);
+    let r = login_with(&s, "hannah", &acme.hannah, "203.0.113.200", None).await;
+    let strangers_own = device_cookie_of(&r);
+
+    // 125 wrong passwords from 25 addresses: the per-username allowance is spent.
+    for i in 0..125 {
+        let ip = format!("203.0.113.{}", i % 25);
+        let st = login_with(&s, "alice", "wrong", &ip, None).await.status();
+        assert!(
+            st == StatusCode::UNAUTHORIZED || st == StatusCode::TOO_MANY_REQUESTS,
+            "{st}"
+        );
+    }
+    // Control: without her browser's cookie, even the owner's right password is
+    // throttled, from an address never used before.
+    assert_eq!(
+        login_with(&s, "alice", &acme.alice, "192.0.2.50", None)
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let mut cookie = alices_browser.clone();
+    for round in 0..12 {
+        // The stranger keeps trickling, from fresh addresses and with a device cookie
+        // of another account: throttled.
+        let ip = format!("203.0.113.{}", 100 + round);
+        for c in [None, Some(strangers_own.as_str())] {
+            assert_eq!(
+                login_with(&s, "alice", "guess", &ip, c).await.status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "round {round}"
+            );
+        }
+        // The owner signs in every time from her known browser.
+        let r = login_with(&s, "alice", &acme.alice, home, Some(&cookie)).await;
+        assert_eq!(r.status(), StatusCode::OK, "round {round}");
+        cookie = device_cookie_of(&r);
+    }
+    // A forged or tampered cookie is a stranger's.
+    let tampered = format!("{}x", &alices_browser);
+    assert_eq!(
+        login_with(&s, "alice", &acme.alice, "192.0.2.51", Some(&tampered))
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Her browser's cookie guessing wrong is throttled on its own after five failures
+    // (from five addresses, so no address limit is what stops it).
+    for i in 0..5 {
+        let ip = format!("192.0.2.{}", 60 + i);
+        assert_eq!(
+            login_with(&s, "alice", "wrong", &ip, Some(&cookie))
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        login_with(&s, "alice", &acme.alice, home, Some(&cookie))
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

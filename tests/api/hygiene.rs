@@ -318,3 +318,108 @@ fn a_configuration_typo_refuses_to_start() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(dir.path().join("palisade.db").exists());
 }
+
+/// A value sent in the wrong field (a key pasted into `k`, say) is never echoed: every
+/// 4xx names the field and what it expects. Errors that other components answer (the
+/// MCP transport) come in the same JSON shape, with the security headers.
+#[tokio::test]
+async fn errors_name_the_field_and_never_echo_the_value() {
+    const SECRET: &str = "sk-live-SECRET-123";
+    let s = Server::in_process();
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let adam = s.login("adam", &acme.adam).await;
+    let alice_id = s.user_id(&adam.access, "alice").await;
+    let cases: Vec<(&str, reqwest::Method, String, serde_json::Value, &str, &str)> = vec![
+        (
+            "search k",
+            reqwest::Method::POST,
+            "/v1/search".into(),
+            json!({"query": "x", "k": SECRET}),
+            "`k`",
+            &alice.access,
+        ),
+        (
+            "temperature",
+            reqwest::Method::POST,
+            "/v1/chat/completions".into(),
+            json!({"messages": [{"role": "user", "content": "hi"}], "temperature": SECRET}),
+            "`temperature`",
+            &alice.access,
+        ),
+        (
+            "response_format.type",
+            reqwest::Method::POST,
+            "/v1/chat/completions".into(),
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": SECRET}}),
+            "`response_format.type`",
+            &alice.access,
+        ),
+        (
+            "acl.roles",
+            reqwest::Method::POST,
+            "/v1/documents".into(),
+            json!({"title": "t", "text": "some text", "acl": {"roles": [format!("a {SECRET}")]}}),
+            "`acl.roles`",
+            &adam.access,
+        ),
+        (
+            "admin roles",
+            reqwest::Method::PATCH,
+            format!("/admin/users/{alice_id}"),
+            json!({"roles": SECRET}),
+            "`roles`",
+            &adam.access,
+        ),
+    ];
+    for (name, method, path, body, field, token) in cases {
+        let r = s
+            .http
+            .request(method, s.url(&path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{name}");
+        let text = r.text().await.unwrap();
+        assert!(!text.contains(SECRET), "{name} echoed the value: {text}");
+        assert!(text.contains(field), "{name} does not name {field}: {text}");
+    }
+
+    // The MCP transport's own refusals, in the JSON error shape.
+    for (method, ct, status) in [
+        (
+            reqwest::Method::POST,
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            reqwest::Method::PUT,
+            "application/json",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ] {
+        let r = s
+            .http
+            .request(method.clone(), s.url("/mcp"))
+            .bearer_auth(&alice.access)
+            .header("content-type", ct)
+            .header("accept", "application/json, text/event-stream")
+            .body(format!("{{\"jsonrpc\":\"2.0\",\"method\":\"{SECRET}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {ct}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{body}");
+        assert!(!body.to_string().contains(SECRET));
+    }
+}

@@ -452,3 +452,51 @@ async fn a_client_that_disconnects_mid_stream_still_pays_for_what_it_used() {
     );
     assert_eq!(mock.count(), 1);
 }
+
+/// Requests in flight together cannot overshoot a token budget: each holds its prompt
+/// estimate and output cap before the model is called, and one that does not fit is
+/// refused (429) without an upstream call. The stand-in holds every request until
+/// palisade gives up on it, so all of them are in flight at once.
+#[tokio::test]
+async fn concurrent_requests_reserve_the_budget_before_the_model_is_called() {
+    // Three requests' worth: each reserves its output cap (1,000) plus its prompt
+    // estimate (a little over a thousand with the retrieval allowance).
+    for (budget, max_tokens, parallel, reach) in [("7000", 1_000, 20, 3), ("1000", 0, 5, 1)] {
+        let (s, mock) = start_with_mock(&[("PALISADE_LIMITS__USER_TOKENS_PER_DAY", budget)]).await;
+        mock.set_mode(crate::mock::Mode::Hang);
+        let acme = seed_acme(&s);
+        let alice = s.login("alice", &acme.alice).await;
+        let mut body = ask();
+        if max_tokens > 0 {
+            body["max_tokens"] = json!(max_tokens);
+        }
+        let calls = (0..parallel).map(|_| s.post_auth(COMPLETIONS, &alice.access, &body));
+        let statuses: Vec<StatusCode> = futures_util::future::join_all(calls)
+            .await
+            .iter()
+            .map(|r| r.status())
+            .collect();
+        let refused = statuses
+            .iter()
+            .filter(|st| **st == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert_eq!(mock.count(), reach, "budget {budget}: {statuses:?}");
+        assert_eq!(refused, parallel - reach, "{statuses:?}");
+        // The refusal is audited (once per user, limit and minute).
+        let admin = s.login("adam", &acme.adam).await;
+        let events = s.audit_events(&admin.access, "budget_exceeded").await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["reason"], "user_tokens");
+        // The failed calls gave their holds back: the next request is let through.
+        mock.set_mode(crate::mock::Mode::Echo);
+        eventually(
+            std::time::Duration::from_secs(5),
+            "a request after the holds are given back",
+            || async {
+                let r = s.post_auth(COMPLETIONS, &alice.access, &body).await;
+                (r.status() == StatusCode::OK).then_some(())
+            },
+        )
+        .await;
+    }
+}

@@ -1,6 +1,7 @@
 """An MCP client (the official Python SDK, Streamable HTTP) against palisade's /mcp:
-lists the tools, calls search_documents, lists the caller's threads and tries to read
-another user's thread. Prints one line: MCP-RESULT <json>."""
+lists the tools, calls search_documents, lists the caller's threads, tries to read
+another user's thread and reads one of the caller's own (OWN_THREAD, if set). Prints
+one line: MCP-RESULT <json>."""
 import asyncio
 import json
 import os
@@ -31,9 +32,15 @@ async def main():
                         foreign_read = "read"
                     except Exception:  # the SDK raises on a JSON-RPC error
                         foreign_read = "refused"
+                own = os.environ.get("OWN_THREAD")
+                own_read = None
+                if own:
+                    res = await session.read_resource(f"palisade://threads/{own}")
+                    own_read = "\n".join(c.text for c in res.contents)
                 print("MCP-RESULT " + json.dumps({"tools": tools, "text": text,
                                                   "resources": resources,
-                                                  "foreign_read": foreign_read}))
+                                                  "foreign_read": foreign_read,
+                                                  "own_read": own_read}))
 
 
 asyncio.run(main())

@@ -23,7 +23,7 @@ pub use request_id::{REQUEST_ID_HEADER, RequestId, request_id_layers};
 pub async fn outer(mut req: Request, next: Next) -> Response {
     let tracked = metrics::Tracked::start(&req);
     request_id::sanitize_inbound(&mut req);
-    let mut resp = next.run(req).await;
+    let mut resp = super::error::json_shaped(next.run(req).await);
     headers::secure(&mut resp);
     tracked.finish(resp.status().as_u16());
     resp

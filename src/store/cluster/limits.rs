@@ -39,6 +39,42 @@ return 0
     )
 });
 
+/// A budget reservation. ARGV: usage key, hold key, amount, cap. Returns 1 if held.
+/// Both keys live two days (read until their day ends, whatever the nodes' clocks).
+static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local used = tonumber(redis.call('GET', ARGV[1]) or '0')
+local held = tonumber(redis.call('GET', ARGV[2]) or '0')
+local amount, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+if used + held + amount <= cap or (held <= 0 and used < cap) then
+  redis.call('INCRBY', ARGV[2], amount)
+  redis.call('EXPIRE', ARGV[2], 172800)
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Ends a reservation. ARGV: usage key, hold key, reserved, used.
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local held = tonumber(redis.call('GET', ARGV[2]) or '0')
+local reserved, used = tonumber(ARGV[3]), tonumber(ARGV[4])
+if held > 0 then
+  redis.call('DECRBY', ARGV[2], math.min(held, reserved))
+end
+if used > 0 then
+  redis.call('INCRBY', ARGV[1], used)
+  redis.call('EXPIRE', ARGV[1], 172800)
+end
+return 0
+"#,
+    )
+});
+
 /// GCRA on Redis' clock. ARGV: key, burst, per_minute. Returns 0, or ms to wait.
 static RATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -148,6 +184,54 @@ impl LimitStore for ClusterStore {
             let mut r = self.redis();
             let v: Option<u64> = redis::cmd("GET").arg(&k).query_async(&mut r).await?;
             Ok(v.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn reserve(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        amount: u64,
+        cap: u64,
+    ) -> StoreResult<bool> {
+        let k = self.usage_key(budget, key, day);
+        let hold = format!("{k}:held");
+        timed(async {
+            let mut r = self.redis();
+            let held: i64 = RESERVE
+                .arg(&k)
+                .arg(&hold)
+                .arg(amount.min(i64::MAX as u64))
+                .arg(cap.min(i64::MAX as u64))
+                .invoke_async(&mut r)
+                .await?;
+            Ok(held == 1)
+        })
+        .await
+    }
+
+    async fn settle(
+        &self,
+        budget: &'static str,
+        key: &str,
+        day: i64,
+        reserved: u64,
+        used: u64,
+    ) -> StoreResult<()> {
+        let k = self.usage_key(budget, key, day);
+        let hold = format!("{k}:held");
+        timed(async {
+            let mut r = self.redis();
+            let _: i64 = SETTLE
+                .arg(&k)
+                .arg(&hold)
+                .arg(reserved.min(i64::MAX as u64))
+                .arg(used.min(i64::MAX as u64))
+                .invoke_async(&mut r)
+                .await?;
+            Ok(())
         })
         .await
     }

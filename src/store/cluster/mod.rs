@@ -40,6 +40,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/03_tool_messages.sql"),
     include_str!("migrations/04_audit_chain.sql"),
     include_str!("migrations/05_thread_rows_in_place.sql"),
+    include_str!("migrations/06_message_provenance.sql"),
+    include_str!("migrations/07_grants.sql"),
 ];
 
 /// How long any one store call may take before it counts as unavailable.

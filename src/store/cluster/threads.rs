@@ -23,7 +23,7 @@ const OWNED: &str =
     "id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)";
 
 const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
-const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool";
+const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool, sources";
 
 /// Rows read per round trip while filling a history budget.
 const HISTORY_BATCH: i64 = 64;
@@ -59,6 +59,8 @@ fn message_at(r: &Row, at: usize) -> StoreResult<MessageRecord> {
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("tool: {e}")))?,
+        provenance: serde_json::from_value(r.try_get(at + 7)?)
+            .map_err(|e| StoreError::Corrupt(format!("sources: {e}")))?,
     })
 }
 
@@ -94,8 +96,8 @@ WITH durability AS (
     WHERE id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)
     FOR UPDATE
 ), ins AS (
-    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool)
-    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12
+    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources)
+    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12, $13
     FROM t WHERE t.message_count < $10
     RETURNING seq, created_at
 ), counted AS (
@@ -114,7 +116,7 @@ FROM t LEFT JOIN ins ON TRUE"
 );
 
 /// [`APPEND`] for a turn's question, with the newest batch of its history in the same
-/// statement (one round trip): the messages after `$13` (what the caller holds),
+/// statement (one round trip): the messages after `$14` (what the caller holds),
 /// newest first, one row each (a single row with NULL message columns when there are
 /// none). The statement's snapshot is taken before it waits for the thread's lock, so a
 /// message appended by a request that held the lock meanwhile is missing from the
@@ -122,12 +124,12 @@ FROM t LEFT JOIN ins ON TRUE"
 const BEGIN_TURN: &str = concat!(
     append_ctes!(),
     ", fresh AS (
-    SELECT id, seq, role, content, citations, created_at, tool FROM messages
-    WHERE thread_id = $1 AND seq > $13
-    ORDER BY seq DESC LIMIT $14
+    SELECT id, seq, role, content, citations, created_at, tool, sources FROM messages
+    WHERE thread_id = $1 AND seq > $14
+    ORDER BY seq DESC LIMIT $15
 )
 SELECT ins.seq, ins.created_at, (SELECT count(*) FROM counted), (SELECT 1 FROM durability),
-       f.id, f.seq, f.role, f.content, f.citations, f.created_at, f.tool
+       f.id, f.seq, f.role, f.content, f.citations, f.created_at, f.tool, f.sources
 FROM t LEFT JOIN ins ON TRUE LEFT JOIN fresh f ON ins.seq IS NOT NULL
 ORDER BY f.seq DESC"
 );
@@ -157,6 +159,8 @@ async fn append(
         .map_err(|e| StoreError::Corrupt(format!("citations: {e}")))?;
     let max = i32::try_from(max_messages).unwrap_or(i32::MAX);
     let tool = ToolData::to_json(&msg.tool);
+    let sources = serde_json::to_value(&msg.provenance)
+        .map_err(|e| StoreError::Corrupt(format!("sources: {e}")))?;
     let Some(r) = row(
         c,
         APPEND,
@@ -173,6 +177,7 @@ async fn append(
             &max,
             &durable,
             &tool,
+            &sources,
         ],
     )
     .await?
@@ -368,6 +373,8 @@ impl ThreadStore for ClusterStore {
                 .map_err(|e| StoreError::Corrupt(format!("citations: {e}")))?;
             let max = i32::try_from(max_messages).unwrap_or(i32::MAX);
             let tool = ToolData::to_json(&question.tool);
+            let sources = serde_json::to_value(&question.provenance)
+                .map_err(|e| StoreError::Corrupt(format!("sources: {e}")))?;
             let batch = rows(
                 &c,
                 BEGIN_TURN,
@@ -384,6 +391,7 @@ impl ThreadStore for ClusterStore {
                     &max,
                     &false,
                     &tool,
+                    &sources,
                     &after,
                     &HISTORY_BATCH,
                 ],

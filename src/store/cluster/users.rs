@@ -4,7 +4,10 @@ use async_trait::async_trait;
 use tokio_postgres::Row;
 
 use super::{ClusterStore, timed};
-use crate::store::{NewUser, StoreError, StoreResult, UserRecord, UserStore};
+use crate::store::{
+    GrantApproval, GrantRecord, GrantRefusal, NewUser, StoreError, StoreResult, UserRecord,
+    UserStore, grant_refusal,
+};
 
 const USER_COLS: &str = "id, tenant, username, password_hash, roles, groups_, disabled, created_at";
 
@@ -18,6 +21,20 @@ fn user_row(r: &Row) -> StoreResult<UserRecord> {
         groups: r.try_get(5)?,
         disabled: r.try_get(6)?,
         created_at: r.try_get(7)?,
+    })
+}
+
+const GRANT_COLS: &str = "id, tenant, user_id, role, proposed_by, created_at, expires_at";
+
+fn grant_row(r: &Row) -> StoreResult<GrantRecord> {
+    Ok(GrantRecord {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        user_id: r.try_get(2)?,
+        role: r.try_get(3)?,
+        proposed_by: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+        expires_at: r.try_get(6)?,
     })
 }
 
@@ -147,6 +164,99 @@ impl UserStore for ClusterStore {
             .await?
             .map(|r| user_row(&r))
             .transpose()
+        })
+        .await
+    }
+
+    async fn propose_grant(&self, g: GrantRecord) -> StoreResult<()> {
+        timed(async {
+            let c = self.pg().await?;
+            c.execute(
+                &format!("INSERT INTO grants ({GRANT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7)"),
+                &[
+                    &g.id,
+                    &g.tenant,
+                    &g.user_id,
+                    &g.role,
+                    &g.proposed_by,
+                    &g.created_at,
+                    &g.expires_at,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending_grants(&self, tenant: &str, now: i64) -> StoreResult<Vec<GrantRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            c.query(
+                &format!(
+                    "SELECT {GRANT_COLS} FROM grants
+                     WHERE tenant = $1 AND approved_by IS NULL AND expires_at > $2
+                     ORDER BY created_at"
+                ),
+                &[&tenant, &now],
+            )
+            .await?
+            .iter()
+            .map(grant_row)
+            .collect()
+        })
+        .await
+    }
+
+    async fn approve_grant(
+        &self,
+        tenant: &str,
+        id: &str,
+        approver: &str,
+        now: i64,
+    ) -> StoreResult<GrantApproval> {
+        timed(async {
+            let mut c = self.pg().await?;
+            // The proposal's row is locked for the decision: two approvals of one
+            // proposal cannot both see it pending.
+            let tx = c.transaction().await?;
+            let Some(row) = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {GRANT_COLS} FROM grants
+                         WHERE tenant = $1 AND id = $2 AND approved_by IS NULL FOR UPDATE"
+                    ),
+                    &[&tenant, &id],
+                )
+                .await?
+            else {
+                return Ok(GrantApproval::Refused(GrantRefusal::NotFound));
+            };
+            let grant = grant_row(&row)?;
+            if let Some(why) = grant_refusal(&grant, approver, now) {
+                return Ok(GrantApproval::Refused(why));
+            }
+            tx.execute(
+                "UPDATE grants SET approved_by = $3, approved_at = $4 WHERE tenant = $1 AND id = $2",
+                &[&tenant, &id, &approver, &now],
+            )
+            .await?;
+            let Some(user) = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE users SET roles = CASE WHEN $3 = ANY(roles) THEN roles
+                                                       ELSE array_append(roles, $3) END
+                         WHERE tenant = $1 AND id = $2 RETURNING {USER_COLS}"
+                    ),
+                    &[&tenant, &grant.user_id, &grant.role],
+                )
+                .await?
+            else {
+                return Ok(GrantApproval::Refused(GrantRefusal::NotFound));
+            };
+            let user = user_row(&user)?;
+            tx.commit().await?;
+            Ok(GrantApproval::Approved(Box::new((user, grant))))
         })
         .await
     }

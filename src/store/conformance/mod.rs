@@ -154,6 +154,7 @@ pub(super) fn msg(content: &str, role: Role, now: i64) -> NewMessage {
         content: content.into(),
         citations: vec![],
         tool: None,
+        provenance: Default::default(),
         now,
     }
 }

@@ -310,3 +310,46 @@ async fn concurrent_appends_fill_a_thread_exactly_with_unique_positions() {
     assert_eq!(page.messages.len(), 12);
     assert_eq!(page.thread.message_count, 12);
 }
+
+/// What an answer drew on is kept with it, on append and on the turn that starts with
+/// it, and read back by every path (page, history).
+#[tokio::test]
+async fn provenance_is_stored_with_the_message_and_read_back_everywhere() {
+    use crate::model::Provenance;
+    let o = open().await;
+    let s = &o.stores;
+    let alice = principal("acme", "alice").thread_owner(false);
+    let id = thread(s, &alice).await;
+    let drew: Provenance = ["doc-hr", "doc-travel"].into_iter().collect();
+    let mut answer = msg("an answer", Role::Assistant, T0);
+    answer.provenance = drew.clone();
+    assert!(matches!(
+        s.threads.append_message(&alice, &id, answer, 10).await.unwrap(),
+        Append::Appended(m) if m.provenance == drew
+    ));
+    let page = s
+        .threads
+        .thread_page(&alice, &id, None, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.messages[0].provenance, drew);
+    let TurnStart::Started { history, message } = s
+        .threads
+        .begin_turn(
+            &alice,
+            &id,
+            msg("next", Role::User, T0 + 1),
+            10,
+            HistoryBudget(1000),
+            0,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("turn not started");
+    };
+    assert!(message.provenance.is_empty(), "a question draws on nothing");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].provenance, drew);
+}

@@ -66,6 +66,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/12_audit_chain.sql"),
     include_str!("migrations/13_messages_by_thread.sql"),
     include_str!("migrations/14_thread_index_without_time.sql"),
+    include_str!("migrations/15_message_provenance.sql"),
+    include_str!("migrations/16_grants.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -579,6 +581,78 @@ mod tests {
         assert_eq!(stmt.get_status(StatementStatus::Run), 3);
     }
 
+    /// Migration 15 gives answers written before provenance was recorded the
+    /// conservative one: every document cited up to them in their thread (an answer
+    /// without citations after one that cited may have repeated it); the user's
+    /// messages and threads without citations get none.
+    #[tokio::test]
+    async fn answers_stored_before_provenance_drew_on_everything_cited_before_them() {
+        use crate::store::ThreadStore;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        secure_files(&path).expect("file");
+        {
+            let c = open_connection(&path).expect("connection");
+            for sql in &MIGRATIONS[..14] {
+                c.execute_batch(sql).expect("migration");
+            }
+            c.pragma_update(None, "user_version", 14).expect("version");
+            let cite = |d: &str| {
+                format!("[{{\"document_id\":\"{d}\",\"title\":\"T\",\"chunk_id\":\"c\"}}]")
+            };
+            c.execute_batch(&format!(
+                "INSERT INTO threads (id, tenant, owner, session_id, title, created_at, updated_at, message_count)
+                     VALUES ('t1', 'acme', 'id-ann', 's', 'T', 1, 5, 5), ('t2', 'acme', 'id-ann', 's', 'T', 1, 2, 2);
+                 INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool) VALUES
+                     ('a', 't1', 1, 'assistant', 'before any citation', '[]', 1, NULL),
+                     ('b', 't1', 2, 'assistant', 'cites hr', '{hr}', 2, NULL),
+                     ('c', 't1', 3, 'user', 'question', '[]', 3, NULL),
+                     ('d', 't1', 4, 'assistant', 'cites nothing', '[]', 4, NULL),
+                     ('e', 't1', 5, 'assistant', 'cites travel', '{travel}', 5, NULL),
+                     ('f', 't2', 1, 'user', 'q', '[]', 1, NULL),
+                     ('g', 't2', 2, 'assistant', 'a', '[]', 2, NULL);",
+                hr = cite("hr"),
+                travel = cite("travel"),
+            ))
+            .expect("old rows");
+        }
+        let store = SqliteStore::open(&path).expect("migrated");
+        let ann = Principal::for_tests("acme", "ann", &[], &[]).thread_owner(false);
+        let sources = |page: crate::store::ThreadPage| -> Vec<(String, Vec<String>)> {
+            page.messages
+                .iter()
+                .map(|m| {
+                    (
+                        m.id.clone(),
+                        m.provenance.documents().map(str::to_owned).collect(),
+                    )
+                })
+                .collect()
+        };
+        let t1 = store
+            .thread_page(&ann, "t1", None, 10)
+            .await
+            .expect("page")
+            .expect("t1");
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            sources(t1),
+            [
+                ("a".to_string(), strs(&[])),
+                ("b".to_string(), strs(&["hr"])),
+                ("c".to_string(), strs(&[])),
+                ("d".to_string(), strs(&["hr"])),
+                ("e".to_string(), strs(&["hr", "travel"])),
+            ]
+        );
+        let t2 = store
+            .thread_page(&ann, "t2", None, 10)
+            .await
+            .expect("page")
+            .expect("t2");
+        assert!(sources(t2).iter().all(|(_, s)| s.is_empty()));
+    }
+
     /// Migration 13 rebuilds `messages` keyed by (thread_id, seq): every message of a
     /// store written before it survives, in order, with its citations and tool data,
     /// and a thread's deletion still removes its messages.
@@ -639,6 +713,7 @@ mod tests {
                     content: "four".into(),
                     citations: vec![],
                     tool: None,
+                    provenance: Default::default(),
                     now: 4,
                 },
                 100,

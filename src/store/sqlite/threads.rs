@@ -20,7 +20,7 @@ use crate::store::{
 const OWNED: &str = "id = ?1 AND tenant = ?2 AND owner = ?3 AND (?4 IS NULL OR session_id = ?4)";
 
 const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
-const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool";
+const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool, sources";
 
 fn thread_row(r: &Row<'_>) -> rusqlite::Result<ThreadRecord> {
     Ok(ThreadRecord {
@@ -45,6 +45,10 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         ValueRef::Null => None,
         _ => Some(serde_json::from_str(text(r, 6)?).map_err(|e| bad_column(6, e))?),
     };
+    let provenance = match text(r, 7)? {
+        "[]" => Default::default(),
+        json => serde_json::from_str(json).map_err(|e| bad_column(7, e))?,
+    };
     Ok(MessageRecord {
         id: r.get(0)?,
         seq: r.get(1)?,
@@ -55,6 +59,7 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         citations,
         created_at: r.get(5)?,
         tool,
+        provenance,
     })
 }
 
@@ -102,9 +107,10 @@ fn append(
     let rec = msg.stored(seq, now);
     let citations = serde_json::to_string(&rec.citations)?;
     let tool = rec.tool.as_ref().map(serde_json::to_string).transpose()?;
+    let sources = serde_json::to_string(&rec.provenance)?;
     c.prepare_cached(
-        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         rec.id,
@@ -114,7 +120,8 @@ fn append(
         rec.content,
         citations,
         now,
-        tool
+        tool,
+        sources
     ])?;
     c.prepare_cached(
         "UPDATE threads SET message_count = message_count + 1, updated_at = ?2 WHERE id = ?1",

@@ -4,7 +4,10 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{SqliteStore, json_list, parse_list};
-use crate::store::{NewUser, StoreError, StoreResult, UserRecord, UserStore};
+use crate::store::{
+    GrantApproval, GrantRecord, GrantRefusal, NewUser, StoreError, StoreResult, UserRecord,
+    UserStore, grant_refusal,
+};
 
 const USER_COLS: &str = "id, tenant, username, password_hash, roles, groups_, disabled, created_at";
 
@@ -18,6 +21,20 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
         groups: parse_list(&r.get::<_, String>(5)?)?,
         disabled: r.get(6)?,
         created_at: r.get(7)?,
+    })
+}
+
+const GRANT_COLS: &str = "id, tenant, user_id, role, proposed_by, created_at, expires_at";
+
+fn grant_row(r: &Row<'_>) -> rusqlite::Result<GrantRecord> {
+    Ok(GrantRecord {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        user_id: r.get(2)?,
+        role: r.get(3)?,
+        proposed_by: r.get(4)?,
+        created_at: r.get(5)?,
+        expires_at: r.get(6)?,
     })
 }
 
@@ -138,6 +155,86 @@ impl UserStore for SqliteStore {
                 params![tenant, id, json_list(&user.roles), json_list(&user.groups)],
             )?;
             Ok(Some(user))
+        })
+        .await
+    }
+
+    async fn propose_grant(&self, g: GrantRecord) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                &format!("INSERT INTO grants ({GRANT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
+                params![
+                    g.id,
+                    g.tenant,
+                    g.user_id,
+                    g.role,
+                    g.proposed_by,
+                    g.created_at,
+                    g.expires_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending_grants(&self, tenant: &str, now: i64) -> StoreResult<Vec<GrantRecord>> {
+        let tenant = tenant.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {GRANT_COLS} FROM grants
+                 WHERE tenant = ?1 AND approved_by IS NULL AND expires_at > ?2
+                 ORDER BY created_at"
+            ))?;
+            let rows = stmt
+                .query_map(params![tenant, now], grant_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn approve_grant(
+        &self,
+        tenant: &str,
+        id: &str,
+        approver: &str,
+        now: i64,
+    ) -> StoreResult<GrantApproval> {
+        let (tenant, id, approver) = (tenant.to_owned(), id.to_owned(), approver.to_owned());
+        // One write job: the check, the decision and the role are one transaction.
+        self.write(move |c| {
+            let grant = c
+                .query_row(
+                    &format!(
+                        "SELECT {GRANT_COLS} FROM grants
+                         WHERE tenant = ?1 AND id = ?2 AND approved_by IS NULL"
+                    ),
+                    [&tenant, &id],
+                    grant_row,
+                )
+                .optional()?;
+            let Some(grant) = grant else {
+                return Ok(GrantApproval::Refused(GrantRefusal::NotFound));
+            };
+            if let Some(why) = grant_refusal(&grant, &approver, now) {
+                return Ok(GrantApproval::Refused(why));
+            }
+            let Some(mut user) = by_id(c, &tenant, &grant.user_id)? else {
+                return Ok(GrantApproval::Refused(GrantRefusal::NotFound));
+            };
+            c.execute(
+                "UPDATE grants SET approved_by = ?3, approved_at = ?4 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, approver, now],
+            )?;
+            if !user.roles.contains(&grant.role) {
+                user.roles.push(grant.role.clone());
+            }
+            c.execute(
+                "UPDATE users SET roles = ?3 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, user.id, json_list(&user.roles)],
+            )?;
+            Ok(GrantApproval::Approved(Box::new((user, grant))))
         })
         .await
     }

@@ -1,0 +1,14 @@
+-- Proposals to grant a privileged role, waiting for a second admin (the two-person
+-- rule). A decided proposal is kept, with who decided and when.
+CREATE TABLE IF NOT EXISTS grants (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    proposed_by TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    approved_by TEXT,
+    approved_at BIGINT
+);
+CREATE INDEX IF NOT EXISTS grants_pending ON grants (tenant, created_at) WHERE approved_by IS NULL;
