@@ -76,9 +76,22 @@ fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     ApiError::Unprocessable(format!("{field} {}.", without_value(&inner.to_string())))
 }
 
+/// serde's words for what was expected, in JSON's: `u32` is "a non-negative integer",
+/// `a sequence` "an array".
+fn json_words(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+        "f32" | "f64" => "a number".into(),
+        "a sequence" => "an array".into(),
+        "a map" => "an object".into(),
+        other => other.into(),
+    }
+}
+
 /// What serde says was expected, without what it found: `invalid type: string
-/// "sk-…", expected u32` becomes `must be u32`. Messages palisade's own types raise
-/// name no value and are kept.
+/// "sk-…", expected u32` becomes `must be a non-negative integer`. Messages
+/// palisade's own types raise name no value and are kept.
 fn without_value(message: &str) -> String {
     // serde_json appends the position; it says nothing the field does not.
     let message = message.rsplit_once(" at line ").map_or(message, |(m, _)| m);
@@ -91,7 +104,7 @@ fn without_value(message: &str) -> String {
     ] {
         if message.starts_with(found) {
             return match message.split_once("expected ") {
-                Some((_, expected)) => format!("must be {}", bounded(expected)),
+                Some((_, expected)) => format!("must be {}", json_words(&bounded(expected))),
                 None => "has the wrong type or value".to_owned(),
             };
         }
