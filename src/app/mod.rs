@@ -209,6 +209,7 @@ fn build_state_with_clock(
             search_tool: cfg.rag.tool,
             tool_max_steps: cfg.rag.tool_max_steps,
             context_tokens: cfg.rag.top_k * cfg.rag.chunk_tokens,
+            max_messages: cfg.llm.max_messages,
             embedding_roles: cfg.embeddings.roles.clone(),
         },
         stores.limits.clone(),
@@ -319,6 +320,7 @@ pub async fn serve_on_at(
         let health = state.health.clone();
         let audit = state.audit.clone();
         let retention = cfg.store.audit_retention;
+        let probe_timeout = cfg.store.probe_timeout;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             for n in 0u64.. {
@@ -326,7 +328,7 @@ pub async fn serve_on_at(
                 auth.reload_keys_if_changed();
                 auth.flush_rejections(false).await;
                 if n % 5 == 4 {
-                    health.check().await;
+                    health.check(probe_timeout).await;
                 }
                 if n % 3600 == 0 {
                     match (auth.prune_sessions().await, audit.prune(retention).await) {

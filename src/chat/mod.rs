@@ -51,6 +51,9 @@ pub enum ChatError {
     BudgetExceeded { retry_after_secs: u64 },
     #[error("invalid request: {0}")]
     Invalid(&'static str),
+    /// More messages or estimated prompt tokens than the model accepts.
+    #[error("prompt too large")]
+    PromptTooLarge,
     /// The model is unknown or the caller's roles may not use it (one answer for both).
     #[error("model not allowed")]
     ModelNotAllowed,
@@ -294,6 +297,8 @@ pub struct ChatService {
     tool_max_steps: u32,
     /// The most tokens retrieved passages add to a prompt (top_k × chunk size).
     context_tokens: usize,
+    /// The most messages one request may hold.
+    max_messages: usize,
 }
 
 /// How the chat service is set up.
@@ -306,6 +311,8 @@ pub struct ChatSettings {
     pub embedding_roles: Vec<String>,
     /// The most tokens retrieved passages add to a prompt.
     pub context_tokens: usize,
+    /// The most messages one request may hold.
+    pub max_messages: usize,
 }
 
 impl ChatService {
@@ -328,6 +335,7 @@ impl ChatService {
             search_tool: settings.search_tool,
             tool_max_steps: settings.tool_max_steps.max(1),
             context_tokens: settings.context_tokens,
+            max_messages: settings.max_messages,
         }
     }
 
@@ -492,6 +500,37 @@ impl ChatService {
             Conversation::Thread { instructions, .. } => {
                 validate::messages(instructions, &model, &self.threads)?
             }
+        }
+        // 2a. Bounded before anything else runs: the messages and their estimated tokens
+        //     (with the system prompt) must fit the model's context window.
+        let (count, tokens) = match &req.conversation {
+            Conversation::Stateless { messages } => (
+                messages.len(),
+                messages
+                    .iter()
+                    .map(|m| approx_tokens(&m.text()))
+                    .sum::<usize>(),
+            ),
+            Conversation::Thread {
+                input,
+                instructions,
+                ..
+            } => (
+                input.len() + instructions.len(),
+                input
+                    .iter()
+                    .map(|i| approx_tokens(i.content()))
+                    .sum::<usize>()
+                    + instructions
+                        .iter()
+                        .map(|m| approx_tokens(&m.text()))
+                        .sum::<usize>(),
+            ),
+        };
+        if count > self.max_messages
+            || tokens + approx_tokens(&self.system_prompt) > model.context_tokens()
+        {
+            return Err(ChatError::PromptTooLarge);
         }
         // 2b. The tokens this request may use, held of the caller's budgets before
         //     anything is stored or called: concurrent requests cannot all slip under a

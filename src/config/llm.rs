@@ -25,6 +25,11 @@ pub struct LlmConfig {
     /// The most output tokens any request may ask for (`max_tokens` and
     /// `max_completion_tokens` are capped to it; a request that says nothing gets it).
     pub max_tokens: u32,
+    /// The most messages one request may hold (413 above).
+    pub max_messages: usize,
+    /// The most prompt tokens (palisade's estimate: messages, instructions, the system
+    /// prompt) one request may hold, for models that do not say their own (413 above).
+    pub context_tokens: usize,
     /// The model used when a request names none (default: the first of `models`).
     pub default_model: Option<String>,
     /// Several upstreams and models; when empty, `base_url` and `model` describe one.
@@ -57,6 +62,10 @@ pub struct ModelConfig {
     /// A lower output-token cap for this model than `llm.max_tokens`.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// This model's context window, in tokens (default `llm.context_tokens`): a request
+    /// whose estimated prompt exceeds it is refused before retrieval or any upstream call.
+    #[serde(default)]
+    pub context_tokens: Option<usize>,
     /// The API the upstream speaks: `chat_completions` (every OpenAI-compatible server)
     /// or `responses` (OpenAI's Responses API).
     #[serde(default)]
@@ -89,6 +98,7 @@ impl LlmConfig {
                 roles: Vec::new(),
                 multimodal: false,
                 max_tokens: None,
+                context_tokens: None,
                 api: UpstreamApi::ChatCompletions,
             }],
             None => Vec::new(),
@@ -111,6 +121,8 @@ impl Default for LlmConfig {
             read_timeout: Duration::from_secs(60),
             max_retries: 2,
             max_tokens: 4096,
+            max_messages: 1000,
+            context_tokens: 128_000,
             default_model: None,
             models: Vec::new(),
         }
@@ -136,6 +148,9 @@ impl LlmConfig {
             if m.name.is_empty() || models[..i].iter().any(|o| o.name == m.name) {
                 return bad("llm.models: every model needs a name of its own");
             }
+        }
+        if self.max_messages == 0 || self.context_tokens == 0 {
+            return bad("llm.max_messages and llm.context_tokens must be at least 1");
         }
         if self.max_tokens == 0 {
             return bad("llm.max_tokens must be at least 1");

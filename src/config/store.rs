@@ -27,6 +27,10 @@ pub struct StoreConfig {
     /// Audit events older than this are deleted (hourly); `0s` keeps them forever.
     #[serde(with = "humantime_serde")]
     pub audit_retention: Duration,
+    /// How long each part of a readiness check (`/readyz`) may take before it is
+    /// reported as `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -38,6 +42,7 @@ impl Default for StoreConfig {
             postgres_url: "postgres://postgres@127.0.0.1:5432/palisade".into(),
             postgres_ca_file: None,
             audit_retention: Duration::from_secs(365 * 24 * 3600),
+            probe_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -48,6 +53,11 @@ impl StoreConfig {
             && (self.redis_url.is_empty() || self.postgres_url.is_empty())
         {
             return bad("store.kind = \"cluster\" needs store.redis_url and store.postgres_url");
+        }
+        if self.probe_timeout < Duration::from_millis(50)
+            || self.probe_timeout > Duration::from_secs(60)
+        {
+            return bad("store.probe_timeout must be between 50ms and 60s");
         }
         Ok(())
     }

@@ -79,6 +79,9 @@ pub enum ApiError {
     Timeout,
     #[error("message too long")]
     MessageTooLong,
+    /// More messages or estimated prompt tokens than the model accepts.
+    #[error("prompt too large")]
+    PromptTooLarge,
     #[error("thread limit reached")]
     ThreadLimit,
     #[error("thread full")]
@@ -121,7 +124,7 @@ impl ApiError {
             Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Timeout => StatusCode::REQUEST_TIMEOUT,
-            MessageTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+            MessageTooLong | PromptTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ThreadLimit | ThreadFull => StatusCode::UNPROCESSABLE_ENTITY,
             Upstream | ToolStepsExceeded => StatusCode::BAD_GATEWAY,
             Unavailable | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -158,6 +161,7 @@ impl ApiError {
             UnsupportedMediaType => "unsupported_media_type",
             Timeout => "request_timeout",
             MessageTooLong => "message_too_long",
+            PromptTooLarge => "prompt_too_large",
             ThreadLimit => "thread_limit_reached",
             ThreadFull => "thread_full",
             Upstream => "upstream_error",
@@ -218,6 +222,9 @@ impl ApiError {
             UnsupportedMediaType => "Expected Content-Type: application/json.".into(),
             Timeout => "The request took too long.".into(),
             MessageTooLong => "The message is longer than this gateway accepts.".into(),
+            PromptTooLarge => {
+                "The request holds more messages or prompt tokens than the model accepts (llm.max_messages, the model's context_tokens).".into()
+            }
             ThreadLimit => "You have reached the maximum number of conversations.".into(),
             ThreadFull => "This conversation has reached its maximum length.".into(),
             Upstream => "The model is unavailable right now; try again later.".into(),
@@ -362,6 +369,7 @@ impl From<ChatError> for ApiError {
             ChatError::Invalid(m) => ApiError::Unprocessable(m.to_owned()),
             ChatError::ModelNotAllowed => ApiError::ModelNotAllowed,
             ChatError::ToolStepsExceeded => ApiError::ToolStepsExceeded,
+            ChatError::PromptTooLarge => ApiError::PromptTooLarge,
             ChatError::Thread(t) => t.into(),
             ChatError::Rag(r) => r.into(),
             ChatError::Llm(l) => l.into(),

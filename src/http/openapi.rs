@@ -301,6 +301,7 @@ mod tests {
             "UnsupportedMediaType" => UnsupportedMediaType,
             "Timeout" => Timeout,
             "MessageTooLong" => MessageTooLong,
+            "PromptTooLarge" => PromptTooLarge,
             "ThreadLimit" => ThreadLimit,
             "ThreadFull" => ThreadFull,
             "Upstream" => Upstream,
@@ -334,6 +335,7 @@ mod tests {
             | UnsupportedMediaType
             | Timeout
             | MessageTooLong
+            | PromptTooLarge
             | ThreadLimit
             | ThreadFull
             | Upstream
@@ -429,6 +431,7 @@ mod tests {
             "Invalid" => Invalid("x"),
             "ModelNotAllowed" => ModelNotAllowed,
             "ToolStepsExceeded" => ToolStepsExceeded,
+            "PromptTooLarge" => PromptTooLarge,
             _ => return None,
         };
         match &e {
@@ -437,6 +440,7 @@ mod tests {
             | Invalid(_)
             | ModelNotAllowed
             | ToolStepsExceeded
+            | PromptTooLarge
             | Thread(_)
             | Rag(_)
             | Llm(_) => {}

@@ -105,7 +105,7 @@ pub struct Readiness {
     )
 )]
 pub async fn readyz(State(s): State<AppState>) -> Response {
-    let checks = s.health.check().await;
+    let checks = s.health.check(s.config.store.probe_timeout).await;
     let ok = checks.iter().all(|c| c.ok) && !s.health.degraded() && !s.health.unreachable();
     let report: BTreeMap<&'static str, &'static str> =
         checks.iter().map(|c| (c.name, c.detail)).collect();

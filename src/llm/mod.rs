@@ -61,6 +61,8 @@ pub struct Model {
     roles: Vec<String>,
     multimodal: bool,
     max_tokens: u32,
+    /// Its context window (estimated prompt tokens).
+    context_tokens: usize,
 }
 
 pub const EXTRACTIVE_MODEL: &str = "palisade-extractive";
@@ -73,6 +75,7 @@ impl Model {
             roles: m.roles.clone(),
             multimodal: m.multimodal,
             max_tokens: m.max_tokens.unwrap_or(cfg.max_tokens).min(cfg.max_tokens),
+            context_tokens: m.context_tokens.unwrap_or(cfg.context_tokens),
         })
     }
 
@@ -88,6 +91,11 @@ impl Model {
     /// Whether image content parts may be sent to it.
     pub fn multimodal(&self) -> bool {
         self.multimodal
+    }
+
+    /// Its context window: the most estimated prompt tokens a request may hold.
+    pub fn context_tokens(&self) -> usize {
+        self.context_tokens
     }
 
     /// The most output tokens a request may ask for (and what is asked when it does not say).
@@ -164,6 +172,7 @@ impl Models {
                 roles: Vec::new(),
                 multimodal: false,
                 max_tokens: cfg.max_tokens,
+                context_tokens: cfg.context_tokens,
             }));
         }
         let default = match &cfg.default_model {

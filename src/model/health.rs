@@ -15,7 +15,7 @@ pub enum StoreError {
 }
 
 /// One readiness check: which part, and whether it works. `detail` is a fixed word
-/// (`ok`, `unavailable`, `corrupt`), never an internal error text.
+/// (`ok`, `unavailable`, `corrupt`, `timeout`), never an internal error text.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Check {
     pub name: &'static str,
@@ -38,13 +38,30 @@ impl Check {
     }
 }
 
+/// Runs one part of a readiness check within `deadline`: a part that does not answer
+/// in time is reported as `timeout`, by name, instead of holding the probe up.
+pub async fn probe(
+    name: &'static str,
+    deadline: std::time::Duration,
+    part: impl std::future::Future<Output = Result<(), StoreError>>,
+) -> Check {
+    match tokio::time::timeout(deadline, part).await {
+        Ok(r) => Check::of(name, &r),
+        Err(_) => Check {
+            name,
+            ok: false,
+            detail: "timeout",
+        },
+    }
+}
+
 /// Health of the backing stores, for `/readyz` and for refusing service when the data
 /// cannot be trusted.
 #[async_trait::async_trait]
 pub trait Health: Send + Sync {
     /// Exercises the store for real: reads real tables the way a new connection sees
-    /// the files, and makes a durable write.
-    async fn check(&self) -> Vec<Check>;
+    /// the files, and makes a durable write; each part within `deadline`.
+    async fn check(&self, deadline: std::time::Duration) -> Vec<Check>;
     /// True once the store has shown corruption: every protected request is then
     /// refused (503) until an operator restarts the gateway on repaired data.
     fn degraded(&self) -> bool;

@@ -13,7 +13,7 @@ mod passage;
 
 pub use audit::{AuditEvent, AuditKind, AuditRecord, ChainFault, ChainHash, ChainReport};
 pub use document::{DocumentMeta, DocumentRecord};
-pub use health::{Check, Health, StoreError};
+pub use health::{Check, Health, StoreError, probe};
 pub use message::{
     Citation, FunctionCall, MessageRecord, Provenance, Role, ThreadRecord, ToolCall, ToolData,
     ToolKind, approx_tokens,

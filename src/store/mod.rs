@@ -92,8 +92,61 @@ impl Stores {
             threads: s.clone(),
             documents: s.clone(),
             audit: s.clone(),
-            health: s,
+            health: Arc::new(Coalesced::new(s)),
             limits,
         }
+    }
+}
+
+/// Readiness probes that arrive while one is running share its answer: a burst of
+/// probes (every load balancer of a fleet, at once) costs the store one check, not a
+/// pool's worth of connections that would time out and report a healthy store as down.
+struct Coalesced {
+    inner: Arc<dyn Health>,
+    running: std::sync::Mutex<Option<SharedCheck>>,
+}
+
+type SharedCheck =
+    futures_util::future::Shared<futures_util::future::BoxFuture<'static, Arc<Vec<Check>>>>;
+
+impl Coalesced {
+    fn new(inner: Arc<dyn Health>) -> Self {
+        Self {
+            inner,
+            running: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Health for Coalesced {
+    async fn check(&self, deadline: std::time::Duration) -> Vec<Check> {
+        use futures_util::FutureExt;
+        let shared = {
+            let mut running = match self.running.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match running.as_ref() {
+                Some(f) if f.peek().is_none() => f.clone(),
+                _ => {
+                    let inner = self.inner.clone();
+                    let f = async move { Arc::new(inner.check(deadline).await) }
+                        .boxed()
+                        .shared();
+                    *running = Some(f.clone());
+                    f
+                }
+            }
+        };
+        shared.await.as_ref().clone()
+    }
+
+    fn degraded(&self) -> bool {
+        self.inner.degraded()
+    }
+
+    fn unreachable(&self) -> bool {
+        self.inner.unreachable()
     }
 }

@@ -854,3 +854,112 @@ async fn a_group_removed_on_another_node_withholds_what_was_drawn_from_its_docum
     assert_eq!(r.status(), StatusCode::OK);
     sc.nothing_of_the_canary_reaches_hannah(&sc.s, &t).await;
 }
+
+/// PostgreSQL paused (SIGSTOP, the way a stalled disk or VM freezes it): `/readyz`
+/// answers within its own deadline (`store.probe_timeout`, 1 s) naming the parts that
+/// timed out, instead of waiting for the store.
+#[tokio::test]
+#[ignore = "cluster store only: run in the cluster pass"]
+async fn readiness_answers_within_its_deadline_while_postgres_is_paused() {
+    require_cluster_pass();
+    let pg = OwnPostgres::start();
+    let url = pg.url();
+    let s = Server::start_with(&[("PALISADE_STORE__POSTGRES_URL", url.as_str())]);
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let pid = std::fs::read_to_string(pg.dir.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let signal = |sig: &str| {
+        Command::new("pkill")
+            .args([sig, "-P", &pid])
+            .status()
+            .unwrap();
+        Command::new("kill").args([sig, &pid]).status().unwrap();
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    let took = t.elapsed();
+    signal("-CONT");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(took < Duration::from_millis(1800), "/readyz took {took:?}");
+    assert_eq!(body["checks"]["postgres_read"], "timeout", "{body}");
+    assert_eq!(body["checks"]["postgres_write"], "timeout", "{body}");
+    assert_eq!(body["checks"]["redis"], "ok", "{body}");
+    // Resumed: green again.
+    eventually(Duration::from_secs(10), "ready again", || async {
+        let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+/// Every Redis key palisade writes expires by itself, no later than what it belongs to
+/// could still be valid (a session's keys at its absolute end): Redis stays bounded even
+/// if no node ever runs the prune. Only the prune's own indexes (sorted sets of ids by
+/// time) have no TTL; the prune trims them.
+#[tokio::test]
+#[ignore = "cluster store only: run in the cluster pass"]
+async fn every_redis_key_expires_by_itself() {
+    require_cluster_pass();
+    let (s, _mock) = start_with_mock(&[
+        ("PALISADE_LIMITS__USER_TOKENS_PER_DAY", "100000"),
+        ("PALISADE_TOKENS__DPOP", "off"),
+    ])
+    .await;
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let mut cookie = alice.cookie.clone();
+    for _ in 0..3 {
+        let r = s.refresh(&cookie).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        cookie = cookie_value(&set_cookie(&r).unwrap());
+    }
+    let t = s.new_thread(&alice.access, "keys").await;
+    ask(&s, &alice.access, &t, "Anything?").await;
+    s.login_raw("alice", "wrong").await;
+    let hannah = s.login("hannah", &acme.hannah).await;
+    let r = s
+        .post_auth("/auth/logout", &hannah.access, &json!({}))
+        .await;
+    assert!(r.status().is_success());
+
+    let prefix = s.redis_prefix().expect("a cluster store").to_owned();
+    let keys = String::from_utf8(
+        Command::new("redis-cli")
+            .args(["--scan", "--pattern", &format!("{prefix}*")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let lifetime_ms: i64 = 30 * 86_400 * 1000 + 60_000; // the default absolute lifetime + margin
+    let mut checked = 0;
+    for key in keys.lines() {
+        let name = &key[prefix.len()..];
+        if name.starts_with("ends:") || name == "rotated" {
+            continue;
+        }
+        let ttl: i64 = String::from_utf8(
+            Command::new("redis-cli")
+                .args(["pttl", key])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+        assert!(ttl > 0, "{name} never expires ({ttl})");
+        assert!(ttl <= lifetime_ms, "{name} outlives its session ({ttl} ms)");
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} keys checked: {keys}");
+}

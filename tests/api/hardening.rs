@@ -6,6 +6,7 @@ use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -744,5 +745,140 @@ async fn a_stranger_cannot_lock_the_owner_out_of_her_known_browser() {
             .await
             .status(),
         StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// The embedded store's write-ahead log is deleted while ten clients post chat turns
+/// (committed pages live in it until a checkpoint). The writer notices within one
+/// commit or 50 ms, copies the log's contents into the database file through its open
+/// handle, and refuses every write from then on; after kill -9 and a restart every
+/// acknowledged turn is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_write_ahead_log_loses_no_acknowledged_write() {
+    let (mut s, _mock) = start_process_with_mock(&[
+        ("PALISADE_STORE__KIND", "embedded"),
+        ("PALISADE_THREADS__CHAT_REQUESTS_PER_MINUTE", "100000"),
+    ])
+    .await;
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let mut threads = Vec::new();
+    for i in 0..10 {
+        threads.push(s.new_thread(&alice.access, &format!("t{i}")).await);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for t in threads.clone() {
+        let (http, url, tok, stop) = (
+            s.http.clone(),
+            s.url(&format!("/v1/threads/{t}/messages")),
+            alice.access.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0usize);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let q = format!("question {n}");
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&tok)
+                    .json(&json!({ "content": q }))
+                    .send()
+                    .await;
+                match r.map(|r| r.status()) {
+                    Ok(StatusCode::OK) => acked.push(q),
+                    Ok(StatusCode::SERVICE_UNAVAILABLE) => refused += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            (acked, refused)
+        }));
+    }
+    let before = eventually(Duration::from_secs(10), "some turns answered", || async {
+        let shown = s.thread_json(&alice.access, &threads[0]).await;
+        (shown["messages"].as_array().unwrap().len() >= 6).then_some(())
+    });
+    before.await;
+    std::fs::remove_file(s.data_dir().join("palisade.db-wal")).unwrap();
+    // Detected: readiness is red and writes are refused.
+    eventually(Duration::from_secs(2), "readiness red", || async {
+        let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+        (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let refused_seen = eventually(Duration::from_secs(5), "writes refused", || async {
+        let r = s
+            .post_auth(
+                &format!("/v1/threads/{}/messages", threads[0]),
+                &alice.access,
+                &json!({"content": "after"}),
+            )
+            .await;
+        (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    });
+    refused_seen.await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for (t, c) in threads.iter().zip(clients) {
+        let (a, r) = c.await.unwrap();
+        refused += r;
+        acked.push((t.clone(), a));
+    }
+    let total: usize = acked.iter().map(|(_, a)| a.len()).sum();
+    assert!(total >= 10, "{total} turns acknowledged");
+
+    s.kill9();
+    s.restart();
+    let alice = s.login("alice", &acme.alice).await;
+    let mut lost = 0;
+    for (t, questions) in &acked {
+        let page = s
+            .thread_json(&alice.access, &format!("{t}?limit=200"))
+            .await;
+        let stored: Vec<&str> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        lost += questions
+            .iter()
+            .filter(|q| !stored.contains(&q.as_str()))
+            .count();
+    }
+    eprintln!("{total} turns acknowledged, {refused} refused after the loss, {lost} lost");
+    assert_eq!(lost, 0, "acknowledged turns lost");
+}
+
+/// A thousand concurrent readiness probes of a healthy node: every one is green (on
+/// the cluster store, concurrent probes once read back each other's Redis writes and
+/// queued for the pool, reporting a healthy store as down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_probes_of_a_healthy_node_are_all_green() {
+    let s = Server::in_process();
+    let probes = (0..1000).map(|_| {
+        let (http, url) = (s.http.clone(), s.url("/readyz"));
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            let st = r.status();
+            (st, r.text().await.unwrap())
+        })
+    });
+    let mut red = Vec::new();
+    for p in probes.collect::<Vec<_>>() {
+        let (st, body) = p.await.unwrap();
+        if st != StatusCode::OK {
+            red.push(body);
+        }
+    }
+    assert!(
+        red.is_empty(),
+        "{} false reds, e.g. {:?}",
+        red.len(),
+        red.first()
     );
 }

@@ -423,3 +423,72 @@ async fn errors_name_the_field_and_never_echo_the_value() {
         assert!(!body.to_string().contains(SECRET));
     }
 }
+
+/// A request with more messages, or more estimated prompt tokens, than the model takes
+/// is refused (413 `prompt_too_large`) before any retrieval or upstream call — the body
+/// limit alone let 10,001 small messages through.
+#[tokio::test]
+async fn message_count_and_prompt_size_are_bounded_per_model() {
+    let (s, mock) = start_with_mock(&[
+        // One model with a small context window, one with the defaults.
+        ("PALISADE_LLM__CONTEXT_TOKENS", "2000"),
+    ])
+    .await;
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let adam = s.login("adam", &acme.adam).await;
+    let many: Vec<serde_json::Value> = (0..10_001)
+        .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "hi"}))
+        .collect();
+    let big = "word ".repeat(2000); // ~2,500 estimated tokens
+    let cases = [
+        ("10,001 messages", json!({"messages": many})),
+        (
+            "a prompt over the window",
+            json!({"messages": [{"role": "user", "content": big}]}),
+        ),
+        (
+            "instructions over the window",
+            json!({"messages": [{"role": "system", "content": big}, {"role": "user", "content": "hi"}]}),
+        ),
+    ];
+    for (name, body) in cases {
+        let r = s
+            .post_auth("/v1/chat/completions", &alice.access, &body)
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::PAYLOAD_TOO_LARGE, "prompt_too_large".into()),
+            "{name}"
+        );
+    }
+    // A thread turn is bounded the same way, before anything is stored.
+    let t = s.new_thread(&alice.access, "bounded").await;
+    let r = s
+        .http
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&alice.access)
+        .header("x-palisade-thread", &t)
+        .json(&json!({"messages": [{"role": "system", "content": big}, {"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        s.thread_json(&alice.access, &t).await["messages"],
+        json!([])
+    );
+    // Nothing went upstream, nothing was retrieved.
+    assert_eq!(mock.count(), 0);
+    assert!(s.audit_events(&adam.access, "retrieval").await.is_empty());
+    // Just inside the bounds still works.
+    let r = s
+        .post_auth(
+            "/v1/chat/completions",
+            &alice.access,
+            &json!({"messages": [{"role": "user", "content": "word ".repeat(1000)}]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(mock.count(), 1);
+}

@@ -313,6 +313,11 @@ impl Server {
             .map(|(_, v)| v.clone())
     }
 
+    /// The Redis key prefix of this server's cluster store (cluster pass only).
+    pub fn redis_prefix(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|c| c.redis_prefix.as_str())
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

@@ -30,6 +30,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Check, Health, StoreError, StoreResult};
 use crate::config::StoreConfig;
+use crate::model::probe;
 
 pub use sessions::Revocations;
 
@@ -281,8 +282,8 @@ async fn timed<T>(f: impl std::future::Future<Output = StoreResult<T>>) -> Store
 
 #[async_trait::async_trait]
 impl Health for ClusterStore {
-    async fn check(&self) -> Vec<Check> {
-        let pg_read = timed(async {
+    async fn check(&self, deadline: Duration) -> Vec<Check> {
+        let pg_read = async {
             let c = self.pg().await?;
             for table in ["users", "threads", "documents", "audit_events"] {
                 c.query_one(
@@ -292,9 +293,8 @@ impl Health for ClusterStore {
                 .await?;
             }
             Ok(())
-        })
-        .await;
-        let pg_write = timed(async {
+        };
+        let pg_write = async {
             let c = self.pg().await?;
             c.execute(
                 "INSERT INTO health_probe (node, checked_at) VALUES ($1, $2)
@@ -303,31 +303,39 @@ impl Health for ClusterStore {
             )
             .await?;
             Ok(())
-        })
-        .await;
-        let redis = timed(async {
+        };
+        // A key of this probe's own: concurrent probes (of this node or another) never
+        // read back each other's writes.
+        let redis = async {
             let mut r = self.redis();
-            let key = self.key(&["health:", &node_name()]);
+            let key = self.key(&["health:", &node_name(), ":", &crate::secret::new_id()]);
             let now = crate::timeutil::now_ms();
-            let _: () = redis::cmd("SET")
+            let (back,): (Option<i64>,) = redis::pipe()
+                .atomic()
+                .cmd("SET")
                 .arg(&key)
                 .arg(now)
                 .arg("PX")
-                .arg(60_000)
+                .arg(10_000)
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .cmd("DEL")
+                .arg(&key)
+                .ignore()
                 .query_async(&mut r)
                 .await?;
-            let back: Option<i64> = redis::cmd("GET").arg(&key).query_async(&mut r).await?;
             if back != Some(now) {
                 return Err(StoreError::Unavailable("redis: read back differs".into()));
             }
             Ok(())
-        })
-        .await;
-        vec![
-            Check::of("postgres_read", &pg_read),
-            Check::of("postgres_write", &pg_write),
-            Check::of("redis", &redis),
-        ]
+        };
+        let (a, b, c) = tokio::join!(
+            probe("postgres_read", deadline, pg_read),
+            probe("postgres_write", deadline, pg_write),
+            probe("redis", deadline, redis),
+        );
+        vec![a, b, c]
     }
 
     /// Network stores are unavailable or not; they are never "corrupt" in the sense of a

@@ -28,7 +28,10 @@ use crate::store::{
     NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, StoreError, StoreResult,
 };
 
-/// Rotation. ARGV: prefix, presented, replacement, now, grace, idle.
+/// How long a session's keys outlive its absolute end (clock skew between nodes).
+const EXPIRY_MARGIN_MS: i64 = 60_000;
+
+/// Rotation. ARGV: prefix, presented, replacement, now, grace, idle, expiry margin.
 /// Returns {outcome, session hash fields...}.
 static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -49,6 +52,7 @@ if not tok[2] then
   redis.call('HSET', tkey, 'rotated_at', now)
   redis.call('ZADD', p .. 'rotated', tonumber(tok[3]), presented)
   redis.call('HSET', p .. 'r:' .. repl, 'sid', sid, 'issued_at', now)
+  redis.call('PEXPIREAT', p .. 'r:' .. repl, tonumber(s[2]) + tonumber(ARGV[7]))
   redis.call('SADD', p .. 'f:' .. sid, repl)
   redis.call('HSET', skey, 'last_seen_at', now)
   redis.call('ZADD', p .. 'ends:seen', now, sid)
@@ -219,6 +223,7 @@ impl SessionStore for ClusterStore {
         timed(async {
             let mut r = self.redis();
             let token = hex(&s.refresh_hash);
+            let expires = s.absolute_expires_at.saturating_add(EXPIRY_MARGIN_MS);
             let mut fields: Vec<(&str, String)> = vec![
                 ("tenant", s.tenant.clone()),
                 ("user_id", s.user_id.clone()),
@@ -257,6 +262,31 @@ impl SessionStore for ClusterStore {
                 .ignore()
                 .zadd(self.key(&["ends:seen"]), &s.id, s.now)
                 .ignore()
+                // Every key of the session lives no longer than the session can: Redis
+                // stays bounded even if no node ever runs the prune.
+                .cmd("PEXPIREAT")
+                .arg(self.key(&["s:", &s.id]))
+                .arg(expires)
+                .ignore()
+                .cmd("PEXPIREAT")
+                .arg(self.key(&["r:", &token]))
+                .arg(expires)
+                .ignore()
+                .cmd("PEXPIREAT")
+                .arg(self.key(&["f:", &s.id]))
+                .arg(expires)
+                .ignore()
+                // A user's set of sessions lives as long as their longest session.
+                .cmd("PEXPIREAT")
+                .arg(self.key(&["u:", &s.tenant, "/", &s.user_id]))
+                .arg(expires)
+                .arg("NX")
+                .ignore()
+                .cmd("PEXPIREAT")
+                .arg(self.key(&["u:", &s.tenant, "/", &s.user_id]))
+                .arg(expires)
+                .arg("GT")
+                .ignore()
                 .query_async(&mut r)
                 .await?;
             Ok(SessionRecord {
@@ -290,6 +320,7 @@ impl SessionStore for ClusterStore {
                 .arg(req.now)
                 .arg(req.grace_ms)
                 .arg(req.idle_ttl_ms)
+                .arg(EXPIRY_MARGIN_MS)
                 .invoke_async(&mut r)
                 .await?;
             let outcome = out.first().map(String::as_str).unwrap_or("invalid");

@@ -27,7 +27,7 @@ async fn audit_events_are_kept_per_tenant_and_request() {
         .unwrap();
     assert_eq!(by_req.len(), 1);
     assert_eq!(by_req[0].event.tenant.as_deref(), Some("acme"));
-    let checks = s.health.check().await;
+    let checks = s.health.check(std::time::Duration::from_secs(5)).await;
     assert!(checks.iter().all(|c| c.ok), "{checks:?}");
     assert!(!s.health.degraded());
 }

@@ -115,8 +115,9 @@ pub struct SqliteStore {
 
 struct Inner {
     path: std::path::PathBuf,
-    /// Set when any operation met a damaged file; sticky (see `Health::degraded`).
-    corrupt: std::sync::atomic::AtomicBool,
+    /// Set when any operation met a damaged file, or the writer found its write-ahead
+    /// log gone; sticky (see `Health::degraded`).
+    corrupt: Arc<std::sync::atomic::AtomicBool>,
     writer: Mutex<mpsc::Sender<Job>>,
     readers: Pool,
     scanners: Pool,
@@ -276,14 +277,16 @@ impl SqliteStore {
         let readers = Pool::open(path, READERS)?;
         let scanners = Pool::open(path, SCANNERS)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let corrupt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = WalWatch::new(path, corrupt.clone());
         std::thread::Builder::new()
             .name("palisade-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, watch))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                corrupt: std::sync::atomic::AtomicBool::new(false),
+                corrupt,
                 writer: Mutex::new(tx),
                 readers,
                 scanners,
@@ -392,10 +395,96 @@ impl SqliteStore {
     }
 }
 
+/// How often an idle writer looks for its write-ahead log.
+const WAL_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The writer's watch on its write-ahead log. Committed pages live in the WAL until a
+/// checkpoint copies them into the database file; if the file is deleted or replaced
+/// while the store runs, SQLite keeps writing into the unlinked file and every commit
+/// since the last checkpoint is lost at the next start. The writer compares the file's
+/// identity with the one it writes to after every commit and every 50 ms when idle; on a
+/// change it copies the WAL's contents into the database file through its still-open
+/// handle (a checkpoint), acknowledges a batch only once that is done, and stops all
+/// writes (the store is degraded until restarted).
+struct WalWatch {
+    path: std::path::PathBuf,
+    /// (device, inode) of the WAL the writer uses, once one exists.
+    id: Option<(u64, u64)>,
+    corrupt: Arc<std::sync::atomic::AtomicBool>,
+    /// The WAL was lost and its contents are not yet safe in the database file.
+    unsaved: bool,
+}
+
+impl WalWatch {
+    fn new(db: &Path, corrupt: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        let mut name = db.as_os_str().to_owned();
+        name.push("-wal");
+        Self {
+            path: name.into(),
+            id: None,
+            corrupt,
+            unsaved: false,
+        }
+    }
+
+    fn lost(&mut self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.path), self.id) {
+            (Ok(m), None) => {
+                self.id = Some((m.dev(), m.ino()));
+                false
+            }
+            (Ok(m), Some(id)) => (m.dev(), m.ino()) != id,
+            (Err(e), Some(_)) => e.kind() == std::io::ErrorKind::NotFound,
+            (Err(_), None) => false,
+        }
+    }
+
+    /// Whether every commit so far is safe in the database file or a linked WAL. On a
+    /// lost WAL: degrades the store and checkpoints (again on later calls, until a
+    /// checkpoint completes: readers may hold it up).
+    fn safe(&mut self, conn: &Connection) -> bool {
+        if !self.unsaved && !self.lost() {
+            return true;
+        }
+        if !self.corrupt.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::error!(
+                wal = %self.path.display(),
+                "the database's write-ahead log was removed or replaced; copying it into the database file and refusing every protected request until a restart"
+            );
+        }
+        self.unsaved = true;
+        let done = conn
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0))
+            .is_ok_and(|busy| busy == 0);
+        if done {
+            self.unsaved = false;
+            tracing::error!("the write-ahead log's contents are in the database file");
+        }
+        done
+    }
+}
+
 /// The group-commit loop: one transaction per batch of waiting writes.
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut watch: WalWatch) {
     let mut synced = true;
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(WAL_WATCH_EVERY) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                watch.safe(&conn);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if watch.corrupt.load(std::sync::atomic::Ordering::SeqCst) {
+            // Degraded: nothing more is written (dropping the job answers its caller
+            // with an error). The probes' own writes are refused too.
+            drop(first);
+            while rx.try_recv().is_ok() {}
+            watch.safe(&conn);
+            continue;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -446,6 +535,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             tracing::error!("group commit failed; answering its writes with an error");
             let _ = conn.execute_batch("ROLLBACK");
             continue; // replies dropped: each caller sees "not committed"
+        }
+        if !watch.safe(&conn) {
+            continue; // committed into a lost WAL not yet copied: not acknowledged
         }
         for reply in replies {
             reply();
@@ -501,7 +593,7 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
 
 #[async_trait::async_trait]
 impl Health for SqliteStore {
-    async fn check(&self) -> Vec<Check> {
+    async fn check(&self, deadline: std::time::Duration) -> Vec<Check> {
         // A new connection, as a restarted node would open the files: a truncated or
         // replaced database fails here even while the pool still reads from its caches.
         let path = self.inner.path.clone();
@@ -533,21 +625,26 @@ impl Health for SqliteStore {
                 .map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))?;
             }
             Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
-        let read = self.note(read);
-        let write = self
-            .write(|c| {
-                c.prepare_cached(
-                    "INSERT INTO health (id, checked_at) VALUES (1, ?1)
-                     ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at",
-                )?
-                .execute([crate::timeutil::now_ms()])?;
-                Ok(())
-            })
-            .await;
-        vec![Check::of("read", &read), Check::of("write", &write)]
+        });
+        let read = async {
+            let r = read
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+            self.note(r)
+        };
+        let write = self.write(|c| {
+            c.prepare_cached(
+                "INSERT INTO health (id, checked_at) VALUES (1, ?1)
+                 ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at",
+            )?
+            .execute([crate::timeutil::now_ms()])?;
+            Ok(())
+        });
+        let (read, write) = tokio::join!(
+            crate::model::probe("read", deadline, read),
+            crate::model::probe("write", deadline, write),
+        );
+        vec![read, write]
     }
 
     fn degraded(&self) -> bool {
