@@ -957,6 +957,9 @@ async fn every_redis_key_expires_by_itself() {
         .trim()
         .parse()
         .unwrap();
+        if ttl == -2 {
+            continue; // expired since the scan (a rate limit's second-long key)
+        }
         assert!(ttl > 0, "{name} never expires ({ttl})");
         assert!(ttl <= lifetime_ms, "{name} outlives its session ({ttl} ms)");
         checked += 1;
