@@ -236,6 +236,7 @@ impl AuditStore for SqliteStore {
                     params![last, hash],
                 )?;
             }
+            super::reclaim(c)?;
             Ok(n)
         })
         .await

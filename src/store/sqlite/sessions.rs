@@ -230,6 +230,7 @@ impl SessionStore for SqliteStore {
                 "DELETE FROM refresh_tokens WHERE rotated_at IS NOT NULL AND issued_at < ?1",
                 params![rotated_before],
             )?;
+            super::reclaim(c)?;
             Ok((sessions as u64, (tokens + rotated) as u64))
         })
         .await
