@@ -202,16 +202,7 @@ impl AuthService {
             expires_at: now.saturating_add(ttl),
         };
         self.users.propose_grant(grant.clone()).await?;
-        self.audit
-            .record(
-                AuditEvent::new(AuditKind::GrantProposed)
-                    .tenant(&user.tenant)
-                    .subject(&user.id)
-                    .username(&user.username)
-                    .resource(&grant.id)
-                    .session(admin.session_id())
-                    .client(client),
-            )
+        self.grant_event(AuditKind::GrantProposed, &user, &grant, admin, client)
             .await;
         Ok(grant.into())
     }
@@ -261,9 +252,26 @@ impl AuthService {
                 return Err(self.refuse_change(admin, grant_id, duty, client).await);
             }
         };
+        self.grant_event(AuditKind::GrantApproved, &user, &grant, admin, client)
+            .await;
+        self.end_all_sessions(&user.tenant, &user.id, "access_changed", client)
+            .await?;
+        Ok(user.into())
+    }
+
+    /// A grant proposed or approved: about the grantee, naming the proposal, by the
+    /// admin's session.
+    async fn grant_event(
+        &self,
+        kind: AuditKind,
+        user: &UserRecord,
+        grant: &GrantRecord,
+        admin: &Principal,
+        client: &ClientInfo,
+    ) {
         self.audit
             .record(
-                AuditEvent::new(AuditKind::GrantApproved)
+                AuditEvent::new(kind)
                     .tenant(&user.tenant)
                     .subject(&user.id)
                     .username(&user.username)
@@ -272,9 +280,6 @@ impl AuthService {
                     .client(client),
             )
             .await;
-        self.end_all_sessions(&user.tenant, &user.id, "access_changed", client)
-            .await?;
-        Ok(user.into())
     }
 
     /// Audits a change refused by separation of duties, and the error for it.

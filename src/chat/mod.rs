@@ -219,6 +219,35 @@ fn drew_only_on(m: &MessageRecord, readable: &HashSet<String>) -> bool {
     m.drew_on().all(|d| readable.contains(d))
 }
 
+/// What a request brings itself: its messages (a thread turn's new messages and
+/// instructions; the history is the server's) and their estimated tokens.
+#[derive(Debug, Clone, Copy)]
+struct RequestSize {
+    messages: usize,
+    tokens: usize,
+}
+
+impl RequestSize {
+    fn of(c: &Conversation) -> Self {
+        let texts: Vec<Cow<'_, str>> = match c {
+            Conversation::Stateless { messages } => messages.iter().map(|m| m.text()).collect(),
+            Conversation::Thread {
+                input,
+                instructions,
+                ..
+            } => input
+                .iter()
+                .map(|i| Cow::Borrowed(i.content()))
+                .chain(instructions.iter().map(|m| m.text()))
+                .collect(),
+        };
+        Self {
+            messages: texts.len(),
+            tokens: texts.iter().map(|t| approx_tokens(t)).sum(),
+        }
+    }
+}
+
 /// A turn that has passed every check and has its prompt.
 struct Prepared {
     thread: Option<String>,
@@ -433,28 +462,13 @@ impl ChatService {
         }
     }
 
-    /// The most tokens a request may use: its messages, the history and passages the
-    /// server adds, and its output cap (per model call of a search loop).
-    fn reservation_tokens(&self, req: &ChatRequest, search_tool: bool) -> u64 {
-        let texts: usize = match &req.conversation {
-            Conversation::Stateless { messages } => {
-                messages.iter().map(|m| approx_tokens(&m.text())).sum()
-            }
-            Conversation::Thread {
-                input,
-                instructions,
-                ..
-            } => {
-                input
-                    .iter()
-                    .map(|i| approx_tokens(i.content()))
-                    .sum::<usize>()
-                    + instructions
-                        .iter()
-                        .map(|m| approx_tokens(&m.text()))
-                        .sum::<usize>()
-                    + self.history_budget_tokens
-            }
+    /// The most tokens a request may use: its own text (`size`), the system prompt, the
+    /// history (a thread's budget) and passages the server adds, and its output cap —
+    /// per model call of a search loop.
+    fn reservation_tokens(&self, req: &ChatRequest, size: RequestSize, search_tool: bool) -> u64 {
+        let history = match req.conversation {
+            Conversation::Thread { .. } => self.history_budget_tokens,
+            Conversation::Stateless { .. } => 0,
         };
         let calls = if search_tool {
             self.tool_max_steps + 1
@@ -466,8 +480,9 @@ impl ChatService {
             .max_completion_tokens
             .or(req.options.max_tokens)
             .map_or(DEFAULT_OUTPUT_RESERVE, u64::from);
-        (approx_tokens(&self.system_prompt) + texts + self.context_tokens) as u64 * calls
-            + output * calls
+        let prompt =
+            approx_tokens(&self.system_prompt) + size.tokens + history + self.context_tokens;
+        (prompt as u64 + output) * calls
     }
 
     /// Everything before the model: admission, validation, model access, thread,
@@ -503,32 +518,9 @@ impl ChatService {
         }
         // 2a. Bounded before anything else runs: the messages and their estimated tokens
         //     (with the system prompt) must fit the model's context window.
-        let (count, tokens) = match &req.conversation {
-            Conversation::Stateless { messages } => (
-                messages.len(),
-                messages
-                    .iter()
-                    .map(|m| approx_tokens(&m.text()))
-                    .sum::<usize>(),
-            ),
-            Conversation::Thread {
-                input,
-                instructions,
-                ..
-            } => (
-                input.len() + instructions.len(),
-                input
-                    .iter()
-                    .map(|i| approx_tokens(i.content()))
-                    .sum::<usize>()
-                    + instructions
-                        .iter()
-                        .map(|m| approx_tokens(&m.text()))
-                        .sum::<usize>(),
-            ),
-        };
-        if count > self.max_messages
-            || tokens + approx_tokens(&self.system_prompt) > model.context_tokens()
+        let size = RequestSize::of(&req.conversation);
+        if size.messages > self.max_messages
+            || size.tokens + approx_tokens(&self.system_prompt) > model.context_tokens()
         {
             return Err(ChatError::PromptTooLarge);
         }
@@ -538,7 +530,7 @@ impl ChatService {
         let req = ChatRequest { options, ..req };
         let reservation = self
             .budgets
-            .reserve(p, self.reservation_tokens(&req, search_tool), client)
+            .reserve(p, self.reservation_tokens(&req, size, search_tool), client)
             .await?;
         let options = req.options;
         // 3. Ownership and the stored turn, before any retrieval or model call.
@@ -549,17 +541,9 @@ impl ChatService {
                 input,
                 instructions,
             } => {
-                let new_cost: usize = input
-                    .iter()
-                    .map(|i| approx_tokens(i.content()))
-                    .sum::<usize>()
-                    + instructions
-                        .iter()
-                        .map(|m| approx_tokens(&m.text()))
-                        .sum::<usize>();
                 let budget = self
                     .history_budget_tokens
-                    .saturating_sub(approx_tokens(&self.system_prompt) + new_cost);
+                    .saturating_sub(approx_tokens(&self.system_prompt) + size.tokens);
                 let turn = self
                     .threads
                     .begin_turn(p, &id, input, HistoryBudget(budget), client)

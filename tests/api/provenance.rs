@@ -79,26 +79,10 @@ pub async fn seeded(s: Server, mock: Mock, mode: Retrieval, hr_acl: Value) -> Sc
 }
 
 impl Scene {
-    /// One turn; in tool mode the model first searches for `search`, if given. Returns
-    /// the stored answer.
+    /// One turn on the scene's server; in tool mode the model first searches for
+    /// `search`, if given. Returns the stored answer.
     async fn turn(&self, token: &str, thread: &str, question: &str, search: Option<&str>) -> Value {
-        if let (Retrieval::Tool, Some(q)) = (self.mode, search) {
-            self.mock.push_reply(Reply::call(
-                "call_search",
-                "search_documents",
-                &json!({ "query": q }).to_string(),
-            ));
-        }
-        let r = self
-            .s
-            .post_auth(
-                &format!("/v1/threads/{thread}/messages"),
-                token,
-                &json!({ "content": question }),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::OK, "{question}");
-        r.json::<Value>().await.unwrap()["message"].clone()
+        self.turn_on(&self.s, token, thread, question, search).await
     }
 
     /// hannah (role `hr`) asks about salaries, then about travel: the second answer
@@ -218,6 +202,7 @@ impl Scene {
         }
     }
 
+    /// [`Self::turn`] on `server` (another node of the same store).
     async fn turn_on(
         &self,
         server: &Server,
