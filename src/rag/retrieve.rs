@@ -111,18 +111,23 @@ impl Rag {
         if !hits.is_empty() {
             self.audit
                 .record(
-                    AuditEvent::new(AuditKind::Retrieval)
-                        .tenant(p.tenant())
-                        .subject(p.subject())
-                        .session(p.session_id())
-                        .client(client)
-                        .thread(thread)
+                    lineage_event(p, thread, client)
                         .documents(hits.iter().map(|h| h.document_id.as_str())),
                 )
                 .await;
         }
         Ok(hits)
     }
+}
+
+/// A `retrieval` lineage record: documents put before the model for `p`.
+fn lineage_event(p: &Principal, thread: Option<&str>, client: &ClientInfo) -> AuditEvent {
+    AuditEvent::new(AuditKind::Retrieval)
+        .tenant(p.tenant())
+        .subject(p.subject())
+        .session(p.session_id())
+        .client(client)
+        .thread(thread)
 }
 
 impl Rag {
@@ -138,13 +143,8 @@ impl Rag {
     ) {
         self.audit
             .record(
-                AuditEvent::new(AuditKind::Retrieval)
-                    .tenant(p.tenant())
-                    .subject(p.subject())
-                    .session(p.session_id())
-                    .client(client)
+                lineage_event(p, Some(thread), client)
                     .reason("history")
-                    .thread(Some(thread))
                     .documents(documents.documents()),
             )
             .await;
