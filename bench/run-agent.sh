@@ -47,7 +47,7 @@ token() {
 TOKEN=$(token 9300)
 TOKEN_TOOL=$(token 9301)
 # One public document for the search tool to find.
-curl -s -o /dev/null -X POST 127.0.0.1:9301/v1/documents -H "authorization: Bearer $TOKEN_TOOL" \
+curl -s -o /dev/null -X POST 127.0.0.1:9301/v1/documents -H "prefer: wait=25" -H "authorization: Bearer $TOKEN_TOOL" \
   -H 'content-type: application/json' -d '{"title":"Travel policy","text":"Flights under six hours are booked in economy through the travel desk.","acl":{"public":true}}' || true
 
 eval "$(python3 - <<'PY'

@@ -38,6 +38,13 @@ setup() {
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
       || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
   fi
+  # A real text corpus for ingesting a 2 MB document: the Python documentation's sources.
+  if ! [ -d /usr/share/doc/python3/html/_sources/library ] && ! ls -d /usr/share/doc/python3.*/html/_sources/library >/dev/null 2>&1; then
+    echo "installing Debian's python3-doc (a real text corpus for the ingestion tests)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-doc >/dev/null \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-doc >/dev/null; }
+  fi
   if ! [ -d tests/browser/node_modules/playwright-core ]; then
     npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
   fi

@@ -310,12 +310,28 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
                 users: clean(users),
                 public,
             };
-            let (doc, embedder) = ops::add_document(&cfg, &tenant, &title, &text, acl).await?;
-            println!(
-                "added document {} ({} chunks, embeddings: {embedder})",
-                doc.id, doc.chunk_count
-            );
-            Ok(())
+            let mut bar = ProgressBar::new();
+            let (doc, embedder) =
+                ops::add_document(&cfg, &tenant, &title, &text, acl, &mut |done, total| {
+                    bar.show(done, total)
+                })
+                .await?;
+            bar.finish();
+            match doc.state {
+                palisade::model::IngestState::Ready => {
+                    println!(
+                        "added document {} ({} chunks, embeddings: {embedder})",
+                        doc.id, doc.chunk_count
+                    );
+                    Ok(())
+                }
+                other => Err(format!(
+                    "document {} was not indexed: {} ({other:?})",
+                    doc.id,
+                    other.name()
+                )
+                .into()),
+            }
         }
         Cmd::Doc(DocCmd::List { tenant }) => {
             let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
@@ -399,6 +415,57 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             let id = ops::rotate_keys(&cfg)?;
             println!("new active key {id}; running servers mint with it within a second");
             Ok(())
+        }
+    }
+}
+
+/// Chunks embedded so far, on stderr: a bar redrawn in place on a terminal, a line per
+/// tenth otherwise (logs, CI).
+struct ProgressBar {
+    terminal: bool,
+    shown: Option<(u32, u32)>,
+}
+
+impl ProgressBar {
+    const WIDTH: u32 = 30;
+
+    fn new() -> ProgressBar {
+        use std::io::IsTerminal;
+        ProgressBar {
+            terminal: std::io::stderr().is_terminal(),
+            shown: None,
+        }
+    }
+
+    fn show(&mut self, done: u32, total: u32) {
+        if total == 0 {
+            return;
+        }
+        let percent = u64::from(done.min(total)) * 100 / u64::from(total);
+        let step = |p: u64| if self.terminal { p } else { p / 10 };
+        if let Some((d, t)) = self.shown
+            && t == total
+            && step(u64::from(d.min(t)) * 100 / u64::from(t)) == step(percent)
+        {
+            return;
+        }
+        self.shown = Some((done, total));
+        let filled = (u64::from(Self::WIDTH) * percent / 100) as usize;
+        let bar = format!(
+            "embedding [{}{}] {percent:>3}%  {done}/{total} chunks",
+            "#".repeat(filled),
+            "-".repeat(Self::WIDTH as usize - filled)
+        );
+        if self.terminal {
+            eprint!("\r{bar}");
+        } else {
+            eprintln!("{bar}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal && self.shown.is_some() {
+            eprintln!();
         }
     }
 }

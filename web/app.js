@@ -262,7 +262,7 @@ async function openThread(id) {
 async function openPassage(documentId) {
   const d = await api('GET', `/v1/documents/${encodeURIComponent(documentId)}`);
   $('passage-doc').textContent = d.title;
-  $('passage-text').textContent = d.text;
+  $('passage-text').textContent = d.text ?? 'You manage this document but may not read it.';
   $('passage').hidden = false;
   $('passage-close').focus();
 }
@@ -324,7 +324,11 @@ async function loadDocuments() {
   list.replaceChildren();
   if (!documents.length) list.append(el('li', 'No documents.'));
   for (const d of documents) {
-    const b = el('button', d.title, { type: 'button', class: 'document' });
+    const pending = d.state === 'ready' ? ''
+      : d.state === 'embedding' && d.progress && d.progress.total
+        ? ` (indexing, ${Math.floor((100 * d.progress.done) / d.progress.total)}%)`
+        : ` (${d.state === 'failed' ? 'indexing failed' : 'waiting to be indexed'})`;
+    const b = el('button', d.title + pending, { type: 'button', class: 'document' });
     b.addEventListener('click', () => guarded(async () => { showView('chat'); await openPassage(d.id); }));
     list.append(item(b));
   }

@@ -58,7 +58,14 @@ pub async fn seed(cfg: &Config, state: &AppState) -> Result<(), AnyError> {
         for (title, text, acl) in demo_documents() {
             state
                 .rag
-                .ingest_as(&admin, title, text, acl, &ClientInfo::default())
+                .ingest_as(
+                    &admin,
+                    title,
+                    text,
+                    acl,
+                    &ClientInfo::default(),
+                    &mut |_, _| {},
+                )
                 .await
                 .map_err(|e| format!("seeding {title}: {e}"))?;
         }

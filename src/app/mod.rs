@@ -348,6 +348,8 @@ pub async fn serve_on_at(
             }
         })
     };
+    // Ingestion jobs submitted here or anywhere else sharing the store.
+    let ingest_workers = state.rag.start_ingest_workers();
     let auth = state.auth.clone();
     let local = listener.local_addr()?;
     let mut limits = ConnectionLimits::from_config(&cfg.limits);
@@ -358,6 +360,8 @@ pub async fn serve_on_at(
     let _ = std::io::stdout().flush();
     crate::http::server::serve(listener, router(state), limits, shutdown).await;
     housekeeping.abort();
+    // A job cut short here resumes elsewhere once its lease lapses.
+    ingest_workers.iter().for_each(|w| w.abort());
     if let Some(t) = metrics_listener {
         t.abort();
     }

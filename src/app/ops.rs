@@ -12,7 +12,7 @@ use crate::auth::keys::Keyring;
 use crate::auth::{AccessChange, AuthService, NewAccount, UserView};
 use crate::config::Config;
 use crate::model::ClientInfo;
-use crate::model::{DocumentMeta, DocumentRecord};
+use crate::model::DocumentMeta;
 use crate::rag::{Rag, embedder_from_config};
 use crate::store::{AuditQuery, UserRecord};
 
@@ -90,18 +90,20 @@ pub fn read_document(file: &Path) -> Result<String, AnyError> {
     }
 }
 
-/// Ingests a document into `tenant`, with the embedder's name for the report.
+/// Ingests a document into `tenant`, reporting chunks done and in all to `progress`;
+/// the document's final state and the embedder's name, for the report.
 pub async fn add_document(
     cfg: &Config,
     tenant: &str,
     title: &str,
     text: &str,
     acl: Acl,
-) -> Result<(DocumentRecord, String), AnyError> {
+    progress: &mut (dyn FnMut(u32, u32) + Send),
+) -> Result<(DocumentMeta, String), AnyError> {
     let rag = rag_service(cfg).await?;
     let admin = Operator::local_cli().document_admin(tenant);
     let doc = rag
-        .ingest_as(&admin, title, text, acl, &ClientInfo::default())
+        .ingest_as(&admin, title, text, acl, &ClientInfo::default(), progress)
         .await
         .map_err(|e| format!("could not ingest {title:?}: {e}"))?;
     Ok((doc, rag.embedder_name().to_owned()))

@@ -6,6 +6,9 @@ use super::*;
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_body_bytes: usize,
+    /// The body limit of `POST /v1/documents` alone: a document of
+    /// `rag.max_document_chars` characters, as JSON.
+    pub max_document_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Failed logins for one username *from one client address* within
@@ -58,6 +61,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_document_body_bytes: 8 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             login_failures_per_user: 5,
             login_failure_window: Duration::from_secs(15 * 60),
@@ -83,6 +87,9 @@ impl LimitsConfig {
     pub(super) fn check(&self) -> Result<(), ConfigError> {
         if self.max_body_bytes < 1024 {
             return bad("limits.max_body_bytes must be at least 1024");
+        }
+        if self.max_document_body_bytes < 1024 {
+            return bad("limits.max_document_body_bytes must be at least 1024");
         }
         if self.max_connections == 0
             || [

@@ -19,6 +19,15 @@ pub struct RagConfig {
     /// Rounds of `search_documents` calls per answer; the model is asked at most this
     /// many times plus one.
     pub tool_max_steps: u32,
+    /// Ingestion jobs this process runs at once (chunking and embedding on the CPU, or
+    /// calls to the embedding upstream); 0 leaves every job to other processes.
+    pub ingest_workers: u32,
+    /// Ingestion jobs of one tenant running at once, over all processes and nodes.
+    pub ingest_per_tenant: u32,
+    /// How long a job stays claimed by a worker that stops renewing it (each embedded
+    /// batch renews it): after a crash, the job resumes elsewhere this much later.
+    #[serde(with = "humantime_serde")]
+    pub ingest_lease: Duration,
 }
 
 impl Default for RagConfig {
@@ -31,6 +40,9 @@ impl Default for RagConfig {
             writer_roles: vec!["admin".into()],
             tool: false,
             tool_max_steps: 3,
+            ingest_workers: 1,
+            ingest_per_tenant: 1,
+            ingest_lease: Duration::from_secs(30),
         }
     }
 }
@@ -39,6 +51,16 @@ impl RagConfig {
     pub(super) fn check(&self) -> Result<(), ConfigError> {
         if self.tool_max_steps == 0 || self.tool_max_steps > 10 {
             return bad("rag.tool_max_steps must be between 1 and 10");
+        }
+        if self.ingest_workers > 64 || self.ingest_per_tenant == 0 || self.ingest_per_tenant > 64 {
+            return bad(
+                "rag: ingest_workers must be at most 64, ingest_per_tenant between 1 and 64",
+            );
+        }
+        if self.ingest_lease < Duration::from_secs(1)
+            || self.ingest_lease > Duration::from_secs(3600)
+        {
+            return bad("rag.ingest_lease must be between 1s and 1h");
         }
         if self.chunk_overlap >= self.chunk_tokens || self.top_k == 0 || self.top_k > 50 {
             return bad(

@@ -31,6 +31,10 @@ pub struct StoreConfig {
     /// reported as `timeout`.
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
+    /// Cluster store: how long start-up (of the server or of a CLI command) keeps
+    /// retrying a store that cannot be reached yet before it gives up.
+    #[serde(with = "humantime_serde")]
+    pub connect_wait: Duration,
 }
 
 impl Default for StoreConfig {
@@ -43,6 +47,7 @@ impl Default for StoreConfig {
             postgres_ca_file: None,
             audit_retention: Duration::from_secs(365 * 24 * 3600),
             probe_timeout: Duration::from_secs(1),
+            connect_wait: Duration::from_secs(30),
         }
     }
 }
@@ -58,6 +63,9 @@ impl StoreConfig {
             || self.probe_timeout > Duration::from_secs(60)
         {
             return bad("store.probe_timeout must be between 50ms and 60s");
+        }
+        if self.connect_wait > Duration::from_secs(600) {
+            return bad("store.connect_wait must be at most 600s");
         }
         Ok(())
     }

@@ -4,22 +4,29 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Client, Json};
 use crate::access::Acl;
-use crate::model::{DocumentMeta, DocumentRecord};
+use crate::model::{DocumentMeta, DocumentRecord, IngestState};
+use crate::rag::RagError;
 use crate::timeutil::rfc3339;
 
-pub fn router() -> Router<AppState> {
+pub fn router(max_document_body: usize) -> Router<AppState> {
     Router::new()
-        .route("/v1/documents", post(create).get(list))
+        .route(
+            "/v1/documents",
+            post(create)
+                .layer(axum::extract::DefaultBodyLimit::max(max_document_body))
+                .get(list),
+        )
         .route("/v1/documents/{id}", get(get_document).delete(delete))
         .route("/v1/search", post(search))
 }
@@ -34,13 +41,46 @@ pub struct CreateDocument {
     acl: Acl,
 }
 
+/// Where a submitted document's ingestion stands: `queued`, `embedding` (with
+/// `progress`), `ready` (searchable), or `failed` (with `failure`).
 #[derive(Serialize, ToSchema)]
 pub struct CreatedDocument {
     id: String,
+    /// `queued` | `embedding` | `ready` | `failed`.
+    state: &'static str,
+    /// Chunks in the indexes (0 until `ready`).
     chunks: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<Progress>,
+    /// Why a `failed` document was given up: `embedding_failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<String>,
 }
 
-/// A document as listed: readers get the first four fields; writers get every document
+/// Chunks embedded so far, of how many (0 until the text has been split).
+#[derive(Serialize, ToSchema)]
+pub struct Progress {
+    done: u32,
+    total: u32,
+}
+
+/// The `state`, `progress` and `failure` fields of an ingestion state.
+fn job_fields(state: &IngestState) -> (&'static str, Option<Progress>, Option<String>) {
+    match state {
+        IngestState::Embedding { done, total } => (
+            state.name(),
+            Some(Progress {
+                done: *done,
+                total: *total,
+            }),
+            None,
+        ),
+        IngestState::Failed { reason } => (state.name(), None, Some(reason.clone())),
+        other => (other.name(), None, None),
+    }
+}
+
+/// A document as listed: readers get the first fields; writers get every document
 /// of the tenant with its ACL and who added it.
 #[derive(Serialize, ToSchema)]
 pub struct DocumentSummary {
@@ -49,6 +89,12 @@ pub struct DocumentSummary {
     /// RFC 3339.
     created_at: String,
     chunks: u32,
+    /// `queued` | `embedding` | `ready` | `failed`: only a `ready` document is searched.
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<Progress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     acl: Option<Acl>,
     /// The user id of who added it.
@@ -58,11 +104,15 @@ pub struct DocumentSummary {
 
 impl From<&DocumentRecord> for DocumentSummary {
     fn from(d: &DocumentRecord) -> Self {
+        let (state, progress, failure) = job_fields(&d.state);
         Self {
             id: d.id.clone(),
             title: d.title.clone(),
             created_at: rfc3339(d.created_at),
             chunks: d.chunk_count,
+            state,
+            progress,
+            failure,
             acl: None,
             created_by: None,
         }
@@ -71,11 +121,15 @@ impl From<&DocumentRecord> for DocumentSummary {
 
 impl From<&DocumentMeta> for DocumentSummary {
     fn from(d: &DocumentMeta) -> Self {
+        let (state, progress, failure) = job_fields(&d.state);
         Self {
             id: d.id.clone(),
             title: d.title.clone(),
             created_at: rfc3339(d.created_at),
             chunks: d.chunk_count,
+            state,
+            progress,
+            failure,
             acl: Some(d.acl.clone()),
             created_by: Some(d.created_by.clone()),
         }
@@ -88,20 +142,45 @@ pub struct DocumentList {
 }
 
 /// A document the caller may read, with its text (and, for writers, its ACL and who
-/// added it).
+/// added it); for a writer, any document of the tenant, without the text of one it may
+/// not read.
 #[derive(Serialize, ToSchema)]
 pub struct DocumentView {
     #[serde(flatten)]
     summary: DocumentSummary,
-    text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+/// The longest `Prefer: wait` honoured: a request may not outlive its timeout.
+const MAX_WAIT: Duration = Duration::from_secs(25);
+
+/// The seconds of an RFC 7240 `Prefer: wait=N`, if the request has one.
+fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("wait"))
+                .then(|| v.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+        })
+        .map(Duration::from_secs)
 }
 
 #[utoipa::path(
     post, path = "/v1/documents", operation_id = "create_document", tag = "documents", security(("bearer" = [])),
     request_body = CreateDocument,
+    params(("prefer" = Option<String>, Header,
+        description = "`wait=N` (RFC 7240): answer when ingestion is over or after N seconds (at most 25), whichever comes first.")),
     responses(
-        (status = 201, description = "Ingested.", body = CreatedDocument,
+        (status = 201, description = "Ingested and searchable (only with `Prefer: wait`).", body = CreatedDocument,
             headers(("location" = String, description = "The document's URL."))),
+        (status = 202, description = "Stored; ingestion runs as a job: follow `Location` for its state.", body = CreatedDocument,
+            headers(("location" = String, description = "The document's URL, which shows the job's state."))),
         (status = 400, description = "Malformed body.", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 403, description = "The caller may not add documents.", body = ErrorBody),
@@ -113,21 +192,41 @@ pub async fn create(
     State(s): State<AppState>,
     Auth(p): Auth,
     Client(client): Client,
+    headers: HeaderMap,
     Json(req): Json<CreateDocument>,
 ) -> Result<Response, ApiError> {
     // The tenant is the writer's; nothing in the body can choose another.
     let doc = s
         .rag
-        .ingest(&p, &req.title, &req.text, req.acl, &client)
+        .submit(&p, &req.title, &req.text, req.acl, &client)
         .await?;
+    let mut state = doc.state;
+    let mut chunks = doc.chunk_count;
+    if let Some(wait) = preferred_wait(&headers)
+        && let Some(admin) = s.rag.admin_of(&p)
+    {
+        let give_up = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let meta = s.rag.wait_for(&admin, &doc.id, give_up).await?;
+        state = meta.state;
+        chunks = meta.chunk_count;
+    }
     let location = axum::http::HeaderValue::from_str(&format!("/v1/documents/{}", doc.id))
         .map_err(|_| ApiError::Internal)?;
+    let status = if state == IngestState::Ready {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let (name, progress, failure) = job_fields(&state);
     Ok((
-        StatusCode::CREATED,
+        status,
         [(axum::http::header::LOCATION, location)],
         axum::Json(CreatedDocument {
             id: doc.id,
-            chunks: doc.chunk_count,
+            state: name,
+            chunks,
+            progress,
+            failure,
         }),
     )
         .into_response())
@@ -160,7 +259,7 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, 
     get, path = "/v1/documents/{id}", tag = "documents", security(("bearer" = [])),
     params(("id" = String, Path)),
     responses(
-        (status = 200, description = "The document, if the caller may read it.", body = DocumentView),
+        (status = 200, description = "The document with its ingestion state, if the caller may read it (writers: any document of the tenant, without the text of one they may not read).", body = DocumentView),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "Not readable by the caller (or no such document).", body = ErrorBody),
     )
@@ -170,18 +269,28 @@ pub async fn get_document(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let d = s.rag.get(&p, &id).await?;
-    let mut summary = DocumentSummary::from(&d);
-    // Who else may read it is the writers' business only.
-    if s.rag.admin_of(&p).is_some() {
-        summary.acl = Some(d.acl);
-        summary.created_by = Some(d.created_by);
-    }
-    Ok(axum::Json(DocumentView {
-        summary,
-        text: d.text,
-    })
-    .into_response())
+    let admin = s.rag.admin_of(&p);
+    let view = match (s.rag.get(&p, &id).await, admin) {
+        (Ok(d), admin) => {
+            let mut summary = DocumentSummary::from(&d);
+            // Who else may read it is the writers' business only.
+            if admin.is_some() {
+                summary.acl = Some(d.acl);
+                summary.created_by = Some(d.created_by);
+            }
+            DocumentView {
+                summary,
+                text: Some(d.text),
+            }
+        }
+        // A writer follows the job of a document it may not read itself.
+        (Err(RagError::NotFound), Some(admin)) => DocumentView {
+            summary: DocumentSummary::from(&s.rag.job_as(&admin, &id).await?),
+            text: None,
+        },
+        (Err(e), _) => return Err(e.into()),
+    };
+    Ok(axum::Json(view).into_response())
 }
 
 #[utoipa::path(

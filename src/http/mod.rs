@@ -75,7 +75,9 @@ pub fn router(state: AppState) -> Router {
         .merge(threads_routes::router())
         .merge(openai_routes::router())
         .merge(responses_routes::router())
-        .merge(documents_routes::router())
+        .merge(documents_routes::router(
+            state.config.limits.max_document_body_bytes,
+        ))
         .merge(admin::router())
         .merge(ops::router())
         .merge(mcp::router(state.clone()))

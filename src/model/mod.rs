@@ -12,7 +12,7 @@ mod message;
 mod passage;
 
 pub use audit::{AuditEvent, AuditKind, AuditRecord, ChainFault, ChainHash, ChainReport};
-pub use document::{DocumentMeta, DocumentRecord};
+pub use document::{DocumentMeta, DocumentRecord, IngestState};
 pub use health::{Check, Health, StoreError, probe};
 pub use message::{
     Citation, FunctionCall, MessageRecord, Provenance, Role, ThreadRecord, ToolCall, ToolData,

@@ -1,16 +1,18 @@
-//! Ingestion: validation, chunking, embedding, and one atomic insert.
+//! Ingestion's front half: validation and the stored job; and chunking. The job is
+//! run in `jobs.rs`.
 
 use super::{Rag, RagError};
 use crate::access::{Acl, DocumentAdmin, Principal};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::model::ClientInfo;
-use crate::model::DocumentRecord;
+use crate::model::{DocumentMeta, DocumentRecord};
 use crate::secret::new_id;
-use crate::store::{NewChunk, NewDocument};
+use crate::store::NewDocument;
 
 impl Rag {
-    /// Ingestion by an authenticated writer, into the writer's own tenant.
-    pub async fn ingest(
+    /// A document submitted by an authenticated writer, into the writer's own tenant:
+    /// stored as a job (`queued`) for a worker to chunk and embed.
+    pub async fn submit(
         &self,
         p: &Principal,
         title: &str,
@@ -19,12 +21,12 @@ impl Rag {
         client: &ClientInfo,
     ) -> Result<DocumentRecord, RagError> {
         let admin = self.require_admin(p)?;
-        self.ingest_as(&admin, title, text, acl, client).await
+        self.submit_as(&admin, title, text, acl, client).await
     }
 
-    /// Ingestion under a `documents:write` capability (a verified writer, or the
-    /// operator's CLI for a tenant it names).
-    pub async fn ingest_as(
+    /// A document submitted under a `documents:write` capability (a verified writer,
+    /// or the operator's CLI for a tenant it names), as a job.
+    pub async fn submit_as(
         &self,
         admin: &DocumentAdmin,
         title: &str,
@@ -68,54 +70,18 @@ impl Rag {
                 "The ACL names nobody: give roles, groups, users or public.".into(),
             ));
         }
-        // Parsing, chunking and embedding never run on the async workers, and at most a
-        // few ingestions run at once: other requests keep their latency.
-        let _slot = self
-            .ingest_slots
-            .acquire()
-            .await
-            .map_err(|_| RagError::Invalid("The server is shutting down.".into()))?;
-        let (size, overlap) = (self.cfg.chunk_tokens, self.cfg.chunk_overlap);
-        let embedder = self.embedder.clone();
-        let owned = text.to_owned();
-        let pieces = tokio::task::spawn_blocking(move || {
-            split(
-                &owned,
-                size,
-                overlap,
-                embedder.as_ref().and_then(|e| e.tokenizer()),
-            )
-        })
-        .await
-        .map_err(|_| RagError::Embedding)?;
-        let embeddings = match &self.embedder {
-            Some(e) => Some(e.embed(pieces.clone()).await.map_err(|err| {
-                tracing::error!(error = %err, "embedding failed");
-                RagError::Embedding
-            })?),
-            None => None,
-        };
-        let chunks = pieces
-            .into_iter()
-            .enumerate()
-            .map(|(i, text)| NewChunk {
-                id: new_id(),
-                text,
-                embedding: embeddings.as_ref().map(|e| e[i].clone()),
-            })
-            .collect();
         let doc = NewDocument::new(
             admin,
             new_id(),
             title.to_owned(),
             text.to_owned(),
             acl,
-            chunks,
+            Vec::new(),
             self.clock.now_ms(),
         )
         .ok_or_else(|| RagError::Invalid("The ACL names nobody.".into()))?;
-        let doc = self.store.insert_document(doc).await?;
-        self.documents_changed();
+        let doc = self.store.enqueue_document(doc).await?;
+        self.jobs.wake.notify_one();
         self.audit
             .record(
                 AuditEvent::new(AuditKind::DocumentCreated)
@@ -126,6 +92,21 @@ impl Rag {
             )
             .await;
         Ok(doc)
+    }
+
+    /// Submits a document and sees its job through (running it here unless another
+    /// worker holds it), reporting chunks done and in all to `progress`.
+    pub async fn ingest_as(
+        &self,
+        admin: &DocumentAdmin,
+        title: &str,
+        text: &str,
+        acl: Acl,
+        client: &ClientInfo,
+        progress: &mut (dyn FnMut(u32, u32) + Send),
+    ) -> Result<DocumentMeta, RagError> {
+        let doc = self.submit_as(admin, title, text, acl, client).await?;
+        self.see_through(admin, &doc.id, progress).await
     }
 
     /// Splits on paragraphs, then sentences, then words, with overlap; sized in model

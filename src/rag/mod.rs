@@ -7,6 +7,7 @@
 
 pub mod embed;
 mod ingest;
+mod jobs;
 mod manage;
 mod retrieve;
 
@@ -51,8 +52,8 @@ pub struct Rag {
     embedder: Option<Arc<dyn Embedder>>,
     cfg: RagConfig,
     audit: Audit,
-    /// Ingestions running at once (each takes a blocking thread to chunk and embed).
-    ingest_slots: tokio::sync::Semaphore,
+    /// This process's side of the ingestion queue.
+    jobs: jobs::Jobs,
     /// Whether a scope can see any document at all, remembered for
     /// [`VISIBILITY_TTL`]: the shortcut that spares a chat with nothing to retrieve a
     /// store round trip. It never widens access: a stale `true` only lets the search
@@ -68,9 +69,6 @@ pub struct Rag {
 const VISIBILITY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// The most scopes it remembers (each entry is a tenant and a few labels).
 const VISIBILITY_SCOPES: u64 = 10_000;
-
-/// Ingestions that may chunk and embed at the same time.
-const INGEST_CONCURRENCY: usize = 1;
 
 /// Builds the configured embedder. A missing local model is not fatal: retrieval falls
 /// back to BM25 and says so in the log.
@@ -136,7 +134,7 @@ impl Rag {
             embedder,
             cfg,
             audit,
-            ingest_slots: tokio::sync::Semaphore::new(INGEST_CONCURRENCY),
+            jobs: jobs::Jobs::new(),
             visible: moka::sync::Cache::builder()
                 .max_capacity(VISIBILITY_SCOPES)
                 .time_to_live(VISIBILITY_TTL)

@@ -86,6 +86,50 @@ pub struct NewChunk {
     pub embedding: Option<Vec<f32>>,
 }
 
+/// What a worker asks for when it looks for an ingestion job.
+#[derive(Debug, Clone)]
+pub struct IngestClaim {
+    /// Who holds the lease (a process-unique id).
+    pub worker: String,
+    /// Milliseconds since the epoch, from the service's clock.
+    pub now: i64,
+    /// How long the claim holds without being renewed by a staged batch.
+    pub lease_ms: i64,
+    /// No job is claimed for a tenant that already has this many leased.
+    pub per_tenant: u32,
+    /// Only this document (the CLI running the job it just submitted).
+    pub only: Option<String>,
+}
+
+/// A claimed job: the document's text and how far earlier attempts got.
+#[derive(Debug, Clone)]
+pub struct IngestJob {
+    pub lease: IngestLease,
+    pub text: String,
+    /// Chunks staged by earlier attempts (chunk `seq`s `0..done`).
+    pub done: u32,
+    /// Attempts that failed before this one.
+    pub attempts: u32,
+}
+
+/// Proof of a claim: every later step of the job checks that the document is still
+/// leased to this worker, so a worker that lost its lease (or whose document was
+/// deleted) stops without writing.
+#[derive(Debug, Clone)]
+pub struct IngestLease {
+    pub document_id: String,
+    pub worker: String,
+}
+
+/// How an attempt ended when it did not finish.
+#[derive(Debug, Clone)]
+pub enum IngestFailure {
+    /// Release the job; it may be claimed again from this time (ms) on.
+    RetryAt(i64),
+    /// The job is over: `failed`, with this fixed reason; staged chunks are dropped.
+    GiveUp(&'static str),
+}
+
 pub struct SearchQuery {
     pub vector: Option<Vec<f32>>,
     /// Plain words; the store quotes each one, so no query syntax can be injected.
@@ -102,8 +146,35 @@ pub struct Rankings {
 
 #[async_trait]
 pub trait DocumentStore: Send + Sync {
-    /// Inserts a document with all its chunks (and vectors) atomically.
+    /// Inserts a document with all its chunks (and vectors) atomically, `ready`.
     async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord>;
+    /// Stores a document as an ingestion job (`queued`, nothing in the indexes); its
+    /// chunks, if any, are ignored.
+    async fn enqueue_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord>;
+    /// Leases the oldest job whose lease has lapsed, within the claim's bounds.
+    async fn claim_ingest(&self, claim: IngestClaim) -> StoreResult<Option<IngestJob>>;
+    /// Stages chunks `first..` (with their vectors) of `total`, and renews the lease
+    /// until `lease_until`. A chunk already staged is kept as it was. `false`: the
+    /// lease is lost or the document deleted; nothing was written.
+    async fn stage_chunks(
+        &self,
+        lease: &IngestLease,
+        first: u32,
+        total: u32,
+        chunks: Vec<NewChunk>,
+        lease_until: i64,
+    ) -> StoreResult<bool>;
+    /// Moves every staged chunk into the indexes and marks the document `ready`, in
+    /// one transaction. `false`: the lease is lost or the document deleted.
+    async fn publish_ingest(&self, lease: &IngestLease) -> StoreResult<bool>;
+    /// Ends an attempt that did not finish.
+    async fn fail_ingest(&self, lease: &IngestLease, failure: IngestFailure) -> StoreResult<()>;
+    /// Any document of the administrator's tenant, metadata only.
+    async fn document_meta(
+        &self,
+        admin: &DocumentAdmin,
+        id: &str,
+    ) -> StoreResult<Option<DocumentMeta>>;
     /// The documents `scope` may read, newest first.
     async fn list_documents(&self, scope: &AccessScope) -> StoreResult<Vec<DocumentRecord>>;
     async fn document(&self, scope: &AccessScope, id: &str) -> StoreResult<Option<DocumentRecord>>;

@@ -31,7 +31,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use audit::{AuditQuery, AuditStore, ChainHead, LineageQuery};
-pub use documents::{DocumentStore, NewChunk, NewDocument, Rankings, SearchQuery};
+pub use documents::{
+    DocumentStore, IngestClaim, IngestFailure, IngestJob, IngestLease, NewChunk, NewDocument,
+    Rankings, SearchQuery,
+};
 pub use limits::{Admission, Limit, LimitKind, LimitStore};
 pub use sessions::{NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore};
 pub use threads::{

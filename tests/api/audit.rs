@@ -59,9 +59,7 @@ async fn editing_or_deleting_any_audit_record_is_detected_and_named() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = s
-        .post_auth(
-            "/v1/documents",
-            &admin.access,
+        .post_document(&admin.access,
             &json!({"title": "Payroll", "text": "Payroll runs on the 25th.", "acl": {"public": true}}),
         )
         .await;
@@ -288,7 +286,7 @@ async fn lineage_names_who_had_a_document_in_a_prompt_and_in_which_thread() {
         let s = &s;
         let token = admin.access.clone();
         async move {
-            let r = s.post_auth("/v1/documents", &token, &body).await;
+            let r = s.post_document(&token, &body).await;
             assert_eq!(r.status(), StatusCode::CREATED);
             let v: Value = r.json().await.unwrap();
             v["id"].as_str().unwrap().to_owned()

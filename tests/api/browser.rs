@@ -53,8 +53,7 @@ async fn the_chat_page_in_a_real_browser() {
         ),
     ] {
         let r = s
-            .post_auth(
-                "/v1/documents",
+            .post_document(
                 &admin.access,
                 &json!({"title": title, "text": text, "acl": acl}),
             )

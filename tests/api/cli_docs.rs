@@ -82,6 +82,12 @@ async fn doc_add_ingests_markdown_and_pdf_with_their_acl() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("added document"));
+        // Progress on stderr: a line per tenth when it is not a terminal.
+        let progress = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            progress.contains("embedding [") && progress.contains("100%"),
+            "{progress}"
+        );
     }
     // An ACL naming nobody is refused by the CLI as well.
     let out = s.cli(

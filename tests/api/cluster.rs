@@ -966,3 +966,173 @@ async fn every_redis_key_expires_by_itself() {
     }
     assert!(checked >= 8, "only {checked} keys checked: {keys}");
 }
+
+/// An ingestion job runs on whichever node claims it; when that node is killed (-9)
+/// mid-way, the other takes the job over once its lease lapses and finishes it from
+/// the chunks already embedded, each chunk stored once. Meanwhile the tenant's bound
+/// (one job at a time) holds over both nodes.
+#[tokio::test]
+#[ignore = "cluster store only: run in the cluster pass"]
+async fn a_job_left_by_a_killed_node_is_finished_by_the_other() {
+    use crate::ingest::{corpus, state, stored_chunks, with_remote_embeddings};
+    require_cluster_pass();
+    let space = Arc::new(ClusterSpace::create());
+    let keys = tempfile::tempdir().unwrap();
+    let file = keys.path().join("keys.json");
+    let env = [("PALISADE_RAG__INGEST_LEASE", "2s")];
+    let (a, mock) =
+        with_remote_embeddings(&env, 80, |e| Server::start_node(&space, &file, e)).await;
+    let b = Server::start_node(&space, &file, &{
+        let mut all: Vec<(&str, &str)> = vec![
+            ("PALISADE_EMBEDDINGS__KIND", "openai"),
+            ("PALISADE_EMBEDDINGS__BASE_URL", mock.base_url.as_str()),
+            ("PALISADE_EMBEDDINGS__MODEL", "text-embedding-3-small"),
+            ("PALISADE_EMBEDDINGS__DIM", "8"),
+        ];
+        all.extend_from_slice(&env);
+        all
+    });
+    let mut p = Pair { a, b, _keys: keys };
+    let acme = seed_acme(&p.a);
+    let adam = p.a.login("adam", &acme.adam).await;
+    let submit = |title: &'static str, text: String| {
+        let (s, token) = (&p.a, adam.access.clone());
+        async move {
+            let r = s
+                .post_auth(
+                    "/v1/documents",
+                    &token,
+                    &json!({"title": title, "text": text, "acl": {"public": true}}),
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            r.headers()["location"].to_str().unwrap().to_owned()
+        }
+    };
+    let first = submit("Library A", corpus(1_000_000, "Platypusvane")).await;
+    let second = submit("Library B", corpus(20_000, "Echidnarill")).await;
+    let id = first.rsplit('/').next().unwrap().to_owned();
+
+    // Whichever node holds the first job, once a quarter of it is embedded: the second
+    // waits (one job per tenant), on both nodes.
+    let (done, total) = eventually(Duration::from_secs(240), "a quarter embedded", || async {
+        let st = state(&p.a, &adam.access, &first).await;
+        let second_state = state(&p.a, &adam.access, &second).await;
+        assert_eq!(
+            second_state["state"], "queued",
+            "two jobs of one tenant at once"
+        );
+        let (d, t) = (
+            st["progress"]["done"].as_u64().unwrap_or(0),
+            st["progress"]["total"].as_u64().unwrap_or(0),
+        );
+        assert_ne!(st["state"], "ready", "finished before it could be killed");
+        (t > 0 && d * 4 >= t).then_some((d, t))
+    })
+    .await;
+    let owner = p.a.sql_value(&format!(
+        "SELECT lease_owner FROM documents WHERE id = '{id}'"
+    ));
+    let on_a = owner.starts_with(&format!("{}-", p.a.pid()));
+    let on_b = owner.starts_with(&format!("{}-", p.b.pid()));
+    assert!(on_a ^ on_b, "lease {owner:?}");
+    let (dead, alive) = if on_a {
+        p.a.kill9();
+        (&p.a, &p.b)
+    } else {
+        p.b.kill9();
+        (&p.b, &p.a)
+    };
+    let _ = dead;
+    let adam = alive.login("adam", &acme.adam).await;
+    let t = Instant::now();
+    let ready = eventually(Duration::from_secs(300), "taken over and ready", || async {
+        let st = state(alive, &adam.access, &first).await;
+        assert_ne!(st["state"], "failed", "{st}");
+        (st["state"] == "ready").then_some(st)
+    })
+    .await;
+    eprintln!(
+        "killed at {done}/{total} on node {}; ready on the other {:?} later",
+        if on_a { "A" } else { "B" },
+        t.elapsed()
+    );
+    let owner = alive.sql_value(&format!(
+        "SELECT count(*) FROM ingest_chunks WHERE document_id = '{id}'"
+    ));
+    assert_eq!(owner, "0");
+    assert_eq!(ready["chunks"].as_u64(), Some(total));
+    assert_eq!(stored_chunks(alive, &id), (total, total, total));
+    // The second job follows on the surviving node.
+    eventually(
+        Duration::from_secs(120),
+        "the second job is ready",
+        || async {
+            let st = state(alive, &adam.access, &second).await;
+            (st["state"] == "ready").then_some(())
+        },
+    )
+    .await;
+    let r = alive
+        .post_auth(
+            "/v1/search",
+            &adam.access,
+            &json!({"query": "Platypusvane"}),
+        )
+        .await;
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["results"][0]["document_id"], id.as_str(), "{body}");
+}
+
+/// A CLI command (or a node) started while PostgreSQL is down or restarting waits for
+/// it (`store.connect_wait`) instead of failing at once: here `user add` begins with
+/// the database stopped, says so, and succeeds once it is back.
+#[tokio::test]
+#[ignore = "cluster store only: run in the cluster pass"]
+async fn a_cli_command_waits_for_a_store_that_is_coming_back() {
+    use std::io::{BufRead, Write};
+    require_cluster_pass();
+    let pg = OwnPostgres::start();
+    let url = pg.url();
+    let s = Server::start_with(&[("PALISADE_STORE__POSTGRES_URL", url.as_str())]);
+    pg.ctl("stop");
+    let mut cli = s
+        .command()
+        .args([
+            "user",
+            "add",
+            "late",
+            "--tenant",
+            "acme",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cli.stdin
+        .take()
+        .unwrap()
+        .write_all(b"pw-late-correct-horse\n")
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(cli.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the CLI ended");
+        if line.contains("store not reachable yet") {
+            break;
+        }
+    }
+    assert!(!line.contains("pw-late"), "{line}");
+    pg.ctl("start");
+    let out = cli.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = s.login_raw("late", "pw-late-correct-horse").await;
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -25,9 +25,7 @@ async fn org(s: Server) -> Org {
     let adam = s.login("adam", &acme.adam).await;
     let ada = s.login("ada", &ada_password).await;
     let r = s
-        .post_auth(
-            "/v1/documents",
-            &adam.access,
+        .post_document(&adam.access,
             &json!({"title": "Salary bands", "text": format!("Salary bands for engineers. Reference {HR_CANARY}."), "acl": {"roles": ["hr"]}}),
         )
         .await;

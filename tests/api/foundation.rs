@@ -9,9 +9,7 @@ const HR_CANARY: &str = "CANARY-HR-WRITER-5150";
 
 async fn hr_document(s: &Server, writer: &str) -> String {
     let r = s
-        .post_auth(
-            "/v1/documents",
-            writer,
+        .post_document(writer,
             &json!({"title": "HR bonus plan", "text": format!("The bonus plan pays twelve percent. Reference {HR_CANARY}."), "acl": {"roles": ["hr"]}}),
         )
         .await;
@@ -37,12 +35,13 @@ async fn a_writer_lists_and_deletes_a_document_they_cannot_read() {
             .await
             .contains(HR_CANARY)
     );
-    assert_eq!(
-        s.get(&format!("/v1/documents/{id}"), &adam.access)
-            .await
-            .status(),
-        StatusCode::NOT_FOUND
-    );
+    // Its metadata and ingestion state, never its text.
+    let r = s.get(&format!("/v1/documents/{id}"), &adam.access).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let meta: Value = r.json().await.unwrap();
+    assert_eq!(meta["state"], "ready");
+    assert!(meta.get("text").is_none(), "{meta}");
+    assert!(!meta.to_string().contains(HR_CANARY));
     let listing: Value = s
         .get("/v1/documents", &adam.access)
         .await
@@ -80,7 +79,7 @@ async fn a_writer_lists_and_deletes_a_document_they_cannot_read() {
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     // A document alice can read but not write: forbidden.
     let public = s
-        .post_auth("/v1/documents", &adam.access, &json!({"title": "Canteen", "text": "Lunch is served at noon.", "acl": {"public": true}}))
+        .post_document(&adam.access, &json!({"title": "Canteen", "text": "Lunch is served at noon.", "acl": {"public": true}}))
         .await
         .json::<Value>()
         .await

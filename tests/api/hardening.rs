@@ -119,7 +119,7 @@ async fn an_oversized_completion_is_refused_before_any_retrieval_or_audit() {
     let acme = seed_acme(&s);
     let adam = s.login("adam", &acme.adam).await;
     let r = s
-        .post_auth("/v1/documents", &adam.access, &json!({"title": "Travel", "text": "Flights are booked in economy class.", "acl": {"public": true}}))
+        .post_document(&adam.access, &json!({"title": "Travel", "text": "Flights are booked in economy class.", "acl": {"public": true}}))
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let a = s.login("alice", &acme.alice).await;
@@ -397,6 +397,7 @@ async fn two_large_uploads_do_not_stall_other_requests() {
             http.post(url)
                 .bearer_auth(tok)
                 .header("content-type", "application/json")
+                .header("prefer", "wait=25")
                 .body(body)
                 .send()
                 .await
@@ -438,7 +439,7 @@ async fn history_that_quotes_a_document_no_longer_readable_is_withheld_and_redac
     let acme = seed_acme(&s);
     let adam = s.login("adam", &acme.adam).await;
     let r = s
-        .post_auth("/v1/documents", &adam.access, &json!({"title": "Salary bands", "text": format!("Senior engineers earn 105,000 to 135,000. Reference {CANARY}."), "acl": {"roles": ["hr"]}}))
+        .post_document(&adam.access, &json!({"title": "Salary bands", "text": format!("Senior engineers earn 105,000 to 135,000. Reference {CANARY}."), "acl": {"roles": ["hr"]}}))
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let hannah = s.login("hannah", &acme.hannah).await;
@@ -523,7 +524,7 @@ async fn a_user_in_300_groups_gets_a_small_token_that_works() {
     // The groups count for retrieval: a document for the last one is found.
     let adam = s.login("adam", &acme.adam).await;
     let r = s
-        .post_auth("/v1/documents", &adam.access, &json!({"title": "Team 299 roster", "text": "The roster of team two hundred ninety nine.", "acl": {"groups": ["dir-group-engineering-299"]}}))
+        .post_document(&adam.access, &json!({"title": "Team 299 roster", "text": "The roster of team two hundred ninety nine.", "acl": {"groups": ["dir-group-engineering-299"]}}))
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let found = s
@@ -553,11 +554,7 @@ async fn ranking_reveals_nothing_about_documents_the_caller_cannot_read() {
         let s = &s;
         async move {
             let resp = s
-                .post_auth(
-                    "/v1/documents",
-                    &token,
-                    &json!({"title": title, "text": text, "acl": acl}),
-                )
+                .post_document(&token, &json!({"title": title, "text": text, "acl": acl}))
                 .await;
             assert_eq!(resp.status(), StatusCode::CREATED, "{title}");
         }

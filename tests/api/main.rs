@@ -20,6 +20,7 @@ mod fidelity;
 mod foundation;
 mod hardening;
 mod hygiene;
+mod ingest;
 mod model;
 mod oidc;
 mod operability;

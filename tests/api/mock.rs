@@ -79,6 +79,10 @@ pub struct MockState {
     pub completed_streams: AtomicUsize,
     /// Pause between streamed chunks.
     pub chunk_delay_ms: AtomicUsize,
+    /// Pause before answering an embedding request (a remote model's latency).
+    pub embedding_delay_ms: AtomicUsize,
+    /// Embedding requests still to be answered 500 (`usize::MAX`: all of them).
+    pub embedding_failures: AtomicUsize,
     /// Characters per streamed chunk.
     pub chunk_chars: AtomicUsize,
     /// For benchmarks: answer with this text instead of the echo, and keep no record
@@ -111,6 +115,8 @@ impl Mock {
             cancelled: AtomicUsize::new(0),
             completed_streams: AtomicUsize::new(0),
             chunk_delay_ms: AtomicUsize::new(5),
+            embedding_delay_ms: AtomicUsize::new(0),
+            embedding_failures: AtomicUsize::new(0),
             chunk_chars: AtomicUsize::new(16),
             fixed_answer: Mutex::new(None),
         });
@@ -176,6 +182,33 @@ impl Mock {
         *self.state.forever.lock().unwrap() = Some(r);
     }
 
+    /// Embedding requests take `ms` each.
+    pub fn set_embedding_delay(&self, ms: usize) {
+        self.state.embedding_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The next `n` embedding requests fail with 500 (`usize::MAX`: every one).
+    pub fn fail_embeddings(&self, n: usize) {
+        self.state.embedding_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Embedding requests received that hold none of `questions` (the texts of
+    /// searches and chat turns, embedded to search with).
+    pub fn embedding_requests_except(&self, questions: &[&str]) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.get("input").is_some() && r.get("messages").is_none())
+            .filter(|r| {
+                let inputs: Vec<&str> = match &r["input"] {
+                    Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                    Value::String(s) => vec![s.as_str()],
+                    _ => Vec::new(),
+                };
+                !inputs.iter().any(|i| questions.contains(i))
+            })
+            .count()
+    }
+
     pub fn set_chunk_delay(&self, ms: usize) {
         self.state.chunk_delay_ms.store(ms, Ordering::SeqCst);
     }
@@ -236,6 +269,25 @@ async fn embeddings(State(state): State<Arc<MockState>>, body: Bytes) -> Respons
     state.requests.lock().unwrap().push(req.clone());
     if let Err(refusal) = strict::check_embedding_request(&body) {
         return refuse(&state, req, refusal);
+    }
+    let delay = state.embedding_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+    let failing = state
+        .embedding_failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+            0 => None,
+            usize::MAX => Some(usize::MAX),
+            n => Some(n - 1),
+        })
+        .is_ok();
+    if failing {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}})),
+        )
+            .into_response();
     }
     let texts: Vec<String> = match &req["input"] {
         Value::String(s) => vec![s.clone()],

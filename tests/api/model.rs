@@ -49,8 +49,7 @@ async fn the_real_model_finds_a_semantically_related_document() {
     ];
     for (title, text) in docs {
         let r = s
-            .post_auth(
-                "/v1/documents",
+            .post_document(
                 &admin.access,
                 &json!({"title": title, "text": text, "acl": {"public": true}}),
             )

@@ -97,9 +97,7 @@ async fn an_id_token_becomes_a_session_like_a_password_login() {
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let hr_doc = s
-        .post_auth(
-            "/v1/documents",
-            &admin.access,
+        .post_document(&admin.access,
             &json!({"title": "Salary bands", "text": "Confidential salary bands CANARY-HR-7731.", "acl": {"roles": ["hr"]}}),
         )
         .await;

@@ -208,9 +208,7 @@ async fn metrics_count_exactly_what_a_scripted_scenario_caused() {
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let r = s
-        .post_auth(
-            "/v1/documents",
-            &admin.access,
+        .post_document(&admin.access,
             &json!({"title": "Travel", "text": "Flights are booked through the travel desk.", "acl": {"public": true}}),
         )
         .await;

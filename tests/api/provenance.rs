@@ -48,18 +48,14 @@ pub async fn seeded(s: Server, mock: Mock, mode: Retrieval, hr_acl: Value) -> Sc
     let admin = s.login("adam", &acme.adam).await;
     for i in 0..12 {
         let r = s
-            .post_auth(
-                "/v1/documents",
-                &admin.access,
+            .post_document(&admin.access,
                 &json!({"title": format!("Travel note {i}"), "text": format!("Travel policy note {i}: trains are booked in second class, flights longer than {} hours in business class, hotels up to 150 euros a night.", i + 4), "acl": {"public": true}}),
             )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     let r = s
-        .post_auth(
-            "/v1/documents",
-            &admin.access,
+        .post_document(&admin.access,
             &json!({"title": "Salary bands 2026", "text": format!("Salary bands: senior engineers earn 105,000 to 135,000 a year. Reference {CANARY}."), "acl": hr_acl}),
         )
         .await;

@@ -76,8 +76,7 @@ async fn build_world(extra: &[(&str, &str)], process: bool) -> World {
     ];
     for (title, text, acl) in docs {
         let resp = s
-            .post_auth(
-                "/v1/documents",
+            .post_document(
                 &admin.access,
                 &json!({"title": title, "text": text, "acl": acl}),
             )
@@ -86,9 +85,7 @@ async fn build_world(extra: &[(&str, &str)], process: bool) -> World {
     }
     let e = s.login("eve", &eve).await;
     let resp = s
-        .post_auth(
-            "/v1/documents",
-            &e.access,
+        .post_document(&e.access,
             &json!({"title": "Globex salaries", "text": format!("Globex executive salary bands and board pay. Code {GLOBEX}."), "acl": {"public": true}}),
         )
         .await;
@@ -309,8 +306,7 @@ async fn scopes_by_role_group_user_and_tenant() {
 
     // Writing needs documents:write; an ACL naming nobody is refused.
     let r = s
-        .post_auth(
-            "/v1/documents",
+        .post_document(
             &hannah.access,
             &json!({"title": "x", "text": "y", "acl": {"public": true}}),
         )
@@ -320,12 +316,11 @@ async fn scopes_by_role_group_user_and_tenant() {
         (StatusCode::FORBIDDEN, "forbidden".into())
     );
     let r = s
-        .post_auth("/v1/documents", &w.admin.access, &json!({"title": "x", "text": "y", "acl": {"roles": [], "groups": [], "users": [], "public": false}}))
+        .post_document(&w.admin.access, &json!({"title": "x", "text": "y", "acl": {"roles": [], "groups": [], "users": [], "public": false}}))
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let r = s
-        .post_auth(
-            "/v1/documents",
+        .post_document(
             &w.admin.access,
             &json!({"title": "x", "text": "y", "acl": {"roles": ["hr' OR 1=1"]}}),
         )
@@ -441,7 +436,7 @@ async fn answers_cite_only_what_was_retrieved_and_the_extractive_responder_quote
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let r = s
-        .post_auth("/v1/documents", &admin.access, &json!({"title": "Travel policy", "text": "Flights under six hours are booked in economy class through the travel desk.", "acl": {"public": true}}))
+        .post_document(&admin.access, &json!({"title": "Travel policy", "text": "Flights under six hours are booked in economy class through the travel desk.", "acl": {"public": true}}))
         .await;
     let doc: Value = r.json().await.unwrap();
     let a = s.login("alice", &acme.alice).await;
@@ -495,9 +490,7 @@ async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere
     // Nothing visible yet: remembered as such.
     assert_eq!(results(&ivan.access, "quarterly roadmap").await, "[]");
     let resp = s
-        .post_auth(
-            "/v1/documents",
-            &ian.access,
+        .post_document(&ian.access,
             &json!({"title": "Roadmap", "text": "The quarterly roadmap ships the TPS cover sheet. Code CANARY-ROADMAP-1.", "acl": {"public": true}}),
         )
         .await;

@@ -286,9 +286,7 @@ async fn sso_sign_in_ends_in_a_session_like_a_password_login() {
     let acme = seed_acme(&s);
     let admin = s.login("adam", &acme.adam).await;
     let hr_doc = s
-        .post_auth(
-            "/v1/documents",
-            &admin.access,
+        .post_document(&admin.access,
             &json!({"title": "Salary bands", "text": "Confidential salary bands CANARY-SSO-5521.", "acl": {"roles": ["hr"]}}),
         )
         .await;

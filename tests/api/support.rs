@@ -305,6 +305,44 @@ impl Server {
         }
     }
 
+    /// The first column of the first row of `sql` on the server's store, as text.
+    pub fn sql_value(&self, sql: &str) -> String {
+        match &self.cluster {
+            None => {
+                let c = rusqlite::Connection::open(self.dir.path().join("palisade.db"))
+                    .expect("open the database file");
+                c.busy_timeout(Duration::from_secs(10))
+                    .expect("busy timeout");
+                c.query_row(&format!("SELECT CAST(({sql}) AS TEXT)"), [], |r| {
+                    r.get::<_, Option<String>>(0)
+                })
+                .expect("query the SQLite store")
+                .unwrap_or_default()
+            }
+            Some(c) => {
+                let out = Command::new("psql")
+                    .arg(&c.postgres_url)
+                    .args(["-v", "ON_ERROR_STOP=1", "-Atqc", sql])
+                    .output()
+                    .expect("psql");
+                assert!(
+                    out.status.success(),
+                    "{sql}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            }
+        }
+    }
+
+    /// The process id of this server's `palisade` process.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("a running palisade process")
+            .id()
+    }
+
     /// A variable this server was started with.
     pub fn env_of(&self, key: &str) -> Option<String> {
         self.env
@@ -331,7 +369,7 @@ impl Server {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn command(&self) -> Command {
+    pub fn command(&self) -> Command {
         let mut c = Command::new(BIN);
         // Deterministic embeddings unless a test asks for the real model. The store kind
         // under test comes from PALISADE_TEST_STORE (embedded by default): the whole
@@ -670,6 +708,19 @@ impl Server {
         self.http
             .post(self.url(path))
             .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `POST /v1/documents`, waiting (`Prefer: wait`) until the document is indexed:
+    /// 201 once it is searchable.
+    pub async fn post_document(&self, token: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url("/v1/documents"))
+            .bearer_auth(token)
+            .header("prefer", "wait=25")
             .json(body)
             .send()
             .await

@@ -26,7 +26,11 @@ pub fn refuse_when_degraded(state: &AppState, req: &Request) -> Result<(), ApiEr
 
 /// The declared body size, then the rest of the request within the total time.
 pub async fn limits(state: &AppState, req: Request, next: Next) -> Response {
-    let max = state.config.limits.max_body_bytes;
+    let max = if req.method() == axum::http::Method::POST && req.uri().path() == "/v1/documents" {
+        state.config.limits.max_document_body_bytes
+    } else {
+        state.config.limits.max_body_bytes
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

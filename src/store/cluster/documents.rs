@@ -26,8 +26,11 @@ use tokio_postgres::Row;
 use super::{ClusterStore, DDL_LOCK, row, rows, timed};
 use crate::access::{AccessScope, DocumentAdmin};
 use crate::model::ChunkHit;
-use crate::model::{DocumentMeta, DocumentRecord};
-use crate::store::{DocumentStore, NewDocument, Rankings, SearchQuery, StoreError, StoreResult};
+use crate::model::{DocumentMeta, DocumentRecord, IngestState};
+use crate::store::{
+    DocumentStore, IngestClaim, IngestFailure, IngestJob, IngestLease, NewChunk, NewDocument,
+    Rankings, SearchQuery, StoreError, StoreResult,
+};
 
 /// Up to this many visible chunks, search exactly (BENCHMARKS.md: ~4 ms at 5,000 of
 /// 100,000); above, HNSW with iterative scan.
@@ -41,8 +44,27 @@ fn vec_table(dim: usize) -> String {
     format!("vectors_{dim}")
 }
 
-const DOC_COLS: &str = "id, title, body, acl, created_at, created_by, chunk_count";
-const META_COLS: &str = "id, title, acl, created_at, created_by, chunk_count";
+const DOC_COLS: &str = "id, title, body, acl, created_at, created_by, chunk_count, state, chunks_done, chunks_total, failure";
+const META_COLS: &str = "id, title, acl, created_at, created_by, chunk_count, state, chunks_done, chunks_total, failure";
+
+/// How long moving a document's staged chunks into the indexes may take.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Key of the advisory lock under which jobs are claimed: the per-tenant bound is
+/// counted and taken in one serial step.
+const CLAIM_LOCK: i64 = 0x7061_6c69_696e_6a62; // "paliinjb"
+
+/// The ingestion state in the four columns from `i` on.
+fn state_at(r: &Row, i: usize) -> StoreResult<IngestState> {
+    let name: String = r.try_get(i)?;
+    IngestState::from_columns(
+        &name,
+        i64::from(r.try_get::<_, i32>(i + 1)?),
+        i64::from(r.try_get::<_, i32>(i + 2)?),
+        r.try_get(i + 3)?,
+    )
+    .ok_or_else(|| StoreError::Corrupt(format!("unknown document state {name:?}")))
+}
 
 fn acl_of(v: serde_json::Value) -> StoreResult<crate::access::Acl> {
     serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("acl: {e}")))
@@ -57,6 +79,7 @@ fn doc_row(r: &Row) -> StoreResult<DocumentRecord> {
         created_at: r.try_get(4)?,
         created_by: r.try_get(5)?,
         chunk_count: r.try_get::<_, i32>(6)?.max(0) as u32,
+        state: state_at(r, 7)?,
     })
 }
 
@@ -68,6 +91,7 @@ fn meta_row(r: &Row) -> StoreResult<DocumentMeta> {
         created_at: r.try_get(3)?,
         created_by: r.try_get(4)?,
         chunk_count: r.try_get::<_, i32>(5)?.max(0) as u32,
+        state: state_at(r, 6)?,
     })
 }
 
@@ -105,6 +129,19 @@ async fn acl_id_for(c: &impl GenericClient, tenant: &str, labels: &[String]) -> 
     )
     .await?
     .try_get(0)?)
+}
+
+/// Whether the document is leased to the worker (and still being ingested); the row
+/// stays locked until the transaction ends, so a deletion waits for the step.
+async fn holds(c: &impl GenericClient, lease: &IngestLease) -> StoreResult<bool> {
+    Ok(row(
+        c,
+        "SELECT 1 FROM documents WHERE id = $1 AND lease_owner = $2
+         AND state IN ('queued', 'embedding') FOR UPDATE",
+        &[&lease.document_id, &lease.worker],
+    )
+    .await?
+    .is_some())
 }
 
 /// Hits by internal chunk id, in the given order, with the given scores.
@@ -401,7 +438,289 @@ impl DocumentStore for ClusterStore {
                 created_at: doc.now(),
                 created_by: doc.created_by().to_owned(),
                 chunk_count: chunks.len() as u32,
+                state: IngestState::Ready,
             })
+        })
+        .await
+    }
+
+    async fn enqueue_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
+        timed(async {
+            let mut c = self.pg().await?;
+            let tx = c.transaction().await?;
+            let acl_id = acl_id_for(&tx, doc.tenant(), doc.labels()).await?;
+            let acl_json = serde_json::to_value(doc.acl())
+                .map_err(|e| StoreError::Corrupt(format!("acl: {e}")))?;
+            tx.execute(
+                "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 'queued')",
+                &[
+                    &doc.id(),
+                    &doc.tenant(),
+                    &doc.title(),
+                    &doc.text(),
+                    &acl_json,
+                    &acl_id,
+                    &doc.created_by(),
+                    &doc.now(),
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(DocumentRecord {
+                id: doc.id().to_owned(),
+                title: doc.title().to_owned(),
+                text: doc.text().to_owned(),
+                acl: doc.acl().clone(),
+                created_at: doc.now(),
+                created_by: doc.created_by().to_owned(),
+                chunk_count: 0,
+                state: IngestState::Queued,
+            })
+        })
+        .await
+    }
+
+    async fn claim_ingest(&self, claim: IngestClaim) -> StoreResult<Option<IngestJob>> {
+        timed(async {
+            let mut c = self.pg().await?;
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+                .await?;
+            let per_tenant = i64::from(claim.per_tenant);
+            let Some(r) = row(
+                &tx,
+                "SELECT d.id, d.body, d.attempts FROM documents d
+                 WHERE d.state IN ('queued', 'embedding') AND d.lease_until <= $1
+                   AND ($2::TEXT IS NULL OR d.id = $2)
+                   AND (SELECT count(*) FROM documents o
+                        WHERE o.tenant = d.tenant AND o.state IN ('queued', 'embedding')
+                          AND o.lease_owner IS NOT NULL AND o.lease_until > $1) < $3
+                 ORDER BY d.created_at, d.id LIMIT 1
+                 FOR UPDATE SKIP LOCKED",
+                &[&claim.now, &claim.only, &per_tenant],
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            let id: String = r.try_get(0)?;
+            let text: String = r.try_get(1)?;
+            let attempts: i32 = r.try_get(2)?;
+            let done: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM ingest_chunks WHERE document_id = $1",
+                    &[&id],
+                )
+                .await?
+                .try_get(0)?;
+            tx.execute(
+                "UPDATE documents SET state = 'embedding', chunks_done = $2, lease_owner = $3,
+                        lease_until = $4
+                 WHERE id = $1",
+                &[
+                    &id,
+                    &(done as i32),
+                    &claim.worker,
+                    &(claim.now + claim.lease_ms),
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Some(IngestJob {
+                lease: IngestLease {
+                    document_id: id,
+                    worker: claim.worker.clone(),
+                },
+                text,
+                done: u32::try_from(done).unwrap_or(0),
+                attempts: u32::try_from(attempts).unwrap_or(0),
+            }))
+        })
+        .await
+    }
+
+    async fn stage_chunks(
+        &self,
+        lease: &IngestLease,
+        first: u32,
+        total: u32,
+        chunks: Vec<NewChunk>,
+        lease_until: i64,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let mut c = self.pg().await?;
+            let tx = c.transaction().await?;
+            if !holds(&tx, lease).await? {
+                return Ok(false);
+            }
+            let first = i32::try_from(first).unwrap_or(i32::MAX);
+            let seqs: Vec<i32> = (0..chunks.len() as i32).map(|i| first + i).collect();
+            let public: Vec<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
+            let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+            let vectors: Vec<Option<Vector>> = chunks
+                .iter()
+                .map(|c| c.embedding.clone().map(Vector::from))
+                .collect();
+            tx.execute(
+                "INSERT INTO ingest_chunks (document_id, seq, public_id, text, embedding)
+                 SELECT $1, s, p, t, v
+                 FROM unnest($2::INT4[], $3::TEXT[], $4::TEXT[], $5::vector[]) AS u(s, p, t, v)
+                 ON CONFLICT (document_id, seq) DO NOTHING",
+                &[&lease.document_id, &seqs, &public, &texts, &vectors],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE documents SET
+                    chunks_done = (SELECT count(*) FROM ingest_chunks WHERE document_id = $1),
+                    chunks_total = $2, lease_until = $3
+                 WHERE id = $1",
+                &[
+                    &lease.document_id,
+                    &i32::try_from(total).unwrap_or(i32::MAX),
+                    &lease_until,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn publish_ingest(&self, lease: &IngestLease) -> StoreResult<bool> {
+        let dims: Vec<i32> = timed(async {
+            let c = self.pg().await?;
+            c.query(
+                "SELECT DISTINCT vector_dims(embedding) FROM ingest_chunks
+                 WHERE document_id = $1 AND embedding IS NOT NULL",
+                &[&lease.document_id],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
+        })
+        .await?;
+        for dim in &dims {
+            timed(self.ensure_vec_table(*dim as usize)).await?;
+        }
+        // Thousands of chunks go into the HNSW graph here: more than one call's
+        // deadline, and no request waits on it.
+        let publish = async {
+            let mut c = self.pg().await?;
+            let tx = c.transaction().await?;
+            let Some(r) = row(
+                &tx,
+                "SELECT tenant, acl_id FROM documents WHERE id = $1 AND lease_owner = $2
+                 AND state IN ('queued', 'embedding') FOR UPDATE",
+                &[&lease.document_id, &lease.worker],
+            )
+            .await?
+            else {
+                return Ok(false);
+            };
+            let tenant: String = r.try_get(0)?;
+            let acl_id: i64 = r.try_get(1)?;
+            let count = tx
+                .execute(
+                    "INSERT INTO chunks (public_id, document_id, tenant, acl_id, seq, text)
+                     SELECT public_id, document_id, $2, $3, seq, text FROM ingest_chunks
+                     WHERE document_id = $1 ORDER BY seq",
+                    &[&lease.document_id, &tenant, &acl_id],
+                )
+                .await?;
+            for dim in &dims {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {} (chunk_id, tenant, acl_id, embedding)
+                         SELECT c.id, $2, $3, s.embedding FROM chunks c
+                         JOIN ingest_chunks s ON s.document_id = c.document_id AND s.seq = c.seq
+                         WHERE c.document_id = $1 AND vector_dims(s.embedding) = $4",
+                        vec_table(*dim as usize)
+                    ),
+                    &[&lease.document_id, &tenant, &acl_id, dim],
+                )
+                .await?;
+            }
+            tx.execute(
+                "DELETE FROM ingest_chunks WHERE document_id = $1",
+                &[&lease.document_id],
+            )
+            .await?;
+            let n = i32::try_from(count).unwrap_or(i32::MAX);
+            tx.execute(
+                "UPDATE documents SET state = 'ready', chunk_count = $2, chunks_done = $2,
+                        chunks_total = $2, lease_owner = NULL, lease_until = 0
+                 WHERE id = $1",
+                &[&lease.document_id, &n],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE acls SET chunk_count = chunk_count + $2 WHERE id = $1",
+                &[&acl_id, &(count as i64)],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        tokio::time::timeout(PUBLISH_TIMEOUT, publish)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("publishing timed out".into())))
+    }
+
+    async fn fail_ingest(&self, lease: &IngestLease, failure: IngestFailure) -> StoreResult<()> {
+        timed(async {
+            let mut c = self.pg().await?;
+            let tx = c.transaction().await?;
+            if !holds(&tx, lease).await? {
+                return Ok(());
+            }
+            match &failure {
+                IngestFailure::RetryAt(at) => {
+                    tx.execute(
+                        "UPDATE documents SET state = 'queued', lease_owner = NULL,
+                                lease_until = $2, attempts = attempts + 1
+                         WHERE id = $1",
+                        &[&lease.document_id, at],
+                    )
+                    .await?;
+                }
+                IngestFailure::GiveUp(reason) => {
+                    tx.execute(
+                        "DELETE FROM ingest_chunks WHERE document_id = $1",
+                        &[&lease.document_id],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE documents SET state = 'failed', failure = $2, lease_owner = NULL,
+                                lease_until = 0, attempts = attempts + 1
+                         WHERE id = $1",
+                        &[&lease.document_id, reason],
+                    )
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn document_meta(
+        &self,
+        admin: &DocumentAdmin,
+        id: &str,
+    ) -> StoreResult<Option<DocumentMeta>> {
+        timed(async {
+            let c = self.pg().await?;
+            c.query_opt(
+                &format!("SELECT {META_COLS} FROM documents WHERE id = $1 AND tenant = $2"),
+                &[&id, &admin.tenant()],
+            )
+            .await?
+            .map(|r| meta_row(&r))
+            .transpose()
         })
         .await
     }

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/05_thread_rows_in_place.sql"),
     include_str!("migrations/06_message_provenance.sql"),
     include_str!("migrations/07_grants.sql"),
+    include_str!("migrations/08_ingest_jobs.sql"),
 ];
 
 /// How long any one store call may take before it counts as unavailable.
@@ -168,12 +169,17 @@ impl ClusterStore {
             .set_connection_timeout(Some(CALL_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
             .set_number_of_retries(1);
-        let redis = tokio::time::timeout(
-            CALL_TIMEOUT,
-            redis::aio::ConnectionManager::new_with_config(client.clone(), manager_cfg),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("redis: connect timed out".into()))??;
+        let give_up = tokio::time::Instant::now() + cfg.connect_wait;
+        let redis = patiently("redis", give_up, || async {
+            tokio::time::timeout(
+                CALL_TIMEOUT,
+                redis::aio::ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()),
+            )
+            .await
+            .map_err(|_| StoreError::Unavailable("redis: connect timed out".into()))?
+            .map_err(StoreError::from)
+        })
+        .await?;
 
         let prefix: Arc<str> = Arc::from(cfg.redis_prefix.as_str());
         let reach = Arc::new(Reachability::default());
@@ -187,7 +193,7 @@ impl ClusterStore {
             known_dims: Default::default(),
             reach,
         };
-        store.migrate().await?;
+        patiently("postgres", give_up, || store.migrate()).await?;
         Ok(store)
     }
 
@@ -271,6 +277,31 @@ async fn exec(
 ) -> StoreResult<u64> {
     let stmt = c.prepare_cached(sql).await?;
     Ok(c.execute(&stmt, params).await?)
+}
+
+/// Runs `attempt` until it succeeds, fails other than `Unavailable`, or `give_up` has
+/// passed: a node or CLI command started while its store is restarting or briefly
+/// overloaded waits for it rather than failing at once.
+async fn patiently<T, F, Fut>(
+    what: &'static str,
+    give_up: tokio::time::Instant,
+    mut attempt: F,
+) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() + pause < give_up => {
+                tracing::warn!(store = what, error = %e, retry_in = ?pause, "store not reachable yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs `f` with the call deadline: a store that hangs counts as unavailable.

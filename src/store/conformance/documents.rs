@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::access::{AccessScope, Acl, Operator};
+use crate::model::IngestState;
 use crate::secret::new_id;
 
 fn acl_roles(r: &str) -> Acl {
@@ -115,4 +116,258 @@ async fn retrieval_returns_everything_visible_and_nothing_else() {
     assert!(s.documents.delete_document(&acme_admin, &hr).await.unwrap());
     assert_eq!(search(s, &hannah, "salary").await, [public]);
     assert!(s.documents.document(&hannah, &hr).await.unwrap().is_none());
+}
+
+fn claim(worker: &str, now: i64, only: Option<&str>) -> IngestClaim {
+    IngestClaim {
+        worker: worker.into(),
+        now,
+        lease_ms: 10_000,
+        per_tenant: 1,
+        only: only.map(str::to_owned),
+    }
+}
+
+fn chunks(texts: &[&str], dim: usize) -> Vec<NewChunk> {
+    texts
+        .iter()
+        .map(|t| NewChunk {
+            id: new_id(),
+            text: (*t).into(),
+            embedding: Some({
+                let mut v = vec![0.0; dim];
+                v[t.len() % dim] = 1.0;
+                v
+            }),
+        })
+        .collect()
+}
+
+async fn submit(s: &Stores, tenant: &str, text: &str, at: i64) -> String {
+    let admin = Operator::local_cli().document_admin(tenant);
+    let doc = NewDocument::new(
+        &admin,
+        new_id(),
+        "job".into(),
+        text.into(),
+        acl_roles("hr"),
+        Vec::new(),
+        at,
+    )
+    .unwrap();
+    let rec = s.documents.enqueue_document(doc).await.unwrap();
+    assert_eq!(rec.state, IngestState::Queued);
+    rec.id
+}
+
+/// A job's life: claimed under a lease, staged batch by batch (a batch staged twice is
+/// kept once), invisible to search until published, then all at once; a worker whose
+/// lease lapsed writes nothing; a crashed job resumes from what was staged; the
+/// per-tenant bound holds; a job given up drops what it staged.
+#[tokio::test]
+async fn ingestion_jobs_are_leased_staged_once_and_published_whole() {
+    let o = open().await;
+    let s = &o.stores;
+    let admin = Operator::local_cli().document_admin("acme");
+    let hannah = Principal::for_tests("acme", "hannah", &["hr"], &[]).access_scope();
+    let a = submit(s, "acme", "zebra quagga okapi", T0).await;
+    let b = submit(s, "acme", "second document", T0 + 1).await;
+    let g = submit(s, "globex", "globex job", T0 + 2).await;
+
+    // Worker 1 claims the oldest; the tenant's bound (1) keeps worker 2 from acme's
+    // next job, but not from globex's.
+    let job = s
+        .documents
+        .claim_ingest(claim("w1", T0, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.lease.document_id.as_str(), job.done, job.attempts),
+        (a.as_str(), 0, 0)
+    );
+    assert_eq!(job.text, "zebra quagga okapi");
+    let other = s
+        .documents
+        .claim_ingest(claim("w2", T0 + 1, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.lease.document_id, g);
+    assert!(
+        s.documents
+            .claim_ingest(claim("w3", T0 + 2, None))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.documents
+            .claim_ingest(claim("w3", T0 + 2, Some(&b)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Two batches; the first is staged again (a retried step): kept once.
+    let lease = job.lease.clone();
+    let first = chunks(&["zebra one", "zebra two"], 8);
+    assert!(
+        s.documents
+            .stage_chunks(&lease, 0, 3, first.clone(), T0 + 10_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.documents
+            .stage_chunks(&lease, 0, 3, first, T0 + 10_000)
+            .await
+            .unwrap()
+    );
+    let meta = s
+        .documents
+        .document_meta(&admin, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.state, IngestState::Embedding { done: 2, total: 3 });
+    assert_eq!(meta.chunk_count, 0);
+    assert!(search(s, &hannah, "zebra").await.is_empty(), "half-indexed");
+
+    // The lease lapses (the worker hung): worker 4 takes the job over from chunk 2,
+    // and worker 1 can no longer write or publish.
+    let later = T0 + 10_001;
+    let resumed = s
+        .documents
+        .claim_ingest(claim("w4", later, Some(&a)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed.done, 2);
+    assert!(
+        !s.documents
+            .stage_chunks(&lease, 2, 3, chunks(&["stale"], 8), later + 10_000)
+            .await
+            .unwrap()
+    );
+    assert!(!s.documents.publish_ingest(&lease).await.unwrap());
+    let lease = resumed.lease;
+    assert!(
+        s.documents
+            .stage_chunks(&lease, 2, 3, chunks(&["zebra three"], 8), later + 10_000)
+            .await
+            .unwrap()
+    );
+    assert!(search(s, &hannah, "zebra").await.is_empty(), "half-indexed");
+    assert!(s.documents.publish_ingest(&lease).await.unwrap());
+    let meta = s
+        .documents
+        .document_meta(&admin, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((meta.state, meta.chunk_count), (IngestState::Ready, 3));
+    let found = s
+        .documents
+        .search(
+            &hannah,
+            SearchQuery {
+                vector: Some({
+                    let mut v = vec![0.0; 8];
+                    v["zebra two".len() % 8] = 1.0;
+                    v
+                }),
+                terms: vec!["zebra".into()],
+                k: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let mut texts: Vec<String> = found.text.iter().map(|h| h.text.clone()).collect();
+    texts.sort();
+    assert_eq!(texts, ["zebra one", "zebra three", "zebra two"]);
+    assert!(!found.vector.is_empty());
+    assert!(
+        !s.documents.publish_ingest(&lease).await.unwrap(),
+        "published twice"
+    );
+
+    // acme's slot is free again: b is claimed; a failed attempt releases it for later,
+    // the next gives up and drops what it staged.
+    let job = s
+        .documents
+        .claim_ingest(claim("w5", later + 1, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.lease.document_id, b);
+    assert!(
+        s.documents
+            .stage_chunks(&job.lease, 0, 2, chunks(&["second"], 8), later + 10_000)
+            .await
+            .unwrap()
+    );
+    s.documents
+        .fail_ingest(&job.lease, IngestFailure::RetryAt(later + 5_000))
+        .await
+        .unwrap();
+    let meta = s
+        .documents
+        .document_meta(&admin, &b)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.state, IngestState::Queued);
+    assert!(
+        s.documents
+            .claim_ingest(claim("w5", later + 4_999, Some(&b)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let job = s
+        .documents
+        .claim_ingest(claim("w5", later + 5_000, Some(&b)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((job.done, job.attempts), (1, 1));
+    s.documents
+        .fail_ingest(&job.lease, IngestFailure::GiveUp("embedding_failed"))
+        .await
+        .unwrap();
+    let meta = s
+        .documents
+        .document_meta(&admin, &b)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        meta.state,
+        IngestState::Failed {
+            reason: "embedding_failed".into()
+        }
+    );
+    assert!(
+        s.documents
+            .claim_ingest(claim("w6", later + 60_000, Some(&b)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A job deleted mid-way: its worker's next step writes nothing.
+    assert!(
+        s.documents
+            .delete_document(&Operator::local_cli().document_admin("globex"), &g)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.documents
+            .stage_chunks(&other.lease, 0, 1, chunks(&["gone"], 8), later)
+            .await
+            .unwrap()
+    );
+    assert!(!s.documents.publish_ingest(&other.lease).await.unwrap());
 }

@@ -25,8 +25,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::{SqliteStore, placeholders};
 use crate::access::{AccessScope, DocumentAdmin};
 use crate::model::ChunkHit;
-use crate::model::{DocumentMeta, DocumentRecord};
-use crate::store::{DocumentStore, NewDocument, Rankings, SearchQuery, StoreResult};
+use crate::model::{DocumentMeta, DocumentRecord, IngestState};
+use crate::store::{
+    DocumentStore, IngestClaim, IngestFailure, IngestJob, IngestLease, NewChunk, NewDocument,
+    Rankings, SearchQuery, StoreResult,
+};
 
 /// Vectors per vec0 storage chunk. vec0 allocates whole chunks per partition, so with
 /// the default (1024) a tenant with 2,000 small ACL partitions holds 2,000 mostly empty
@@ -189,7 +192,19 @@ fn f32_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-const DOC_COLS: &str = "id, title, body, acl, created_at, created_by, chunk_count";
+const DOC_COLS: &str = "id, title, body, acl, created_at, created_by, chunk_count, state, chunks_done, chunks_total, failure";
+
+/// The ingestion state in the four columns from `i` on.
+fn state_at(r: &Row<'_>, i: usize) -> rusqlite::Result<IngestState> {
+    let name: String = r.get(i)?;
+    IngestState::from_columns(&name, r.get(i + 1)?, r.get(i + 2)?, r.get(i + 3)?).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown document state {name:?}").into(),
+        )
+    })
+}
 
 fn doc_row(r: &Row<'_>) -> rusqlite::Result<DocumentRecord> {
     let acl: String = r.get(3)?;
@@ -203,10 +218,11 @@ fn doc_row(r: &Row<'_>) -> rusqlite::Result<DocumentRecord> {
         created_at: r.get(4)?,
         created_by: r.get(5)?,
         chunk_count: r.get(6)?,
+        state: state_at(r, 7)?,
     })
 }
 
-const META_COLS: &str = "id, title, acl, created_at, created_by, chunk_count";
+const META_COLS: &str = "id, title, acl, created_at, created_by, chunk_count, state, chunks_done, chunks_total, failure";
 
 fn meta_row(r: &Row<'_>) -> rusqlite::Result<DocumentMeta> {
     let acl: String = r.get(2)?;
@@ -219,6 +235,7 @@ fn meta_row(r: &Row<'_>) -> rusqlite::Result<DocumentMeta> {
         created_at: r.get(3)?,
         created_by: r.get(4)?,
         chunk_count: r.get(5)?,
+        state: state_at(r, 6)?,
     })
 }
 
@@ -253,26 +270,24 @@ fn load_hits(c: &Connection, ranked: &[(i64, f64)]) -> rusqlite::Result<Vec<Chun
     Ok(out)
 }
 
-fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
-    let acl_id = acl_id_for(c, doc.tenant(), doc.labels())?;
-    let acl_json = serde_json::to_string(doc.acl())?;
-    let chunks = doc.chunks();
-    c.execute(
-        "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            doc.id(),
-            doc.tenant(),
-            doc.title(),
-            doc.text(),
-            acl_json,
-            acl_id,
-            doc.created_by(),
-            doc.now(),
-            chunks.len() as i64
-        ],
-    )?;
-    let part = acl_part(doc.tenant(), acl_id);
+/// One chunk on its way into the indexes.
+struct IndexChunk<'a> {
+    seq: i64,
+    public_id: &'a str,
+    text: &'a str,
+    embedding: Option<&'a [f32]>,
+}
+
+/// Adds chunks to a document's partition: the chunk rows, the partition's full-text
+/// index and the vector table of each embedding's dimension.
+fn index_chunks<'a>(
+    c: &Connection,
+    doc_id: &str,
+    tenant: &str,
+    acl_id: i64,
+    chunks: impl Iterator<Item = IndexChunk<'a>>,
+) -> rusqlite::Result<u32> {
+    let part = acl_part(tenant, acl_id);
     ensure_text_table(c, acl_id)?;
     let mut text_stmt = c.prepare_cached(&format!(
         "INSERT INTO {}(rowid, text) VALUES (?1, ?2)",
@@ -282,18 +297,19 @@ fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
         "INSERT INTO chunks (public_id, document_id, tenant, acl_id, seq, text)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    for (seq, chunk) in chunks.iter().enumerate() {
+    let mut count = 0;
+    for chunk in chunks {
         chunk_stmt.execute(params![
-            chunk.id,
-            doc.id(),
-            doc.tenant(),
+            chunk.public_id,
+            doc_id,
+            tenant,
             acl_id,
-            seq as i64,
+            chunk.seq,
             chunk.text
         ])?;
         let rowid = c.last_insert_rowid();
         text_stmt.execute(params![rowid, chunk.text])?;
-        if let Some(v) = &chunk.embedding {
+        if let Some(v) = chunk.embedding {
             ensure_vec_table(c, v.len())?;
             c.prepare_cached(&format!(
                 "INSERT INTO {} (chunk_id, embedding, acl_part, acl_id) VALUES (?1, ?2, ?3, ?4)",
@@ -301,22 +317,296 @@ fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
             ))?
             .execute(params![rowid, f32_blob(v), part, acl_id])?;
         }
+        count += 1;
     }
-    Ok(DocumentRecord {
+    Ok(count)
+}
+
+/// The document's row, in `state`; its ACL's id.
+fn insert_row(c: &Connection, doc: &NewDocument, state: &IngestState) -> StoreResult<i64> {
+    let acl_id = acl_id_for(c, doc.tenant(), doc.labels())?;
+    let acl_json = serde_json::to_string(doc.acl())?;
+    c.execute(
+        "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            doc.id(),
+            doc.tenant(),
+            doc.title(),
+            doc.text(),
+            acl_json,
+            acl_id,
+            doc.created_by(),
+            doc.now(),
+            doc.chunks().len() as i64,
+            state.name()
+        ],
+    )?;
+    Ok(acl_id)
+}
+
+fn record_of(doc: &NewDocument, chunk_count: u32, state: IngestState) -> DocumentRecord {
+    DocumentRecord {
         id: doc.id().to_owned(),
         title: doc.title().to_owned(),
         text: doc.text().to_owned(),
         acl: doc.acl().clone(),
         created_at: doc.now(),
         created_by: doc.created_by().to_owned(),
-        chunk_count: chunks.len() as u32,
-    })
+        chunk_count,
+        state,
+    }
+}
+
+fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
+    let acl_id = insert_row(c, doc, &IngestState::Ready)?;
+    let count = index_chunks(
+        c,
+        doc.id(),
+        doc.tenant(),
+        acl_id,
+        doc.chunks()
+            .iter()
+            .enumerate()
+            .map(|(seq, chunk)| IndexChunk {
+                seq: seq as i64,
+                public_id: &chunk.id,
+                text: &chunk.text,
+                embedding: chunk.embedding.as_deref(),
+            }),
+    )?;
+    Ok(record_of(doc, count, IngestState::Ready))
+}
+
+fn enqueue(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
+    // A job's chunks are made by its worker: any given here are not stored.
+    insert_row(c, doc, &IngestState::Queued)?;
+    c.execute(
+        "UPDATE documents SET chunk_count = 0 WHERE id = ?1",
+        [doc.id()],
+    )?;
+    Ok(record_of(doc, 0, IngestState::Queued))
+}
+
+/// Whether the document is leased to the worker (and still being ingested).
+fn holds(c: &Connection, lease: &IngestLease) -> rusqlite::Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM documents WHERE id = ?1 AND lease_owner = ?2
+             AND state IN ('queued', 'embedding')",
+    )?
+    .query_row(params![lease.document_id, lease.worker], |_| Ok(()))
+    .optional()?
+    .is_some())
+}
+
+fn claim(c: &Connection, claim: &IngestClaim) -> StoreResult<Option<IngestJob>> {
+    let found: Option<(String, String, i64)> = c
+        .prepare_cached(
+            "SELECT d.id, d.body, d.attempts FROM documents d
+             WHERE d.state IN ('queued', 'embedding') AND d.lease_until <= ?1
+               AND (?2 IS NULL OR d.id = ?2)
+               AND (SELECT count(*) FROM documents o
+                    WHERE o.tenant = d.tenant AND o.state IN ('queued', 'embedding')
+                      AND o.lease_owner IS NOT NULL AND o.lease_until > ?1) < ?3
+             ORDER BY d.created_at, d.id LIMIT 1",
+        )?
+        .query_row(
+            params![claim.now, claim.only, i64::from(claim.per_tenant)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((id, text, attempts)) = found else {
+        return Ok(None);
+    };
+    let done: i64 = c
+        .prepare_cached("SELECT count(*) FROM ingest_chunks WHERE document_id = ?1")?
+        .query_row([&id], |r| r.get(0))?;
+    c.execute(
+        "UPDATE documents SET state = 'embedding', chunks_done = ?2, lease_owner = ?3,
+                lease_until = ?4
+         WHERE id = ?1",
+        params![id, done, claim.worker, claim.now + claim.lease_ms],
+    )?;
+    Ok(Some(IngestJob {
+        lease: IngestLease {
+            document_id: id,
+            worker: claim.worker.clone(),
+        },
+        text,
+        done: u32::try_from(done).unwrap_or(0),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+    }))
+}
+
+fn stage(
+    c: &Connection,
+    lease: &IngestLease,
+    first: u32,
+    total: u32,
+    chunks: &[NewChunk],
+    lease_until: i64,
+) -> StoreResult<bool> {
+    if !holds(c, lease)? {
+        return Ok(false);
+    }
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO ingest_chunks (document_id, seq, public_id, text, embedding)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (document_id, seq) DO NOTHING",
+    )?;
+    for (i, chunk) in chunks.iter().enumerate() {
+        stmt.execute(params![
+            lease.document_id,
+            i64::from(first) + i as i64,
+            chunk.id,
+            chunk.text,
+            chunk.embedding.as_deref().map(f32_blob)
+        ])?;
+    }
+    c.execute(
+        "UPDATE documents SET chunks_done = (SELECT count(*) FROM ingest_chunks WHERE document_id = ?1),
+                chunks_total = ?2, lease_until = ?3
+         WHERE id = ?1",
+        params![lease.document_id, i64::from(total), lease_until],
+    )?;
+    Ok(true)
+}
+
+fn blob_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+        .collect()
+}
+
+fn publish(c: &Connection, lease: &IngestLease) -> StoreResult<bool> {
+    if !holds(c, lease)? {
+        return Ok(false);
+    }
+    let (tenant, acl_id): (String, i64) = c
+        .prepare_cached("SELECT tenant, acl_id FROM documents WHERE id = ?1")?
+        .query_row([&lease.document_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    type Staged = (i64, String, String, Option<Vec<u8>>);
+    let staged: Vec<Staged> = c
+        .prepare_cached(
+            "SELECT seq, public_id, text, embedding FROM ingest_chunks
+             WHERE document_id = ?1 ORDER BY seq",
+        )?
+        .query_map([&lease.document_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let vectors: Vec<Option<Vec<f32>>> = staged
+        .iter()
+        .map(|(_, _, _, e)| e.as_deref().map(blob_f32))
+        .collect();
+    let count = index_chunks(
+        c,
+        &lease.document_id,
+        &tenant,
+        acl_id,
+        staged
+            .iter()
+            .zip(&vectors)
+            .map(|((seq, public_id, text, _), v)| IndexChunk {
+                seq: *seq,
+                public_id,
+                text,
+                embedding: v.as_deref(),
+            }),
+    )?;
+    c.execute(
+        "DELETE FROM ingest_chunks WHERE document_id = ?1",
+        [&lease.document_id],
+    )?;
+    c.execute(
+        "UPDATE documents SET state = 'ready', chunk_count = ?2, chunks_done = ?2,
+                chunks_total = ?2, lease_owner = NULL, lease_until = 0
+         WHERE id = ?1",
+        params![lease.document_id, count],
+    )?;
+    Ok(true)
+}
+
+fn fail(c: &Connection, lease: &IngestLease, failure: &IngestFailure) -> StoreResult<()> {
+    if !holds(c, lease)? {
+        return Ok(());
+    }
+    match failure {
+        IngestFailure::RetryAt(at) => {
+            c.execute(
+                "UPDATE documents SET state = 'queued', lease_owner = NULL, lease_until = ?2,
+                        attempts = attempts + 1
+                 WHERE id = ?1",
+                params![lease.document_id, at],
+            )?;
+        }
+        IngestFailure::GiveUp(reason) => {
+            c.execute(
+                "DELETE FROM ingest_chunks WHERE document_id = ?1",
+                [&lease.document_id],
+            )?;
+            c.execute(
+                "UPDATE documents SET state = 'failed', failure = ?2, lease_owner = NULL,
+                        lease_until = 0, attempts = attempts + 1
+                 WHERE id = ?1",
+                params![lease.document_id, reason],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl DocumentStore for SqliteStore {
     async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
         self.write(move |c| insert(c, &doc)).await
+    }
+
+    async fn enqueue_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
+        self.write(move |c| enqueue(c, &doc)).await
+    }
+
+    async fn claim_ingest(&self, c: IngestClaim) -> StoreResult<Option<IngestJob>> {
+        self.write(move |conn| claim(conn, &c)).await
+    }
+
+    async fn stage_chunks(
+        &self,
+        lease: &IngestLease,
+        first: u32,
+        total: u32,
+        chunks: Vec<NewChunk>,
+        lease_until: i64,
+    ) -> StoreResult<bool> {
+        let lease = lease.clone();
+        self.write(move |c| stage(c, &lease, first, total, &chunks, lease_until))
+            .await
+    }
+
+    async fn publish_ingest(&self, lease: &IngestLease) -> StoreResult<bool> {
+        let lease = lease.clone();
+        self.write(move |c| publish(c, &lease)).await
+    }
+
+    async fn fail_ingest(&self, lease: &IngestLease, failure: IngestFailure) -> StoreResult<()> {
+        let lease = lease.clone();
+        self.write(move |c| fail(c, &lease, &failure)).await
+    }
+
+    async fn document_meta(
+        &self,
+        admin: &DocumentAdmin,
+        id: &str,
+    ) -> StoreResult<Option<DocumentMeta>> {
+        let tenant = admin.tenant().to_owned();
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {META_COLS} FROM documents WHERE id = ?1 AND tenant = ?2"
+            ))?
+            .query_row(params![id, tenant], meta_row)
+            .optional()?)
+        })
+        .await
     }
 
     async fn list_documents(&self, scope: &AccessScope) -> StoreResult<Vec<DocumentRecord>> {
@@ -352,7 +642,7 @@ impl DocumentStore for SqliteStore {
                     "SELECT {DOC_COLS}, acl_id FROM documents WHERE id = ?1 AND tenant = ?2"
                 ))?
                 .query_row(params![id, scope.tenant()], |r| {
-                    Ok((doc_row(r)?, r.get(7)?))
+                    Ok((doc_row(r)?, r.get(11)?))
                 })
                 .optional()?;
             Ok(row.filter(|(_, acl)| acls.contains(acl)).map(|(d, _)| d))

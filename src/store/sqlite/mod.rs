@@ -68,6 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/14_thread_index_without_time.sql"),
     include_str!("migrations/15_message_provenance.sql"),
     include_str!("migrations/16_grants.sql"),
+    include_str!("migrations/17_ingest_jobs.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
