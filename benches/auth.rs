@@ -114,7 +114,7 @@ fn verify_with_session() {
     // The same with a DPoP-bound token: a fresh proof per call (pre-signed), checked and
     // its jti spent, then the same session check.
     let dpop = DpopClient::new();
-    let origin = cfg.public_origin.trim_end_matches('/').to_owned();
+    let origin = cfg.origins().primary().to_owned();
     let login_proof = dpop.proof("POST", &format!("{origin}/auth/login"), None);
     let bound = rt.block_on(async {
         let key = state
@@ -337,7 +337,7 @@ fn dpop_proofs() {
         .as_secs() as i64;
     let want = ProofFor {
         method: "GET",
-        url,
+        urls: &[url],
         access_token: Some(token),
         now,
         window_secs: 60,

@@ -45,7 +45,7 @@ setup() {
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-doc >/dev/null \
       || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-doc >/dev/null; }
   fi
-  if ! [ -d tests/browser/node_modules/playwright-core ]; then
+  if ! [ -d tests/browser/node_modules/playwright-core ] || ! [ -d tests/browser/node_modules/axe-core ]; then
     npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
   fi
 

@@ -221,6 +221,7 @@ fn build_state_with_clock(
         .map(|t| Arc::new(crate::secret::SecretString::from(t)));
     Ok(AppState::new(crate::http::Services {
         metrics_token,
+        origins: cfg.origins(),
         config: Arc::new(cfg),
         auth: Arc::new(auth),
         threads,
@@ -268,6 +269,11 @@ pub async fn serve_on_at(
 ) -> Result<(), AnyError> {
     crate::telemetry::install();
     let mut cfg = cfg;
+    let local = listener.local_addr()?;
+    cfg.bound = Some(local);
+    if let Some(why) = cfg.origins().disagreement(local) {
+        tracing::warn!("{why}");
+    }
     if demo && cfg.admin.privileged_roles.is_empty() {
         // The demo's sensitive roles: no single admin grants them.
         cfg.admin.privileged_roles = vec!["hr".into(), "exec".into()];
@@ -351,7 +357,6 @@ pub async fn serve_on_at(
     // Ingestion jobs submitted here or anywhere else sharing the store.
     let ingest_workers = state.rag.start_ingest_workers();
     let auth = state.auth.clone();
-    let local = listener.local_addr()?;
     let mut limits = ConnectionLimits::from_config(&cfg.limits);
     limits.max_connections = fit_descriptor_limit(limits.max_connections);
     tracing::info!(addr = %local, max_connections = limits.max_connections, "palisade listening");

@@ -34,8 +34,9 @@ pub struct Proof {
 #[derive(Debug, Clone, Copy)]
 pub struct ProofFor<'a> {
     pub method: &'a str,
-    /// The request URL as the client addressed it (query and fragment are ignored).
-    pub url: &'a str,
+    /// The request's URL on each origin the client may have addressed it at (query
+    /// and fragment are ignored).
+    pub urls: &'a [&'a str],
     /// The access token presented with the proof (`ath`), if any.
     pub access_token: Option<&'a str>,
     /// Unix seconds.
@@ -160,9 +161,13 @@ pub fn verify_proof(proof: &str, want: &ProofFor<'_>) -> Result<Proof, ProofErro
     if claims.htm != want.method {
         return Err(ProofError::Method);
     }
-    match (target(&claims.htu), target(want.url)) {
-        (Some(a), Some(b)) if a == b => {}
-        _ => return Err(ProofError::Url),
+    let named = target(&claims.htu).ok_or(ProofError::Url)?;
+    if !want
+        .urls
+        .iter()
+        .any(|u| target(u).is_some_and(|t| t == named))
+    {
+        return Err(ProofError::Url);
     }
     if claims.iat < want.now - want.window_secs || claims.iat > want.now + MAX_CLOCK_AHEAD_SECS {
         return Err(ProofError::Time);

@@ -72,8 +72,13 @@ impl AuthService {
         self.dpop.mode
     }
 
-    fn htu(&self, path: &str) -> String {
-        format!("{}{path}", self.dpop.origin)
+    /// The URLs a proof for `path` may name: one per accepted origin.
+    fn htus(&self, path: &str) -> Vec<String> {
+        self.dpop
+            .origins
+            .iter()
+            .map(|o| format!("{o}{path}"))
+            .collect()
     }
 
     pub(super) async fn refuse(&self, reason: &'static str, client: &ClientInfo) {
@@ -118,12 +123,13 @@ impl AuthService {
         access_token: Option<&str>,
         client: &ClientInfo,
     ) -> Result<Proof, AuthError> {
-        let url = self.htu(path);
+        let urls = self.htus(path);
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
         let checked = verify_proof(
             proof,
             &ProofFor {
                 method,
-                url: &url,
+                urls: &urls,
                 access_token,
                 now: self.clock.now_ms() / 1000,
                 window_secs: self.dpop.window_secs,

@@ -163,8 +163,8 @@ struct DpopSettings {
     mode: crate::config::DpopMode,
     window_secs: i64,
     nonce: bool,
-    /// The public origin: a proof's `htu` is a path on it.
-    origin: String,
+    /// The accepted origins: a proof's `htu` is a path on one of them.
+    origins: Vec<String>,
 }
 
 impl AuthService {
@@ -238,7 +238,7 @@ impl AuthService {
                 mode: t.dpop,
                 window_secs: t.dpop_proof_window.as_secs().clamp(1, 3600) as i64,
                 nonce: t.dpop_nonce,
-                origin: cfg.public_origin.trim_end_matches('/').to_owned(),
+                origins: cfg.origins().all().to_vec(),
             },
             clock: Arc::new(crate::timeutil::SystemClock),
             admin: cfg.admin.clone(),

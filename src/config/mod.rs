@@ -41,8 +41,10 @@ pub use tokens::{DpopMode, TokenConfig, TokenFormat};
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// The only `Origin` accepted on cookie-authenticated routes.
-    pub public_origin: String,
+    /// The origin browsers reach the gateway at (`https://chat.example.com`): the only
+    /// `Origin` accepted on sign-in and cookie-authenticated routes, and the origin of
+    /// every DPoP proof. Unset: derived from the address listened on (see [`Origins`]).
+    pub public_origin: Option<String>,
     /// Tenant given to users created without `--tenant`.
     pub default_tenant: String,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed. Empty:
@@ -59,6 +61,87 @@ pub struct Config {
     pub oidc: OidcConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    /// The address actually listened on (`listen` may ask for port 0), once bound.
+    #[serde(skip)]
+    pub bound: Option<SocketAddr>,
+}
+
+/// The origins a browser may use for this gateway, in order of preference (the first
+/// is named in messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origins {
+    list: Vec<String>,
+    /// Set by the operator (`public_origin`), rather than derived from the address.
+    configured: bool,
+}
+
+impl Origins {
+    /// `public_origin` if set. Otherwise the address listened on: for a loopback or an
+    /// unspecified address, `localhost` and `127.0.0.1` (and `[::1]`) at its port, so
+    /// that the URL palisade prints and the one people type both work.
+    pub fn of(public_origin: Option<&str>, bound: SocketAddr) -> Origins {
+        if let Some(o) = public_origin {
+            return Origins {
+                list: vec![o.trim_end_matches('/').to_owned()],
+                configured: true,
+            };
+        }
+        let port = bound.port();
+        let ip = bound.ip();
+        let list = if ip.is_loopback() || ip.is_unspecified() {
+            let first = if ip.is_unspecified() {
+                format!("http://localhost:{port}")
+            } else {
+                format!("http://{bound}")
+            };
+            let mut list = vec![first];
+            for o in [
+                format!("http://127.0.0.1:{port}"),
+                format!("http://localhost:{port}"),
+                format!("http://[::1]:{port}"),
+            ] {
+                if !list.contains(&o) {
+                    list.push(o);
+                }
+            }
+            list
+        } else {
+            vec![format!("http://{bound}")]
+        };
+        Origins {
+            list,
+            configured: false,
+        }
+    }
+
+    /// The origin named in messages.
+    pub fn primary(&self) -> &str {
+        self.list.first().map(String::as_str).unwrap_or_default()
+    }
+
+    pub fn accepts(&self, origin: &str) -> bool {
+        self.list.iter().any(|o| o == origin)
+    }
+
+    pub fn all(&self) -> &[String] {
+        &self.list
+    }
+
+    /// Why browsers will be refused, if `public_origin` names this machine at another
+    /// port than the one listened on (a copied configuration, a changed `--listen`).
+    pub fn disagreement(&self, bound: SocketAddr) -> Option<String> {
+        if !self.configured {
+            return None;
+        }
+        let u = url::Url::parse(self.primary()).ok()?;
+        let local = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+        (local && u.port_or_known_default() != Some(bound.port())).then(|| {
+            format!(
+                "public_origin is {} but palisade listens on {bound}: browsers opening this address will be refused; set public_origin to the URL people use, or leave it unset",
+                self.primary()
+            )
+        })
+    }
 }
 
 impl Default for Config {
@@ -66,7 +149,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
-            public_origin: "http://localhost:8080".into(),
+            public_origin: None,
+            bound: None,
             default_tenant: "default".into(),
             trusted_proxies: Vec::new(),
             store: StoreConfig::default(),
@@ -366,6 +450,14 @@ impl Config {
         Ok(())
     }
 
+    /// The origins browsers may use (see [`Origins::of`]).
+    pub fn origins(&self) -> Origins {
+        Origins::of(
+            self.public_origin.as_deref(),
+            self.bound.unwrap_or(self.listen),
+        )
+    }
+
     /// Refuses an obviously weak or inconsistent configuration: each section checks
     /// its own settings, then what spans sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -373,9 +465,10 @@ impl Config {
         self.store.check()?;
         // The origin must be exactly what a browser sends in `Origin`: scheme, host and
         // port only, in canonical form (no path, no trailing slash, no wildcard).
-        let valid_origin = url::Url::parse(&self.public_origin).is_ok_and(|u| {
-            matches!(u.scheme(), "http" | "https")
-                && u.origin().ascii_serialization() == self.public_origin
+        let valid_origin = self.public_origin.as_deref().is_none_or(|o| {
+            url::Url::parse(o).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.origin().ascii_serialization() == o
+            })
         });
         if !valid_origin {
             return bad(
@@ -543,7 +636,7 @@ mod tests {
             "ftp://chat.example.com",
         ] {
             let c = Config {
-                public_origin: origin.into(),
+                public_origin: Some(origin.into()),
                 ..Config::default()
             };
             assert!(c.validate().is_err(), "{origin}");

@@ -79,6 +79,7 @@ fn token_response(t: &IssuedTokens) -> Response {
         (status = 200, description = "Signed in; the refresh token is in an HttpOnly cookie.", body = TokenResponse),
         (status = 400, description = "Malformed body or DPoP proof.", body = ErrorBody),
         (status = 401, description = "Wrong username or password (one answer for both).", body = ErrorBody),
+        (status = 403, description = "From another site's page, or from a page at an address other than `public_origin`.", body = ErrorBody),
         (status = 429, description = "Too many attempts.", body = ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
     )
 )]
@@ -88,6 +89,9 @@ pub async fn login(
     headers: HeaderMap,
     Json(req): Json<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    // A browser signs in only from the gateway's own page: no login CSRF, and a page
+    // opened at another address is told so (not "wrong password").
+    require_same_origin(&headers, &s.origins)?;
     if req.username.is_empty() || req.username.len() > 256 {
         // Same answer as a wrong password: the shape of a username reveals nothing.
         return Err(ApiError::InvalidCredentials);
@@ -305,7 +309,7 @@ pub async fn refresh(
     Client(client): Client,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
-    require_same_origin(&headers, &s.config.public_origin).map_err(IntoResponse::into_response)?;
+    require_same_origin(&headers, &s.origins).map_err(IntoResponse::into_response)?;
     match s
         .auth
         .refresh(
@@ -341,7 +345,7 @@ pub async fn logout(
     MaybeAuth(principal): MaybeAuth,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_same_origin(&headers, &s.config.public_origin)?;
+    require_same_origin(&headers, &s.origins)?;
     let cookie = read_refresh(&headers);
     if principal.is_none() && cookie.is_none() {
         return Err(ApiError::Unauthorized);
@@ -398,6 +402,8 @@ pub struct Me<'a> {
     roles: &'a [String],
     groups: &'a [String],
     session_id: &'a str,
+    /// Whether the caller may add and delete documents (`documents:write`).
+    can_write_documents: bool,
 }
 
 #[utoipa::path(
@@ -407,7 +413,7 @@ pub struct Me<'a> {
         (status = 401, description = "No valid token.", body = ErrorBody),
     )
 )]
-pub async fn me(Auth(p): Auth) -> Response {
+pub async fn me(State(s): State<AppState>, Auth(p): Auth) -> Response {
     axum::Json(Me {
         subject: p.subject(),
         username: p.username(),
@@ -415,6 +421,7 @@ pub async fn me(Auth(p): Auth) -> Response {
         roles: p.roles(),
         groups: p.groups(),
         session_id: p.session_id(),
+        can_write_documents: s.rag.admin_of(&p).is_some(),
     })
     .into_response()
 }

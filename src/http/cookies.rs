@@ -8,6 +8,7 @@
 use axum::http::{HeaderMap, HeaderValue, header};
 
 use super::error::ApiError;
+use crate::config::Origins;
 
 pub const REFRESH_COOKIE: &str = "__Host-palisade_refresh";
 
@@ -78,7 +79,7 @@ pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Refuses requests a browser marks as cross-site, or whose `Origin` is not ours.
 /// Requests with neither header (curl, SDKs) carry no ambient browser credentials
 /// worth forging, and pass.
-pub fn require_same_origin(headers: &HeaderMap, public_origin: &str) -> Result<(), ApiError> {
+pub fn require_same_origin(headers: &HeaderMap, origins: &Origins) -> Result<(), ApiError> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("invalid");
         if !matches!(site, "same-origin" | "none") {
@@ -86,9 +87,15 @@ pub fn require_same_origin(headers: &HeaderMap, public_origin: &str) -> Result<(
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN)
-        && origin.to_str().ok() != Some(public_origin)
+        && !origin.to_str().is_ok_and(|o| origins.accepts(o))
     {
-        return Err(ApiError::CrossSite);
+        // A page of this gateway opened at an address it is not configured for: say
+        // so (a cross-site page was refused above, by its browser's own word).
+        return Err(if headers.contains_key("sec-fetch-site") {
+            ApiError::OriginMismatch(origins.primary().to_owned())
+        } else {
+            ApiError::CrossSite
+        });
     }
     Ok(())
 }
@@ -99,7 +106,11 @@ mod tests {
 
     #[test]
     fn origin_checks() {
-        let o = "https://chat.example.com";
+        let configured = Origins::of(
+            Some("https://chat.example.com"),
+            "127.0.0.1:8080".parse().unwrap(),
+        );
+        let o = &configured;
         let mut h = HeaderMap::new();
         assert!(require_same_origin(&h, o).is_ok());
         h.insert(
@@ -121,6 +132,48 @@ mod tests {
         assert!(require_same_origin(&h, o).is_err());
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         assert!(require_same_origin(&h, o).is_ok());
+        // The page itself, opened at another address: named as such.
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(matches!(
+            require_same_origin(&h, o),
+            Err(ApiError::OriginMismatch(c)) if c == "https://chat.example.com"
+        ));
+        // Unset: both loopback names of the port listened on, nothing else.
+        let derived = Origins::of(None, "127.0.0.1:8080".parse().unwrap());
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            h.insert(header::ORIGIN, HeaderValue::from_static(ok));
+            assert!(require_same_origin(&h, &derived).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://localhost:8081",
+            "https://localhost:8080",
+            "http://evil.example:8080",
+        ] {
+            h.insert(header::ORIGIN, HeaderValue::from_static(bad));
+            assert!(require_same_origin(&h, &derived).is_err(), "{bad}");
+        }
+        assert_eq!(derived.primary(), "http://127.0.0.1:8080");
+        assert_eq!(
+            Origins::of(None, "10.0.0.5:9000".parse().unwrap()).all(),
+            ["http://10.0.0.5:9000"]
+        );
+        let copied = Origins::of(
+            Some("http://localhost:8080"),
+            "127.0.0.1:9000".parse().unwrap(),
+        );
+        assert!(
+            copied
+                .disagreement("127.0.0.1:9000".parse().unwrap())
+                .is_some()
+        );
+        assert!(o.disagreement("127.0.0.1:9000".parse().unwrap()).is_none());
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub fn router(max_document_body: usize) -> Router<AppState> {
                 .get(list),
         )
         .route("/v1/documents/{id}", get(get_document).delete(delete))
+        .route("/v1/documents/{id}/passages/{chunk_id}", get(get_passage))
+        .route(
+            "/v1/documents/text",
+            post(text_of_pdf).layer(axum::extract::DefaultBodyLimit::max(max_document_body)),
+        )
         .route("/v1/search", post(search))
 }
 
@@ -291,6 +296,73 @@ pub async fn get_document(
         (Err(e), _) => return Err(e.into()),
     };
     Ok(axum::Json(view).into_response())
+}
+
+/// One passage of a document: what a citation names.
+#[derive(Serialize, ToSchema)]
+pub struct PassageView {
+    chunk_id: String,
+    /// Exactly as it stands in the document's text.
+    text: String,
+}
+
+#[utoipa::path(
+    get, path = "/v1/documents/{id}/passages/{chunk_id}", operation_id = "get_passage", tag = "documents", security(("bearer" = [])),
+    params(("id" = String, Path), ("chunk_id" = String, Path)),
+    responses(
+        (status = 200, description = "The passage, if the caller may read the document.", body = PassageView),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not readable by the caller (or no such passage).", body = ErrorBody),
+    )
+)]
+pub async fn get_passage(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path((id, chunk_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let text = s.rag.passage(&p, &id, &chunk_id).await?;
+    Ok(axum::Json(PassageView { chunk_id, text }).into_response())
+}
+
+/// The text of a PDF.
+#[derive(Serialize, ToSchema)]
+pub struct ExtractedText {
+    text: String,
+}
+
+/// The text of a PDF, to be submitted as a document: for writers, whose page uploads
+/// PDF files. Nothing is stored.
+#[utoipa::path(
+    post, path = "/v1/documents/text", operation_id = "text_of_pdf", tag = "documents", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/pdf", description = "A PDF file."),
+    responses(
+        (status = 200, description = "Its text.", body = ExtractedText),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The caller may not add documents.", body = ErrorBody),
+        (status = 413, description = "Too large.", body = ErrorBody),
+        (status = 415, description = "Not sent as `application/pdf`.", body = ErrorBody),
+        (status = 422, description = "Not a PDF with text in it.", body = ErrorBody),
+    )
+)]
+pub async fn text_of_pdf(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let pdf = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/pdf"))
+        });
+    if !pdf {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let text = s.rag.text_of_pdf(&p, body.to_vec()).await?;
+    Ok(axum::Json(ExtractedText { text }).into_response())
 }
 
 #[utoipa::path(

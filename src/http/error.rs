@@ -51,6 +51,10 @@ pub enum ApiError {
     Dpop(DpopChallenge),
     #[error("cross-site request")]
     CrossSite,
+    /// A same-site request from an origin palisade is not configured for (the page was
+    /// opened at another address than `public_origin`); holds the configured origin.
+    #[error("origin mismatch")]
+    OriginMismatch(String),
     #[error("forbidden")]
     Forbidden,
     /// Separation of duties refused an access change.
@@ -113,7 +117,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             RefreshInProgress | Conflict(_) => StatusCode::CONFLICT,
-            CrossSite | Forbidden | ModelNotAllowed => StatusCode::FORBIDDEN,
+            CrossSite | OriginMismatch(_) | Forbidden | ModelNotAllowed => StatusCode::FORBIDDEN,
             Duty(crate::auth::Duty::Expired) => StatusCode::CONFLICT,
             Duty(_) => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
@@ -142,6 +146,7 @@ impl ApiError {
             RefreshInProgress => "refresh_in_progress",
             Dpop(c) => c.error(),
             CrossSite => "cross_site_request",
+            OriginMismatch(_) => "origin_mismatch",
             Forbidden => "forbidden",
             Duty(d) => match d {
                 crate::auth::Duty::OwnAccess => "own_access",
@@ -195,6 +200,10 @@ impl ApiError {
                 "Retry with the server nonce from the DPoP-Nonce header in the proof.".into()
             }
             CrossSite => "Cross-site requests are not allowed here.".into(),
+            // The configured origin is public (it is where the page is meant to be).
+            OriginMismatch(configured) => format!(
+                "palisade is configured for {configured} (public_origin); open the page there, or change public_origin."
+            ),
             Forbidden => "You do not have permission for this operation.".into(),
             Duty(d) => match d {
                 crate::auth::Duty::OwnAccess => {

@@ -56,6 +56,8 @@ impl std::ops::Deref for AppState {
 /// The services behind [`AppState`].
 pub struct Services {
     pub config: Arc<Config>,
+    /// The origins browsers may use (`Config::origins`).
+    pub origins: crate::config::Origins,
     pub auth: Arc<AuthService>,
     pub threads: Arc<Threads>,
     pub chat: Arc<ChatService>,

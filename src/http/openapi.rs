@@ -55,6 +55,7 @@ pub async fn spec() -> Response {
         super::threads_routes::create,
         super::threads_routes::list,
         super::threads_routes::get_thread,
+        super::threads_routes::rename,
         super::threads_routes::delete,
         super::threads_routes::post_message,
         super::openai_routes::chat_completions,
@@ -65,6 +66,8 @@ pub async fn spec() -> Response {
         super::documents_routes::create,
         super::documents_routes::list,
         super::documents_routes::get_document,
+        super::documents_routes::get_passage,
+        super::documents_routes::text_of_pdf,
         super::documents_routes::delete,
         super::documents_routes::search,
         super::admin::list_users,
@@ -82,6 +85,7 @@ pub async fn spec() -> Response {
         page_script,
         page_style,
         page_icon,
+        page_vendor,
     ),
     modifiers(&Security),
     tags(
@@ -239,6 +243,17 @@ fn page_style() {}
 #[allow(dead_code)]
 fn page_icon() {}
 
+/// The page's third-party scripts and styles (Markdown renderer, sanitizer, syntax
+/// highlighter) and their licenses, vendored at pinned versions.
+#[utoipa::path(get, path = "/vendor/{file}", tag = "page", security(()),
+    params(("file" = String, Path, description = "`marked.esm.js`, `purify.es.mjs`, `highlight.min.js`, `highlight-light.min.css`, `highlight-dark.min.css` or `LICENSES.txt`.")),
+    responses(
+        (status = 200, description = "The file.", content_type = "text/javascript"),
+        (status = 404, description = "No such file.", body = ErrorBody),
+    ))]
+#[allow(dead_code)]
+fn page_vendor() {}
+
 /// The documented statuses of every route against what its handler can answer: each
 /// `ApiError` the handler (or a helper of its file) names, each service error named in
 /// the service methods it calls (one level deep), and what its extractors refuse with.
@@ -311,6 +326,7 @@ mod tests {
             "StoreUnavailable" => StoreUnavailable,
             "Internal" => Internal,
             "Duty" => Duty(crate::auth::Duty::OwnAccess),
+            "OriginMismatch" => OriginMismatch(String::new()),
             _ => return None,
         };
         // A new variant must be added above: this match has no wildcard.
@@ -323,6 +339,7 @@ mod tests {
             | RefreshInProgress
             | Dpop(_)
             | CrossSite
+            | OriginMismatch(_)
             | Forbidden
             | NotFound
             | MethodNotAllowed

@@ -24,7 +24,10 @@ use crate::timeutil::rfc3339;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/threads", post(create).get(list))
-        .route("/v1/threads/{id}", get(get_thread).delete(delete))
+        .route(
+            "/v1/threads/{id}",
+            get(get_thread).patch(rename).delete(delete),
+        )
         .route("/v1/threads/{id}/messages", post(post_message))
 }
 
@@ -182,22 +185,66 @@ pub async fn create(
         .into_response())
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only threads whose title or one of the caller's own questions contains this
+    /// text (case-insensitive; answers are not searched). At most 100 results.
+    #[param(min_length = 1, max_length = 200)]
+    q: Option<String>,
+}
+
 #[utoipa::path(
     get, path = "/v1/threads", operation_id = "list_threads", tag = "threads", security(("bearer" = [])),
+    params(ListParams),
     responses(
-        (status = 200, description = "The caller's threads.", body = ThreadList),
+        (status = 200, description = "The caller's threads (matching `q`, if given).", body = ThreadList),
+        (status = 400, description = "Invalid query parameters.", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 422, description = "`q` is blank or longer than 200 characters.", body = ErrorBody),
     )
 )]
-pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
-    let threads: Vec<ThreadView> = s
-        .threads
-        .list(&p)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
+pub async fn list(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let found = match q.q.as_deref() {
+        Some(text) => s.threads.search(&p, text).await?,
+        None => s.threads.list(&p).await?,
+    };
+    let threads: Vec<ThreadView> = found.into_iter().map(Into::into).collect();
     Ok(axum::Json(ThreadList { threads }).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameThread {
+    #[schema(min_length = 1, max_length = 200)]
+    title: String,
+}
+
+#[utoipa::path(
+    patch, path = "/v1/threads/{id}", operation_id = "rename_thread", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    request_body = RenameThread,
+    responses(
+        (status = 200, description = "Renamed.", body = ThreadView),
+        (status = 400, description = "Malformed body.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's thread (or no such thread: one answer for both).", body = ErrorBody),
+        (status = 422, description = "The title is blank or longer than 200 characters.", body = ErrorBody),
+    )
+)]
+pub async fn rename(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Client(client): Client,
+    Path(id): Path<String>,
+    Json(req): Json<RenameThread>,
+) -> Result<Response, ApiError> {
+    let t = s.threads.rename(&p, &id, &req.title, &client).await?;
+    Ok(axum::Json(ThreadView::from(t)).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

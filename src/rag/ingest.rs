@@ -109,6 +109,34 @@ impl Rag {
         self.see_through(admin, &doc.id, progress).await
     }
 
+    /// The text of a PDF, for a writer about to submit it (the page's upload). Parsing
+    /// untrusted PDF runs on the blocking pool, one at a time, within a deadline; a
+    /// file the parser chokes on (it may panic) is bad input.
+    pub async fn text_of_pdf(&self, p: &Principal, pdf: Vec<u8>) -> Result<String, RagError> {
+        self.require_admin(p)?;
+        let _slot = self
+            .pdf_slots
+            .acquire()
+            .await
+            .map_err(|_| RagError::Invalid("The server is shutting down.".into()))?;
+        let unreadable = || RagError::Invalid("The file is not a PDF with text in it.".into());
+        let parse = tokio::task::spawn_blocking(move || pdf_extract::extract_text_from_mem(&pdf));
+        let text = match tokio::time::timeout(PDF_DEADLINE, parse).await {
+            Ok(Ok(Ok(text))) => text,
+            Ok(_) => return Err(unreadable()),
+            Err(_) => {
+                return Err(RagError::Invalid("The PDF took too long to read.".into()));
+            }
+        };
+        if text.trim().is_empty() {
+            return Err(unreadable());
+        }
+        if text.chars().count() > self.cfg.max_document_chars {
+            return Err(RagError::TooLarge);
+        }
+        Ok(text)
+    }
+
     /// Splits on paragraphs, then sentences, then words, with overlap; sized in model
     /// tokens when the embedder has a tokenizer, otherwise in 4-character units.
     pub fn chunk(&self, text: &str) -> Vec<String> {
@@ -120,6 +148,9 @@ impl Rag {
         )
     }
 }
+
+/// How long reading one PDF may take.
+const PDF_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Text is cut into blocks of whole paragraphs of at most this many characters before
 /// the splitter sees it: the splitter's sentence and word segmentation is superlinear in

@@ -34,6 +34,22 @@ impl Rag {
             .ok_or(RagError::NotFound)
     }
 
+    /// The text of one passage of a document the caller may read (a citation's).
+    pub async fn passage(
+        &self,
+        p: &Principal,
+        document_id: &str,
+        chunk_id: &str,
+    ) -> Result<String, RagError> {
+        if document_id.len() > 64 || chunk_id.len() > 64 {
+            return Err(RagError::NotFound);
+        }
+        self.store
+            .passage(&p.access_scope(), document_id, chunk_id)
+            .await?
+            .ok_or(RagError::NotFound)
+    }
+
     /// Deletes any document of the writer's tenant, readable by the writer or not.
     /// A non-writer learns nothing: a document they cannot read is `NotFound`, one they
     /// can read is `Forbidden`.

@@ -54,6 +54,8 @@ pub struct Rag {
     audit: Audit,
     /// This process's side of the ingestion queue.
     jobs: jobs::Jobs,
+    /// PDFs read at once for uploads (each takes a blocking thread).
+    pdf_slots: tokio::sync::Semaphore,
     /// Whether a scope can see any document at all, remembered for
     /// [`VISIBILITY_TTL`]: the shortcut that spares a chat with nothing to retrieve a
     /// store round trip. It never widens access: a stale `true` only lets the search
@@ -135,6 +137,7 @@ impl Rag {
             cfg,
             audit,
             jobs: jobs::Jobs::new(),
+            pdf_slots: tokio::sync::Semaphore::new(1),
             visible: moka::sync::Cache::builder()
                 .max_capacity(VISIBILITY_SCOPES)
                 .time_to_live(VISIBILITY_TTL)

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::StoreResult;
 use crate::access::{AccessScope, Acl, DocumentAdmin, Labels};
-use crate::model::{ChunkHit, DocumentMeta, DocumentRecord};
+use crate::model::{ChunkHit, DocumentMeta, DocumentRecord, IngestState};
 
 /// A document ready to be stored. Its tenant comes from the [`DocumentAdmin`] and its
 /// labels from its ACL: neither can be passed in separately.
@@ -75,6 +75,20 @@ impl NewDocument {
     }
     pub fn now(&self) -> i64 {
         self.now
+    }
+
+    /// The document as stored, with `chunk_count` chunks in the indexes.
+    pub fn record(&self, chunk_count: u32, state: IngestState) -> DocumentRecord {
+        DocumentRecord {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            text: self.text.clone(),
+            acl: self.acl.clone(),
+            created_at: self.now,
+            created_by: self.created_by.clone(),
+            chunk_count,
+            state,
+        }
     }
 }
 
@@ -182,6 +196,13 @@ pub trait DocumentStore: Send + Sync {
     async fn list_all_documents(&self, admin: &DocumentAdmin) -> StoreResult<Vec<DocumentMeta>>;
     /// Deletes a document of the administrator's tenant with its chunks and vectors.
     async fn delete_document(&self, admin: &DocumentAdmin, id: &str) -> StoreResult<bool>;
+    /// The text of one passage (chunk) of a document `scope` may read.
+    async fn passage(
+        &self,
+        scope: &AccessScope,
+        document_id: &str,
+        chunk_id: &str,
+    ) -> StoreResult<Option<String>>;
     /// Which of `ids` `scope` may still read (for re-checking citations in history).
     async fn readable_ids(
         &self,

@@ -164,4 +164,35 @@ pub trait ThreadStore: Send + Sync {
         max_messages: u32,
     ) -> StoreResult<Append>;
     async fn delete_thread(&self, owner: &ThreadOwner, id: &str) -> StoreResult<bool>;
+    /// Gives an owned thread a new title; `None` if the thread is not the owner's.
+    async fn rename_thread(
+        &self,
+        owner: &ThreadOwner,
+        id: &str,
+        title: &str,
+    ) -> StoreResult<Option<ThreadRecord>>;
+    /// The owner's threads whose title, or one of the owner's own questions in it,
+    /// contains `text` (case-insensitively), newest activity first, at most `limit`.
+    /// Answers are not searched: an answer may be withheld later (its sources no
+    /// longer readable), and a match would still tell what it said.
+    async fn search_threads(
+        &self,
+        owner: &ThreadOwner,
+        text: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<ThreadRecord>>;
+}
+
+/// `text` as a `LIKE` pattern matching it anywhere (`\` escapes the wildcards).
+pub fn like_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }

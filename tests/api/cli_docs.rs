@@ -1,10 +1,11 @@
 //! `palisade doc add` for Markdown and PDF files, against a running server's store.
 
 use crate::support::*;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// A minimal one-page PDF with `text` in Helvetica, with a correct xref table.
-fn tiny_pdf(text: &str) -> Vec<u8> {
+pub fn tiny_pdf(text: &str) -> Vec<u8> {
     let content = format!("BT /F1 18 Tf 72 700 Td ({text}) Tj ET");
     let objects = [
         "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
@@ -131,5 +132,70 @@ async fn doc_add_ingests_markdown_and_pdf_with_their_acl() {
         !search("alice", acme.alice.clone(), "zeppelin bonus")
             .await
             .contains("zeppelin")
+    );
+}
+
+/// The page's PDF upload: a writer gets a PDF's text back (nothing is stored); a
+/// reader is refused, as are another media type and a file that is not a PDF.
+#[tokio::test]
+async fn a_writer_reads_the_text_of_a_pdf_and_no_one_else_does() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let adam = s.login("adam", &acme.adam).await;
+    let alice = s.login("alice", &acme.alice).await;
+    let send = |token: String, body: Vec<u8>, kind: &'static str| {
+        let s = &s;
+        async move {
+            s.http
+                .post(s.url("/v1/documents/text"))
+                .bearer_auth(token)
+                .header("content-type", kind)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let pdf = tiny_pdf("Bonus pool zeppelin allocation");
+    let r = send(adam.access.clone(), pdf.clone(), "application/pdf").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["text"].as_str().unwrap().contains("zeppelin"), "{v}");
+    let listed: Value = s
+        .get("/v1/documents", &adam.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["documents"].as_array().unwrap().len(),
+        0,
+        "nothing stored"
+    );
+    assert_eq!(
+        error_code(send(alice.access.clone(), pdf.clone(), "application/pdf").await).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    assert_eq!(
+        send(adam.access.clone(), pdf, "text/plain").await.status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let (status, code) = error_code(
+        send(
+            adam.access.clone(),
+            b"%PDF-1.4 not really".to_vec(),
+            "application/pdf",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_entity")
+    );
+    // The parser's failure (it may panic) is contained: the server serves on.
+    assert_eq!(
+        s.http.get(s.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
     );
 }

@@ -1133,6 +1133,10 @@ async fn a_cli_command_waits_for_a_store_that_is_coming_back() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let r = s.login_raw("late", "pw-late-correct-horse").await;
-    assert_eq!(r.status(), StatusCode::OK);
+    // The running server sees its store back by itself.
+    eventually(Duration::from_secs(15), "the new user signs in", || async {
+        let r = s.login_raw("late", "pw-late-correct-horse").await;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
 }

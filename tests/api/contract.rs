@@ -128,6 +128,7 @@ async fn the_openapi_document_covers_every_route_and_declares_the_bearer_scheme(
         ("GET", "/app.js"),
         ("GET", "/app.css"),
         ("GET", "/favicon.svg"),
+        ("GET", "/vendor/{file}"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/openapi.json"),

@@ -125,6 +125,10 @@ impl Mock {
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/responses", post(responses))
             .route("/v1/models", get(models))
+            // For a test driving a browser in another process: slow the stream down,
+            // and count the streams whose client went away.
+            .route("/__mock/chunk_delay", post(set_chunk_delay))
+            .route("/__mock/stats", get(stats))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -245,6 +249,26 @@ impl Mock {
     pub fn cancelled(&self) -> usize {
         self.state.cancelled.load(Ordering::SeqCst)
     }
+}
+
+async fn set_chunk_delay(State(state): State<Arc<MockState>>, body: Bytes) -> StatusCode {
+    match std::str::from_utf8(&body)
+        .ok()
+        .and_then(|b| b.trim().parse::<usize>().ok())
+    {
+        Some(ms) => {
+            state.chunk_delay_ms.store(ms, Ordering::SeqCst);
+            StatusCode::NO_CONTENT
+        }
+        None => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn stats(State(state): State<Arc<MockState>>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "cancelled": state.cancelled.load(Ordering::SeqCst),
+        "completed_streams": state.completed_streams.load(Ordering::SeqCst),
+    }))
 }
 
 /// The stand-in's embedding of `text`: 8 dimensions from its SHA-256, unit length.

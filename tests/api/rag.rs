@@ -535,3 +535,71 @@ async fn a_new_document_is_found_at_once_here_and_within_a_second_from_elsewhere
     )
     .await;
 }
+
+/// A citation's passage is served to a reader of its document only; to anyone else it
+/// is a 404 like a passage that does not exist.
+#[tokio::test]
+async fn a_cited_passage_is_served_to_readers_of_its_document_only() {
+    let s = Server::start();
+    let acme = seed_acme(&s);
+    let adam = s.login("adam", &acme.adam).await;
+    let r = s
+        .post_document(
+            &adam.access,
+            &json!({"title": "Bands", "text": "Senior engineers earn 105,000 to 135,000 in band seven.", "acl": {"roles": ["hr"]}}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let doc = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hannah = s.login("hannah", &acme.hannah).await;
+    let hit: Value = s
+        .post_auth(
+            "/v1/search",
+            &hannah.access,
+            &json!({"query": "band seven"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let chunk = hit["results"][0]["chunk_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/documents/{doc}/passages/{chunk}");
+    let r = s.get(&path, &hannah.access).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["chunk_id"], chunk.as_str());
+    assert!(v["text"].as_str().unwrap().contains("band seven"));
+    let alice = s.login("alice", &acme.alice).await;
+    let denied = error_code(s.get(&path, &alice.access).await).await;
+    let missing = error_code(
+        s.get(
+            &format!("/v1/documents/{doc}/passages/{}", random_id()),
+            &hannah.access,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(denied, (StatusCode::NOT_FOUND, "not_found".into()));
+    assert_eq!(denied, missing);
+    // Nor through another document's id.
+    let r = s
+        .post_document(
+            &adam.access,
+            &json!({"title": "Open", "text": "Lunch is at noon.", "acl": {"public": true}}),
+        )
+        .await;
+    let open = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .get(
+            &format!("/v1/documents/{open}/passages/{chunk}"),
+            &alice.access,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

@@ -23,6 +23,21 @@ pub fn palisade() -> Command {
 }
 
 /// The store kind the suite runs against: `PALISADE_TEST_STORE`, default `embedded`.
+/// Runs `sql` with psql (`flags` ending in `c`); its output, trimmed.
+fn psql(url: &str, flags: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", flags, sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 pub fn store_kind() -> String {
     std::env::var("PALISADE_TEST_STORE").unwrap_or_else(|_| "embedded".into())
 }
@@ -283,55 +298,36 @@ impl Server {
     /// database access): on the SQLite file, or on its PostgreSQL database.
     pub fn sql(&self, sql: &str) {
         match &self.cluster {
-            None => {
-                let c = rusqlite::Connection::open(self.dir.path().join("palisade.db"))
-                    .expect("open the database file");
-                c.busy_timeout(Duration::from_secs(10))
-                    .expect("busy timeout");
-                c.execute_batch(sql).expect("run SQL on the SQLite store");
-            }
+            None => self
+                .sqlite()
+                .execute_batch(sql)
+                .expect("run SQL on the SQLite store"),
             Some(c) => {
-                let out = Command::new("psql")
-                    .arg(&c.postgres_url)
-                    .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
-                    .output()
-                    .expect("psql");
-                assert!(
-                    out.status.success(),
-                    "{sql}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                psql(&c.postgres_url, "-qc", sql);
             }
         }
+    }
+
+    /// A connection to this server's SQLite file, behind its back.
+    fn sqlite(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.dir.path().join("palisade.db"))
+            .expect("open the database file");
+        c.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        c
     }
 
     /// The first column of the first row of `sql` on the server's store, as text.
     pub fn sql_value(&self, sql: &str) -> String {
         match &self.cluster {
-            None => {
-                let c = rusqlite::Connection::open(self.dir.path().join("palisade.db"))
-                    .expect("open the database file");
-                c.busy_timeout(Duration::from_secs(10))
-                    .expect("busy timeout");
-                c.query_row(&format!("SELECT CAST(({sql}) AS TEXT)"), [], |r| {
+            None => self
+                .sqlite()
+                .query_row(&format!("SELECT CAST(({sql}) AS TEXT)"), [], |r| {
                     r.get::<_, Option<String>>(0)
                 })
                 .expect("query the SQLite store")
-                .unwrap_or_default()
-            }
-            Some(c) => {
-                let out = Command::new("psql")
-                    .arg(&c.postgres_url)
-                    .args(["-v", "ON_ERROR_STOP=1", "-Atqc", sql])
-                    .output()
-                    .expect("psql");
-                assert!(
-                    out.status.success(),
-                    "{sql}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8_lossy(&out.stdout).trim().to_owned()
-            }
+                .unwrap_or_default(),
+            Some(c) => psql(&c.postgres_url, "-Atqc", sql),
         }
     }
 
@@ -422,15 +418,21 @@ impl Server {
         let mut vars: Vec<(String, String)> = vec![
             ("PALISADE_STORE__KIND".into(), store_kind()),
             ("PALISADE_EMBEDDINGS__KIND".into(), "hash".into()),
-            (
+        ];
+        // The origin the suite's requests name, unless the test sets its own; an empty
+        // value leaves it unset (derived from the address listened on).
+        if !self.env.iter().any(|(k, _)| k == "PALISADE_PUBLIC_ORIGIN") {
+            vars.push((
                 "PALISADE_PUBLIC_ORIGIN".into(),
                 "http://localhost:8080".into(),
-            ),
-        ];
+            ));
+        }
         vars.extend(
             self.env
                 .iter()
-                .filter(|(k, _)| k != "PALISADE_TEST_LISTEN")
+                .filter(|(k, v)| {
+                    k != "PALISADE_TEST_LISTEN" && !(k == "PALISADE_PUBLIC_ORIGIN" && v.is_empty())
+                })
                 .cloned(),
         );
         vars

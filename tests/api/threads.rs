@@ -434,3 +434,104 @@ async fn a_thread_held_in_memory_is_still_refused_to_everyone_else() {
         );
     }
 }
+
+/// Rename and search, from the attacker's side too: another user's thread cannot be
+/// renamed (404, as for a missing one, and its title is untouched) and never shows up
+/// in a search; a search matches titles and the owner's own questions, never answers,
+/// and takes `%` and `_` literally.
+#[tokio::test]
+async fn threads_are_renamed_and_searched_by_their_owner_only() {
+    let (s, mock) = start_with_mock(&[]).await;
+    mock.always(crate::mock::Reply::Text(
+        "The answer mentions zanzibar only here.".into(),
+    ));
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let hannah = s.login("hannah", &acme.hannah).await;
+    let mine = s.new_thread(&alice.access, "Travel plans").await;
+    ask(&s, &alice.access, &mine, "Is 100% of the hotel refunded?").await;
+    let other = s.new_thread(&alice.access, "Lunch").await;
+    let hers = s.new_thread(&hannah.access, "Travel budget").await;
+
+    let titles = |v: Value| -> Vec<String> {
+        v["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["title"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let search = |token: String, q: &'static str| {
+        let s = &s;
+        async move {
+            let r = s
+                .http
+                .get(s.url("/v1/threads"))
+                .query(&[("q", q)])
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, v) = search(alice.access.clone(), "TRAVEL").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(titles(v), ["Travel plans"], "hannah's thread leaked");
+    let (_, v) = search(alice.access.clone(), "hotel").await;
+    assert_eq!(titles(v), ["Travel plans"], "by the owner's own question");
+    let (_, v) = search(alice.access.clone(), "zanzibar").await;
+    assert!(titles(v).is_empty(), "answers are not searched");
+    let (_, v) = search(alice.access.clone(), "100%").await;
+    assert_eq!(titles(v), ["Travel plans"]);
+    let (_, v) = search(alice.access.clone(), "1_0").await;
+    assert!(titles(v).is_empty(), "`_` is not a wildcard");
+    let (st, _) = search(alice.access.clone(), "   ").await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Rename own; another's is refused exactly like a missing one.
+    let rename = |token: String, id: String, body: Value| {
+        let s = &s;
+        async move {
+            s.http
+                .patch(s.url(&format!("/v1/threads/{id}")))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = rename(
+        alice.access.clone(),
+        other.clone(),
+        json!({"title": "Lunch menus"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["title"], "Lunch menus");
+    let hijack = rename(
+        alice.access.clone(),
+        hers.clone(),
+        json!({"title": "pwned"}),
+    )
+    .await;
+    let missing = rename(alice.access.clone(), random_id(), json!({"title": "pwned"})).await;
+    assert_eq!(error_code(hijack).await, error_code(missing).await);
+    assert_eq!(
+        s.thread_json(&hannah.access, &hers).await["title"],
+        "Travel budget"
+    );
+    for bad in [
+        json!({"title": ""}),
+        json!({"title": "x".repeat(201)}),
+        json!({"name": "x"}),
+    ] {
+        let r = rename(alice.access.clone(), other.clone(), bad.clone()).await;
+        assert!(r.status().is_client_error(), "{bad}: {}", r.status());
+    }
+    assert_eq!(
+        s.thread_json(&alice.access, &other).await["title"],
+        "Lunch menus"
+    );
+}

@@ -11,7 +11,7 @@ const RFC_IAT: i64 = 1562262616;
 fn rfc_request(now: i64) -> ProofFor<'static> {
     ProofFor {
         method: "POST",
-        url: "https://server.example.com/token",
+        urls: &["https://server.example.com/token"],
         access_token: None,
         now,
         window_secs: 60,
@@ -28,14 +28,14 @@ fn the_rfc_9449_example_proof_verifies_with_its_published_thumbprint() {
     w.method = "GET";
     assert_eq!(verify_proof(RFC_PROOF, &w), Err(ProofError::Method));
     let mut w = rfc_request(RFC_IAT);
-    w.url = "https://server.example.com/resource";
+    w.urls = &["https://server.example.com/resource"];
     assert_eq!(verify_proof(RFC_PROOF, &w), Err(ProofError::Url));
     let mut w = rfc_request(RFC_IAT);
-    w.url = "https://evil.example.com/token";
+    w.urls = &["https://evil.example.com/token"];
     assert_eq!(verify_proof(RFC_PROOF, &w), Err(ProofError::Url));
     // Query and fragment are not part of htu (RFC 9449 §4.3 point 9).
     let mut w = rfc_request(RFC_IAT);
-    w.url = "https://server.example.com/token?x=1#f";
+    w.urls = &["https://server.example.com/token?x=1#f"];
     assert!(verify_proof(RFC_PROOF, &w).is_ok());
     assert_eq!(
         verify_proof(RFC_PROOF, &rfc_request(RFC_IAT + 61)),
@@ -94,7 +94,7 @@ impl Client {
 fn api_request(now: i64, token: Option<&'static str>) -> ProofFor<'static> {
     ProofFor {
         method: "GET",
-        url: "https://chat.example.com/v1/threads",
+        urls: &["https://chat.example.com/v1/threads"],
         access_token: token,
         now,
         window_secs: 60,

@@ -131,6 +131,36 @@ async fn acl_id_for(c: &impl GenericClient, tenant: &str, labels: &[String]) -> 
     .try_get(0)?)
 }
 
+/// The document's row, in `state`, counting `chunk_count` chunks; its ACL's id.
+async fn insert_row(
+    c: &impl GenericClient,
+    doc: &NewDocument,
+    chunk_count: i32,
+    state: &IngestState,
+) -> StoreResult<i64> {
+    let acl_id = acl_id_for(c, doc.tenant(), doc.labels()).await?;
+    let acl_json =
+        serde_json::to_value(doc.acl()).map_err(|e| StoreError::Corrupt(format!("acl: {e}")))?;
+    c.execute(
+        "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &doc.id(),
+            &doc.tenant(),
+            &doc.title(),
+            &doc.text(),
+            &acl_json,
+            &acl_id,
+            &doc.created_by(),
+            &doc.now(),
+            &chunk_count,
+            &state.name(),
+        ],
+    )
+    .await?;
+    Ok(acl_id)
+}
+
 /// Whether the document is leased to the worker (and still being ingested); the row
 /// stays locked until the transaction ends, so a deletion waits for the step.
 async fn holds(c: &impl GenericClient, lease: &IngestLease) -> StoreResult<bool> {
@@ -364,27 +394,9 @@ impl DocumentStore for ClusterStore {
         timed(async {
             let mut c = self.pg().await?;
             let tx = c.transaction().await?;
-            let acl_id = acl_id_for(&tx, doc.tenant(), doc.labels()).await?;
-            let acl_json = serde_json::to_value(doc.acl())
-                .map_err(|e| StoreError::Corrupt(format!("acl: {e}")))?;
             let chunks = doc.chunks();
             let count = chunks.len() as i32;
-            tx.execute(
-                "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &doc.id(),
-                    &doc.tenant(),
-                    &doc.title(),
-                    &doc.text(),
-                    &acl_json,
-                    &acl_id,
-                    &doc.created_by(),
-                    &doc.now(),
-                    &count,
-                ],
-            )
-            .await?;
+            let acl_id = insert_row(&tx, &doc, count, &IngestState::Ready).await?;
             // All chunks in one statement (arrays unnested), ids back in order.
             let public: Vec<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
             let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
@@ -430,16 +442,7 @@ impl DocumentStore for ClusterStore {
             )
             .await?;
             tx.commit().await?;
-            Ok(DocumentRecord {
-                id: doc.id().to_owned(),
-                title: doc.title().to_owned(),
-                text: doc.text().to_owned(),
-                acl: doc.acl().clone(),
-                created_at: doc.now(),
-                created_by: doc.created_by().to_owned(),
-                chunk_count: chunks.len() as u32,
-                state: IngestState::Ready,
-            })
+            Ok(doc.record(chunks.len() as u32, IngestState::Ready))
         })
         .await
     }
@@ -448,35 +451,10 @@ impl DocumentStore for ClusterStore {
         timed(async {
             let mut c = self.pg().await?;
             let tx = c.transaction().await?;
-            let acl_id = acl_id_for(&tx, doc.tenant(), doc.labels()).await?;
-            let acl_json = serde_json::to_value(doc.acl())
-                .map_err(|e| StoreError::Corrupt(format!("acl: {e}")))?;
-            tx.execute(
-                "INSERT INTO documents (id, tenant, title, body, acl, acl_id, created_by, created_at, chunk_count, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 'queued')",
-                &[
-                    &doc.id(),
-                    &doc.tenant(),
-                    &doc.title(),
-                    &doc.text(),
-                    &acl_json,
-                    &acl_id,
-                    &doc.created_by(),
-                    &doc.now(),
-                ],
-            )
-            .await?;
+            // A job's chunks are made by its worker: any given here are not stored.
+            insert_row(&tx, &doc, 0, &IngestState::Queued).await?;
             tx.commit().await?;
-            Ok(DocumentRecord {
-                id: doc.id().to_owned(),
-                title: doc.title().to_owned(),
-                text: doc.text().to_owned(),
-                acl: doc.acl().clone(),
-                created_at: doc.now(),
-                created_by: doc.created_by().to_owned(),
-                chunk_count: 0,
-                state: IngestState::Queued,
-            })
+            Ok(doc.record(0, IngestState::Queued))
         })
         .await
     }
@@ -764,6 +742,31 @@ impl DocumentStore for ClusterStore {
             .await?
             .map(|r| doc_row(&r))
             .transpose()
+        })
+        .await
+    }
+
+    async fn passage(
+        &self,
+        scope: &AccessScope,
+        document_id: &str,
+        chunk_id: &str,
+    ) -> StoreResult<Option<String>> {
+        timed(async {
+            let c = self.pg().await?;
+            let acls = visible_acls(&c, scope).await?;
+            if acls.is_empty() {
+                return Ok(None);
+            }
+            Ok(row(
+                &c,
+                "SELECT text FROM chunks
+                 WHERE public_id = $1 AND document_id = $2 AND tenant = $3 AND acl_id = ANY($4)",
+                &[&chunk_id, &document_id, &scope.tenant(), &acls],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
         })
         .await
     }

@@ -453,6 +453,68 @@ impl ThreadStore for ClusterStore {
         .await
     }
 
+    async fn rename_thread(
+        &self,
+        owner: &ThreadOwner,
+        id: &str,
+        title: &str,
+    ) -> StoreResult<Option<ThreadRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            row(
+                &c,
+                &format!("UPDATE threads SET title = $5 WHERE {OWNED} RETURNING {THREAD_COLS}"),
+                &[
+                    &id,
+                    &owner.tenant(),
+                    &owner.user(),
+                    &owner.required_session(),
+                    &title,
+                ],
+            )
+            .await?
+            .map(|r| thread_row(&r))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn search_threads(
+        &self,
+        owner: &ThreadOwner,
+        text: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<ThreadRecord>> {
+        let pattern = crate::store::threads::like_pattern(text);
+        let limit = i64::from(limit);
+        timed(async {
+            let c = self.pg().await?;
+            rows(
+                &c,
+                &format!(
+                    "SELECT {THREAD_COLS} FROM threads t
+                     WHERE tenant = $1 AND owner = $2 AND ($3::TEXT IS NULL OR session_id = $3)
+                       AND (title ILIKE $4
+                            OR EXISTS (SELECT 1 FROM messages m WHERE m.thread_id = t.id
+                                       AND m.role = 'user' AND m.content ILIKE $4))
+                     ORDER BY updated_at DESC LIMIT $5"
+                ),
+                &[
+                    &owner.tenant(),
+                    &owner.user(),
+                    &owner.required_session(),
+                    &pattern,
+                    &limit,
+                ],
+            )
+            .await?
+            .iter()
+            .map(thread_row)
+            .collect()
+        })
+        .await
+    }
+
     async fn delete_thread(&self, owner: &ThreadOwner, id: &str) -> StoreResult<bool> {
         timed(async {
             let c = self.pg().await?;

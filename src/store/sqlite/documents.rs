@@ -345,19 +345,6 @@ fn insert_row(c: &Connection, doc: &NewDocument, state: &IngestState) -> StoreRe
     Ok(acl_id)
 }
 
-fn record_of(doc: &NewDocument, chunk_count: u32, state: IngestState) -> DocumentRecord {
-    DocumentRecord {
-        id: doc.id().to_owned(),
-        title: doc.title().to_owned(),
-        text: doc.text().to_owned(),
-        acl: doc.acl().clone(),
-        created_at: doc.now(),
-        created_by: doc.created_by().to_owned(),
-        chunk_count,
-        state,
-    }
-}
-
 fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
     let acl_id = insert_row(c, doc, &IngestState::Ready)?;
     let count = index_chunks(
@@ -375,7 +362,7 @@ fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
                 embedding: chunk.embedding.as_deref(),
             }),
     )?;
-    Ok(record_of(doc, count, IngestState::Ready))
+    Ok(doc.record(count, IngestState::Ready))
 }
 
 fn enqueue(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
@@ -385,7 +372,7 @@ fn enqueue(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
         "UPDATE documents SET chunk_count = 0 WHERE id = ?1",
         [doc.id()],
     )?;
-    Ok(record_of(doc, 0, IngestState::Queued))
+    Ok(doc.record(0, IngestState::Queued))
 }
 
 /// Whether the document is leased to the worker (and still being ingested).
@@ -646,6 +633,30 @@ impl DocumentStore for SqliteStore {
                 })
                 .optional()?;
             Ok(row.filter(|(_, acl)| acls.contains(acl)).map(|(d, _)| d))
+        })
+        .await
+    }
+
+    async fn passage(
+        &self,
+        scope: &AccessScope,
+        document_id: &str,
+        chunk_id: &str,
+    ) -> StoreResult<Option<String>> {
+        let scope = scope.clone();
+        let (document_id, chunk_id) = (document_id.to_owned(), chunk_id.to_owned());
+        self.read(move |c| {
+            let acls = visible_acls(c, &scope)?;
+            let found: Option<(String, i64)> = c
+                .prepare_cached(
+                    "SELECT text, acl_id FROM chunks
+                     WHERE public_id = ?1 AND document_id = ?2 AND tenant = ?3",
+                )?
+                .query_row(params![chunk_id, document_id, scope.tenant()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            Ok(found.filter(|(_, acl)| acls.contains(acl)).map(|(t, _)| t))
         })
         .await
     }

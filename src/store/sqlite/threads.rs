@@ -284,6 +284,60 @@ impl ThreadStore for SqliteStore {
             .await
     }
 
+    async fn rename_thread(
+        &self,
+        owner: &ThreadOwner,
+        id: &str,
+        title: &str,
+    ) -> StoreResult<Option<ThreadRecord>> {
+        let o = owner.clone();
+        let id = id.to_owned();
+        let title = title.to_owned();
+        self.write(move |c| {
+            let n = c.execute(
+                &format!("UPDATE threads SET title = ?5 WHERE {OWNED}"),
+                params![id, o.tenant(), o.user(), o.required_session(), title],
+            )?;
+            if n != 1 {
+                return Ok(None);
+            }
+            Ok(
+                c.prepare_cached(&format!("SELECT {THREAD_COLS} FROM threads WHERE id = ?1"))?
+                    .query_row([&id], thread_row)
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    async fn search_threads(
+        &self,
+        owner: &ThreadOwner,
+        text: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<ThreadRecord>> {
+        let o = owner.clone();
+        let pattern = crate::store::threads::like_pattern(text);
+        self.read_blocking(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {THREAD_COLS} FROM threads t
+                 WHERE tenant = ?1 AND owner = ?2 AND (?3 IS NULL OR session_id = ?3)
+                   AND (title LIKE ?4 ESCAPE '\\'
+                        OR EXISTS (SELECT 1 FROM messages m WHERE m.thread_id = t.id
+                                   AND m.role = 'user' AND m.content LIKE ?4 ESCAPE '\\'))
+                 ORDER BY updated_at DESC LIMIT ?5"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![o.tenant(), o.user(), o.required_session(), pattern, limit],
+                    thread_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn delete_thread(&self, owner: &ThreadOwner, id: &str) -> StoreResult<bool> {
         let o = owner.clone();
         let id = id.to_owned();
