@@ -128,9 +128,13 @@ async fn the_chat_page_in_a_real_browser() {
         "documents.png",
         "upload.png",
         "sessions.png",
+        "phone-signin.png",
         "phone.png",
-        "phone-threads.png",
         "phone-dark.png",
+        "phone-threads.png",
+        "phone-documents.png",
+        "phone-documents-dark.png",
+        "phone-sessions.png",
     ] {
         assert!(artifacts.join(shot).exists(), "{shot} was not written");
     }
