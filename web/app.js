@@ -405,6 +405,7 @@ async function openThread(id) {
     if (m.role === 'user' || m.role === 'assistant') {
       const li = bubble(m.role, m.redacted ? 'This answer drew on a document you may no longer read.' : (m.content || ''), m.citations);
       if (m.redacted) li.classList.add('redacted');
+      if (m.stopped) markStopped(li);
     }
   }
   closeThreadsOnPhone();
@@ -528,14 +529,18 @@ async function ask(question) {
     // Stopped: what came is kept, and said to be partial.
     if (frame) cancelAnimationFrame(frame);
     paint(answer);
-    answer.classList.add('stopped');
-    answer.querySelector('.actions').before(el('p', 'Stopped before the answer was complete.', { class: 'stopped-note' }));
+    markStopped(answer);
   } finally {
     if (streaming === controller) streaming = null;
     answer.setAttribute('aria-busy', 'false');
     setStreaming(false);
   }
   await loadThreads();
+}
+
+function markStopped(li) {
+  li.classList.add('stopped');
+  li.querySelector('.actions').before(el('p', 'Stopped before the answer was complete.', { class: 'stopped-note' }));
 }
 
 function stop() {

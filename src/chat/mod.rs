@@ -298,6 +298,7 @@ impl Prepared {
             citations: citations(&self.passages),
             tool_calls,
             provenance: self.provenance(),
+            stopped: false,
         }
     }
 
@@ -803,6 +804,11 @@ impl ChatService {
             prompt_tokens: prep.prompt_tokens(),
             answer_chars: 0,
             settled: false,
+            unfinished: prep.thread.clone().map(|thread| Unfinished {
+                thread,
+                client: client.clone(),
+                answer: prep.stored_answer(String::new(), Vec::new()),
+            }),
         };
         let events = async_stream::stream! {
             // The whole meter moves into the stream (not copies of its fields): dropped
@@ -823,6 +829,9 @@ impl ChatService {
                     match item {
                         Ok(Delta::Content(t)) => {
                             meter.answer_chars += t.len();
+                            if let Some(u) = &mut meter.unfinished {
+                                u.answer.content.push_str(&t);
+                            }
                             content.push_str(&t);
                             yield ChatEvent::Delta(Delta::Content(t));
                         }
@@ -847,6 +856,8 @@ impl ChatService {
                             yield ChatEvent::Delta(d);
                         }
                         Err(e) => {
+                            // Failed, not stopped: nothing is kept as an answer.
+                            meter.unfinished = None;
                             yield ChatEvent::Failed(ChatError::Llm(e));
                             return;
                         }
@@ -894,12 +905,19 @@ impl ChatService {
                     return;
                 }
                 if step == svc.tool_max_steps {
+                    meter.unfinished = None;
                     yield ChatEvent::Failed(ChatError::ToolStepsExceeded);
                     return;
                 }
                 if let Err(e) = svc.run_searches(&p, &mut prep, content, ours, &client).await {
+                    meter.unfinished = None;
                     yield ChatEvent::Failed(e);
                     return;
+                }
+                // What a stopped answer drew on now includes this step's passages.
+                if let Some(u) = &mut meter.unfinished {
+                    let so_far = std::mem::take(&mut u.answer.content);
+                    u.answer = prep.stored_answer(so_far, Vec::new());
                 }
                 step += 1;
                 let options = svc.step_options(&prep, step);
@@ -907,6 +925,7 @@ impl ChatService {
                 upstream = match next {
                     Ok(s) => s,
                     Err(e) => {
+                        meter.unfinished = None;
                         yield ChatEvent::Failed(ChatError::Llm(e));
                         return;
                     }
@@ -918,7 +937,9 @@ impl ChatService {
 }
 
 /// What a streamed answer has used so far, charged on drop unless the answer completed
-/// (and was charged with the upstream's own count).
+/// (and was charged with the upstream's own count). A thread turn's answer that its
+/// reader stopped (the stream dropped before its end) is stored as far as it came,
+/// marked `stopped`.
 struct Meter {
     svc: Arc<ChatService>,
     principal: Principal,
@@ -926,6 +947,14 @@ struct Meter {
     prompt_tokens: u64,
     answer_chars: usize,
     settled: bool,
+    /// A thread turn's answer so far, with what it drew on.
+    unfinished: Option<Unfinished>,
+}
+
+struct Unfinished {
+    thread: String,
+    client: ClientInfo,
+    answer: StoredAnswer,
 }
 
 impl Drop for Meter {
@@ -940,9 +969,29 @@ impl Drop for Meter {
             self.principal.clone(),
             self.prompt_tokens + completion,
         );
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { svc.budgets.charge(&p, total).await });
-        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let kept = self
+            .unfinished
+            .take()
+            .filter(|u| !u.answer.content.trim().is_empty());
+        rt.spawn(async move {
+            svc.budgets.charge(&p, total).await;
+            if let Some(u) = kept {
+                let answer = StoredAnswer {
+                    stopped: true,
+                    ..u.answer
+                };
+                if let Err(e) = svc
+                    .threads
+                    .finish_turn(&p, &u.thread, answer, &u.client)
+                    .await
+                {
+                    tracing::warn!(error = %e, "a stopped answer could not be kept");
+                }
+            }
+        });
     }
 }
 

@@ -87,6 +87,9 @@ pub struct MessageView {
     /// a document it drew on.
     #[serde(skip_serializing_if = "Option::is_none")]
     redacted: Option<&'static str>,
+    /// An answer its reader stopped mid-stream: `content` is as far as it came.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stopped: bool,
 }
 
 /// One page of a thread.
@@ -128,6 +131,7 @@ impl From<MessageRecord> for MessageView {
             citations: m.citations,
             sources: m.provenance.documents().map(str::to_owned).collect(),
             redacted: None,
+            stopped: m.stopped,
         }
     }
 }

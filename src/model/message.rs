@@ -144,6 +144,8 @@ pub struct MessageRecord {
     pub tool: Option<ToolData>,
     pub provenance: Provenance,
     pub created_at: i64,
+    /// An answer its reader stopped mid-stream: kept as far as it came.
+    pub stopped: bool,
 }
 
 impl MessageRecord {

@@ -24,6 +24,8 @@ pub struct NewMessage {
     pub tool: Option<ToolData>,
     pub provenance: Provenance,
     pub now: i64,
+    /// An answer stopped by its reader mid-stream.
+    pub stopped: bool,
 }
 
 impl NewMessage {
@@ -38,6 +40,7 @@ impl NewMessage {
             tool: self.tool,
             provenance: self.provenance,
             created_at,
+            stopped: self.stopped,
         }
     }
 }

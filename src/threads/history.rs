@@ -331,6 +331,7 @@ mod tests {
             tool: None,
             provenance: Default::default(),
             created_at: seq,
+            stopped: false,
         }
     }
 

@@ -75,6 +75,8 @@ pub struct StoredAnswer {
     pub tool_calls: Vec<ToolCall>,
     /// The documents whose text was in the turn's prompt.
     pub provenance: Provenance,
+    /// Stopped by its reader mid-stream: `content` is what came before.
+    pub stopped: bool,
 }
 
 /// A new message of a turn in a stored thread.
@@ -120,6 +122,7 @@ impl TurnInput {
             tool,
             provenance: Provenance::default(),
             now,
+            stopped: false,
         }
     }
 }
@@ -418,6 +421,7 @@ impl Threads {
             citations,
             tool_calls,
             provenance,
+            stopped,
         } = answer;
         let msg = NewMessage {
             id: new_id(),
@@ -427,6 +431,7 @@ impl Threads {
             tool: (!tool_calls.is_empty()).then_some(ToolData::Calls(tool_calls)),
             provenance,
             now: self.clock.now_ms(),
+            stopped,
         };
         // The answer may take the thread one past the limit: the user's turn was
         // admitted, so its answer is kept.

@@ -96,15 +96,32 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
             .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
-    // The thread holds the question and no half answer.
+    // The answer is kept as far as it came, marked stopped (the reader saw it).
+    let partial = eventually(Duration::from_secs(10), "the stopped answer is kept", || async {
+        let t = s.thread_json(&a.access, &id).await;
+        let messages = t["messages"].as_array().unwrap().clone();
+        (messages.len() == 2).then(|| messages[1].clone())
+    })
+    .await;
+    assert_eq!(partial["role"], "assistant");
+    assert_eq!(partial["stopped"], true, "{partial}");
+    let kept = partial["content"].as_str().unwrap();
+    let whole = crate::mock::echo_of(&mock.last_messages().into());
+    assert!(
+        !kept.is_empty() && kept.len() < whole.len() && whole.starts_with(kept),
+        "kept {kept:?} of {whole:?}"
+    );
+    // The next turn sees it in its history, like any answer; a complete answer is not
+    // marked.
+    mock.set_chunk_delay(0);
+    ask(&s, &a.access, &id, "go on").await;
+    let history = mock.last_messages();
+    assert!(
+        history.iter().any(|m| m["role"] == "assistant" && m["content"] == kept),
+        "{history:?}"
+    );
     let t = s.thread_json(&a.access, &id).await;
-    let roles: Vec<&str> = t["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
-    assert_eq!(roles, ["user"]);
+    assert!(t["messages"][3].get("stopped").is_none(), "{t}");
 }
 
 /// An upstream that answers with a redirect does not get to send the prompt (and the

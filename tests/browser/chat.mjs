@@ -186,6 +186,15 @@ await partial.locator('.stopped-note').waitFor();
 check((await partial.textContent()).includes('Vacation is 30 days') && !(await partial.textContent()).includes('| vacation | 30 |'),
   'the partial answer is kept and marked as stopped');
 check(await page.getByRole('button', { name: 'Send' }).isVisible(), 'Send is back after stopping');
+// Kept by the server as well: the thread, opened again, shows the stopped answer.
+let reopened = false;
+for (const until = Date.now() + 5000; !reopened && Date.now() < until;) {
+  await page.locator('#thread-list button[aria-current=true]').click();
+  await page.locator('#messages li.assistant').first().waitFor();
+  reopened = await page.locator('#messages li.assistant.stopped .stopped-note').count() === 1;
+  if (!reopened) await new Promise((r) => setTimeout(r, 200));
+}
+check(reopened, 'the stopped answer is stored, marked, and shown again when the thread is reopened');
 
 // Regenerate asks the question again for a fresh answer.
 const answersBefore = await page.locator('#messages li.assistant').count();

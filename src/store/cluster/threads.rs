@@ -23,7 +23,7 @@ const OWNED: &str =
     "id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)";
 
 const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
-const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool, sources";
+const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool, sources, stopped";
 
 /// Rows read per round trip while filling a history budget.
 const HISTORY_BATCH: i64 = 64;
@@ -61,6 +61,7 @@ fn message_at(r: &Row, at: usize) -> StoreResult<MessageRecord> {
             .map_err(|e| StoreError::Corrupt(format!("tool: {e}")))?,
         provenance: serde_json::from_value(r.try_get(at + 7)?)
             .map_err(|e| StoreError::Corrupt(format!("sources: {e}")))?,
+        stopped: r.try_get(at + 8)?,
     })
 }
 
@@ -96,8 +97,8 @@ WITH durability AS (
     WHERE id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)
     FOR UPDATE
 ), ins AS (
-    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources)
-    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12, $13
+    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources, stopped)
+    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12, $13, $14
     FROM t WHERE t.message_count < $10
     RETURNING seq, created_at
 ), counted AS (
@@ -116,7 +117,7 @@ FROM t LEFT JOIN ins ON TRUE"
 );
 
 /// [`APPEND`] for a turn's question, with the newest batch of its history in the same
-/// statement (one round trip): the messages after `$14` (what the caller holds),
+/// statement (one round trip): the messages after `$15` (what the caller holds),
 /// newest first, one row each (a single row with NULL message columns when there are
 /// none). The statement's snapshot is taken before it waits for the thread's lock, so a
 /// message appended by a request that held the lock meanwhile is missing from the
@@ -124,12 +125,12 @@ FROM t LEFT JOIN ins ON TRUE"
 const BEGIN_TURN: &str = concat!(
     append_ctes!(),
     ", fresh AS (
-    SELECT id, seq, role, content, citations, created_at, tool, sources FROM messages
-    WHERE thread_id = $1 AND seq > $14
-    ORDER BY seq DESC LIMIT $15
+    SELECT id, seq, role, content, citations, created_at, tool, sources, stopped FROM messages
+    WHERE thread_id = $1 AND seq > $15
+    ORDER BY seq DESC LIMIT $16
 )
 SELECT ins.seq, ins.created_at, (SELECT count(*) FROM counted), (SELECT 1 FROM durability),
-       f.id, f.seq, f.role, f.content, f.citations, f.created_at, f.tool, f.sources
+       f.id, f.seq, f.role, f.content, f.citations, f.created_at, f.tool, f.sources, f.stopped
 FROM t LEFT JOIN ins ON TRUE LEFT JOIN fresh f ON ins.seq IS NOT NULL
 ORDER BY f.seq DESC"
 );
@@ -178,6 +179,7 @@ async fn append(
             &durable,
             &tool,
             &sources,
+            &msg.stopped,
         ],
     )
     .await?
@@ -392,6 +394,7 @@ impl ThreadStore for ClusterStore {
                     &false,
                     &tool,
                     &sources,
+                    &question.stopped,
                     &after,
                     &HISTORY_BATCH,
                 ],

@@ -156,6 +156,7 @@ pub(super) fn msg(content: &str, role: Role, now: i64) -> NewMessage {
         tool: None,
         provenance: Default::default(),
         now,
+        stopped: false,
     }
 }
 

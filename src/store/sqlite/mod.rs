@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/15_message_provenance.sql"),
     include_str!("migrations/16_grants.sql"),
     include_str!("migrations/17_ingest_jobs.sql"),
+    include_str!("migrations/18_stopped_answers.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -888,6 +889,7 @@ mod tests {
                     tool: None,
                     provenance: Default::default(),
                     now: 4,
+                    stopped: false,
                 },
                 100,
                 HistoryBudget(1000),

@@ -20,7 +20,7 @@ use crate::store::{
 const OWNED: &str = "id = ?1 AND tenant = ?2 AND owner = ?3 AND (?4 IS NULL OR session_id = ?4)";
 
 const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
-const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool, sources";
+const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool, sources, stopped";
 
 fn thread_row(r: &Row<'_>) -> rusqlite::Result<ThreadRecord> {
     Ok(ThreadRecord {
@@ -60,6 +60,7 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         created_at: r.get(5)?,
         tool,
         provenance,
+        stopped: r.get(8)?,
     })
 }
 
@@ -109,8 +110,8 @@ fn append(
     let tool = rec.tool.as_ref().map(serde_json::to_string).transpose()?;
     let sources = serde_json::to_string(&rec.provenance)?;
     c.prepare_cached(
-        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources, stopped)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         rec.id,
@@ -121,7 +122,8 @@ fn append(
         citations,
         now,
         tool,
-        sources
+        sources,
+        rec.stopped
     ])?;
     c.prepare_cached(
         "UPDATE threads SET message_count = message_count + 1, updated_at = ?2 WHERE id = ?1",
