@@ -97,11 +97,15 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
         0
     );
     // The answer is kept as far as it came, marked stopped (the reader saw it).
-    let partial = eventually(Duration::from_secs(10), "the stopped answer is kept", || async {
-        let t = s.thread_json(&a.access, &id).await;
-        let messages = t["messages"].as_array().unwrap().clone();
-        (messages.len() == 2).then(|| messages[1].clone())
-    })
+    let partial = eventually(
+        Duration::from_secs(10),
+        "the stopped answer is kept",
+        || async {
+            let t = s.thread_json(&a.access, &id).await;
+            let messages = t["messages"].as_array().unwrap().clone();
+            (messages.len() == 2).then(|| messages[1].clone())
+        },
+    )
     .await;
     assert_eq!(partial["role"], "assistant");
     assert_eq!(partial["stopped"], true, "{partial}");
@@ -117,7 +121,9 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     ask(&s, &a.access, &id, "go on").await;
     let history = mock.last_messages();
     assert!(
-        history.iter().any(|m| m["role"] == "assistant" && m["content"] == kept),
+        history
+            .iter()
+            .any(|m| m["role"] == "assistant" && m["content"] == kept),
         "{history:?}"
     );
     let t = s.thread_json(&a.access, &id).await;

@@ -143,6 +143,11 @@ fn chunks(texts: &[&str], dim: usize) -> Vec<NewChunk> {
         .collect()
 }
 
+/// A claim's outcome (the store must not fail).
+async fn take(s: &Stores, c: IngestClaim) -> Option<IngestJob> {
+    s.documents.claim_ingest(c).await.unwrap()
+}
+
 async fn submit(s: &Stores, tenant: &str, text: &str, at: i64) -> String {
     let admin = Operator::local_cli().document_admin(tenant);
     let doc = NewDocument::new(
@@ -176,31 +181,15 @@ async fn ingestion_jobs_are_leased_staged_once_and_published_whole() {
 
     // Worker 1 claims the oldest; the tenant's bound (1) keeps worker 2 from acme's
     // next job, but not from globex's.
-    let job = s
-        .documents
-        .claim_ingest(claim("w1", T0, None))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = take(s, claim("w1", T0, None)).await.unwrap();
     assert_eq!(
         (job.lease.document_id.as_str(), job.done, job.attempts),
         (a.as_str(), 0, 0)
     );
     assert_eq!(job.text, "zebra quagga okapi");
-    let other = s
-        .documents
-        .claim_ingest(claim("w2", T0 + 1, None))
-        .await
-        .unwrap()
-        .unwrap();
+    let other = take(s, claim("w2", T0 + 1, None)).await.unwrap();
     assert_eq!(other.lease.document_id, g);
-    assert!(
-        s.documents
-            .claim_ingest(claim("w3", T0 + 2, None))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(take(s, claim("w3", T0 + 2, None)).await.is_none());
     assert!(
         s.documents
             .claim_ingest(claim("w3", T0 + 2, Some(&b)))
@@ -294,12 +283,7 @@ async fn ingestion_jobs_are_leased_staged_once_and_published_whole() {
 
     // acme's slot is free again: b is claimed; a failed attempt releases it for later,
     // the next gives up and drops what it staged.
-    let job = s
-        .documents
-        .claim_ingest(claim("w5", later + 1, None))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = take(s, claim("w5", later + 1, None)).await.unwrap();
     assert_eq!(job.lease.document_id, b);
     assert!(
         s.documents
