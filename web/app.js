@@ -391,7 +391,7 @@ function answerActions(li) {
   const copy = el('button', 'Copy', { type: 'button', class: 'copy' });
   copy.addEventListener('click', () => copyText(li.dataset.text, copy));
   const again = el('button', 'Regenerate', { type: 'button', class: 'regenerate' });
-  again.addEventListener('click', () => guarded(() => regenerate(li)));
+  again.addEventListener('click', () => guarded(regenerate));
   box.append(copy, again);
   return box;
 }
@@ -493,7 +493,8 @@ function setStreaming(on) {
   for (const b of document.querySelectorAll('.regenerate')) b.disabled = on;
 }
 
-async function ask(question) {
+// `again`: the thread's last question asked again, for a new answer (regenerate).
+async function ask(question, { again = false } = {}) {
   if (!thread) {
     const t = await api('POST', '/v1/threads', { title: question.slice(0, 60) });
     thread = { id: t.id, title: t.title };
@@ -508,8 +509,9 @@ async function ask(question) {
   let frame = 0;
   const repaint = () => { frame = 0; paint(answer); };
   try {
-    const resp = await api('POST', `/v1/threads/${encodeURIComponent(thread.id)}/messages`,
-      { content: question, stream: true }, { raw: true, signal: controller.signal });
+    const path = `/v1/threads/${encodeURIComponent(thread.id)}/${again ? 'regenerate' : 'messages'}`;
+    const resp = await api('POST', path, again ? { stream: true } : { content: question, stream: true },
+      { raw: true, signal: controller.signal });
     if (!resp.ok) {
       answer.remove();
       throw new Error((await resp.json().catch(() => null))?.error?.message || `HTTP ${resp.status}`);
@@ -547,12 +549,15 @@ function stop() {
   if (streaming) streaming.abort();
 }
 
-/** Asks the question before `answer` again, for a new answer. */
-async function regenerate(answer) {
-  let q = answer.previousElementSibling;
-  while (q && !q.classList.contains('user')) q = q.previousElementSibling;
-  if (!q || streaming) return;
-  await ask(q.dataset.text);
+/** A new answer to the last question: it and its answers give way to the new ones. */
+async function regenerate() {
+  const questions = [...$('messages').querySelectorAll('li.user')];
+  const last = questions[questions.length - 1];
+  if (!last || streaming) return;
+  const text = last.dataset.text;
+  while (last.nextElementSibling) last.nextElementSibling.remove();
+  last.remove();
+  await ask(text, { again: true });
 }
 
 // ---- documents ----------------------------------------------------------------------

@@ -143,6 +143,19 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     /// A question in a stored thread, with the default model and options.
+    /// The thread's last question asked again, for a new answer (regenerate).
+    pub fn thread_again(id: String) -> Self {
+        Self {
+            conversation: Conversation::Thread {
+                id,
+                input: vec![TurnInput::Again],
+                instructions: Vec::new(),
+            },
+            model: None,
+            options: Options::default(),
+        }
+    }
+
     pub fn thread_question(id: String, question: String) -> Self {
         Self {
             conversation: Conversation::Thread {

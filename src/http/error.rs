@@ -348,6 +348,10 @@ impl From<ThreadError> for ApiError {
             ThreadError::Full => ApiError::ThreadFull,
             ThreadError::MessageTooLong => ApiError::MessageTooLong,
             ThreadError::Invalid(m) => ApiError::Unprocessable(m.to_owned()),
+            // The thread's state, not the request, is what does not fit.
+            ThreadError::NoQuestion => {
+                ApiError::Conflict("the thread has no question to ask again")
+            }
             ThreadError::Store(s) => s.into(),
         }
     }

@@ -58,6 +58,7 @@ pub async fn spec() -> Response {
         super::threads_routes::rename,
         super::threads_routes::delete,
         super::threads_routes::post_message,
+        super::threads_routes::regenerate,
         super::openai_routes::chat_completions,
         super::openai_routes::models,
         super::openai_routes::model,
@@ -373,10 +374,12 @@ mod tests {
             "Full" => Full,
             "MessageTooLong" => MessageTooLong,
             "Invalid" => Invalid("x"),
+            "NoQuestion" => NoQuestion,
             _ => return None,
         };
         match &e {
-            NotFound | LimitReached | Full | MessageTooLong | Invalid(_) | Store(_) => {}
+            NotFound | LimitReached | Full | MessageTooLong | Invalid(_) | NoQuestion
+            | Store(_) => {}
         }
         Some(e)
     }

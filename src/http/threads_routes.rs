@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
             get(get_thread).patch(rename).delete(delete),
         )
         .route("/v1/threads/{id}/messages", post(post_message))
+        .route("/v1/threads/{id}/regenerate", post(regenerate))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -365,9 +366,70 @@ pub async fn post_message(
     Json(req): Json<PostMessage>,
 ) -> Result<Response, ApiError> {
     let conv = ChatRequest::thread_question(id, req.content);
-    if !req.stream.unwrap_or(false) {
-        let answer = s.chat.complete(&p, conv, &client).await?;
-        let msg = answer.stored.ok_or(ApiError::Internal)?;
+    answer(&s, &p, &client, conv, req.stream.unwrap_or(false)).await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Regenerate {
+    /// Answer as server-sent events.
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// The thread's last question asked again for a new answer: the question is stored
+/// once more, marked as asking again, and from then on the earlier askings and their
+/// answers are out of the thread's view and of every prompt (the thread stays
+/// append-only). Answers as `POST /v1/threads/{id}/messages` does.
+#[utoipa::path(
+    post, path = "/v1/threads/{id}/regenerate", operation_id = "regenerate_answer", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    request_body(content = Option<Regenerate>, description = "Optional."),
+    responses(
+        (status = 200, description = "The new stored answer (or, with stream, server-sent events).", content(
+            (Posted = "application/json"),
+            (serde_json::Value = "text/event-stream"),
+        )),
+        (status = 400, description = "Malformed body.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's thread.", body = ErrorBody),
+        (status = 409, description = "The thread has no question to ask again.", body = ErrorBody),
+        (status = 422, description = "The thread is full (`thread_full`).", body = ErrorBody),
+        (status = 429, description = "A rate or token budget is spent.", body = ErrorBody, headers(("retry-after" = u64, description = "Seconds."))),
+        (status = 502, description = "The model failed.", body = ErrorBody),
+    )
+)]
+pub async fn regenerate(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Client(client): Client,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // The body is optional (none, or `null`): a JSON answer.
+    let req: Regenerate = if body.iter().all(u8::is_ascii_whitespace) {
+        Regenerate::default()
+    } else {
+        serde_json::from_slice::<Option<Regenerate>>(&body)
+            .map_err(|_| ApiError::BadRequest("The request body is not valid JSON.".into()))?
+            .unwrap_or_default()
+    };
+    let conv = ChatRequest::thread_again(id);
+    answer(&s, &p, &client, conv, req.stream.unwrap_or(false)).await
+}
+
+/// A thread turn's answer: the stored message as JSON, or the stream of its deltas.
+async fn answer(
+    s: &AppState,
+    p: &crate::access::Principal,
+    client: &crate::model::ClientInfo,
+    conv: ChatRequest,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    let (p, client) = (p.clone(), client.clone());
+    if !stream {
+        let done = s.chat.complete(&p, conv, &client).await?;
+        let msg = done.stored.ok_or(ApiError::Internal)?;
         return Ok(axum::Json(Posted {
             message: MessageView::from(msg),
         })

@@ -146,6 +146,9 @@ pub struct MessageRecord {
     pub created_at: i64,
     /// An answer its reader stopped mid-stream: kept as far as it came.
     pub stopped: bool,
+    /// A question asked again: the `seq` of the first asking. The messages from there to
+    /// this one are out of the conversation (see [`without_retried`]).
+    pub retries: Option<i64>,
 }
 
 impl MessageRecord {
@@ -154,6 +157,22 @@ impl MessageRecord {
         self.provenance
             .documents()
             .chain(self.citations.iter().map(|c| c.document_id.as_str()))
+    }
+}
+
+/// `messages` (oldest first) without those a later question asked again: for each
+/// message that retries `seq` n, the messages from n up to it.
+pub fn without_retried(messages: &mut Vec<MessageRecord>) {
+    let ranges: Vec<(i64, i64)> = messages
+        .iter()
+        .filter_map(|m| m.retries.map(|from| (from, m.seq)))
+        .collect();
+    if !ranges.is_empty() {
+        messages.retain(|m| {
+            !ranges
+                .iter()
+                .any(|(from, to)| (*from..*to).contains(&m.seq))
+        });
     }
 }
 

@@ -16,7 +16,7 @@ pub use document::{DocumentMeta, DocumentRecord, IngestState};
 pub use health::{Check, Health, StoreError, probe};
 pub use message::{
     Citation, FunctionCall, MessageRecord, Provenance, Role, ThreadRecord, ToolCall, ToolData,
-    ToolKind, approx_tokens,
+    ToolKind, approx_tokens, without_retried,
 };
 pub use passage::ChunkHit;
 

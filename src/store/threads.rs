@@ -26,6 +26,8 @@ pub struct NewMessage {
     pub now: i64,
     /// An answer stopped by its reader mid-stream.
     pub stopped: bool,
+    /// A question asked again: the `seq` of its first asking.
+    pub retries: Option<i64>,
 }
 
 impl NewMessage {
@@ -41,6 +43,7 @@ impl NewMessage {
             provenance: self.provenance,
             created_at,
             stopped: self.stopped,
+            retries: self.retries,
         }
     }
 }

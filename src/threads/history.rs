@@ -332,6 +332,7 @@ mod tests {
             provenance: Default::default(),
             created_at: seq,
             stopped: false,
+            retries: None,
         }
     }
 

@@ -17,7 +17,9 @@ use crate::access::{Principal, ThreadOwner};
 use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::config::{ThreadBinding, ThreadsConfig};
 use crate::model::ClientInfo;
-use crate::model::{Citation, MessageRecord, Provenance, Role, ToolCall, ToolData};
+use crate::model::{
+    Citation, MessageRecord, Provenance, Role, ToolCall, ToolData, without_retried,
+};
 use crate::model::{StoreError, ThreadRecord};
 use crate::secret::new_id;
 use crate::store::{
@@ -49,6 +51,9 @@ pub enum ThreadError {
     MessageTooLong,
     #[error("invalid: {0}")]
     Invalid(&'static str),
+    /// Regenerate on a thread that has no question yet.
+    #[error("no question to ask again")]
+    NoQuestion,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -82,6 +87,9 @@ pub struct StoredAnswer {
 /// A new message of a turn in a stored thread.
 pub enum TurnInput {
     Question(String),
+    /// The thread's last question, asked again (regenerate): the answers it had, and
+    /// every earlier asking of it, leave the conversation.
+    Again,
     /// The client's result for one of the calls the model asked for.
     ToolResult {
         call_id: String,
@@ -94,19 +102,20 @@ impl TurnInput {
     pub fn content(&self) -> &str {
         match self {
             TurnInput::Question(c) | TurnInput::ToolResult { content: c, .. } => c,
+            TurnInput::Again => "",
         }
     }
 
     fn call_id(&self) -> Option<&str> {
         match self {
             TurnInput::ToolResult { call_id, .. } => Some(call_id),
-            TurnInput::Question(_) => None,
+            TurnInput::Question(_) | TurnInput::Again => None,
         }
     }
 
     fn to_new(&self, now: i64) -> NewMessage {
         let (role, tool) = match self {
-            TurnInput::Question(_) => (Role::User, None),
+            TurnInput::Question(_) | TurnInput::Again => (Role::User, None),
             TurnInput::ToolResult { call_id, .. } => (
                 Role::Tool,
                 Some(ToolData::Result {
@@ -123,6 +132,7 @@ impl TurnInput {
             provenance: Provenance::default(),
             now,
             stopped: false,
+            retries: None,
         }
     }
 }
@@ -241,11 +251,13 @@ impl Threads {
         };
         let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
         if id.len() <= MAX_ID_LEN
-            && let Some(page) = self
+            && let Some(mut page) = self
                 .store
                 .thread_page(&self.owner(p), id, before, limit)
                 .await?
         {
+            // A question asked again replaces its earlier askings and their answers.
+            without_retried(&mut page.messages);
             return Ok(page);
         }
         Err(self.denied(p, id, client).await)
@@ -320,6 +332,10 @@ impl Threads {
             match input {
                 TurnInput::Question(q) => self.validate_content(q)?,
                 TurnInput::ToolResult { content, .. } => self.validate_length(content)?,
+                TurnInput::Again if inputs.len() > 1 => {
+                    return Err(ThreadError::Invalid("A question asked again comes alone."));
+                }
+                TurnInput::Again => {}
             }
         }
         if id.len() > MAX_ID_LEN {
@@ -366,6 +382,10 @@ impl Threads {
                 Append::Full => return Err(ThreadError::Full),
             }
         }
+        let new = match last {
+            TurnInput::Again => self.asked_again(p, &owner, id, client).await?,
+            other => other.to_new(self.clock.now_ms()),
+        };
         // The store reads only what is newer than what this process holds.
         let held = self.history.get(&owner, id);
         let after = held.as_ref().map_or(0, |e| e.last_seq());
@@ -374,7 +394,7 @@ impl Threads {
             .begin_turn(
                 &owner,
                 id,
-                last.to_new(self.clock.now_ms()),
+                new,
                 self.cfg.max_messages_per_thread,
                 Fill::store_budget(budget),
                 after,
@@ -400,6 +420,7 @@ impl Threads {
                     return Err(self.denied(p, id, client).await);
                 };
                 history.push(message);
+                without_retried(&mut history);
                 Ok(Turn { history })
             }
             TurnStart::NotFound => Err(self.denied(p, id, client).await),
@@ -432,6 +453,7 @@ impl Threads {
             provenance,
             now: self.clock.now_ms(),
             stopped,
+            retries: None,
         };
         // The answer may take the thread one past the limit: the user's turn was
         // admitted, so its answer is kept.
@@ -449,6 +471,30 @@ impl Threads {
             Append::NotFound => Err(self.denied(p, id, client).await),
             Append::Full => Err(ThreadError::Full),
         }
+    }
+
+    /// The thread's last question as a new message that retries its first asking.
+    async fn asked_again(
+        &self,
+        p: &Principal,
+        owner: &ThreadOwner,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<NewMessage, ThreadError> {
+        let Some(page) = self
+            .store
+            .thread_page(owner, id, None, PENDING_WINDOW)
+            .await?
+        else {
+            return Err(self.denied(p, id, client).await);
+        };
+        let Some(asked) = page.messages.iter().rev().find(|m| m.role == Role::User) else {
+            return Err(ThreadError::NoQuestion);
+        };
+        Ok(NewMessage {
+            retries: Some(asked.retries.unwrap_or(asked.seq)),
+            ..TurnInput::Question(asked.content.clone()).to_new(self.clock.now_ms())
+        })
     }
 
     async fn denied(&self, p: &Principal, id: &str, client: &ClientInfo) -> ThreadError {

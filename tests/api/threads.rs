@@ -535,3 +535,122 @@ async fn threads_are_renamed_and_searched_by_their_owner_only() {
         "Lunch menus"
     );
 }
+
+/// Regenerate asks the last question again: the new answer replaces the old one in the
+/// thread's view and in every later prompt (the earlier asking and its answer are out,
+/// the question is sent once); twice in a row as well. Another user's thread is a 404
+/// like a missing one; a thread without a question is a 422.
+#[tokio::test]
+async fn regenerate_replaces_the_last_answer_in_the_view_and_in_later_prompts() {
+    use crate::mock::Reply;
+    let (s, mock) = start_with_mock(&[]).await;
+    let acme = seed_acme(&s);
+    let alice = s.login("alice", &acme.alice).await;
+    let hannah = s.login("hannah", &acme.hannah).await;
+    let t = s.new_thread(&alice.access, "again").await;
+    mock.push_reply(Reply::Text("ANSWER-ONE".into()));
+    ask(&s, &alice.access, &t, "First question?").await;
+    mock.push_reply(Reply::Text("ANSWER-TWO".into()));
+    ask(&s, &alice.access, &t, "Second question?").await;
+
+    let regenerate = |token: String, id: String, body: Option<Value>| {
+        let s = &s;
+        async move {
+            let mut r = s
+                .http
+                .post(s.url(&format!("/v1/threads/{id}/regenerate")))
+                .bearer_auth(token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            r.send().await.unwrap()
+        }
+    };
+    let shown = |t: Value| -> Vec<String> {
+        t["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let sent = || -> Vec<String> {
+        mock.last_messages()
+            .iter()
+            .filter(|m| m["role"] != "system")
+            .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+
+    mock.push_reply(Reply::Text("ANSWER-THREE".into()));
+    let r = regenerate(alice.access.clone(), t.clone(), None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["message"]["content"], "ANSWER-THREE");
+    assert_eq!(
+        sent(),
+        ["First question?", "ANSWER-ONE", "Second question?"],
+        "the old answer is out of the prompt"
+    );
+    assert_eq!(
+        shown(s.thread_json(&alice.access, &t).await),
+        [
+            "First question?",
+            "ANSWER-ONE",
+            "Second question?",
+            "ANSWER-THREE"
+        ]
+    );
+
+    // Again, streamed.
+    mock.push_reply(Reply::Text("ANSWER-FOUR".into()));
+    let r = regenerate(
+        alice.access.clone(),
+        t.clone(),
+        Some(json!({"stream": true})),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let events = read_sse(r).await;
+    assert!(events.iter().any(|e| e.event == "done"), "{events:?}");
+    assert_eq!(
+        sent(),
+        ["First question?", "ANSWER-ONE", "Second question?"]
+    );
+    assert_eq!(
+        shown(s.thread_json(&alice.access, &t).await),
+        [
+            "First question?",
+            "ANSWER-ONE",
+            "Second question?",
+            "ANSWER-FOUR"
+        ]
+    );
+    // The next question sees the conversation as shown.
+    mock.push_reply(Reply::Text("ANSWER-FIVE".into()));
+    ask(&s, &alice.access, &t, "Third question?").await;
+    assert_eq!(
+        sent(),
+        [
+            "First question?",
+            "ANSWER-ONE",
+            "Second question?",
+            "ANSWER-FOUR",
+            "Third question?"
+        ]
+    );
+
+    // Someone else's thread, a missing one, an empty one.
+    let hers = regenerate(hannah.access.clone(), t.clone(), None).await;
+    let missing = regenerate(hannah.access.clone(), random_id(), None).await;
+    assert_eq!(error_code(hers).await, error_code(missing).await);
+    let calls = mock.count();
+    let empty = s.new_thread(&alice.access, "empty").await;
+    let (status, _) = error_code(regenerate(alice.access.clone(), empty, None).await).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        mock.count(),
+        calls,
+        "no model call for a refused regenerate"
+    );
+}

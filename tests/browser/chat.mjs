@@ -109,6 +109,13 @@ check(true, 'signed in with the keyboard alone');
 check(await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'question', null, { timeout: 5000 })
   .then(() => true, () => false), 'after sign-in the focus is in the question box');
 
+// Shift+Enter breaks the line; Enter (below) sends.
+await page.getByLabel('Your question').fill('line one');
+await page.keyboard.press('Shift+Enter');
+await page.keyboard.type('line two');
+check(await page.getByLabel('Your question').inputValue() === 'line one\nline two'
+  && await page.locator('#messages li').count() === 0, 'Shift+Enter breaks the line and sends nothing');
+
 // Ask; the streamed answer arrives with citations, rendered as sanitized Markdown.
 await alice.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BASE });
 await page.getByLabel('Your question').fill('How many vacation days do we get?');
@@ -196,11 +203,18 @@ for (const until = Date.now() + 5000; !reopened && Date.now() < until;) {
 }
 check(reopened, 'the stopped answer is stored, marked, and shown again when the thread is reopened');
 
-// Regenerate asks the question again for a fresh answer.
+// Regenerate replaces the last (here: the stopped) answer, on the page and in the thread.
 const answersBefore = await page.locator('#messages li.assistant').count();
+check(await page.locator('#messages li.assistant .regenerate:visible').count() === 1, 'Regenerate is offered on the last answer only');
 await page.locator('#messages li.assistant').last().getByRole('button', { name: 'Regenerate' }).click();
-await page.locator('#messages li.assistant').nth(answersBefore).locator('.citation').first().waitFor({ timeout: 15000 });
-check(true, 'Regenerate gives a new answer');
+await page.locator('#messages > li.assistant:last-child[aria-busy="false"] .citation').first().waitFor({ timeout: 15000 });
+check(await page.locator('#messages li.assistant').count() === answersBefore && await page.locator('#messages li.stopped').count() === 0,
+  'Regenerate replaces the last answer');
+await page.locator('#thread-list button[aria-current=true]').click();
+await page.locator('#messages li.assistant').first().waitFor();
+check(await page.locator('#messages li.assistant').count() === answersBefore && await page.locator('#messages li.stopped').count() === 0
+  && await page.locator('#messages li.user', { hasText: 'Tell me everything about vacation.' }).count() === 1,
+  'reopened, the thread holds the new answer in place of the old');
 
 // Rename, search, and (later) delete the conversation.
 page.once('dialog', (d) => d.accept('Vacation planning'));

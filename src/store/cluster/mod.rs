@@ -44,7 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/06_message_provenance.sql"),
     include_str!("migrations/07_grants.sql"),
     include_str!("migrations/08_ingest_jobs.sql"),
-    include_str!("migrations/09_stopped_answers.sql"),
+    include_str!("migrations/09_message_marks.sql"),
 ];
 
 /// How long any one store call may take before it counts as unavailable.

@@ -23,7 +23,8 @@ const OWNED: &str =
     "id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)";
 
 const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
-const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool, sources, stopped";
+const MESSAGE_COLS: &str =
+    "id, seq, role, content, citations, created_at, tool, sources, stopped, retries";
 
 /// Rows read per round trip while filling a history budget.
 const HISTORY_BATCH: i64 = 64;
@@ -62,6 +63,7 @@ fn message_at(r: &Row, at: usize) -> StoreResult<MessageRecord> {
         provenance: serde_json::from_value(r.try_get(at + 7)?)
             .map_err(|e| StoreError::Corrupt(format!("sources: {e}")))?,
         stopped: r.try_get(at + 8)?,
+        retries: r.try_get(at + 9)?,
     })
 }
 
@@ -97,8 +99,8 @@ WITH durability AS (
     WHERE id = $1 AND tenant = $2 AND owner = $3 AND ($4::TEXT IS NULL OR session_id = $4)
     FOR UPDATE
 ), ins AS (
-    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources, stopped)
-    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12, $13, $14
+    INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources, stopped, retries)
+    SELECT $5, t.id, t.message_count + 1, $6, $7, $8, GREATEST($9::BIGINT, t.updated_at), $12, $13, $14, $15
     FROM t WHERE t.message_count < $10
     RETURNING seq, created_at
 ), counted AS (
@@ -117,7 +119,7 @@ FROM t LEFT JOIN ins ON TRUE"
 );
 
 /// [`APPEND`] for a turn's question, with the newest batch of its history in the same
-/// statement (one round trip): the messages after `$15` (what the caller holds),
+/// statement (one round trip): the messages after `$16` (what the caller holds),
 /// newest first, one row each (a single row with NULL message columns when there are
 /// none). The statement's snapshot is taken before it waits for the thread's lock, so a
 /// message appended by a request that held the lock meanwhile is missing from the
@@ -125,12 +127,13 @@ FROM t LEFT JOIN ins ON TRUE"
 const BEGIN_TURN: &str = concat!(
     append_ctes!(),
     ", fresh AS (
-    SELECT id, seq, role, content, citations, created_at, tool, sources, stopped FROM messages
-    WHERE thread_id = $1 AND seq > $15
-    ORDER BY seq DESC LIMIT $16
+    SELECT id, seq, role, content, citations, created_at, tool, sources, stopped, retries
+    FROM messages WHERE thread_id = $1 AND seq > $16
+    ORDER BY seq DESC LIMIT $17
 )
 SELECT ins.seq, ins.created_at, (SELECT count(*) FROM counted), (SELECT 1 FROM durability),
-       f.id, f.seq, f.role, f.content, f.citations, f.created_at, f.tool, f.sources, f.stopped
+       f.id, f.seq, f.role, f.content, f.citations, f.created_at, f.tool, f.sources, f.stopped,
+       f.retries
 FROM t LEFT JOIN ins ON TRUE LEFT JOIN fresh f ON ins.seq IS NOT NULL
 ORDER BY f.seq DESC"
 );
@@ -180,6 +183,7 @@ async fn append(
             &tool,
             &sources,
             &msg.stopped,
+            &msg.retries,
         ],
     )
     .await?
@@ -395,6 +399,7 @@ impl ThreadStore for ClusterStore {
                     &tool,
                     &sources,
                     &question.stopped,
+                    &question.retries,
                     &after,
                     &HISTORY_BATCH,
                 ],

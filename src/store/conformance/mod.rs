@@ -157,6 +157,7 @@ pub(super) fn msg(content: &str, role: Role, now: i64) -> NewMessage {
         provenance: Default::default(),
         now,
         stopped: false,
+        retries: None,
     }
 }
 

@@ -69,7 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/15_message_provenance.sql"),
     include_str!("migrations/16_grants.sql"),
     include_str!("migrations/17_ingest_jobs.sql"),
-    include_str!("migrations/18_stopped_answers.sql"),
+    include_str!("migrations/18_message_marks.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -890,6 +890,7 @@ mod tests {
                     provenance: Default::default(),
                     now: 4,
                     stopped: false,
+                    retries: None,
                 },
                 100,
                 HistoryBudget(1000),

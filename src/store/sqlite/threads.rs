@@ -20,7 +20,8 @@ use crate::store::{
 const OWNED: &str = "id = ?1 AND tenant = ?2 AND owner = ?3 AND (?4 IS NULL OR session_id = ?4)";
 
 const THREAD_COLS: &str = "id, title, created_at, updated_at, message_count";
-const MESSAGE_COLS: &str = "id, seq, role, content, citations, created_at, tool, sources, stopped";
+const MESSAGE_COLS: &str =
+    "id, seq, role, content, citations, created_at, tool, sources, stopped, retries";
 
 fn thread_row(r: &Row<'_>) -> rusqlite::Result<ThreadRecord> {
     Ok(ThreadRecord {
@@ -61,6 +62,7 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         tool,
         provenance,
         stopped: r.get(8)?,
+        retries: r.get(9)?,
     })
 }
 
@@ -110,8 +112,8 @@ fn append(
     let tool = rec.tool.as_ref().map(serde_json::to_string).transpose()?;
     let sources = serde_json::to_string(&rec.provenance)?;
     c.prepare_cached(
-        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources, stopped)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO messages (id, thread_id, seq, role, content, citations, created_at, tool, sources, stopped, retries)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         rec.id,
@@ -123,7 +125,8 @@ fn append(
         now,
         tool,
         sources,
-        rec.stopped
+        rec.stopped,
+        rec.retries
     ])?;
     c.prepare_cached(
         "UPDATE threads SET message_count = message_count + 1, updated_at = ?2 WHERE id = ?1",
