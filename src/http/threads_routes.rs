@@ -171,14 +171,7 @@ pub async fn create(
     Auth(p): Auth,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    // The body is optional: an empty one means "no title".
-    let req: CreateThread = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateThread::default()
-    } else {
-        serde_json::from_slice::<Option<CreateThread>>(&body)
-            .map_err(|_| ApiError::BadRequest("The request body is not valid JSON.".into()))?
-            .unwrap_or_default()
-    };
+    let req: CreateThread = optional_body(&body)?;
     let t = s.threads.create(&p, req.title.as_deref()).await?;
     let location = axum::http::HeaderValue::from_str(&format!("/v1/threads/{}", t.id))
         .map_err(|_| ApiError::Internal)?;
@@ -406,16 +399,21 @@ pub async fn regenerate(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    // The body is optional (none, or `null`): a JSON answer.
-    let req: Regenerate = if body.iter().all(u8::is_ascii_whitespace) {
-        Regenerate::default()
-    } else {
-        serde_json::from_slice::<Option<Regenerate>>(&body)
-            .map_err(|_| ApiError::BadRequest("The request body is not valid JSON.".into()))?
-            .unwrap_or_default()
-    };
+    let req: Regenerate = optional_body(&body)?;
     let conv = ChatRequest::thread_again(id);
     answer(&s, &p, &client, conv, req.stream.unwrap_or(false)).await
+}
+
+/// An optional JSON body: none, blank or `null` is the default.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &axum::body::Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    Ok(serde_json::from_slice::<Option<T>>(body)
+        .map_err(|_| ApiError::BadRequest("The request body is not valid JSON.".into()))?
+        .unwrap_or_default())
 }
 
 /// A thread turn's answer: the stored message as JSON, or the stream of its deltas.
