@@ -424,16 +424,15 @@ async fn answer(
     conv: ChatRequest,
     stream: bool,
 ) -> Result<Response, ApiError> {
-    let (p, client) = (p.clone(), client.clone());
     if !stream {
-        let done = s.chat.complete(&p, conv, &client).await?;
+        let done = s.chat.complete(p, conv, client).await?;
         let msg = done.stored.ok_or(ApiError::Internal)?;
         return Ok(axum::Json(Posted {
             message: MessageView::from(msg),
         })
         .into_response());
     }
-    let events = s.chat.stream(&p, conv, &client).await?.flat_map(|ev| {
+    let events = s.chat.stream(p, conv, client).await?.flat_map(|ev| {
         let out: Vec<Event> = match ev {
             ChatEvent::Delta(Delta::Content(d)) => vec![
                 Event::default()
