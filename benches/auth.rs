@@ -26,6 +26,7 @@ fn claims() -> AccessClaims {
         tenant: "acme".into(),
         session_id: "c2Vzc2lvbi1pZC0xMjM0NTY".into(),
         jkt: None,
+        actor: None,
     }
 }
 

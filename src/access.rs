@@ -10,6 +10,9 @@
 //! * [`DocumentAdmin`] — the `documents:write` capability over one tenant: list every
 //!   document's metadata, ingest, delete. Made from a principal holding a writer role,
 //!   or by the operator's CLI ([`Operator`]).
+//! * [`Caller`] — whether a principal is a person, a service account (an API key), or
+//!   a service acting for a person (RFC 8693 token exchange); [`ServiceProfile`] — what
+//!   a service account may use.
 //! * [`Acl`] and [`Labels`] — a document's ACL and the visibility labels derived from it
 //!   (by [`Labels::of`] only: labels are never passed in separately).
 
@@ -26,6 +29,47 @@ pub struct Grants {
     pub groups: Vec<String>,
 }
 
+/// What a service account may use besides its roles and groups: its own allowances,
+/// stored with the account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceProfile {
+    /// The models it may call (empty: whichever its roles allow).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Its own chat requests per minute (0: the per-user default).
+    #[serde(default)]
+    pub requests_per_minute: u32,
+    /// Its own model tokens per UTC day (0: the per-user default).
+    #[serde(default)]
+    pub tokens_per_day: u64,
+    /// It may exchange a user's token for one that acts as that user.
+    #[serde(default)]
+    pub act_for_users: bool,
+}
+
+/// Who stands behind a principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A person, through a session of their own.
+    Person,
+    /// A service account, through one of its API keys (the key id).
+    Service {
+        key_id: String,
+        profile: std::sync::Arc<ServiceProfile>,
+    },
+    /// A service acting for the person the principal names (an exchanged token).
+    OnBehalf(Actor),
+}
+
+/// The service that acts for a person, and the key it authenticated with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub subject: String,
+    pub username: String,
+    pub key_id: String,
+}
+
 /// A verified caller. Exists only after a token was verified and its session found live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -34,6 +78,7 @@ pub struct Principal {
     username: String,
     grants: std::sync::Arc<Grants>,
     session_id: String,
+    caller: Caller,
 }
 
 impl Principal {
@@ -51,7 +96,14 @@ impl Principal {
             username,
             grants,
             session_id,
+            caller: Caller::Person,
         }
+    }
+
+    /// The same principal reached through `caller` (only the verifier says so).
+    pub(crate) fn through(mut self, caller: Caller) -> Self {
+        self.caller = caller;
+        self
     }
 
     /// For the crate's own unit tests, which need principals without a running server.
@@ -89,6 +141,33 @@ impl Principal {
     }
     pub fn has_role(&self, role: &str) -> bool {
         self.roles().iter().any(|r| r == role)
+    }
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+    /// A person through their own session: the only caller for session and admin
+    /// routes.
+    pub fn is_person(&self) -> bool {
+        self.caller == Caller::Person
+    }
+    /// The service acting for this person, if one is.
+    pub fn actor(&self) -> Option<&Actor> {
+        match &self.caller {
+            Caller::OnBehalf(a) => Some(a),
+            _ => None,
+        }
+    }
+    /// A service account's own allowances.
+    pub fn service(&self) -> Option<&ServiceProfile> {
+        match &self.caller {
+            Caller::Service { profile, .. } => Some(profile),
+            _ => None,
+        }
+    }
+    /// Whether the caller's own model list lets it use `model` (roles are checked apart).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.service()
+            .is_none_or(|s| s.models.is_empty() || s.models.iter().any(|m| m == model))
     }
 
     /// What this principal may retrieve: its tenant and its visibility labels, all taken

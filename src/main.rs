@@ -57,6 +57,12 @@ enum Cmd {
     /// Manage token keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Manage service accounts (principals of backends and jobs; no password).
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Manage service accounts' API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Manage documents.
     #[command(subcommand)]
     Doc(DocCmd),
@@ -167,6 +173,79 @@ enum UserCmd {
         roles: Option<Vec<String>>,
         #[arg(long, value_delimiter = ',')]
         groups: Option<Vec<String>>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Add a service account.
+    Add {
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// The models it may call (default: whichever its roles allow).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Its own chat requests per minute (default: the per-user limit).
+        #[arg(long, default_value_t = 0)]
+        requests_per_minute: u32,
+        /// Its own model tokens per UTC day (default: the per-user budget).
+        #[arg(long, default_value_t = 0)]
+        tokens_per_day: u64,
+        /// It may exchange a user's token for one acting as that user (RFC 8693).
+        #[arg(long)]
+        act_for_users: bool,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List service accounts.
+    List,
+    /// Disable a service account: its keys and the tokens exchanged with them stop.
+    Disable {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Enable a disabled service account.
+    Enable {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Make an API key for a service account; it is printed once.
+    Create {
+        #[arg(long)]
+        service: String,
+        /// Lifetime, e.g. 90d (default tokens.api_key_ttl).
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// Networks it may be used from, e.g. 10.0.0.0/8 (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        allow_cidr: Vec<String>,
+        /// Only usable with DPoP proofs by this key (RFC 7638 SHA-256 thumbprint).
+        #[arg(long)]
+        dpop_jkt: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List keys (without their secrets).
+    List {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key, at once on every node.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -291,6 +370,129 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             };
             ops::update_user(&cfg, &name, change).await?;
             println!("updated {name}; every session of this user is revoked");
+            Ok(())
+        }
+        Cmd::Service(ServiceCmd::Add {
+            name,
+            roles,
+            groups,
+            models,
+            requests_per_minute,
+            tokens_per_day,
+            act_for_users,
+            tenant,
+        }) => {
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            let svc = ops::add_service(
+                &cfg,
+                palisade::auth::NewService {
+                    name,
+                    tenant,
+                    roles: clean(roles),
+                    groups: clean(groups),
+                    profile: palisade::access::ServiceProfile {
+                        models: clean(models),
+                        requests_per_minute,
+                        tokens_per_day,
+                        act_for_users,
+                    },
+                },
+            )
+            .await?;
+            println!(
+                "added service account {} (tenant {}, id {}); make a key with: palisade key create --service {}",
+                svc.name, svc.tenant, svc.id, svc.name
+            );
+            Ok(())
+        }
+        Cmd::Service(ServiceCmd::List) => {
+            println!(
+                "{:<24} {:<12} {:<8} {:<24} {:<20} acts for users",
+                "name", "tenant", "status", "roles", "models"
+            );
+            for s in ops::list_services(&cfg).await? {
+                println!(
+                    "{:<24} {:<12} {:<8} {:<24} {:<20} {}",
+                    s.name,
+                    s.tenant,
+                    if s.disabled { "disabled" } else { "active" },
+                    s.roles.join(","),
+                    if s.profile.models.is_empty() {
+                        "(by role)".to_owned()
+                    } else {
+                        s.profile.models.join(",")
+                    },
+                    if s.profile.act_for_users { "yes" } else { "no" }
+                );
+            }
+            Ok(())
+        }
+        Cmd::Service(ServiceCmd::Disable { name, tenant }) => {
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            ops::set_service_disabled(&cfg, &tenant, &name, true).await?;
+            println!("disabled {name}; its keys and the tokens exchanged with them are refused");
+            Ok(())
+        }
+        Cmd::Service(ServiceCmd::Enable { name, tenant }) => {
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            ops::set_service_disabled(&cfg, &tenant, &name, false).await?;
+            println!("enabled {name}");
+            Ok(())
+        }
+        Cmd::Key(KeyCmd::Create {
+            service,
+            expires,
+            allow_cidr,
+            dpop_jkt,
+            tenant,
+        }) => {
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            let issued = ops::create_key(
+                &cfg,
+                &tenant,
+                &service,
+                palisade::auth::KeyOptions {
+                    expires_in: expires,
+                    allow_cidrs: clean(allow_cidr),
+                    dpop_jkt,
+                },
+            )
+            .await?;
+            use palisade::secret::ExposeSecret;
+            eprintln!(
+                "key {} for {} (expires {}); it is shown once, store it now:",
+                issued.view.id, service, issued.view.expires_at
+            );
+            println!("{}", issued.key.expose_secret());
+            Ok(())
+        }
+        Cmd::Key(KeyCmd::List { service, tenant }) => {
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            println!(
+                "{:<26} {:<24} {:<22} {:<22} {:<22} limits",
+                "id", "service id", "expires", "last used", "revoked"
+            );
+            for k in ops::list_keys(&cfg, &tenant, service.as_deref()).await? {
+                let mut limits = k.allow_cidrs.join(",");
+                if k.dpop_jkt.is_some() {
+                    limits.push_str(if limits.is_empty() { "dpop" } else { ",dpop" });
+                }
+                println!(
+                    "{:<26} {:<24} {:<22} {:<22} {:<22} {}",
+                    k.id,
+                    k.service_id,
+                    k.expires_at,
+                    k.last_used_at.unwrap_or_else(|| "-".into()),
+                    k.revoked_at.unwrap_or_else(|| "-".into()),
+                    limits
+                );
+            }
+            Ok(())
+        }
+        Cmd::Key(KeyCmd::Revoke { id, tenant }) => {
+            let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
+            ops::revoke_key(&cfg, &tenant, &id).await?;
+            println!("revoked {id}");
             Ok(())
         }
         Cmd::Doc(DocCmd::Add {

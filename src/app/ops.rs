@@ -9,7 +9,10 @@ use super::{AnyError, open_stores};
 use crate::access::{Acl, Operator};
 use crate::audit::{Audit, AuditRecord, ChainFault, ChainReport};
 use crate::auth::keys::Keyring;
-use crate::auth::{AccessChange, AuthService, NewAccount, UserView};
+use crate::auth::{
+    AccessChange, AuthService, IssuedKey, KeyOptions, KeyView, Manager, NewAccount, NewService,
+    ServiceView, UserView,
+};
 use crate::config::Config;
 use crate::model::ClientInfo;
 use crate::model::DocumentMeta;
@@ -161,4 +164,103 @@ pub fn rotate_keys(cfg: &Config) -> Result<String, AnyError> {
         Keyring::load_or_create(&path)?;
     }
     Ok(Keyring::rotate(&path)?)
+}
+
+/// `palisade service add`: a service account of `service.tenant`.
+pub async fn add_service(cfg: &Config, service: NewService) -> Result<ServiceView, AnyError> {
+    let op = Operator::local_cli();
+    let tenant = service.tenant.clone();
+    let name = service.name.clone();
+    auth_service(cfg)
+        .await?
+        .create_service(
+            Manager::Operator(&op, &tenant),
+            service,
+            &ClientInfo::default(),
+        )
+        .await
+        .map_err(|e| format!("could not add {name}: {e}").into())
+}
+
+/// Every service account of every tenant.
+pub async fn list_services(cfg: &Config) -> Result<Vec<ServiceView>, AnyError> {
+    let op = Operator::local_cli();
+    Ok(auth_service(cfg)
+        .await?
+        .services(Manager::Operator(&op, ""))
+        .await?)
+}
+
+pub async fn set_service_disabled(
+    cfg: &Config,
+    tenant: &str,
+    name: &str,
+    disabled: bool,
+) -> Result<ServiceView, AnyError> {
+    let op = Operator::local_cli();
+    auth_service(cfg)
+        .await?
+        .set_service_disabled(
+            Manager::Operator(&op, tenant),
+            name,
+            disabled,
+            &ClientInfo::default(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::auth::AuthError::NotFound => format!("no such service account: {name}").into(),
+            other => AnyError::from(format!("could not change {name}: {other}")),
+        })
+}
+
+/// `palisade key create`: the key's text, to print once.
+pub async fn create_key(
+    cfg: &Config,
+    tenant: &str,
+    service: &str,
+    opts: KeyOptions,
+) -> Result<IssuedKey, AnyError> {
+    let op = Operator::local_cli();
+    auth_service(cfg)
+        .await?
+        .create_key(
+            Manager::Operator(&op, tenant),
+            service,
+            opts,
+            &ClientInfo::default(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::auth::AuthError::NotFound => {
+                format!("no such service account: {service}").into()
+            }
+            other => AnyError::from(format!("could not create a key: {other}")),
+        })
+}
+
+pub async fn list_keys(
+    cfg: &Config,
+    tenant: &str,
+    service: Option<&str>,
+) -> Result<Vec<KeyView>, AnyError> {
+    let op = Operator::local_cli();
+    auth_service(cfg)
+        .await?
+        .keys_of(Manager::Operator(&op, tenant), service)
+        .await
+        .map_err(|e| format!("could not list keys: {e}").into())
+}
+
+pub async fn revoke_key(cfg: &Config, tenant: &str, id: &str) -> Result<(), AnyError> {
+    let op = Operator::local_cli();
+    auth_service(cfg)
+        .await?
+        .revoke_key(Manager::Operator(&op, tenant), id, &ClientInfo::default())
+        .await
+        .map_err(|e| match e {
+            crate::auth::AuthError::NotFound => {
+                format!("no live key {id} in tenant {tenant}").into()
+            }
+            other => AnyError::from(format!("could not revoke {id}: {other}")),
+        })
 }

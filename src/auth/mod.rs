@@ -11,6 +11,7 @@
 
 pub mod dpop;
 mod dpop_ops;
+pub mod exchange;
 mod jwe;
 pub mod keys;
 pub mod oidc;
@@ -20,6 +21,7 @@ pub use oidc_ops::{CallbackParams, SignInStart};
 pub mod password;
 mod rejections;
 pub mod sealed;
+pub mod services;
 mod session_ops;
 pub mod sessions;
 pub mod tokens;
@@ -45,6 +47,7 @@ use sessions::{Liveness, SessionCache};
 use tokens::{AccessClaims, TokenRejection, TokenService};
 
 pub use oidc_ops::external_username;
+pub use services::{IssuedKey, KeyOptions, KeyView, Manager, NewService, ServiceView};
 pub use users::{AccessChange, GrantView, NewAccount, UserView};
 
 /// What can go wrong in authentication and account administration. Mapped to HTTP
@@ -157,6 +160,10 @@ pub struct AuthService {
     clock: Arc<dyn crate::timeutil::Clock>,
     /// Separation of duties for access changes.
     admin: crate::config::AdminConfig,
+    /// Service accounts' API keys.
+    keys: Arc<dyn crate::store::KeyStore>,
+    key_cache: services::KeyCache,
+    api_keys: services::KeySettings,
 }
 
 struct DpopSettings {
@@ -242,6 +249,15 @@ impl AuthService {
             },
             clock: Arc::new(crate::timeutil::SystemClock),
             admin: cfg.admin.clone(),
+            keys: stores.keys.clone(),
+            key_cache: services::KeyCache::new(
+                t.session_cache_ttl,
+                stores.sessions.revocation_feed(),
+            ),
+            api_keys: services::KeySettings {
+                default_ttl: t.api_key_ttl,
+                max_ttl: t.api_key_max_ttl,
+            },
         }
     }
 
@@ -264,6 +280,9 @@ impl AuthService {
         let Some(token) = creds.token else {
             return Err(AuthError::Unauthorized);
         };
+        if services::is_api_key(token) {
+            return self.verify_api_key(creds, token, client).await;
+        }
         // An IdP access token, where an issuer allows them (`accept_bearer`).
         if creds.scheme == Scheme::Bearer && self.oidc.routes_bearer(token) {
             // An IdP access token is a bearer token: not where DPoP is required.
@@ -292,7 +311,10 @@ impl AuthService {
             .check(&claims.session_id, &claims.tenant, &claims.subject)
             .await
         {
-            Ok(Liveness::Live(grants)) => Ok(principal_of(claims, grants)),
+            Ok(Liveness::Live(grants)) => match claims.actor.clone() {
+                None => Ok(principal_of(claims, grants)),
+                Some(act) => self.acting(principal_of(claims, grants), act, client).await,
+            },
             Ok(Liveness::Dead) => {
                 let reason = TokenRejection::SessionNotLive.reason();
                 let ev = AuditEvent::new(AuditKind::TokenRejected)

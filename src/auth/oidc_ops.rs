@@ -63,7 +63,7 @@ impl AuthService {
     /// An IdP token of kind `want`, verified; a refusal is one 401 and an audit row
     /// aggregated like rejected access tokens (a flood of forgeries writes one row per
     /// kind and window, not one each).
-    async fn verify_idp(
+    pub(super) async fn verify_idp(
         &self,
         token: &str,
         want: TokenUse,
@@ -95,7 +95,7 @@ impl AuthService {
 
     /// The session of a verified identity: its account (created at first sight), its
     /// roles and groups replaced by the IdP's, then a session like a password login's.
-    async fn session_for(
+    pub(super) async fn session_for(
         &self,
         id: ExternalIdentity,
         via: &'static str,
@@ -266,7 +266,7 @@ impl AuthService {
     }
     /// The account of (issuer, sub), created at first sight; refused (and audited) if it
     /// is disabled or the IdP now names another tenant.
-    async fn external_account(
+    pub(super) async fn external_account(
         &self,
         id: &ExternalIdentity,
         client: &ClientInfo,
@@ -285,6 +285,7 @@ impl AuthService {
                         roles: id.roles.clone(),
                         groups: id.groups.clone(),
                         now: self.clock.now_ms(),
+                        service: None,
                     })
                     .await;
                 match created {
@@ -313,13 +314,16 @@ impl AuthService {
         };
         // The account belongs to one tenant; an IdP that now names another is refused,
         // and so is a disabled account.
-        if user.tenant != id.tenant || user.disabled {
+        // A service account never signs in, whatever its name.
+        if user.tenant != id.tenant || user.disabled || user.service.is_some() {
             let ev = AuditEvent::new(AuditKind::LoginFailed)
                 .tenant(&user.tenant)
                 .subject(&user.id)
                 .username(&user.username)
                 .client(client)
-                .reason(if user.disabled {
+                .reason(if user.service.is_some() {
+                    "service_account"
+                } else if user.disabled {
                     "disabled"
                 } else {
                     "idp_tenant_changed"

@@ -230,6 +230,7 @@ impl AuthService {
                 tenant: user.tenant.clone(),
                 session_id: session_id.to_owned(),
                 jkt: dpop_key,
+                actor: None,
             })
             .map_err(|_| AuthError::Mint)?;
         Ok(IssuedTokens {

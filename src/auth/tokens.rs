@@ -36,6 +36,19 @@ pub struct AccessClaims {
     pub session_id: String,
     /// DPoP: the thumbprint of the key the token is bound to (`cnf.jkt`, RFC 9449).
     pub jkt: Option<String>,
+    /// The service acting for the subject (`act`, RFC 8693 §4.1): a token a service
+    /// exchanged for a user's.
+    pub actor: Option<ActClaim>,
+}
+
+/// The `act` claim: the acting service account, and the API key it authenticated with
+/// (revoking that key stops the token).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActClaim {
+    pub sub: String,
+    pub username: String,
+    pub kid: String,
 }
 
 /// Why a token was refused. Goes to the audit trail as a fixed reason; the client
@@ -238,6 +251,10 @@ impl TokenService {
                 .add_additional("cnf", serde_json::json!({ "jkt": jkt }))
                 .map_err(|_| MintError)?;
         }
+        if let Some(act) = &c.actor {
+            let act = serde_json::to_value(act).map_err(|_| MintError)?;
+            claims.add_additional("act", act).map_err(|_| MintError)?;
+        }
 
         let keys = self.keys();
         let (_, key) = keys.active();
@@ -261,6 +278,9 @@ impl TokenService {
         });
         if let Some(jkt) = &c.jkt {
             payload["cnf"] = serde_json::json!({ "jkt": jkt });
+        }
+        if let Some(act) = &c.actor {
+            payload["act"] = serde_json::to_value(act).map_err(|_| MintError)?;
         }
         let keys = self.keys();
         let (kid, key) = keys.active();
@@ -348,6 +368,8 @@ struct Payload {
     sid: String,
     #[serde(default)]
     cnf: Option<Confirmation>,
+    #[serde(default)]
+    act: Option<ActClaim>,
 }
 
 /// RFC 7800 confirmation: the DPoP key a token is bound to.
@@ -384,6 +406,7 @@ impl Payload {
             tenant: self.tenant,
             session_id: self.sid,
             jkt: self.cnf.map(|c| c.jkt),
+            actor: self.act,
         };
         match why {
             None => Ok(claims),
@@ -439,6 +462,7 @@ mod tests {
             tenant: "acme".into(),
             session_id: "s1".into(),
             jkt: None,
+            actor: None,
         }
     }
 

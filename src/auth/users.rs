@@ -283,7 +283,7 @@ impl AuthService {
     }
 
     /// Audits a change refused by separation of duties, and the error for it.
-    async fn refuse_change(
+    pub(super) async fn refuse_change(
         &self,
         admin: &Principal,
         about: &str,
@@ -302,9 +302,7 @@ impl AuthService {
         self.audit
             .record(
                 AuditEvent::new(AuditKind::AccessChangeRefused)
-                    .tenant(admin.tenant())
-                    .subject(admin.subject())
-                    .session(admin.session_id())
+                    .by(admin)
                     .resource(shown)
                     .reason(reason)
                     .client(client),
@@ -345,6 +343,7 @@ impl AuthService {
                 roles: a.roles,
                 groups: a.groups,
                 now: self.clock.now_ms(),
+                service: None,
             })
             .await
             .map_err(|e| match e {

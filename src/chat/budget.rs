@@ -114,6 +114,14 @@ impl Budgets {
         }
     }
 
+    /// The caller's daily token budget: a service account's own, or the per-user one.
+    fn user_tokens(&self, p: &Principal) -> u64 {
+        p.service()
+            .map(|s| s.tokens_per_day)
+            .filter(|&t| t > 0)
+            .unwrap_or(self.settings.user_tokens_per_day)
+    }
+
     fn user_key(p: &Principal) -> String {
         format!("{}\u{1f}{}", p.tenant(), p.subject())
     }
@@ -128,7 +136,13 @@ impl Budgets {
     ) -> Result<(), ChatError> {
         let user = Self::user_key(p);
         let checks = async {
-            if let Admission::RetryAfter(s) = self.limits.take(&self.user_rate, &user).await? {
+            // A service account may have allowances of its own.
+            let own = p.service();
+            let service_rate = own
+                .filter(|s| s.requests_per_minute > 0)
+                .map(|s| rate("chat_service", s.requests_per_minute));
+            let user_rate = service_rate.as_ref().unwrap_or(&self.user_rate);
+            if let Admission::RetryAfter(s) = self.limits.take(user_rate, &user).await? {
                 return Ok(Some((Refusal::UserRequests, s)));
             }
             if self.settings.tenant_requests_per_minute > 0
@@ -143,9 +157,8 @@ impl Budgets {
                     let key = key.to_owned();
                     async move { self.limits.usage(budget, &key, day).await }
                 };
-                if self.settings.user_tokens_per_day > 0
-                    && spent("tokens_user", &user).await? >= self.settings.user_tokens_per_day
-                {
+                let user_tokens = self.user_tokens(p);
+                if user_tokens > 0 && spent("tokens_user", &user).await? >= user_tokens {
                     return Ok(Some((Refusal::UserTokens, until_tomorrow)));
                 }
                 if self.settings.tenant_tokens_per_day > 0
@@ -185,9 +198,7 @@ impl Budgets {
             self.audit
                 .record(
                     AuditEvent::new(AuditKind::BudgetExceeded)
-                        .tenant(p.tenant())
-                        .subject(p.subject())
-                        .session(p.session_id())
+                        .by(p)
                         .client(client)
                         .reason(why.as_str()),
                 )
@@ -213,10 +224,7 @@ impl Budgets {
         amount: u64,
         client: &ClientInfo,
     ) -> Result<Option<Reservation>, ChatError> {
-        let (user_cap, tenant_cap) = (
-            self.settings.user_tokens_per_day,
-            self.settings.tenant_tokens_per_day,
-        );
+        let (user_cap, tenant_cap) = (self.user_tokens(p), self.settings.tenant_tokens_per_day);
         if user_cap == 0 && tenant_cap == 0 {
             return Ok(None);
         }
@@ -260,9 +268,7 @@ impl Budgets {
     /// Charges what a model call used to the caller's and the tenant's day. A failure
     /// is logged: the answer was already given, and refusing it now would lose it.
     pub async fn charge(&self, p: &Principal, tokens: u64) {
-        if tokens == 0
-            || (self.settings.user_tokens_per_day == 0 && self.settings.tenant_tokens_per_day == 0)
-        {
+        if tokens == 0 || (self.user_tokens(p) == 0 && self.settings.tenant_tokens_per_day == 0) {
             return;
         }
         let (day, _) = today(self.clock.now_ms());

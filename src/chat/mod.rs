@@ -395,7 +395,9 @@ impl ChatService {
 
     /// The models `p` may use, the default first.
     pub fn models_for(&self, p: &Principal) -> Vec<Arc<Model>> {
-        self.models.visible(p.roles())
+        let mut models = self.models.visible(p.roles());
+        models.retain(|m| p.allows_model(m.name()));
+        models
     }
 
     /// `POST /v1/embeddings`: `texts` embedded by the configured embedding model, which
@@ -415,7 +417,7 @@ impl ChatService {
         let name = self.rag.embedder_name().to_owned();
         let allowed = self.embedding_roles.is_empty()
             || p.roles().iter().any(|r| self.embedding_roles.contains(r));
-        if !allowed || model.is_some_and(|m| m != name) {
+        if !allowed || !p.allows_model(&name) || model.is_some_and(|m| m != name) {
             return Err(ChatError::ModelNotAllowed);
         }
         if texts.is_empty() || texts.len() > MAX_EMBEDDING_INPUTS {
@@ -517,6 +519,7 @@ impl ChatService {
         let model = self
             .models
             .resolve(req.model.as_deref(), p.roles())
+            .filter(|m| p.allows_model(m.name()))
             .ok_or(ChatError::ModelNotAllowed)?;
         let search_tool = self.search_tool && model.calls_tools();
         let mut options = req.options;

@@ -38,6 +38,12 @@ pub struct TokenConfig {
     /// Require a server-issued `DPoP-Nonce` in every proof (a stolen proof then expires
     /// with the nonce, whatever the client's clock says).
     pub dpop_nonce: bool,
+    /// How long a service account's API key lives unless `--expires` says otherwise.
+    #[serde(with = "humantime_serde")]
+    pub api_key_ttl: Duration,
+    /// The longest lifetime an API key may be given.
+    #[serde(with = "humantime_serde")]
+    pub api_key_max_ttl: Duration,
 }
 
 /// `tokens.dpop`: whether access tokens are bound to a client key.
@@ -67,6 +73,8 @@ impl Default for TokenConfig {
             dpop: DpopMode::Optional,
             dpop_proof_window: Duration::from_secs(60),
             dpop_nonce: false,
+            api_key_ttl: Duration::from_secs(90 * 86_400),
+            api_key_max_ttl: Duration::from_secs(365 * 86_400),
         }
     }
 }
@@ -75,6 +83,15 @@ impl TokenConfig {
     pub(super) fn check(&self) -> Result<(), ConfigError> {
         if self.access_ttl.is_zero() || self.access_ttl > Duration::from_secs(15 * 60) {
             return bad("tokens.access_ttl must be between 1s and 15m");
+        }
+        if self.api_key_max_ttl.is_zero()
+            || self.api_key_max_ttl > Duration::from_secs(5 * 365 * 86_400)
+            || self.api_key_ttl.is_zero()
+            || self.api_key_ttl > self.api_key_max_ttl
+        {
+            return bad(
+                "tokens.api_key_ttl must be positive and at most tokens.api_key_max_ttl (at most 5 years)",
+            );
         }
         if self.session_absolute_ttl.is_zero() || self.session_idle_ttl.is_zero() {
             return bad("tokens.session_absolute_ttl and tokens.session_idle_ttl must be positive");

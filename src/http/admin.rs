@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Auth, Client, Json, Query};
+use super::extract::{Client, Json, Person, Query};
 use crate::audit::{AuditFilter, AuditKind, AuditRecord};
 use crate::auth::{AccessChange, GrantView, UserView};
 
@@ -89,6 +89,9 @@ pub struct AuditEventView {
     /// The documents whose passages went to the model (or an MCP client); ids only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     documents: Vec<String>,
+    /// The service account that acted for the subject (a token it exchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
     /// SHA-256 over the previous record's hash and this record, hex.
     #[serde(skip_serializing_if = "Option::is_none")]
     hash: Option<String>,
@@ -112,6 +115,7 @@ impl From<AuditRecord> for AuditEventView {
             count: e.count,
             thread: e.thread,
             documents: e.documents,
+            actor: e.actor,
             hash: r.hash.map(|h| h.hex()),
         }
     }
@@ -132,12 +136,12 @@ fn instant(v: Option<String>, name: &str) -> Result<Option<i64>, ApiError> {
         (status = 200, description = "The admin's tenant's events.", body = AuditList),
         (status = 400, description = "Invalid query parameters.", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "Not an admin.", body = ErrorBody),
+        (status = 403, description = "Not an admin, or not a person (`person_required`).", body = ErrorBody),
     )
 )]
 pub async fn audit(
     State(s): State<AppState>,
-    Auth(p): Auth,
+    Person(p): Person,
     Query(q): Query<AuditParams>,
 ) -> Result<Response, ApiError> {
     limit_in_range(q.limit)?;
@@ -188,6 +192,9 @@ pub struct LineageUse {
     #[serde(skip_serializing_if = "Option::is_none")]
     via: Option<String>,
     user: Option<String>,
+    /// The service account that acted for the user, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
     session_id: Option<String>,
     thread: Option<String>,
     request_id: Option<String>,
@@ -209,12 +216,12 @@ pub struct Lineage {
         (status = 200, description = "Who had the document in a prompt, when, in which thread.", body = Lineage),
         (status = 400, description = "No document id.", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "Not an admin.", body = ErrorBody),
+        (status = 403, description = "Not an admin, or not a person (`person_required`).", body = ErrorBody),
     )
 )]
 pub async fn lineage(
     State(s): State<AppState>,
-    Auth(p): Auth,
+    Person(p): Person,
     Query(q): Query<LineageParams>,
 ) -> Result<Response, ApiError> {
     limit_in_range(q.limit)?;
@@ -228,6 +235,7 @@ pub async fn lineage(
             kind: r.event.kind.as_str(),
             via: r.event.reason,
             user: r.event.subject,
+            actor: r.event.actor,
             session_id: r.event.session_id,
             thread: r.event.thread,
             request_id: r.event.request_id,
@@ -245,10 +253,13 @@ pub async fn lineage(
     responses(
         (status = 200, description = "The users of the admin's tenant.", body = UserList),
         (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "Not an admin.", body = ErrorBody),
+        (status = 403, description = "Not an admin, or not a person (`person_required`).", body = ErrorBody),
     )
 )]
-pub async fn list_users(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
+pub async fn list_users(
+    State(s): State<AppState>,
+    Person(p): Person,
+) -> Result<Response, ApiError> {
     let users = s.auth.list_users(&p).await?;
     Ok(axum::Json(UserList { users }).into_response())
 }
@@ -284,7 +295,7 @@ pub struct UpdateUser {
 )]
 pub async fn update_user(
     State(s): State<AppState>,
-    Auth(p): Auth,
+    Person(p): Person,
     Client(client): Client,
     Path(id): Path<String>,
     Json(req): Json<UpdateUser>,
@@ -330,7 +341,7 @@ pub struct GrantList {
 )]
 pub async fn propose_grant(
     State(s): State<AppState>,
-    Auth(p): Auth,
+    Person(p): Person,
     Client(client): Client,
     Json(req): Json<ProposeGrant>,
 ) -> Result<Response, ApiError> {
@@ -346,10 +357,13 @@ pub async fn propose_grant(
     responses(
         (status = 200, description = "The proposals of the admin's tenant waiting for approval.", body = GrantList),
         (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "Not an admin.", body = ErrorBody),
+        (status = 403, description = "Not an admin, or not a person (`person_required`).", body = ErrorBody),
     )
 )]
-pub async fn list_grants(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
+pub async fn list_grants(
+    State(s): State<AppState>,
+    Person(p): Person,
+) -> Result<Response, ApiError> {
     let grants = s.auth.pending_grants(&p).await?;
     Ok(axum::Json(GrantList { grants }).into_response())
 }
@@ -369,7 +383,7 @@ pub async fn list_grants(State(s): State<AppState>, Auth(p): Auth) -> Result<Res
 )]
 pub async fn approve_grant(
     State(s): State<AppState>,
-    Auth(p): Auth,
+    Person(p): Person,
     Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {

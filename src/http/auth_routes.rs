@@ -14,7 +14,7 @@ use super::cookies::{
     read_cookie, read_refresh, refresh_cookie, require_same_origin, sign_in_cookie,
 };
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Auth, Client, Json, MaybeAuth, Query, dpop_proof};
+use super::extract::{Client, Json, MaybeAuth, Person, Query, dpop_proof};
 use crate::auth::oidc::signin::ReturnTo;
 use crate::auth::{AuthError, CallbackParams, IssuedTokens};
 use crate::secret::SecretString;
@@ -300,7 +300,7 @@ pub async fn oidc_callback(
     responses(
         (status = 200, description = "A new access token; the refresh cookie is rotated.", body = TokenResponse),
         (status = 401, description = "No, an expired, or a reused refresh token.", body = ErrorBody),
-        (status = 403, description = "Cross-site request.", body = ErrorBody),
+        (status = 403, description = "Cross-site request; or a service account's key, or a token a service exchanged (`person_required`).", body = ErrorBody),
         (status = 409, description = "A concurrent refresh of the same token won.", body = ErrorBody),
     )
 )]
@@ -350,6 +350,10 @@ pub async fn logout(
     if principal.is_none() && cookie.is_none() {
         return Err(ApiError::Unauthorized);
     }
+    // A service (or a token it exchanged) has no session of its own to end here.
+    if principal.as_ref().is_some_and(|p| !p.is_person()) {
+        return Err(ApiError::PersonRequired);
+    }
     if let Some(p) = &principal {
         s.auth.logout(p, &client).await?;
     }
@@ -379,12 +383,13 @@ pub async fn logout(
     responses(
         (status = 204, description = "Every session of the caller is over."),
         (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "A service account's key, or a token a service exchanged (`person_required`).", body = ErrorBody),
     )
 )]
 pub async fn logout_all(
     State(s): State<AppState>,
     Client(client): Client,
-    Auth(p): Auth,
+    Person(p): Person,
 ) -> Result<Response, ApiError> {
     s.auth.logout_all(&p, &client).await?;
     Ok((
@@ -411,9 +416,10 @@ pub struct Me<'a> {
     responses(
         (status = 200, description = "Who the token names.", body = Me),
         (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "A service account's key, or a token a service exchanged (`person_required`).", body = ErrorBody),
     )
 )]
-pub async fn me(State(s): State<AppState>, Auth(p): Auth) -> Response {
+pub async fn me(State(s): State<AppState>, Person(p): Person) -> Response {
     axum::Json(Me {
         subject: p.subject(),
         username: p.username(),
@@ -446,9 +452,13 @@ pub struct SessionList {
     responses(
         (status = 200, description = "The caller's live sessions.", body = SessionList),
         (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "A service account's key, or a token a service exchanged (`person_required`).", body = ErrorBody),
     )
 )]
-pub async fn list_sessions(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
+pub async fn list_sessions(
+    State(s): State<AppState>,
+    Person(p): Person,
+) -> Result<Response, ApiError> {
     let sessions = s
         .auth
         .sessions_of(&p)
@@ -472,13 +482,14 @@ pub async fn list_sessions(State(s): State<AppState>, Auth(p): Auth) -> Result<R
     responses(
         (status = 204, description = "Revoked."),
         (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "A service account's key, or a token a service exchanged (`person_required`).", body = ErrorBody),
         (status = 404, description = "Not one of the caller's sessions.", body = ErrorBody),
     )
 )]
 pub async fn delete_session(
     State(s): State<AppState>,
     Client(client): Client,
-    Auth(p): Auth,
+    Person(p): Person,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     s.auth

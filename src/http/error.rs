@@ -57,6 +57,9 @@ pub enum ApiError {
     OriginMismatch(String),
     #[error("forbidden")]
     Forbidden,
+    /// A service's key, or a token a service exchanged, on a route for people only.
+    #[error("person required")]
+    PersonRequired,
     /// Separation of duties refused an access change.
     #[error("refused by separation of duties")]
     Duty(crate::auth::Duty),
@@ -117,7 +120,9 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             RefreshInProgress | Conflict(_) => StatusCode::CONFLICT,
-            CrossSite | OriginMismatch(_) | Forbidden | ModelNotAllowed => StatusCode::FORBIDDEN,
+            CrossSite | OriginMismatch(_) | Forbidden | PersonRequired | ModelNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
             Duty(crate::auth::Duty::Expired) => StatusCode::CONFLICT,
             Duty(_) => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
@@ -148,6 +153,7 @@ impl ApiError {
             CrossSite => "cross_site_request",
             OriginMismatch(_) => "origin_mismatch",
             Forbidden => "forbidden",
+            PersonRequired => "person_required",
             Duty(d) => match d {
                 crate::auth::Duty::OwnAccess => "own_access",
                 crate::auth::Duty::TwoPersonRule => "two_person_rule",
@@ -205,6 +211,7 @@ impl ApiError {
                 "palisade is configured for {configured} (public_origin); open the page there, or change public_origin."
             ),
             Forbidden => "You do not have permission for this operation.".into(),
+            PersonRequired => "This route is for people signed in to palisade: a service account's key, or a token a service obtained for a user, may not use it.".into(),
             Duty(d) => match d {
                 crate::auth::Duty::OwnAccess => {
                     "No one changes their own roles or groups, nor approves their own access."

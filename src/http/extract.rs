@@ -309,6 +309,25 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// A person through their own session: what the session and admin routes take. A
+/// service account's key, or a token a service exchanged for a user, is refused (403).
+pub struct Person(pub Principal);
+
+impl FromRequestParts<AppState> for Person {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Auth(p) = Auth::from_request_parts(parts, state).await?;
+        if !p.is_person() {
+            return Err(ApiError::PersonRequired);
+        }
+        Ok(Person(p))
+    }
+}
+
 /// Like [`Auth`] but absent credentials are not an error (logout with only a cookie).
 /// Present-but-invalid credentials still fail.
 pub struct MaybeAuth(pub Option<Principal>);

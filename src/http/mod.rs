@@ -10,11 +10,13 @@ pub mod error;
 pub mod extract;
 pub mod mcp;
 pub mod middleware;
+pub mod oauth;
 pub mod openai_routes;
 pub mod openapi;
 pub mod ops;
 pub mod responses_routes;
 pub mod server;
+pub mod services_routes;
 pub mod threads_routes;
 pub mod web;
 
@@ -81,6 +83,8 @@ pub fn router(state: AppState) -> Router {
             state.config.limits.max_document_body_bytes,
         ))
         .merge(admin::router())
+        .merge(services_routes::router())
+        .merge(oauth::router())
         .merge(ops::router())
         .merge(mcp::router(state.clone()))
         .merge(web::router())

@@ -78,6 +78,13 @@ pub async fn spec() -> Response {
         super::admin::approve_grant,
         super::admin::audit,
         super::admin::lineage,
+        super::services_routes::create_service,
+        super::services_routes::list_services,
+        super::services_routes::update_service,
+        super::services_routes::create_key,
+        super::services_routes::list_keys,
+        super::services_routes::revoke_key,
+        super::oauth::token,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -302,6 +309,7 @@ mod tests {
             "Dpop" => Dpop(DpopChallenge::InvalidProof),
             "CrossSite" => CrossSite,
             "Forbidden" => Forbidden,
+            "PersonRequired" => PersonRequired,
             "NotFound" => NotFound,
             "MethodNotAllowed" => MethodNotAllowed,
             "Conflict" => Conflict("x"),
@@ -342,6 +350,7 @@ mod tests {
             | CrossSite
             | OriginMismatch(_)
             | Forbidden
+            | PersonRequired
             | NotFound
             | MethodNotAllowed
             | Conflict(_)
@@ -679,6 +688,10 @@ mod tests {
                 }
                 if signature.contains("Auth(") && !signature.contains("MaybeAuth(") {
                     expected.insert(401, "the bearer token".into());
+                }
+                if signature.contains("Person(") {
+                    expected.insert(401, "the bearer token".into());
+                    specific.insert(403, "a person's own session".into());
                 }
                 if signature.contains("Json(") {
                     for s in [400, 413, 415, 422] {

@@ -36,6 +36,13 @@ pub enum AuditKind {
     GrantApproved,
     /// Separation of duties refused an access change (the reason says which rule).
     AccessChangeRefused,
+    /// An API key was made for a service account (the session is `key:<id>`).
+    ApiKeyCreated,
+    /// An API key was revoked.
+    ApiKeyRevoked,
+    /// A service exchanged a user's token for one acting as that user (RFC 8693): the
+    /// subject is the user, the actor the service.
+    TokenExchanged,
 }
 
 impl AuditKind {
@@ -64,6 +71,9 @@ impl AuditKind {
             GrantProposed => "grant_proposed",
             GrantApproved => "grant_approved",
             AccessChangeRefused => "access_change_refused",
+            ApiKeyCreated => "api_key_created",
+            ApiKeyRevoked => "api_key_revoked",
+            TokenExchanged => "token_exchanged",
         }
     }
 }
@@ -104,6 +114,9 @@ pub struct AuditEvent {
     /// in this event, sorted, without repeats. Ids only, never contents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub documents: Vec<String>,
+    /// The service account that acted for the subject (a token it exchanged, RFC 8693).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 impl AuditEvent {
@@ -122,6 +135,7 @@ impl AuditEvent {
             count: None,
             thread: None,
             documents: Vec::new(),
+            actor: None,
         }
     }
     pub fn tenant(mut self, t: impl Into<String>) -> Self {
@@ -169,6 +183,15 @@ impl AuditEvent {
     }
     pub fn thread(mut self, t: Option<&str>) -> Self {
         self.thread = t.map(str::to_owned);
+        self
+    }
+    /// Who made the event: the principal's tenant, subject and session, and the service
+    /// acting for it, if one is.
+    pub fn by(mut self, p: &crate::access::Principal) -> Self {
+        self.tenant = Some(p.tenant().to_owned());
+        self.subject = Some(p.subject().to_owned());
+        self.session_id = Some(p.session_id().to_owned());
+        self.actor = p.actor().map(|a| a.subject.clone());
         self
     }
     /// The documents put in front of the model; sorted and deduplicated here.
@@ -225,6 +248,12 @@ impl AuditEvent {
         h.update((self.documents.len() as u64).to_be_bytes());
         for d in &self.documents {
             field(&mut h, Some(d));
+        }
+        // Added after the chain's first records: hashed only when present, so that
+        // records written before it still verify.
+        if let Some(actor) = &self.actor {
+            h.update(b"actor");
+            field(&mut h, Some(actor));
         }
         ChainHash(h.finalize().into())
     }

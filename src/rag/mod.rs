@@ -193,9 +193,7 @@ impl Rag {
         self.audit
             .record(
                 AuditEvent::new(AuditKind::Embeddings)
-                    .tenant(p.tenant())
-                    .subject(p.subject())
-                    .session(p.session_id())
+                    .by(p)
                     .client(client)
                     .reason(if count == 1 { "one_text" } else { "texts" }),
             )

@@ -123,9 +123,7 @@ impl Rag {
 /// A `retrieval` lineage record: documents put before the model for `p`.
 fn lineage_event(p: &Principal, thread: Option<&str>, client: &ClientInfo) -> AuditEvent {
     AuditEvent::new(AuditKind::Retrieval)
-        .tenant(p.tenant())
-        .subject(p.subject())
-        .session(p.session_id())
+        .by(p)
         .client(client)
         .thread(thread)
 }
@@ -168,9 +166,7 @@ impl Rag {
         self.audit
             .record(
                 AuditEvent::new(AuditKind::ToolCall)
-                    .tenant(p.tenant())
-                    .subject(p.subject())
-                    .session(p.session_id())
+                    .by(p)
                     .client(client)
                     .reason(via)
                     .thread(thread)

@@ -21,6 +21,7 @@ pub mod cluster;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod documents;
+mod keys;
 pub mod limits;
 mod sessions;
 pub mod sqlite;
@@ -35,6 +36,7 @@ pub use documents::{
     DocumentStore, IngestClaim, IngestFailure, IngestJob, IngestLease, NewChunk, NewDocument,
     Rankings, SearchQuery,
 };
+pub use keys::{ApiKeyRecord, KeyStore};
 pub use limits::{Admission, Limit, LimitKind, LimitStore};
 pub use sessions::{NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore};
 pub use threads::{
@@ -58,6 +60,7 @@ pub struct Stores {
     pub threads: Arc<dyn ThreadStore>,
     pub documents: Arc<dyn DocumentStore>,
     pub audit: Arc<dyn AuditStore>,
+    pub keys: Arc<dyn KeyStore>,
     pub health: Arc<dyn Health>,
     /// Rate limits and throttles, shared by every process on this store.
     pub limits: Arc<dyn LimitStore>,
@@ -87,7 +90,14 @@ impl Stores {
     /// from elsewhere).
     pub fn from_one<S>(s: Arc<S>, limits: Arc<dyn LimitStore>) -> Stores
     where
-        S: UserStore + SessionStore + ThreadStore + DocumentStore + AuditStore + Health + 'static,
+        S: UserStore
+            + SessionStore
+            + ThreadStore
+            + DocumentStore
+            + AuditStore
+            + KeyStore
+            + Health
+            + 'static,
     {
         Stores {
             users: s.clone(),
@@ -95,6 +105,7 @@ impl Stores {
             threads: s.clone(),
             documents: s.clone(),
             audit: s.clone(),
+            keys: s.clone(),
             health: Arc::new(Coalesced::new(s)),
             limits,
         }

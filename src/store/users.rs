@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use super::StoreResult;
+use crate::access::ServiceProfile;
 
 #[derive(Debug, Clone)]
 pub struct UserRecord {
@@ -15,6 +16,8 @@ pub struct UserRecord {
     pub groups: Vec<String>,
     pub disabled: bool,
     pub created_at: i64,
+    /// A service account's profile; `None` for a person.
+    pub service: Option<ServiceProfile>,
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct NewUser {
     pub roles: Vec<String>,
     pub groups: Vec<String>,
     pub now: i64,
+    /// Makes a service account (no password, no sign-in).
+    pub service: Option<ServiceProfile>,
 }
 
 /// A proposal to grant a privileged role, waiting for a second admin (the two-person

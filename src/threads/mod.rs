@@ -501,9 +501,7 @@ impl Threads {
         // The requested id is attacker-chosen: record its length-bounded form only.
         let shown: String = id.chars().take(MAX_ID_LEN).collect();
         let ev = AuditEvent::new(AuditKind::ThreadAccessDenied)
-            .tenant(p.tenant())
-            .subject(p.subject())
-            .session(p.session_id())
+            .by(p)
             .client(client)
             .reason("not_owner_or_missing")
             .resource(shown);

@@ -1140,3 +1140,58 @@ async fn a_cli_command_waits_for_a_store_that_is_coming_back() {
     })
     .await;
 }
+
+/// How long `node` keeps accepting `key` on `/v1/models` after `act` ran on the other
+/// node; fails if it is a second or more.
+async fn refused_within_a_second(node: &Server, key: &str) -> Duration {
+    let t = Instant::now();
+    loop {
+        let st = node.get("/v1/models", key).await.status();
+        if st == StatusCode::UNAUTHORIZED {
+            return t.elapsed();
+        }
+        assert_eq!(st, StatusCode::OK);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the other node still accepts the key after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "cluster store only: run in the cluster pass"]
+async fn a_revoked_api_key_or_disabled_service_is_refused_by_the_other_node_within_a_second() {
+    require_cluster_pass();
+    let p = pair(&[]);
+    let acme = seed_acme(&p.a);
+    let adam = p.a.login("adam", &acme.adam).await;
+    p.a.cli_ok(&[
+        "service", "add", "bot", "--tenant", "acme", "--roles", "employee",
+    ]);
+    let new_key = || {
+        let out =
+            p.a.cli_ok(&["key", "create", "--service", "bot", "--tenant", "acme"]);
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let key = new_key();
+    // Cached on B (the cache alone would keep it for a second).
+    for _ in 0..5 {
+        assert_eq!(p.b.get("/v1/models", &key).await.status(), StatusCode::OK);
+    }
+    let r =
+        p.a.delete(&format!("/admin/api-keys/{}", &key[4..28]), &adam.access)
+            .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let revoked = refused_within_a_second(&p.b, &key).await;
+
+    let key = new_key();
+    for _ in 0..5 {
+        assert_eq!(p.b.get("/v1/models", &key).await.status(), StatusCode::OK);
+    }
+    p.a.cli_ok(&["service", "disable", "bot", "--tenant", "acme"]);
+    let disabled = refused_within_a_second(&p.b, &key).await;
+    eprintln!(
+        "key revocation reached the other node after {revoked:?}; disabling after {disabled:?}"
+    );
+}

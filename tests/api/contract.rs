@@ -137,6 +137,7 @@ async fn the_openapi_document_covers_every_route_and_declares_the_bearer_scheme(
         ("GET", "/auth/oidc/providers"),
         ("GET", "/auth/oidc/login"),
         ("GET", "/auth/oidc/callback"),
+        ("POST", "/auth/token"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

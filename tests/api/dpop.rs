@@ -17,13 +17,13 @@ use crate::support::*;
 /// The public origin the test servers run with: proofs name URLs on it.
 const ORIGIN: &str = "http://localhost:8080";
 
-struct DpopKey {
+pub(crate) struct DpopKey {
     key: EncodingKey,
     jwk: Value,
 }
 
 impl DpopKey {
-    fn new() -> DpopKey {
+    pub(crate) fn new() -> DpopKey {
         let key = ec_key();
         let jwk =
             serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap()).unwrap();
@@ -43,7 +43,19 @@ impl DpopKey {
     }
 
     /// A fresh proof for `method path`, bound to `token` if given.
-    fn proof(&self, method: &str, path: &str, token: Option<&str>) -> String {
+    /// The RFC 7638 thumbprint of the public key (`jkt`).
+    pub(crate) fn thumbprint(&self) -> String {
+        let j = &self.jwk;
+        let canonical = format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            j["crv"].as_str().unwrap(),
+            j["x"].as_str().unwrap(),
+            j["y"].as_str().unwrap()
+        );
+        B64.encode(Sha256::digest(canonical.as_bytes()))
+    }
+
+    pub(crate) fn proof(&self, method: &str, path: &str, token: Option<&str>) -> String {
         self.proof_at(method, path, token, unix_now(), None)
     }
 

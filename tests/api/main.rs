@@ -26,5 +26,6 @@ mod oidc;
 mod operability;
 mod provenance;
 mod rag;
+mod services;
 mod sso;
 mod threads;

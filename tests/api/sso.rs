@@ -572,3 +572,148 @@ async fn sso_attacks_are_refused_and_create_nothing() {
         .count();
     assert_eq!(opened, 1);
 }
+
+/// An ID token for `account`, obtained from the provider the way a backend's own OIDC
+/// client would: its authorization code flow (PKCE) through the provider's forms, then
+/// the code for tokens at the provider's token endpoint.
+async fn id_token_from_provider(op: &OpenIdProvider, client_id: &str, account: &str) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let verifier = format!("{}{}", random_id(), random_id());
+    let challenge = b64.encode(Sha256::digest(verifier.as_bytes()));
+    let mut url = reqwest::Url::parse(&format!("{}/auth", op.issuer)).unwrap();
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid palisade")
+        .append_pair("redirect_uri", REDIRECT_URI)
+        .append_pair("state", &random_id())
+        .append_pair("nonce", &random_id())
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let mut agent = Agent::new();
+    let query = agent.at_idp(op, url.as_str(), account).await;
+    let code = param(&query, "code");
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", op.issuer))
+        .basic_auth(client_id, Some(CLIENT_SECRET))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT_URI),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap()["id_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A backend that signed its user in at the IdP exchanges the user's ID token (RFC 8693)
+/// for a palisade token acting as that user: the user's scope, `act` naming the
+/// service; a service without `act_for_users` is refused; signing the user out
+/// everywhere ends the exchanged token.
+#[tokio::test]
+async fn a_service_exchanges_a_users_id_token_from_the_provider() {
+    let op = OpenIdProvider::start();
+    op.set_account("hanna.sso", &["staff", "hrstaff"], vec![])
+        .await;
+    let s = sso_server(&op, "palisade-es", "ES256");
+    let acme = seed_acme(&s);
+    let admin = s.login("adam", &acme.adam).await;
+    let r = s
+        .post_document(&admin.access,
+            &json!({"title": "Salary bands", "text": "Confidential salary bands CANARY-SSO-EXCHANGE-7.", "acl": {"roles": ["hr"]}}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    s.cli_ok(&[
+        "service",
+        "add",
+        "portal",
+        "--tenant",
+        "acme",
+        "--act-for-users",
+    ]);
+    s.cli_ok(&["service", "add", "bot", "--tenant", "acme", "--roles", "hr"]);
+    let key_of = |name: &str| {
+        let out = s.cli_ok(&["key", "create", "--service", name, "--tenant", "acme"]);
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (portal, bot) = (key_of("portal"), key_of("bot"));
+    let id_token = id_token_from_provider(&op, "palisade-es", "hanna.sso").await;
+    let exchange = |key: String, token: String| {
+        let s = &s;
+        async move {
+            s.http
+                .post(s.url("/auth/token"))
+                .bearer_auth(key)
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", token.as_str()),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:id_token",
+                    ),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = exchange(bot, id_token.clone()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "unauthorized_client"
+    );
+    // A token of the provider, but not an ID token of a configured client.
+    let mut forged = id_token.clone();
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    let r = exchange(portal.clone(), forged).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+
+    let r = exchange(portal, id_token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The user's scope (hr, from the IdP's roles), not the service's (none).
+    assert!(
+        search_text(&s, &token, "salary bands")
+            .await
+            .contains("CANARY-SSO-EXCHANGE-7")
+    );
+    let ex = s.audit_cli("token_exchanged");
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    let user = ex[0]["subject"].as_str().unwrap().to_owned();
+    assert!(ex[0]["actor"].is_string());
+    assert_ne!(ex[0]["actor"], ex[0]["subject"]);
+
+    // The user's sessions end (an admin disables and re-enables her): so does the token.
+    for disabled in [true, false] {
+        let r = s
+            .http
+            .patch(s.url(&format!("/admin/users/{user}")))
+            .bearer_auth(&admin.access)
+            .json(&json!({ "disabled": disabled }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        s.get("/v1/models", &token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

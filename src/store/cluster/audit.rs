@@ -10,7 +10,7 @@ use crate::model::{AuditEvent, AuditKind, AuditRecord, ChainHash};
 use crate::store::{AuditQuery, AuditStore, ChainHead, LineageQuery, StoreError, StoreResult};
 
 const AUDIT_COLS: &str = "ts, kind, tenant, subject, username, session_id, ip, reason, resource, \
-                          request_id, count, thread, documents, seq, prev_hash, hash";
+                          request_id, count, thread, documents, seq, prev_hash, hash, actor";
 
 fn hash_col(r: &Row, i: usize) -> StoreResult<Option<ChainHash>> {
     match r.try_get::<_, Option<Vec<u8>>>(i)? {
@@ -40,6 +40,7 @@ fn audit_row(r: &Row) -> StoreResult<AuditRecord> {
             count: r.try_get::<_, Option<i64>>(10)?.map(|n| n.max(0) as u64),
             thread: r.try_get(11)?,
             documents: r.try_get::<_, Option<Vec<String>>>(12)?.unwrap_or_default(),
+            actor: r.try_get(16)?,
         },
         seq: r.try_get(13)?,
         prev_hash: hash_col(r, 14)?,
@@ -78,7 +79,7 @@ impl AuditStore for ClusterStore {
             let insert = tx
                 .prepare_cached(&format!(
                     "INSERT INTO audit_events ({AUDIT_COLS})
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
+                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)"
                 ))
                 .await?;
             tx.execute(
@@ -100,6 +101,7 @@ impl AuditStore for ClusterStore {
                     &seq,
                     &&h.hash.0[..],
                     &&hash.0[..],
+                    &e.actor,
                 ],
             )
             .await?;

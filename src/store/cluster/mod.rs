@@ -17,6 +17,7 @@
 
 mod audit;
 mod documents;
+mod keys;
 mod limits;
 mod sessions;
 mod threads;
@@ -45,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/07_grants.sql"),
     include_str!("migrations/08_ingest_jobs.sql"),
     include_str!("migrations/09_message_marks.sql"),
+    include_str!("migrations/10_service_accounts.sql"),
 ];
 
 /// How long any one store call may take before it counts as unavailable.

@@ -9,7 +9,8 @@ use crate::store::{
     UserStore, grant_refusal,
 };
 
-const USER_COLS: &str = "id, tenant, username, password_hash, roles, groups_, disabled, created_at";
+const USER_COLS: &str =
+    "id, tenant, username, password_hash, roles, groups_, disabled, created_at, service";
 
 fn user_row(r: &Row) -> StoreResult<UserRecord> {
     Ok(UserRecord {
@@ -21,6 +22,11 @@ fn user_row(r: &Row) -> StoreResult<UserRecord> {
         groups: r.try_get(5)?,
         disabled: r.try_get(6)?,
         created_at: r.try_get(7)?,
+        service: r
+            .try_get::<_, Option<String>>(8)?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("a service profile does not parse".into()))?,
     })
 }
 
@@ -44,7 +50,7 @@ impl UserStore for ClusterStore {
         timed(async {
             let c = self.pg().await?;
             c.execute(
-                &format!("INSERT INTO users ({USER_COLS}) VALUES ($1,$2,$3,$4,$5,$6,FALSE,$7)"),
+                &format!("INSERT INTO users ({USER_COLS}) VALUES ($1,$2,$3,$4,$5,$6,FALSE,$7,$8)"),
                 &[
                     &u.id,
                     &u.tenant,
@@ -53,6 +59,9 @@ impl UserStore for ClusterStore {
                     &u.roles,
                     &u.groups,
                     &u.now,
+                    &u.service
+                        .as_ref()
+                        .and_then(|p| serde_json::to_string(p).ok()),
                 ],
             )
             .await
@@ -69,6 +78,7 @@ impl UserStore for ClusterStore {
                 groups: u.groups,
                 disabled: false,
                 created_at: u.now,
+                service: u.service,
             })
         })
         .await

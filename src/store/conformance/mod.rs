@@ -11,6 +11,7 @@ use crate::secret::{RefreshToken, new_id};
 
 mod audit;
 mod documents;
+mod keys;
 mod limits;
 mod sessions;
 mod threads;
@@ -115,6 +116,7 @@ pub(super) async fn user(s: &Stores, tenant: &str, name: &str) -> UserRecord {
             roles: vec!["employee".into()],
             groups: vec![],
             now: T0,
+            service: None,
         })
         .await
         .expect("create user")

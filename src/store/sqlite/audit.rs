@@ -9,7 +9,7 @@ use crate::model::{AuditEvent, AuditKind, AuditRecord, ChainHash};
 use crate::store::{AuditQuery, AuditStore, ChainHead, LineageQuery, StoreError, StoreResult};
 
 const COLS: &str = "ts, kind, tenant, subject, username, session_id, ip, reason, resource, \
-                    request_id, count, thread, documents, seq, prev_hash, hash";
+                    request_id, count, thread, documents, seq, prev_hash, hash, actor";
 
 fn kind_from_str(s: &str) -> Option<AuditKind> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
@@ -50,6 +50,7 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
                 .filter(|d| !d.is_empty())
                 .map(|d| d.split(',').map(str::to_owned).collect())
                 .unwrap_or_default(),
+            actor: r.get(16)?,
         },
         seq: r.get(13)?,
         prev_hash: hash_col(r, 14)?,
@@ -98,7 +99,7 @@ impl AuditStore for SqliteStore {
             let hash = e.chain_hash(&h.hash, seq);
             let documents = (!e.documents.is_empty()).then(|| e.documents.join(","));
             c.prepare_cached(&format!(
-                "INSERT INTO audit_events ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"
+                "INSERT INTO audit_events ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"
             ))?
             .execute(params![
                 e.ts,
@@ -117,6 +118,7 @@ impl AuditStore for SqliteStore {
                 seq,
                 &h.hash.0[..],
                 &hash.0[..],
+                e.actor,
             ])?;
             let mut lineage = c.prepare_cached(
                 "INSERT OR IGNORE INTO audit_lineage (tenant, document_id, seq) VALUES (?1, ?2, ?3)",

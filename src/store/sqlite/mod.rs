@@ -19,6 +19,7 @@
 
 mod audit;
 mod documents;
+mod keys;
 mod sessions;
 mod threads;
 mod users;
@@ -70,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/16_grants.sql"),
     include_str!("migrations/17_ingest_jobs.sql"),
     include_str!("migrations/18_message_marks.sql"),
+    include_str!("migrations/19_service_accounts.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -9,7 +9,8 @@ use crate::store::{
     UserStore, grant_refusal,
 };
 
-const USER_COLS: &str = "id, tenant, username, password_hash, roles, groups_, disabled, created_at";
+const USER_COLS: &str =
+    "id, tenant, username, password_hash, roles, groups_, disabled, created_at, service";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
     Ok(UserRecord {
@@ -21,6 +22,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
         groups: parse_list(&r.get::<_, String>(5)?)?,
         disabled: r.get(6)?,
         created_at: r.get(7)?,
+        service: parse_service(r.get::<_, Option<String>>(8)?.as_deref())?,
     })
 }
 
@@ -60,9 +62,10 @@ impl UserStore for SqliteStore {
                 groups: u.groups,
                 disabled: false,
                 created_at: u.now,
+                service: u.service,
             };
             c.execute(
-                &format!("INSERT INTO users ({USER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,0,?7)"),
+                &format!("INSERT INTO users ({USER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,0,?7,?8)"),
                 params![
                     rec.id,
                     rec.tenant,
@@ -70,7 +73,8 @@ impl UserStore for SqliteStore {
                     rec.password_hash,
                     json_list(&rec.roles),
                     json_list(&rec.groups),
-                    rec.created_at
+                    rec.created_at,
+                    service_json(rec.service.as_ref())
                 ],
             )
             .map_err(|e| match StoreError::from(e) {
@@ -238,4 +242,18 @@ impl UserStore for SqliteStore {
         })
         .await
     }
+}
+
+/// A service profile as stored (JSON text; NULL for a person).
+pub(super) fn service_json(p: Option<&crate::access::ServiceProfile>) -> Option<String> {
+    p.and_then(|p| serde_json::to_string(p).ok())
+}
+
+fn parse_service(s: Option<&str>) -> rusqlite::Result<Option<crate::access::ServiceProfile>> {
+    s.map(|s| {
+        serde_json::from_str(s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
 }

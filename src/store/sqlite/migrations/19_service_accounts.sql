@@ -1,0 +1,20 @@
+-- Service accounts are users with a service profile (JSON: allowed models, own rate
+-- and token budget, whether they may act for users); people have none. Their API keys:
+-- the secret only as a SHA-256 (a 256-bit random secret needs no slow hash).
+ALTER TABLE users ADD COLUMN service TEXT;
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    tenant       TEXT NOT NULL,
+    service_id   TEXT NOT NULL,
+    secret_hash  BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    revoked_at   INTEGER,
+    last_used_at INTEGER,
+    last_used_ip TEXT,
+    allow_cidrs  TEXT NOT NULL,
+    dpop_jkt     TEXT
+);
+CREATE INDEX api_keys_by_service ON api_keys (tenant, service_id);
+-- Which service acted for the event's subject (a token it exchanged).
+ALTER TABLE audit_events ADD COLUMN actor TEXT;
