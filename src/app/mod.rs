@@ -350,6 +350,10 @@ pub async fn serve_on_at(
                             "pruning failed; will retry"
                         ),
                     }
+                    match auth.prune_clients().await {
+                        Ok(n) => tracing::info!(oauth_clients = n, "pruned lapsed clients"),
+                        Err(e) => tracing::warn!(error = %e, "pruning clients failed; will retry"),
+                    }
                 }
             }
         })

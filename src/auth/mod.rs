@@ -14,6 +14,7 @@ mod dpop_ops;
 pub mod exchange;
 mod jwe;
 pub mod keys;
+pub mod oauth;
 pub mod oidc;
 pub use dpop_ops::{Credentials, DpopChallenge, Scheme};
 mod oidc_ops;
@@ -164,6 +165,7 @@ pub struct AuthService {
     keys: Arc<dyn crate::store::KeyStore>,
     key_cache: services::KeyCache,
     api_keys: services::KeySettings,
+    oauth: oauth::OAuthSettings,
 }
 
 struct DpopSettings {
@@ -258,6 +260,12 @@ impl AuthService {
                 default_ttl: t.api_key_ttl,
                 max_ttl: t.api_key_max_ttl,
             },
+            oauth: oauth::OAuthSettings {
+                unapproved_client_ttl_ms: ms(cfg.oauth.unapproved_client_ttl),
+                code_ttl_ms: ms(cfg.oauth.code_ttl),
+                registrations_per_hour: cfg.oauth.registrations_per_hour,
+                origins: cfg.origins().all().to_vec(),
+            },
         }
     }
 
@@ -311,10 +319,28 @@ impl AuthService {
             .check(&claims.session_id, &claims.tenant, &claims.subject)
             .await
         {
-            Ok(Liveness::Live(grants)) => match claims.actor.clone() {
-                None => Ok(principal_of(claims, grants)),
-                Some(act) => self.acting(principal_of(claims, grants), act, client).await,
-            },
+            Ok(Liveness::Live(grants)) => {
+                if let Some((client_id, resource)) = oauth::grant_of_session(&claims.session_id) {
+                    // An OAuth client's token works on the resource it was issued for.
+                    if oauth::Resource::of_path(creds.path) != Some(resource) {
+                        let ev = AuditEvent::new(AuditKind::TokenRejected)
+                            .tenant(&claims.tenant)
+                            .subject(&claims.subject)
+                            .session(&claims.session_id)
+                            .client(client)
+                            .reason("wrong_resource");
+                        self.record_rejection(ev, "wrong_resource").await;
+                        return Err(AuthError::Unauthorized);
+                    }
+                    let client_id = client_id.to_owned();
+                    return Ok(principal_of(claims, grants)
+                        .through(crate::access::Caller::Client { client_id }));
+                }
+                match claims.actor.clone() {
+                    None => Ok(principal_of(claims, grants)),
+                    Some(act) => self.acting(principal_of(claims, grants), act, client).await,
+                }
+            }
             Ok(Liveness::Dead) => {
                 let reason = TokenRejection::SessionNotLive.reason();
                 let ev = AuditEvent::new(AuditKind::TokenRejected)

@@ -19,6 +19,10 @@ pub enum Purpose {
     OidcSignIn,
     /// A device cookie: this browser signed in as this user before.
     Device,
+    /// A checked OAuth authorization request, carried by the consent form.
+    OAuthRequest,
+    /// An OAuth authorization code.
+    OAuthCode,
 }
 
 impl Purpose {
@@ -26,6 +30,8 @@ impl Purpose {
         match self {
             Purpose::OidcSignIn => b"palisade:sealed:oidc-sign-in:v1",
             Purpose::Device => b"palisade:sealed:device:v1",
+            Purpose::OAuthRequest => b"palisade:sealed:oauth-request:v1",
+            Purpose::OAuthCode => b"palisade:sealed:oauth-code:v1",
         }
     }
 }

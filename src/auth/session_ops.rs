@@ -31,6 +31,27 @@ impl AuthService {
         dpop_key: Option<String>,
         device: Option<&str>,
     ) -> Result<(IssuedTokens, String), AuthError> {
+        let user = self
+            .check_password(username, password, client, device)
+            .await?;
+        let issued = self
+            .open_session(&user, "password", client, dpop_key)
+            .await?;
+        let canonical = crate::access::canonical_username(username);
+        let cookie = self.device_cookie(&canonical).ok_or(AuthError::Mint)?;
+        Ok((issued, cookie))
+    }
+
+    /// The account `username` names if `password` is its password: throttled, audited
+    /// and counted exactly like a sign-in (the OAuth consent page uses it too). A
+    /// service account never passes.
+    pub(super) async fn check_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        client: &ClientInfo,
+        device: Option<&str>,
+    ) -> Result<UserRecord, AuthError> {
         let canonical = crate::access::canonical_username(username);
         // Limits are keyed by a pseudonym of the username: it may be a password typed
         // into the wrong field, and the limits may live in a shared store.
@@ -68,6 +89,7 @@ impl AuthService {
             None => Some("unknown_user"),
             Some(_) if !password_ok => Some("bad_password"),
             Some(u) if u.disabled => Some("disabled"),
+            Some(u) if u.service.is_some() => Some("service_account"),
             Some(_) => None,
         };
         let user = match (failure, user) {
@@ -91,11 +113,7 @@ impl AuthService {
         if known.is_some() {
             self.limits.reset(ceiling.0, &ceiling.1).await?;
         }
-        let issued = self
-            .open_session(&user, "password", client, dpop_key)
-            .await?;
-        let cookie = self.device_cookie(&canonical).ok_or(AuthError::Mint)?;
-        Ok((issued, cookie))
+        Ok(user)
     }
 
     /// A device cookie for `canonical`: sealed (no one reads or forges it), naming the
@@ -132,9 +150,22 @@ impl AuthService {
         client: &ClientInfo,
         dpop_key: Option<String>,
     ) -> Result<IssuedTokens, AuthError> {
+        self.open_session_as(new_id(), user, via, client, dpop_key)
+            .await
+    }
+
+    /// [`Self::open_session`] under a session id the caller chose (an OAuth grant's,
+    /// which names its client and resource).
+    pub(super) async fn open_session_as(
+        &self,
+        session_id: String,
+        user: &UserRecord,
+        via: &'static str,
+        client: &ClientInfo,
+        dpop_key: Option<String>,
+    ) -> Result<IssuedTokens, AuthError> {
         // Mint before persisting: if minting failed, no orphan session would remain.
         let now = self.clock.now_ms();
-        let session_id = new_id();
         let absolute_expires_at = now.saturating_add(self.absolute_ttl_ms);
         let refresh = RefreshToken::generate();
         let refresh_hash = refresh.hash();
@@ -276,6 +307,18 @@ impl AuthService {
         client: &ClientInfo,
         proof: Option<&str>,
     ) -> Result<IssuedTokens, AuthError> {
+        self.rotate_refresh(presented, client, proof, false).await
+    }
+
+    /// Rotates a refresh token of a browser session, or (`grant`) of an OAuth grant. A
+    /// token presented where the other kind belongs is a stolen one: its session ends.
+    pub(super) async fn rotate_refresh(
+        &self,
+        presented: Option<&str>,
+        client: &ClientInfo,
+        proof: Option<&str>,
+        grant: bool,
+    ) -> Result<IssuedTokens, AuthError> {
         let Some(presented) = presented.and_then(RefreshToken::parse) else {
             return Err(AuthError::RefreshInvalid);
         };
@@ -323,6 +366,20 @@ impl AuthService {
                     // a key: where DPoP is required, it ends too.
                     None => proved.is_none() && self.dpop.mode == crate::config::DpopMode::Required,
                 };
+                if grant != super::oauth::grant_of_session(&session.id).is_some() {
+                    self.sessions
+                        .revoke_session(
+                            &session.tenant,
+                            &session.user_id,
+                            &session.id,
+                            "refresh_token_out_of_place",
+                            now,
+                        )
+                        .await?;
+                    self.theft_detected(&session, client, "refresh_token_out_of_place")
+                        .await;
+                    return Err(AuthError::RefreshInvalid);
+                }
                 if unproved {
                     self.sessions
                         .revoke_session(

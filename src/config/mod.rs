@@ -18,6 +18,7 @@ mod limits;
 mod llm;
 mod log;
 mod metrics;
+mod oauth;
 mod oidc;
 mod rag;
 mod store;
@@ -30,6 +31,7 @@ pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, ModelConfig, UpstreamApi};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
+pub use oauth::OAuthConfig;
 pub use oidc::{IssuerConfig, JwsAlgorithm, OidcConfig, https_or_loopback};
 pub use rag::RagConfig;
 pub use store::{StoreConfig, StoreKind};
@@ -61,6 +63,7 @@ pub struct Config {
     pub oidc: OidcConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    pub oauth: OAuthConfig,
     /// The address actually listened on (`listen` may ask for port 0), once bound.
     #[serde(skip)]
     pub bound: Option<SocketAddr>,
@@ -164,6 +167,7 @@ impl Default for Config {
             oidc: OidcConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
+            oauth: OAuthConfig::default(),
         }
     }
 }
@@ -371,6 +375,7 @@ impl Config {
         "oidc",
         "metrics",
         "admin",
+        "oauth",
     ];
 
     /// Reads every secret a `*_env` setting names, from `lookup` (the process's
@@ -482,6 +487,7 @@ impl Config {
         self.embeddings.check()?;
         self.log.check()?;
         self.oidc.check()?;
+        self.oauth.check()?;
         self.admin.check()
     }
 

@@ -426,7 +426,8 @@ pub fn json_shaped(resp: Response) -> Response {
                 .trim()
                 .to_ascii_lowercase()
         })
-        .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"));
+        // HTML is only ever palisade's own page (the OAuth consent page's errors).
+        .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json") || ct == "text/html");
     if is_json {
         return resp;
     }

@@ -83,7 +83,26 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     let client = client_info(&parts, &s.config.trusted_proxies);
     let principal = match s.auth.verify_access(&credentials(&parts), &client).await {
         Ok(p) => p,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            let mut resp = ApiError::from(e).into_response();
+            // Where an MCP client learns how to sign in (RFC 9728, the MCP
+            // authorization specification).
+            if resp.status() == axum::http::StatusCode::UNAUTHORIZED
+                && !resp
+                    .headers()
+                    .get(axum::http::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("DPoP"))
+                && let Ok(v) = axum::http::HeaderValue::from_str(&format!(
+                    "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+                    s.origins.primary()
+                ))
+            {
+                resp.headers_mut()
+                    .insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+            return resp;
+        }
     };
     parts.extensions.insert(Caller { principal, client });
     next.run(Request::from_parts(parts, body)).await

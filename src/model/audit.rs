@@ -43,6 +43,12 @@ pub enum AuditKind {
     /// A service exchanged a user's token for one acting as that user (RFC 8693): the
     /// subject is the user, the actor the service.
     TokenExchanged,
+    /// An OAuth client registered itself (RFC 7591); the resource is its id.
+    ClientRegistered,
+    /// A user approved an OAuth client (the resource); the reason names the resource.
+    ClientApproved,
+    /// A user refused an OAuth client.
+    ClientDenied,
 }
 
 impl AuditKind {
@@ -74,6 +80,9 @@ impl AuditKind {
             ApiKeyCreated => "api_key_created",
             ApiKeyRevoked => "api_key_revoked",
             TokenExchanged => "token_exchanged",
+            ClientRegistered => "client_registered",
+            ClientApproved => "client_approved",
+            ClientDenied => "client_denied",
         }
     }
 }
@@ -114,7 +123,8 @@ pub struct AuditEvent {
     /// in this event, sorted, without repeats. Ids only, never contents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub documents: Vec<String>,
-    /// The service account that acted for the subject (a token it exchanged, RFC 8693).
+    /// Who acted for the subject: a service account (a token it exchanged, RFC 8693),
+    /// or `oauth:<client id>` for an application the subject approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
 }
@@ -191,7 +201,11 @@ impl AuditEvent {
         self.tenant = Some(p.tenant().to_owned());
         self.subject = Some(p.subject().to_owned());
         self.session_id = Some(p.session_id().to_owned());
-        self.actor = p.actor().map(|a| a.subject.clone());
+        self.actor = match p.caller() {
+            crate::access::Caller::OnBehalf(a) => Some(a.subject.clone()),
+            crate::access::Caller::Client { client_id } => Some(format!("oauth:{client_id}")),
+            _ => None,
+        };
         self
     }
     /// The documents put in front of the model; sorted and deduplicated here.

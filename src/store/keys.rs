@@ -1,4 +1,5 @@
-//! Service accounts' API keys. The secret is kept only as its SHA-256.
+//! The credentials of applications: service accounts' API keys (the secret kept only
+//! as its SHA-256) and OAuth clients registered dynamically (RFC 7591).
 
 use async_trait::async_trait;
 
@@ -30,6 +31,31 @@ impl ApiKeyRecord {
     }
 }
 
+/// A client registered through `POST /oauth/register`: public (PKCE, no secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthClientRecord {
+    pub id: String,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    /// The tenant of the first user who approved it; `None` until then.
+    pub tenant: Option<String>,
+    pub created_at: i64,
+    /// Unapproved clients lapse; `None` once approved.
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+/// What binding a client to a tenant found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBinding {
+    /// The client is the tenant's (now, or already).
+    Bound,
+    /// It belongs to another tenant.
+    OtherTenant,
+    /// No such client, or it lapsed unapproved.
+    Unknown,
+}
+
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     async fn create_key(&self, k: ApiKeyRecord) -> StoreResult<()>;
@@ -48,4 +74,13 @@ pub trait KeyStore: Send + Sync {
     /// Tells every process sharing the store to forget what it cached of these keys
     /// (their service account changed).
     async fn announce_keys(&self, ids: &[String]) -> StoreResult<()>;
+
+    async fn create_client(&self, c: OAuthClientRecord) -> StoreResult<()>;
+    async fn client(&self, id: &str) -> StoreResult<Option<OAuthClientRecord>>;
+    /// Binds the client to `tenant` if it is unbound and has not lapsed at `now`
+    /// (clearing its expiry), in one atomic step.
+    async fn bind_client(&self, id: &str, tenant: &str, now: i64) -> StoreResult<ClientBinding>;
+    async fn touch_client(&self, id: &str, now: i64) -> StoreResult<()>;
+    /// Deletes clients that lapsed unapproved before `now`; returns how many.
+    async fn prune_clients(&self, now: i64) -> StoreResult<u64>;
 }

@@ -36,7 +36,7 @@ pub use documents::{
     DocumentStore, IngestClaim, IngestFailure, IngestJob, IngestLease, NewChunk, NewDocument,
     Rankings, SearchQuery,
 };
-pub use keys::{ApiKeyRecord, KeyStore};
+pub use keys::{ApiKeyRecord, ClientBinding, KeyStore, OAuthClientRecord};
 pub use limits::{Admission, Limit, LimitKind, LimitStore};
 pub use sessions::{NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore};
 pub use threads::{

@@ -138,6 +138,13 @@ async fn the_openapi_document_covers_every_route_and_declares_the_bearer_scheme(
         ("GET", "/auth/oidc/login"),
         ("GET", "/auth/oidc/callback"),
         ("POST", "/auth/token"),
+        ("GET", "/.well-known/oauth-protected-resource"),
+        ("GET", "/.well-known/oauth-protected-resource/mcp"),
+        ("GET", "/.well-known/oauth-protected-resource/v1"),
+        ("GET", "/.well-known/oauth-authorization-server"),
+        ("POST", "/oauth/register"),
+        ("GET", "/oauth/authorize"),
+        ("POST", "/oauth/authorize"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

@@ -21,6 +21,7 @@ mod foundation;
 mod hardening;
 mod hygiene;
 mod ingest;
+mod mcp_oauth;
 mod model;
 mod oidc;
 mod operability;

@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 
 use super::{ClusterStore, timed};
 use crate::secret::TokenHash;
-use crate::store::{ApiKeyRecord, KeyStore, StoreResult};
+use crate::store::{ApiKeyRecord, ClientBinding, KeyStore, OAuthClientRecord, StoreResult};
 
 const KEY_COLS: &str = "id, tenant, service_id, secret_hash, created_at, expires_at, revoked_at, \
                         last_used_at, last_used_ip, allow_cidrs, dpop_jkt";
@@ -146,4 +146,105 @@ impl KeyStore for ClusterStore {
     async fn announce_keys(&self, ids: &[String]) -> StoreResult<()> {
         timed(self.publish_keys(ids)).await
     }
+
+    async fn create_client(&self, c: OAuthClientRecord) -> StoreResult<()> {
+        timed(async {
+            let conn = self.pg().await?;
+            conn.execute(
+                &format!("INSERT INTO oauth_clients ({CLIENT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7)"),
+                &[
+                    &c.id,
+                    &c.name,
+                    &c.redirect_uris,
+                    &c.tenant,
+                    &c.created_at,
+                    &c.expires_at,
+                    &c.last_used_at,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn client(&self, id: &str) -> StoreResult<Option<OAuthClientRecord>> {
+        timed(async {
+            let c = self.pg().await?;
+            c.query_opt(
+                &format!("SELECT {CLIENT_COLS} FROM oauth_clients WHERE id = $1"),
+                &[&id],
+            )
+            .await?
+            .map(|r| client_row(&r))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn bind_client(&self, id: &str, tenant: &str, now: i64) -> StoreResult<ClientBinding> {
+        timed(async {
+            let c = self.pg().await?;
+            // One statement: of two first approvals at once, one binds.
+            let row = c
+                .query_opt(
+                    "WITH bound AS (
+                         UPDATE oauth_clients SET tenant = $2, expires_at = NULL
+                         WHERE id = $1 AND tenant IS NULL AND expires_at > $3
+                         RETURNING tenant)
+                     SELECT tenant FROM bound
+                     UNION ALL
+                     SELECT tenant FROM oauth_clients WHERE id = $1 AND tenant IS NOT NULL
+                     LIMIT 1",
+                    &[&id, &tenant, &now],
+                )
+                .await?;
+            let t: Option<String> = row.map(|r| r.try_get(0)).transpose()?;
+            Ok(match t {
+                Some(t) if t == tenant => ClientBinding::Bound,
+                Some(_) => ClientBinding::OtherTenant,
+                None => ClientBinding::Unknown,
+            })
+        })
+        .await
+    }
+
+    async fn touch_client(&self, id: &str, now: i64) -> StoreResult<()> {
+        timed(async {
+            let c = self.pg().await?;
+            c.execute(
+                "UPDATE oauth_clients SET last_used_at = $2 WHERE id = $1",
+                &[&id, &now],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune_clients(&self, now: i64) -> StoreResult<u64> {
+        timed(async {
+            let c = self.pg().await?;
+            Ok(c.execute(
+                "DELETE FROM oauth_clients WHERE tenant IS NULL AND expires_at <= $1",
+                &[&now],
+            )
+            .await?)
+        })
+        .await
+    }
+}
+
+const CLIENT_COLS: &str = "id, name, redirect_uris, tenant, created_at, expires_at, last_used_at";
+
+fn client_row(r: &Row) -> StoreResult<OAuthClientRecord> {
+    Ok(OAuthClientRecord {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        redirect_uris: r.try_get(2)?,
+        tenant: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        expires_at: r.try_get(5)?,
+        last_used_at: r.try_get(6)?,
+    })
 }

@@ -4,6 +4,7 @@ use super::*;
 use crate::access::ServiceProfile;
 use crate::model::{AuditEvent, AuditKind};
 use crate::secret::TokenHash;
+use crate::store::{ClientBinding, OAuthClientRecord};
 
 fn key(tenant: &str, service: &str, id: &str, now: i64) -> ApiKeyRecord {
     ApiKeyRecord {
@@ -141,4 +142,61 @@ async fn an_event_with_an_actor_keeps_it_and_the_chain_still_verifies() {
     let mut stripped = exchanged.event.clone();
     stripped.actor = None;
     assert!(stripped.chain_hash(&prev, seq) != exchanged.hash.unwrap());
+}
+
+#[tokio::test]
+async fn an_oauth_client_binds_to_one_tenant_once_and_lapses_unapproved() {
+    let o = open().await;
+    let s = &o.stores;
+    let client = |id: &str| OAuthClientRecord {
+        id: id.into(),
+        name: "Inspector".into(),
+        redirect_uris: vec![
+            "http://127.0.0.1:6274/cb".into(),
+            "https://app.example/cb".into(),
+        ],
+        tenant: None,
+        created_at: T0,
+        expires_at: Some(T0 + DAY),
+        last_used_at: None,
+    };
+    let (a, b) = (new_id(), new_id());
+    s.keys.create_client(client(&a)).await.unwrap();
+    s.keys.create_client(client(&b)).await.unwrap();
+    assert_eq!(s.keys.client(&a).await.unwrap(), Some(client(&a)));
+    assert_eq!(s.keys.client("nope").await.unwrap(), None);
+
+    // Two first approvals from two tenants at once: one tenant gets it.
+    let (x, y) = tokio::join!(
+        s.keys.bind_client(&a, "acme", T0 + 1),
+        s.keys.bind_client(&a, "globex", T0 + 1)
+    );
+    let outcomes = [x.unwrap(), y.unwrap()];
+    assert!(outcomes.contains(&ClientBinding::Bound), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&ClientBinding::OtherTenant),
+        "{outcomes:?}"
+    );
+    let bound = s.keys.client(&a).await.unwrap().unwrap();
+    let owner = bound.tenant.clone().unwrap();
+    assert_eq!(bound.expires_at, None);
+    assert_eq!(
+        s.keys.bind_client(&a, &owner, T0 + 2 * DAY).await.unwrap(),
+        ClientBinding::Bound
+    );
+    s.keys.touch_client(&a, T0 + 5).await.unwrap();
+    assert_eq!(
+        s.keys.client(&a).await.unwrap().unwrap().last_used_at,
+        Some(T0 + 5)
+    );
+
+    // Unapproved past its expiry: not bindable, and pruned; the approved one stays.
+    assert_eq!(
+        s.keys.bind_client(&b, "acme", T0 + DAY).await.unwrap(),
+        ClientBinding::Unknown
+    );
+    assert_eq!(s.keys.prune_clients(T0 + DAY - 1).await.unwrap(), 0);
+    assert_eq!(s.keys.prune_clients(T0 + DAY).await.unwrap(), 1);
+    assert!(s.keys.client(&b).await.unwrap().is_none());
+    assert!(s.keys.client(&a).await.unwrap().is_some());
 }

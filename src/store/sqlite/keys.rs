@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{SqliteStore, json_list, parse_list};
 use crate::secret::TokenHash;
-use crate::store::{ApiKeyRecord, KeyStore, StoreResult};
+use crate::store::{ApiKeyRecord, ClientBinding, KeyStore, OAuthClientRecord, StoreResult};
 
 const KEY_COLS: &str = "id, tenant, service_id, secret_hash, created_at, expires_at, revoked_at, \
                         last_used_at, last_used_ip, allow_cidrs, dpop_jkt";
@@ -113,4 +113,97 @@ impl KeyStore for SqliteStore {
     async fn announce_keys(&self, _ids: &[String]) -> StoreResult<()> {
         Ok(())
     }
+
+    async fn create_client(&self, c: OAuthClientRecord) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.execute(
+                &format!("INSERT INTO oauth_clients ({CLIENT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
+                params![
+                    c.id,
+                    c.name,
+                    json_list(&c.redirect_uris),
+                    c.tenant,
+                    c.created_at,
+                    c.expires_at,
+                    c.last_used_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn client(&self, id: &str) -> StoreResult<Option<OAuthClientRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {CLIENT_COLS} FROM oauth_clients WHERE id = ?1"),
+                [id],
+                client_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn bind_client(&self, id: &str, tenant: &str, now: i64) -> StoreResult<ClientBinding> {
+        let (id, tenant) = (id.to_owned(), tenant.to_owned());
+        self.write(move |c| {
+            c.execute(
+                "UPDATE oauth_clients SET tenant = ?2, expires_at = NULL
+                 WHERE id = ?1 AND tenant IS NULL AND expires_at > ?3",
+                params![id, tenant, now],
+            )?;
+            let bound: Option<Option<String>> = c
+                .query_row(
+                    "SELECT tenant FROM oauth_clients WHERE id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(match bound {
+                Some(Some(t)) if t == tenant => ClientBinding::Bound,
+                Some(Some(_)) => ClientBinding::OtherTenant,
+                _ => ClientBinding::Unknown,
+            })
+        })
+        .await
+    }
+
+    async fn touch_client(&self, id: &str, now: i64) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write_deferred(move |c| {
+            c.execute(
+                "UPDATE oauth_clients SET last_used_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune_clients(&self, now: i64) -> StoreResult<u64> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM oauth_clients WHERE tenant IS NULL AND expires_at <= ?1",
+                [now],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+const CLIENT_COLS: &str = "id, name, redirect_uris, tenant, created_at, expires_at, last_used_at";
+
+fn client_row(r: &Row<'_>) -> rusqlite::Result<OAuthClientRecord> {
+    Ok(OAuthClientRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        redirect_uris: parse_list(&r.get::<_, String>(2)?)?,
+        tenant: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        last_used_at: r.get(6)?,
+    })
 }

@@ -18,3 +18,14 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE INDEX IF NOT EXISTS api_keys_by_service ON api_keys (tenant, service_id);
 -- Which service acted for the event's subject (a token it exchanged).
 ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS actor TEXT;
+-- OAuth clients registered dynamically (RFC 7591), e.g. MCP clients. A client belongs
+-- to the tenant of the first user who approves it; until then it expires.
+CREATE TABLE IF NOT EXISTS oauth_clients (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    redirect_uris TEXT[] NOT NULL,
+    tenant        TEXT,
+    created_at    BIGINT NOT NULL,
+    expires_at    BIGINT,
+    last_used_at  BIGINT
+);

@@ -18,3 +18,14 @@ CREATE TABLE api_keys (
 CREATE INDEX api_keys_by_service ON api_keys (tenant, service_id);
 -- Which service acted for the event's subject (a token it exchanged).
 ALTER TABLE audit_events ADD COLUMN actor TEXT;
+-- OAuth clients registered dynamically (RFC 7591), e.g. MCP clients. A client belongs
+-- to the tenant of the first user who approves it; until then it expires.
+CREATE TABLE oauth_clients (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    redirect_uris TEXT NOT NULL,
+    tenant        TEXT,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER,
+    last_used_at  INTEGER
+);
