@@ -645,7 +645,7 @@ const PAGE_STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;max-width:28re
 h1{font-size:1.3rem}.app{font-weight:600}.where{color:#555;font-size:.9rem;word-break:break-all}\
 label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.5rem;font:inherit;box-sizing:border-box}\
 .actions{display:flex;gap:.8rem;margin-top:1.2rem}button{padding:.6rem 1.2rem;font:inherit;border-radius:.4rem;border:1px solid #888;background:#fff}\
-button.allow{background:#1d4ed8;color:#fff;border-color:#1d4ed8}.error{color:#b91c1c}\
+button.allow{background:#1d4ed8;color:#fff;border-color:#1d4ed8}.error{color:#b91c1c}.sso{margin-top:2rem;border-top:1px solid #ccc}\
 @media (prefers-color-scheme:dark){body{background:#111;color:#eee}.where{color:#aaa}button{background:#222;color:#eee}}";
 
 fn error_page(status: StatusCode, message: &str) -> Response {
@@ -668,6 +668,7 @@ fn consent_page(
     req: &AuthorizationRequest,
     sealed: &str,
     signed_in: Option<&str>,
+    sso: Option<&SsoChoice<'_>>,
     problem: Option<&str>,
 ) -> Response {
     let host = url::Url::parse(&req.redirect_uri)
@@ -696,6 +697,36 @@ fn consent_page(
     let problem = problem
         .map(|p| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(p)))
         .unwrap_or_default();
+    // Signing in through an IdP comes back to this page with a palisade session; the
+    // browser may not show it this page (a SameSite=Strict cookie after a cross-site
+    // redirect), but it sends it with the form: "continue" answers with it.
+    let sso = match (signed_in, sso) {
+        (None, Some(c)) if !c.providers.is_empty() => {
+            let links: String = c
+                .providers
+                .iter()
+                .map(|p| {
+                    let href = format!(
+                        "/auth/oidc/login?{}",
+                        url::form_urlencoded::Serializer::new(String::new())
+                            .append_pair("provider", p)
+                            .append_pair("return_to", c.return_to)
+                            .finish()
+                    );
+                    format!(
+                        "<li><a href=\"{}\">Sign in with {}</a></li>",
+                        escape(&href),
+                        escape(p)
+                    )
+                })
+                .collect();
+            format!(
+                "<div class=\"sso\"><p>Or sign in with your organisation's account, then come back here:</p><ul>{links}</ul>\
+<button form=\"consent\" name=\"decision\" value=\"allow\" formnovalidate>I signed in: allow as that account</button></div>"
+            )
+        }
+        _ => String::new(),
+    };
     page(
         status,
         format!(
@@ -703,15 +734,21 @@ fn consent_page(
 <title>Allow {name}? · palisade</title><style>{PAGE_STYLE}</style></head><body><main>\
 <h1><span class=\"app\">{name}</span> wants to use palisade</h1>\
 <p>It will be able to {what}.</p><p class=\"where\">Your answer goes to {host}.</p>{problem}\
-<form method=\"post\" action=\"/oauth/authorize\"><input type=\"hidden\" name=\"request\" value=\"{sealed}\">{who}\
+<form id=\"consent\" method=\"post\" action=\"/oauth/authorize\"><input type=\"hidden\" name=\"request\" value=\"{sealed}\">{who}\
 <div class=\"actions\"><button class=\"allow\" name=\"decision\" value=\"allow\">Allow</button>\
-<button name=\"decision\" value=\"deny\" formnovalidate>Deny</button></div></form></main></body></html>",
+<button name=\"decision\" value=\"deny\" formnovalidate>Deny</button></div></form>{sso}</main></body></html>",
             name = escape(client_name),
             what = what,
             host = escape(&host),
             sealed = escape(sealed),
         ),
     )
+}
+
+/// The IdPs offered on the consent page, and the way back to it.
+struct SsoChoice<'a> {
+    providers: Vec<String>,
+    return_to: &'a str,
 }
 
 /// Where the answer goes: the client's redirect URI with `params`, and `iss` (RFC 9207).
@@ -791,12 +828,24 @@ pub async fn authorize(
         .auth
         .signed_in_user(super::cookies::read_refresh(&headers).as_deref())
         .await;
+    let return_to = format!("/oauth/authorize?{}", query.as_deref().unwrap_or_default());
+    let sso = SsoChoice {
+        providers: s
+            .auth
+            .oidc()
+            .sign_in_clients()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect(),
+        return_to: &return_to,
+    };
     consent_page(
         StatusCode::OK,
         &client.name,
         &req,
         &sealed,
         user.as_ref().map(|u| u.username.as_str()),
+        (return_to.len() <= 1024).then_some(&sso),
         None,
     )
 }
@@ -823,6 +872,20 @@ fn serde_urlencoded_params(query: &str) -> Option<AuthorizeParams> {
         }
     }
     Some(p)
+}
+
+/// Whether the consent form came from palisade's own page. A browser says so in
+/// `Sec-Fetch-Site` (which no page can set); its `Origin` is `null` here, as the page's
+/// referrer policy (`no-referrer`) makes a form post's. Without `Sec-Fetch-Site` (not a
+/// browser, or an old one) the `Origin` must be one of palisade's.
+fn from_this_site(headers: &axum::http::HeaderMap, origins: &crate::config::Origins) -> bool {
+    match headers.get("sec-fetch-site") {
+        Some(site) => site.as_bytes() == b"same-origin",
+        None => headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .is_some_and(|o| origins.accepts(o)),
+    }
 }
 
 /// The consent form's fields.
@@ -853,7 +916,7 @@ pub struct ConsentForm {
     ))]
 pub async fn decide(State(s): State<AppState>, Client(client): Client, req: Request) -> Response {
     let headers = req.headers().clone();
-    if super::cookies::require_same_origin(&headers, &s.origins).is_err() {
+    if !from_this_site(&headers, &s.origins) {
         return error_page(
             StatusCode::FORBIDDEN,
             "This form was sent from another site.",
@@ -897,7 +960,15 @@ pub async fn decide(State(s): State<AppState>, Client(client): Client, req: Requ
     }
     let sealed = form.get("request").unwrap_or_default().to_owned();
     let again = |status, problem| {
-        consent_page(status, &client_rec.name, &req, &sealed, None, Some(problem))
+        consent_page(
+            status,
+            &client_rec.name,
+            &req,
+            &sealed,
+            None,
+            None,
+            Some(problem),
+        )
     };
     let user = match (form.get("username"), form.get("password")) {
         (Some(u), Some(pw)) if !u.is_empty() => {

@@ -135,6 +135,8 @@ async fn the_chat_page_in_a_real_browser() {
         "phone-documents.png",
         "phone-documents-dark.png",
         "phone-sessions.png",
+        "consent.png",
+        "consent-phone.png",
     ] {
         assert!(artifacts.join(shot).exists(), "{shot} was not written");
     }

@@ -579,6 +579,21 @@ async fn untrusted_redirects_cross_site_consents_and_other_tenants_get_nothing()
     let r = consent(&s, &sealed, "alice", &acme.alice, "https://evil.example").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert!(r.headers().get("location").is_none());
+    // A browser says a page of another site sent it (the Origin may be null): refused.
+    let r = no_redirects()
+        .post(s.url("/oauth/authorize"))
+        .header("sec-fetch-site", "cross-site")
+        .header("origin", "null")
+        .form(&[
+            ("request", sealed.as_str()),
+            ("username", "alice"),
+            ("password", acme.alice.as_str()),
+            ("decision", "allow"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // A changed sealed request: refused.
     let mut forged = sealed.clone();
     forged.pop();

@@ -621,9 +621,9 @@ async fn a_service_acts_for_a_user_only_when_allowed_and_only_while_everything_i
         StatusCode::UNAUTHORIZED
     );
 
-    // Alice signing out stops a fresh one; so does disabling her.
+    // Disabling the portal stops what it exchanged; enabling it brings it back.
     let portal = create_key(&s, "portal", &[]);
-    let fresh = exchanged(&s, &portal, &alice.access)
+    let held = exchanged(&s, &portal, &alice.access)
         .await
         .json::<Value>()
         .await
@@ -631,6 +631,37 @@ async fn a_service_acts_for_a_user_only_when_allowed_and_only_while_everything_i
         .as_str()
         .unwrap()
         .to_owned();
+    assert_eq!(s.get("/v1/models", &held).await.status(), StatusCode::OK);
+    s.cli_ok(&["service", "disable", "portal", "--tenant", "acme"]);
+    eventually(
+        Duration::from_secs(5),
+        "the disabled service's token is refused",
+        || async {
+            (s.get("/v1/models", &held).await.status() == StatusCode::UNAUTHORIZED).then_some(())
+        },
+    )
+    .await;
+    s.cli_ok(&["service", "enable", "portal", "--tenant", "acme"]);
+
+    // Alice signing out stops a fresh one; so does disabling her. (The CLI's change
+    // reaches this gateway within `tokens.session_cache_ttl`.)
+    let fresh = eventually(
+        Duration::from_secs(5),
+        "the enabled service exchanges again",
+        || async {
+            let r = exchanged(&s, &portal, &alice.access).await;
+            if r.status() != StatusCode::OK {
+                return None;
+            }
+            Some(
+                r.json::<Value>().await.unwrap()["access_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        },
+    )
+    .await;
     assert_eq!(s.get("/v1/models", &fresh).await.status(), StatusCode::OK);
     assert!(
         s.post_auth("/auth/logout", &alice.access, &json!({}))

@@ -717,3 +717,101 @@ async fn a_service_exchanges_a_users_id_token_from_the_provider() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// An MCP client's user signs in on palisade's consent page through the IdP: the page
+/// links to the provider with the way back; after the callback the browser has a
+/// palisade session, and the consent form (which carries it) allows as that account.
+#[tokio::test]
+async fn an_mcp_client_is_approved_after_signing_in_through_the_provider() {
+    let op = OpenIdProvider::start();
+    op.set_account("hanna.sso", &["staff"], vec![]).await;
+    let s = sso_server(&op, "palisade-es", "ES256");
+    let redirect = "http://127.0.0.1:9/callback";
+    let r = s
+        .post_json(
+            "/oauth/register",
+            &json!({"client_name": "IDE", "redirect_uris": [redirect]}),
+        )
+        .await;
+    let client_id = r.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let authorize = format!(
+        "/oauth/authorize?response_type=code&client_id={client_id}&redirect_uri={}&code_challenge={}&code_challenge_method=S256&state=s9",
+        url::form_urlencoded::byte_serialize(redirect.as_bytes()).collect::<String>(),
+        "E".repeat(43)
+    );
+    let page = s.http.get(s.url(&authorize)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap().replace("&amp;", "&");
+    let sealed = html
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let link = html
+        .split("href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        link.starts_with("/auth/oidc/login?provider=acme-sso&return_to="),
+        "{link}"
+    );
+    assert_eq!(
+        param(link.split_once('?').unwrap().1, "return_to"),
+        authorize
+    );
+
+    // Through the provider and back: the browser lands on the consent page, signed in.
+    let mut agent = Agent::new();
+    let started = agent.start(&s, &authorize).await;
+    let query = agent.at_idp(&op, &started.authorize_url, "hanna.sso").await;
+    let r = callback(&s, &query, Some(&started.cookie)).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], authorize.as_str());
+    let refresh = refresh_cookie_of(&r).expect("a palisade session");
+
+    // Without the session the form asks to sign in; with it, it allows.
+    let allow = |cookie: Option<String>| {
+        let mut req = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(s.url("/oauth/authorize"))
+            .header("origin", "http://localhost:8080")
+            .form(&[("request", sealed.as_str()), ("decision", "allow")]);
+        if let Some(c) = cookie {
+            req = req.header(COOKIE, format!("__Host-palisade_refresh={c}"));
+        }
+        req.send()
+    };
+    assert_eq!(
+        allow(None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = allow(Some(refresh)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let location = r.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(redirect)
+            && location.contains("code=")
+            && location.contains("state=s9"),
+        "{location}"
+    );
+    let approved = s.audit_cli("client_approved");
+    assert_eq!(approved.len(), 1);
+    assert!(
+        approved[0]["username"]
+            .as_str()
+            .unwrap()
+            .starts_with("oidc:")
+    );
+}

@@ -478,6 +478,69 @@ await strictPage.getByRole('button', { name: 'Documents' }).click();
 await strictPage.locator('#document-list li').first().waitFor();
 check(strictSeen.proofs.length > 0, 'with dpop = "required" and server nonces the page signs in and works');
 
+// An MCP client's sign-in, as its user sees it: palisade's consent page (readable, no
+// axe-core violation, on a desktop and a phone), a wrong password said so, then Allow
+// sends the browser to the client's loopback address with a code and the state.
+{
+  const redirect = 'http://127.0.0.1:9/callback';
+  const reg = await (await fetch(`${BASE}/oauth/register`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ client_name: 'Claude Desktop', redirect_uris: [redirect] }),
+  })).json();
+  check(Boolean(reg.client_id), 'an MCP client registers itself');
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  const url = `${BASE}/oauth/authorize?response_type=code&client_id=${encodeURIComponent(reg.client_id)}`
+    + `&redirect_uri=${encodeURIComponent(redirect)}&code_challenge=${'E'.repeat(43)}&code_challenge_method=S256&state=st-7`;
+  await page.goto(url);
+  check((await page.locator('h1').textContent()).includes('Claude Desktop wants to use palisade'), 'the consent page names the application');
+  check((await page.locator('.where').textContent()).includes('127.0.0.1:9'), 'and where the answer goes');
+  await axeCheck(page, 'the consent page');
+  await page.screenshot({ path: `${ARTIFACTS}/consent.png`, fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  const fits = await page.evaluate(() => document.documentElement.scrollWidth <= 390);
+  check(fits, 'the consent page fits a 390 px phone without sideways scrolling');
+  await page.screenshot({ path: `${ARTIFACTS}/consent-phone.png`, fullPage: true });
+  await page.getByLabel('Username').fill('alice');
+  await page.getByLabel('Password').fill('not her password');
+  await page.getByRole('button', { name: 'Allow' }).click();
+  await page.locator('.error', { hasText: 'Wrong username or password' }).waitFor();
+  check(true, 'a wrong password on the consent page is said so, on the page');
+  await page.getByLabel('Username').fill('alice');
+  await page.getByLabel('Password').fill(ALICE_PASSWORD);
+  const [sent] = await Promise.all([
+    page.waitForRequest((r) => r.url().startsWith(redirect)),
+    page.getByRole('button', { name: 'Allow' }).click(),
+  ]);
+  const answer = new URL(sent.url());
+  check(answer.searchParams.get('code') && answer.searchParams.get('state') === 'st-7' && answer.searchParams.get('iss'),
+    'Allow sends the browser to the application with a code, the state and the issuer');
+  await ctx.close();
+}
+
+// Signed in to the chat page already: the consent page only asks to allow.
+{
+  const redirect = 'http://127.0.0.1:9/callback';
+  const reg = await (await fetch(`${BASE}/oauth/register`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ client_name: 'Cursor', redirect_uris: [redirect] }),
+  })).json();
+  const ctx = await browser.newContext();
+  const { page } = await openPage(ctx);
+  await signIn(page, 'alice', ALICE_PASSWORD);
+  await page.goto(`${BASE}/oauth/authorize?response_type=code&client_id=${encodeURIComponent(reg.client_id)}`
+    + `&redirect_uri=${encodeURIComponent(redirect)}&code_challenge=${'F'.repeat(43)}&code_challenge_method=S256&state=st-8`);
+  const body = await page.locator('main').textContent();
+  check(body.includes('Signed in as alice') && (await page.getByLabel('Password').count()) === 0,
+    'signed in on the chat page, the consent page only asks to allow');
+  const [sent] = await Promise.all([
+    page.waitForRequest((r) => r.url().startsWith(redirect)),
+    page.getByRole('button', { name: 'Allow' }).click(),
+  ]);
+  check(new URL(sent.url()).searchParams.get('code'), 'and Allow answers with a code');
+  await ctx.close();
+}
+
 const blocked = seen.errors.filter((e) => e.includes('Content Security Policy'));
 check(blocked.length >= 1, 'the browser reported the blocked inline script');
 const unexpected = seen.errors.filter((e) => !e.includes('Content Security Policy') && !e.includes('401')
