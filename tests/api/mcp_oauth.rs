@@ -144,6 +144,24 @@ async fn consent(
         .unwrap()
 }
 
+/// `url` with its query parameter `name` set to `value`.
+fn with_param(url: &str, name: &str, value: &str) -> String {
+    let mut url = reqwest::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .into_owned()
+        .map(|(k, v)| {
+            if k == name {
+                (k, value.to_owned())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    url.to_string()
+}
+
 fn query_of(location: &str) -> std::collections::BTreeMap<String, String> {
     reqwest::Url::parse(location)
         .unwrap()
@@ -456,26 +474,11 @@ async fn a_token_works_on_its_own_resource_only() {
     );
     // A resource on another origin, or not one of palisade's: refused at the start.
     let p = pkce();
-    let mut url = reqwest::Url::parse(&authorize_url(
-        &s,
-        &client_id,
-        REDIRECT,
-        &p.challenge,
-        "/mcp",
-    ))
-    .unwrap();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .into_owned()
-        .map(|(k, v)| {
-            if k == "resource" {
-                (k, "https://evil.example/mcp".into())
-            } else {
-                (k, v)
-            }
-        })
-        .collect();
-    url.query_pairs_mut().clear().extend_pairs(pairs);
+    let url = with_param(
+        &authorize_url(&s, &client_id, REDIRECT, &p.challenge, "/mcp"),
+        "resource",
+        "https://evil.example/mcp",
+    );
     let r = no_redirects().get(url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(
@@ -541,26 +544,11 @@ async fn untrusted_redirects_cross_site_consents_and_other_tenants_get_nothing()
     }
     // No PKCE, or plain PKCE: back to the client with invalid_request.
     for (name, value) in [("code_challenge_method", "plain"), ("code_challenge", "")] {
-        let mut url = reqwest::Url::parse(&authorize_url(
-            &s,
-            &client_id,
-            REDIRECT,
-            &p.challenge,
-            "/mcp",
-        ))
-        .unwrap();
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .into_owned()
-            .map(|(k, v)| {
-                if k == name {
-                    (k, value.to_owned())
-                } else {
-                    (k, v)
-                }
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
+        let url = with_param(
+            &authorize_url(&s, &client_id, REDIRECT, &p.challenge, "/mcp"),
+            name,
+            value,
+        );
         let r = no_redirects().get(url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let q = query_of(r.headers()["location"].to_str().unwrap());

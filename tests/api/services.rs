@@ -43,6 +43,11 @@ fn chat_requests(mock: &crate::mock::Mock) -> String {
         .collect()
 }
 
+/// `POST /admin/service-accounts` as `token`.
+async fn new_service(s: &Server, token: &str, body: &Value) -> reqwest::Response {
+    s.post_auth("/admin/service-accounts", token, body).await
+}
+
 fn key_id(key: &str) -> &str {
     &key[4..28]
 }
@@ -396,13 +401,7 @@ async fn revoked_expired_forged_and_disabled_keys_are_refused() {
 
     // An employee is no admin.
     let alice = s.login("alice", &acme.alice).await;
-    let r = s
-        .post_auth(
-            "/admin/service-accounts",
-            &alice.access,
-            &json!({"name": "mine"}),
-        )
-        .await;
+    let r = new_service(&s, &alice.access, &json!({"name": "mine"})).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
@@ -720,22 +719,20 @@ async fn over_http_one_admin_cannot_make_a_privileged_or_impersonating_service()
         );
     }
     // Acting for users is not a field an admin can set at all.
-    let r = s
-        .post_auth(
-            "/admin/service-accounts",
-            &adam.access,
-            &json!({"name": "imp", "act_for_users": true}),
-        )
-        .await;
+    let r = new_service(
+        &s,
+        &adam.access,
+        &json!({"name": "imp", "act_for_users": true}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // Names of IdP accounts are not for services.
-    let r = s
-        .post_auth(
-            "/admin/service-accounts",
-            &adam.access,
-            &json!({"name": "oidc:0123456789abcdef01234567"}),
-        )
-        .await;
+    let r = new_service(
+        &s,
+        &adam.access,
+        &json!({"name": "oidc:0123456789abcdef01234567"}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let listed: Value = s
         .get("/admin/service-accounts", &adam.access)
@@ -746,13 +743,7 @@ async fn over_http_one_admin_cannot_make_a_privileged_or_impersonating_service()
     assert_eq!(listed["services"], json!([]));
 
     // An ordinary one is made, and its privileged role goes through two admins.
-    let r = s
-        .post_auth(
-            "/admin/service-accounts",
-            &adam.access,
-            &json!({"name": "digest", "roles": ["employee"], "models": ["m1"], "requests_per_minute": 5}),
-        )
-        .await;
+    let r = new_service(&s, &adam.access, &json!({"name": "digest", "roles": ["employee"], "models": ["m1"], "requests_per_minute": 5})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["profile"]["models"], json!(["m1"]));
