@@ -345,6 +345,26 @@ impl AuthService {
         })
     }
 
+    /// Drops every cached key of a service account whose access or state changed, here
+    /// and (through the store's feed) on every node.
+    pub(super) async fn forget_keys_of(
+        &self,
+        tenant: &str,
+        service_id: &str,
+    ) -> Result<(), AuthError> {
+        let ids: Vec<String> = self
+            .keys
+            .keys_of(tenant, Some(service_id))
+            .await?
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        for id in &ids {
+            self.key_cache.entries.invalidate(id).await;
+        }
+        Ok(self.keys.announce_keys(&ids).await?)
+    }
+
     /// The key an exchanged token's actor authenticated with, and its service account.
     pub(super) async fn key_entry_for_actor(
         &self,
@@ -510,17 +530,7 @@ impl AuthService {
             .set_disabled(&svc.tenant, &svc.id, disabled)
             .await?
             .ok_or(AuthError::NotFound)?;
-        let ids: Vec<String> = self
-            .keys
-            .keys_of(&svc.tenant, Some(&svc.id))
-            .await?
-            .into_iter()
-            .map(|k| k.id)
-            .collect();
-        for id in &ids {
-            self.key_cache.entries.invalidate(id).await;
-        }
-        self.keys.announce_keys(&ids).await?;
+        self.forget_keys_of(&svc.tenant, &svc.id).await?;
         self.audit
             .record(
                 AuditEvent::new(if disabled {

@@ -256,6 +256,9 @@ impl AuthService {
             .await;
         self.end_all_sessions(&user.tenant, &user.id, "access_changed", client)
             .await?;
+        if user.service.is_some() {
+            self.forget_keys_of(&user.tenant, &user.id).await?;
+        }
         Ok(user.into())
     }
 
@@ -450,6 +453,10 @@ impl AuthService {
                 "access_changed"
             };
             self.end_all_sessions(&tenant, &id, reason, client).await?;
+        }
+        // A service account's keys carry its access: they are read again everywhere.
+        if current.service.is_some() && (access_changed || change.disabled.is_some()) {
+            self.forget_keys_of(&tenant, &id).await?;
         }
         Ok(current)
     }

@@ -756,4 +756,43 @@ async fn over_http_one_admin_cannot_make_a_privileged_or_impersonating_service()
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+
+    // A change of its access reaches its keys at once, not after a cache lapses.
+    let r = s
+        .post_document(
+            &adam.access,
+            &json!({"title": "Q3 close", "text": "Quarter close checklist FINANCE-CANARY-19.", "acl": {"groups": ["finance"]}}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = s
+        .post_auth(
+            "/admin/service-accounts/digest/keys",
+            &adam.access,
+            &json!({}),
+        )
+        .await;
+    let key = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !search_text(&s, &key, "quarter close checklist")
+            .await
+            .contains("FINANCE-CANARY-19")
+    );
+    let r = s
+        .http
+        .patch(s.url(&format!("/admin/users/{}", v["id"].as_str().unwrap())))
+        .bearer_auth(&adam.access)
+        .json(&json!({"groups": ["finance"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        search_text(&s, &key, "quarter close checklist")
+            .await
+            .contains("FINANCE-CANARY-19")
+    );
 }
