@@ -112,6 +112,64 @@ fn verify_with_session() {
         .unwrap()
     });
 
+    // A service account's API key (key and account cached), and a token a service
+    // exchanged for alice (her session, then the acting service's key).
+    let (key, exchanged) = rt.block_on(async {
+        ops::add_service(
+            &cfg,
+            palisade::auth::NewService {
+                name: "portal".into(),
+                tenant: "acme".into(),
+                roles: vec!["employee".into()],
+                profile: palisade::access::ServiceProfile {
+                    act_for_users: true,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let issued = ops::create_key(&cfg, "acme", "portal", Default::default())
+            .await
+            .unwrap();
+        use palisade::secret::ExposeSecret;
+        let key = issued.key.expose_secret().to_owned();
+        let actor = state
+            .auth
+            .verify_access(&palisade::auth::Credentials::bearer(&key), &client)
+            .await
+            .unwrap();
+        let exchanged = state
+            .auth
+            .exchange(
+                &actor,
+                &token,
+                palisade::auth::exchange::SubjectKind::AccessToken,
+                &client,
+            )
+            .await
+            .unwrap()
+            .access_token;
+        (key, exchanged)
+    });
+    report("verify_api_key_cache_hit", || {
+        rt.block_on(
+            state
+                .auth
+                .verify_access(&palisade::auth::Credentials::bearer(&key), &client),
+        )
+        .unwrap()
+    });
+    report("verify_exchanged_token_cache_hit", || {
+        rt.block_on(
+            state
+                .auth
+                .verify_access(&palisade::auth::Credentials::bearer(&exchanged), &client),
+        )
+        .unwrap()
+    });
+
     // The same with a DPoP-bound token: a fresh proof per call (pre-signed), checked and
     // its jti spent, then the same session check.
     let dpop = DpopClient::new();

@@ -371,6 +371,7 @@ async fn idle_sessions_expire_but_active_ones_live_on() {
 async fn garbage_tokens_do_not_write_one_audit_row_each() {
     let s = Server::in_process_with(&[("PALISADE_LIMITS__REJECTED_TOKEN_AUDIT_WINDOW", "1s")]);
     seed_acme(&s);
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for i in 0..2000 {
         let http = s.http.clone();
@@ -387,10 +388,13 @@ async fn garbage_tokens_do_not_write_one_audit_row_each() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
     }
+    // One row per window of one second at most (and one for the first of its kind),
+    // however long the burst took on a busy machine: never one per token.
+    let windows = started.elapsed().as_secs() as usize + 1;
     let rows = s.audit_cli("token_rejected");
     assert!(
-        rows.len() <= 3,
-        "{} rows for 2,000 garbage tokens",
+        rows.len() <= 2 + windows,
+        "{} rows for 2,000 garbage tokens in {windows} windows",
         rows.len()
     );
     // When the window closes, the repeats are recorded as one event with their count:
@@ -405,7 +409,12 @@ async fn garbage_tokens_do_not_write_one_audit_row_each() {
         },
     )
     .await;
-    assert!(rows.len() <= 4, "{} rows", rows.len());
+    let windows = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        rows.len() <= 2 + windows,
+        "{} rows in {windows} windows",
+        rows.len()
+    );
 }
 
 /// `tokens.format = "jwe"`: tokens are JWE `dir` + `A256GCM`, and only that form is
