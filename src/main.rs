@@ -400,8 +400,8 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
             )
             .await?;
             println!(
-                "added service account {} (tenant {}, id {}); make a key with: palisade key create --service {}",
-                svc.name, svc.tenant, svc.id, svc.name
+                "added service account {} (tenant {}, id {}); make a key with: palisade key create --service {} --tenant {}",
+                svc.name, svc.tenant, svc.id, svc.name, svc.tenant
             );
             Ok(())
         }
@@ -469,7 +469,7 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
         Cmd::Key(KeyCmd::List { service, tenant }) => {
             let tenant = tenant.unwrap_or_else(|| cfg.default_tenant.clone());
             println!(
-                "{:<26} {:<24} {:<22} {:<22} {:<22} limits",
+                "{:<26} {:<24} {:<26} {:<26} {:<26} limits",
                 "id", "service id", "expires", "last used", "revoked"
             );
             for k in ops::list_keys(&cfg, &tenant, service.as_deref()).await? {
@@ -478,7 +478,7 @@ async fn run(cmd: Cmd, cfg: Config) -> Result<(), AnyError> {
                     limits.push_str(if limits.is_empty() { "dpop" } else { ",dpop" });
                 }
                 println!(
-                    "{:<26} {:<24} {:<22} {:<22} {:<22} {}",
+                    "{:<26} {:<24} {:<26} {:<26} {:<26} {}",
                     k.id,
                     k.service_id,
                     k.expires_at,
