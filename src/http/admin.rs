@@ -184,8 +184,8 @@ pub struct LineageUse {
     at: String,
     /// Unix milliseconds.
     ts: i64,
-    /// `retrieval` (palisade retrieved it for the prompt) or `tool_call` (the model
-    /// or an MCP client asked `search_documents`).
+    /// `retrieval` (palisade retrieved it for the prompt), `tool_call` (the model or an
+    /// MCP client asked `search_documents`) or `search` (returned by `POST /v1/search`).
     kind: &'static str,
     /// For a tool call: `chat` or `mcp`. For a retrieval: `history` when the document
     /// reached the model through earlier answers in the prompt that drew on it.

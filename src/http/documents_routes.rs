@@ -426,6 +426,7 @@ pub struct SearchHit {
 pub async fn search(
     State(s): State<AppState>,
     Auth(p): Auth,
+    Client(client): Client,
     Json(req): Json<SearchRequest>,
 ) -> Result<Response, ApiError> {
     if req.query.trim().is_empty() || req.query.chars().count() > 4000 {
@@ -440,7 +441,7 @@ pub async fn search(
     }
     let hits = s
         .rag
-        .retrieve(&p.access_scope(), &req.query, req.k.unwrap_or(10))
+        .search(&p, &req.query, req.k.unwrap_or(10), &client)
         .await?;
     let results = hits
         .into_iter()

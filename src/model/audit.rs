@@ -43,6 +43,9 @@ pub enum AuditKind {
     /// A service exchanged a user's token for one acting as that user (RFC 8693): the
     /// subject is the user, the actor the service.
     TokenExchanged,
+    /// A caller searched the documents (`POST /v1/search`): the passages returned to
+    /// them, like a tool call's, in the lineage.
+    Search,
     /// An OAuth client registered itself (RFC 7591); the resource is its id.
     ClientRegistered,
     /// A user approved an OAuth client (the resource); the reason names the resource.
@@ -80,6 +83,7 @@ impl AuditKind {
             ApiKeyCreated => "api_key_created",
             ApiKeyRevoked => "api_key_revoked",
             TokenExchanged => "token_exchanged",
+            Search => "search",
             ClientRegistered => "client_registered",
             ClientApproved => "client_approved",
             ClientDenied => "client_denied",

@@ -148,6 +148,27 @@ impl Rag {
             .await;
     }
 
+    /// `POST /v1/search`: retrieval within the caller's own scope, recorded (with the
+    /// documents returned) for the lineage like a tool call.
+    pub async fn search(
+        &self,
+        p: &Principal,
+        query: &str,
+        k: usize,
+        client: &ClientInfo,
+    ) -> Result<Vec<ChunkHit>, RagError> {
+        let hits = self.retrieve(&p.access_scope(), query, k).await?;
+        self.audit
+            .record(
+                AuditEvent::new(AuditKind::Search)
+                    .by(p)
+                    .client(client)
+                    .documents(hits.iter().map(|h| h.document_id.as_str())),
+            )
+            .await;
+        Ok(hits)
+    }
+
     /// `search_documents`, as the model or an MCP client calls it: retrieval within the
     /// caller's own scope (nothing of the call's arguments but the query is read, so
     /// no argument can widen it), recorded as a `tool_call` audit event naming the

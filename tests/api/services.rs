@@ -184,9 +184,28 @@ async fn a_service_key_works_with_the_official_openai_sdk_on_the_model_routes_on
     );
     assert_eq!(mock.count(), before);
 
-    // Retrieval within its own scope.
+    // Retrieval within its own scope, and the lineage of what it was given.
     let found = search_text(&s, &key, "cafeteria opens").await;
     assert!(found.contains(PUBLIC_FACT));
+    let cafeteria: Value = serde_json::from_str(&found).unwrap();
+    let doc = cafeteria["results"][0]["document_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lineage: Value = s
+        .get(&format!("/admin/lineage?document={doc}"), &adam.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        lineage["uses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["kind"] == "search" && u["session_id"] == format!("key:{}", key_id(&key))),
+        "{lineage}"
+    );
     assert!(
         !search_text(&s, &key, "salary bands")
             .await
