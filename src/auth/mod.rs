@@ -262,6 +262,7 @@ impl AuthService {
             },
             oauth: oauth::OAuthSettings {
                 unapproved_client_ttl_ms: ms(cfg.oauth.unapproved_client_ttl),
+                unused_client_ttl_ms: ms(cfg.oauth.unused_client_ttl),
                 code_ttl_ms: ms(cfg.oauth.code_ttl),
                 registrations_per_hour: cfg.oauth.registrations_per_hour,
                 origins: cfg.origins().all().to_vec(),

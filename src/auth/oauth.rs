@@ -252,6 +252,7 @@ impl From<crate::model::StoreError> for GrantError {
 /// `[oauth]`-like settings, from the configuration.
 pub(super) struct OAuthSettings {
     pub unapproved_client_ttl_ms: i64,
+    pub unused_client_ttl_ms: i64,
     pub code_ttl_ms: i64,
     pub registrations_per_hour: u32,
     /// The origins palisade answers at (resource indicators name one of them).
@@ -343,14 +344,20 @@ impl AuthService {
         Ok(rec)
     }
 
-    /// A live client (approved, or not yet lapsed).
+    /// A live client: approved and used within `oauth.unused_client_ttl`, or not yet
+    /// lapsed unapproved.
     async fn live_client(&self, id: &str) -> Result<Option<OAuthClientRecord>, AuthError> {
         let now = self.clock.now_ms();
-        Ok(self
-            .keys
-            .client(id)
-            .await?
-            .filter(|c| c.tenant.is_some() || c.expires_at.is_some_and(|e| e > now)))
+        let unused = self.oauth.unused_client_ttl_ms;
+        Ok(self.keys.client(id).await?.filter(|c| match &c.tenant {
+            Some(_) => {
+                c.last_used_at
+                    .unwrap_or(c.created_at)
+                    .saturating_add(unused)
+                    > now
+            }
+            None => c.expires_at.is_some_and(|e| e > now),
+        }))
     }
 
     /// `GET /oauth/authorize`: the request checked, for the consent page.
@@ -503,6 +510,7 @@ impl AuthService {
                 ));
             }
         }
+        self.touch_client(&req.client_id, now).await;
         let claims = CodeClaims {
             jti: new_id(),
             client_id: req.client_id.clone(),
@@ -702,7 +710,11 @@ impl AuthService {
 
     /// Deletes clients that lapsed unapproved.
     pub async fn prune_clients(&self) -> Result<u64, AuthError> {
-        Ok(self.keys.prune_clients(self.clock.now_ms()).await?)
+        let now = self.clock.now_ms();
+        Ok(self
+            .keys
+            .prune_clients(now, now.saturating_sub(self.oauth.unused_client_ttl_ms))
+            .await?)
     }
 }
 

@@ -81,6 +81,7 @@ pub trait KeyStore: Send + Sync {
     /// (clearing its expiry), in one atomic step.
     async fn bind_client(&self, id: &str, tenant: &str, now: i64) -> StoreResult<ClientBinding>;
     async fn touch_client(&self, id: &str, now: i64) -> StoreResult<()>;
-    /// Deletes clients that lapsed unapproved before `now`; returns how many.
-    async fn prune_clients(&self, now: i64) -> StoreResult<u64>;
+    /// Deletes clients that lapsed unapproved before `now`, and approved ones last used
+    /// (or, never used, registered) before `unused_before`; returns how many.
+    async fn prune_clients(&self, now: i64, unused_before: i64) -> StoreResult<u64>;
 }

@@ -758,3 +758,26 @@ async fn the_mcp_inspector_cli_signs_in_by_itself() {
         1
     );
 }
+
+/// An approved client that gets no token for `oauth.unused_client_ttl` (90 days)
+/// lapses: its user must approve it again as a new registration.
+#[tokio::test]
+async fn an_approved_client_left_unused_lapses() {
+    let clock = Arc::new(palisade::timeutil::ManualClock::at(unix_now() * 1000));
+    let s = Server::in_process_at(&[("PALISADE_PUBLIC_ORIGIN", "")], clock.clone());
+    let acme = seed_acme(&s);
+    let (client_id, code, verifier) = code_for(&s, "alice", &acme.alice, "/mcp").await;
+    let (status, _) = redeem(&s, &client_id, &code, &verifier).await;
+    assert_eq!(status, StatusCode::OK);
+    let p = pkce();
+    let url = authorize_url(&s, &client_id, REDIRECT, &p.challenge, "/mcp");
+    clock.advance(Duration::from_secs(89 * 86_400));
+    assert_eq!(
+        no_redirects().get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    clock.advance(Duration::from_secs(2 * 86_400));
+    let r = no_redirects().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("lapsed"));
+}

@@ -222,12 +222,14 @@ impl KeyStore for ClusterStore {
         .await
     }
 
-    async fn prune_clients(&self, now: i64) -> StoreResult<u64> {
+    async fn prune_clients(&self, now: i64, unused_before: i64) -> StoreResult<u64> {
         timed(async {
             let c = self.pg().await?;
             Ok(c.execute(
-                "DELETE FROM oauth_clients WHERE tenant IS NULL AND expires_at <= $1",
-                &[&now],
+                "DELETE FROM oauth_clients
+                 WHERE (tenant IS NULL AND expires_at <= $1)
+                    OR (tenant IS NOT NULL AND COALESCE(last_used_at, created_at) < $2)",
+                &[&now, &unused_before],
             )
             .await?)
         })

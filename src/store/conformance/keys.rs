@@ -195,8 +195,12 @@ async fn an_oauth_client_binds_to_one_tenant_once_and_lapses_unapproved() {
         s.keys.bind_client(&b, "acme", T0 + DAY).await.unwrap(),
         ClientBinding::Unknown
     );
-    assert_eq!(s.keys.prune_clients(T0 + DAY - 1).await.unwrap(), 0);
-    assert_eq!(s.keys.prune_clients(T0 + DAY).await.unwrap(), 1);
+    assert_eq!(s.keys.prune_clients(T0 + DAY - 1, 0).await.unwrap(), 0);
+    assert_eq!(s.keys.prune_clients(T0 + DAY, 0).await.unwrap(), 1);
     assert!(s.keys.client(&b).await.unwrap().is_none());
     assert!(s.keys.client(&a).await.unwrap().is_some());
+    // Approved, last used at T0 + 5: kept until that is before the cut-off.
+    assert_eq!(s.keys.prune_clients(T0 + DAY, T0 + 5).await.unwrap(), 0);
+    assert_eq!(s.keys.prune_clients(T0 + DAY, T0 + 6).await.unwrap(), 1);
+    assert!(s.keys.client(&a).await.unwrap().is_none());
 }

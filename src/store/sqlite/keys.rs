@@ -182,11 +182,13 @@ impl KeyStore for SqliteStore {
         .await
     }
 
-    async fn prune_clients(&self, now: i64) -> StoreResult<u64> {
+    async fn prune_clients(&self, now: i64, unused_before: i64) -> StoreResult<u64> {
         self.write(move |c| {
             let n = c.execute(
-                "DELETE FROM oauth_clients WHERE tenant IS NULL AND expires_at <= ?1",
-                [now],
+                "DELETE FROM oauth_clients
+                 WHERE (tenant IS NULL AND expires_at <= ?1)
+                    OR (tenant IS NOT NULL AND COALESCE(last_used_at, created_at) < ?2)",
+                params![now, unused_before],
             )?;
             Ok(n as u64)
         })
