@@ -89,6 +89,16 @@ async fn exchanged(s: &Server, key: &str, subject: &str) -> reqwest::Response {
     exchange(s, Some(key), &form).await
 }
 
+/// The token of an exchange that must succeed.
+async fn exchanged_token(s: &Server, key: &str, subject: &str) -> String {
+    let r = exchanged(s, key, subject).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn oauth_error(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();
     let v: Value = r.json().await.unwrap();
@@ -641,14 +651,7 @@ async fn a_service_acts_for_a_user_only_when_allowed_and_only_while_everything_i
 
     // Disabling the portal stops what it exchanged; enabling it brings it back.
     let portal = create_key(&s, "portal", &[]);
-    let held = exchanged(&s, &portal, &alice.access)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let held = exchanged_token(&s, &portal, &alice.access).await;
     assert_eq!(s.get("/v1/models", &held).await.status(), StatusCode::OK);
     s.cli_ok(&["service", "disable", "portal", "--tenant", "acme"]);
     eventually(
@@ -696,14 +699,7 @@ async fn a_service_acts_for_a_user_only_when_allowed_and_only_while_everything_i
         (StatusCode::BAD_REQUEST, "invalid_grant".into())
     );
     let alice2 = s.login("alice", &acme.alice).await;
-    let fresh = exchanged(&s, &portal, &alice2.access)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let fresh = exchanged_token(&s, &portal, &alice2.access).await;
     let r = s
         .http
         .patch(s.url(&format!("/admin/users/{alice_id}")))
