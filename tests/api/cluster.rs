@@ -782,9 +782,15 @@ async fn postgres_over_verified_tls_only() {
     assert_eq!(s.thread_json(&a.access, &id).await["title"], "over tls");
 
     // Without the CA the certificate is not trusted; without TLS the server refuses.
+    // Neither heals by waiting: the command stops at once (not after
+    // `store.connect_wait`, 30 s) and says why.
     let plain_url = pg.url();
-    for url in [tls_url.as_str(), plain_url.as_str()] {
+    for (url, why) in [
+        (tls_url.as_str(), "invalid peer certificate"),
+        (plain_url.as_str(), "postgres 28000: pg_hba.conf rejects connection"),
+    ] {
         let data = tempfile::tempdir().unwrap();
+        let started = Instant::now();
         let out = palisade()
             .env("PALISADE_STORE__KIND", "cluster")
             .env("PALISADE_STORE__REDIS_PREFIX", "palisade_tls_test:")
@@ -795,6 +801,14 @@ async fn postgres_over_verified_tls_only() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "{url} connected");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{stderr}");
+        assert!(stderr.contains("waiting will not help"), "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited {:?}",
+            started.elapsed()
+        );
     }
 }
 

@@ -91,7 +91,11 @@ impl From<tokio_postgres::Error> for StoreError {
 fn pg_error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("postgres {}: {}", db.code().code(), db.message()),
-        None => format!("postgres: {e}"),
+        // The cause names what failed (a certificate not trusted, a refused socket).
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("postgres: {e}: {cause}"),
+            None => format!("postgres: {e}"),
+        },
     }
 }
 
@@ -173,6 +177,7 @@ impl ClusterStore {
             .set_response_timeout(Some(CALL_TIMEOUT))
             .set_number_of_retries(1);
         let give_up = tokio::time::Instant::now() + cfg.connect_wait;
+        patiently("postgres", give_up, || first_contact(&pg_cfg, tls.as_ref())).await?;
         let redis = patiently("redis", give_up, || async {
             tokio::time::timeout(
                 CALL_TIMEOUT,
@@ -181,6 +186,7 @@ impl ClusterStore {
             .await
             .map_err(|_| StoreError::Unavailable("redis: connect timed out".into()))?
             .map_err(StoreError::from)
+            .map_err(Failure::from)
         })
         .await?;
 
@@ -196,7 +202,10 @@ impl ClusterStore {
             known_dims: Default::default(),
             reach,
         };
-        patiently("postgres", give_up, || store.migrate()).await?;
+        patiently("postgres", give_up, || async {
+            store.migrate().await.map_err(Failure::from)
+        })
+        .await?;
         Ok(store)
     }
 
@@ -292,19 +301,87 @@ async fn patiently<T, F, Fut>(
 ) -> StoreResult<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = StoreResult<T>>,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
 {
     let mut pause = Duration::from_millis(100);
     loop {
         match attempt().await {
-            Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() + pause < give_up => {
+            Ok(v) => return Ok(v),
+            Err(Failure::Passing(e)) if tokio::time::Instant::now() + pause < give_up => {
                 tracing::warn!(store = what, error = %e, retry_in = ?pause, "store not reachable yet");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
-            other => return other,
+            Err(Failure::Passing(e) | Failure::Lasting(e)) => return Err(e),
         }
     }
+}
+
+/// A failed start-up attempt: one that may pass by waiting (the store is starting or
+/// restarting) or one that will not (the store refuses this node).
+enum Failure {
+    Passing(StoreError),
+    Lasting(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            e @ StoreError::Unavailable(_) => Failure::Passing(e),
+            e => Failure::Lasting(e),
+        }
+    }
+}
+
+/// One connection, to tell a store that is not there yet from one that refuses this
+/// node: its certificate is not trusted, or PostgreSQL rejects the credentials, the
+/// address or the database. Waiting `store.connect_wait` for those only hides the
+/// mistake, so the node stops at once and says why.
+async fn first_contact(
+    pg: &tokio_postgres::Config,
+    tls: Option<&MakeRustlsConnect>,
+) -> Result<(), Failure> {
+    let connected = match tls {
+        Some(tls) => pg.connect(tls.clone()).await.map(|(c, conn)| {
+            tokio::spawn(conn);
+            c
+        }),
+        None => pg.connect(tokio_postgres::NoTls).await.map(|(c, conn)| {
+            tokio::spawn(conn);
+            c
+        }),
+    };
+    match connected {
+        Ok(_) => Ok(()),
+        Err(e) if refused(&e) => Err(Failure::Lasting(StoreError::Unavailable(format!(
+            "{} (waiting will not help: check store.postgres_url and store.postgres_ca_file)",
+            pg_error_text(&e)
+        )))),
+        Err(e) => Err(Failure::Passing(e.into())),
+    }
+}
+
+/// A refusal of this node rather than an absence of the store: SQLSTATE class 28
+/// (authorisation: pg_hba.conf, password), 3D000 (no such database), or any TLS error
+/// (the certificate or the protocol; a handshake is only reached once PostgreSQL
+/// listens).
+fn refused(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return code.code().starts_with("28")
+            || code == &tokio_postgres::error::SqlState::INVALID_CATALOG_NAME;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let tls = c.downcast_ref::<rustls::Error>().is_some()
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if tls {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Runs `f` with the call deadline: a store that hangs counts as unavailable.
