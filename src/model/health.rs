@@ -14,6 +14,17 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The same failure again, for each of several callers that shared one operation.
+    pub fn again(&self) -> StoreError {
+        match self {
+            StoreError::Conflict(what) => StoreError::Conflict(what),
+            StoreError::Unavailable(cause) => StoreError::Unavailable(cause.clone()),
+            StoreError::Corrupt(cause) => StoreError::Corrupt(cause.clone()),
+        }
+    }
+}
+
 /// One readiness check: which part, and whether it works. `detail` is a fixed word
 /// (`ok`, `unavailable`, `corrupt`, `timeout`), never an internal error text.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -787,7 +787,10 @@ async fn postgres_over_verified_tls_only() {
     let plain_url = pg.url();
     for (url, why) in [
         (tls_url.as_str(), "invalid peer certificate"),
-        (plain_url.as_str(), "postgres 28000: pg_hba.conf rejects connection"),
+        (
+            plain_url.as_str(),
+            "postgres 28000: pg_hba.conf rejects connection",
+        ),
     ] {
         let data = tempfile::tempdir().unwrap();
         let started = Instant::now();

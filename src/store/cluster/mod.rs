@@ -66,6 +66,7 @@ pub struct ClusterStore {
     known_dims: Arc<std::sync::Mutex<std::collections::HashSet<usize>>>,
     /// Set by the watchers while a store is known to be unreachable.
     reach: Arc<Reachability>,
+    audit: audit::AuditWriter,
 }
 
 /// What the watchers know: each holds one connection open to its store and notices at
@@ -194,6 +195,7 @@ impl ClusterStore {
         let reach = Arc::new(Reachability::default());
         let revocations = Revocations::start(client, prefix.clone(), reach.clone());
         watch_postgres(pg_cfg, tls, reach.clone(), revocations.alive());
+        let audit = audit::AuditWriter::start(pg.clone());
         let store = ClusterStore {
             pg,
             redis,
@@ -201,6 +203,7 @@ impl ClusterStore {
             prefix,
             known_dims: Default::default(),
             reach,
+            audit,
         };
         patiently("postgres", give_up, || async {
             store.migrate().await.map_err(Failure::from)

@@ -18,6 +18,7 @@ mod threads;
 
 pub(crate) struct Opened {
     pub(crate) stores: Stores,
+    cfg: StoreConfig,
     _dir: tempfile::TempDir,
     _db: Option<testdb::TestDatabase>,
 }
@@ -39,9 +40,18 @@ pub(crate) async fn open() -> Opened {
         .expect("open the stores under test");
     Opened {
         stores,
+        cfg,
         _dir: dir,
         _db: db,
     }
+}
+
+/// A second handle on the same data: another node of the cluster, or a second opening
+/// of the embedded file (as the CLI opens it beside a running server).
+pub(crate) async fn reopen(o: &Opened) -> Stores {
+    Stores::open(&o.cfg, o._dir.path())
+        .await
+        .expect("open the stores under test again")
 }
 
 /// A database of its own for each test of the cluster store (and a Redis key prefix of
