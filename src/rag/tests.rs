@@ -1,4 +1,4 @@
-//! Retrieval against the real embedded store: pushdown, recall, empty scopes, injection.
+//! Retrieval against the real embedded store: the filter, recall, empty scopes, injection.
 
 use super::*;
 use crate::access::Acl;
@@ -60,52 +60,69 @@ fn role(r: &str) -> Acl {
     }
 }
 
+/// The vectors searched in memory are a copy: a document added or deleted through
+/// another opening of the same file (the CLI beside a running server) is found, or gone,
+/// at the next search; a role's copy never yields a chunk of an ACL the caller lacks.
 #[tokio::test]
-async fn the_acl_is_inside_the_knn_query_plan() {
-    let (_d, s) = store();
+async fn the_in_memory_vectors_follow_writes_of_other_processes() {
+    let (dir, s) = store();
+    let q = vector(1, 384);
+    let search = |s: Arc<SqliteStore>, roles: &'static [&'static str]| async move {
+        let scope = Principal::for_tests("acme", "u", roles, &[]).access_scope();
+        s.search(
+            &scope,
+            SearchQuery {
+                vector: Some(vector(1, 384)),
+                terms: vec![],
+                k: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .vector
+        .into_iter()
+        .map(|h| h.chunk_id)
+        .collect::<Vec<_>>()
+    };
     s.insert_document(doc(
-        "d",
+        "a",
         "acme",
-        role("hr"),
-        vec![("x".into(), vector(1, 384))],
+        role("x"),
+        vec![("a".into(), vector(2, 384))],
     ))
     .await
     .unwrap();
-    let public = Acl {
-        public: true,
-        ..Acl::default()
-    };
-    s.insert_document(doc("p", "acme", public, vec![("y".into(), vector(2, 384))]))
+    assert_eq!(search(s.clone(), &["x"]).await, ["a-0"]);
+    // Another opening (another process) adds the nearest vector, under another role.
+    let other = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    other
+        .insert_document(doc("b", "acme", role("x"), vec![("b".into(), q.clone())]))
         .await
         .unwrap();
-    // Two visible ACLs, so the filter is a real IN list.
-    let p = Principal::for_tests("acme", "hannah", &["hr"], &[]);
-    let plans = s
-        .explain_vector_query(&p.access_scope(), 384)
+    other
+        .insert_document(doc("h", "acme", role("hr"), vec![("h".into(), q.clone())]))
         .await
         .unwrap();
-    // One KNN per visible (tenant, ACL) partition: hannah sees the public ACL and the hr
-    // ACL, nothing else.
-    assert_eq!(plans.len(), 2, "{plans:?}");
-    for (part, plan) in &plans {
-        assert!(part.starts_with("acme/"), "{part}");
-        // vec0's idxStr: '3' = KNN plan, '{' match, '}' k, ']Aa' an equality constraint
-        // on the partition key, evaluated by vec0 to choose which vectors it ranks.
-        assert!(plan.contains("VIRTUAL TABLE INDEX"), "{plan}");
-        assert!(plan.contains(":3{"), "KNN plan: {plan}");
-        assert!(
-            plan.contains("]Aa"),
-            "ACL partition constraint inside the KNN: {plan}"
-        );
-    }
-    // Someone in another tenant with the same role reads no partition at all.
-    let other = Principal::for_tests("globex", "eve", &["hr"], &[]);
-    assert!(
-        s.explain_vector_query(&other.access_scope(), 384)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(search(s.clone(), &["x"]).await, ["b-0", "a-0"]);
+    assert_eq!(search(s.clone(), &["hr"]).await, ["h-0"]);
+    // And deletes one: gone at once.
+    let admin = crate::access::Operator::local_cli().document_admin("acme");
+    assert!(other.delete_document(&admin, "b").await.unwrap());
+    assert_eq!(search(s.clone(), &["x"]).await, ["a-0"]);
+    // Another tenant with the same role sees nothing.
+    let eve = Principal::for_tests("globex", "eve", &["x"], &[]).access_scope();
+    let hits = s
+        .search(
+            &eve,
+            SearchQuery {
+                vector: Some(q),
+                terms: vec![],
+                k: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(hits.vector.is_empty());
 }
 
 #[tokio::test]

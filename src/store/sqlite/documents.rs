@@ -4,14 +4,11 @@
 //! document's `acl_id`, so the visibility filter is a set of integers inside the KNN and
 //! BM25 queries, resolved from the caller's labels once per search.
 //!
-//! Vectors live in one vec0 table per dimension, partitioned by (tenant, ACL) and
-//! carrying the `acl_id` as metadata. Two exact plans, chosen by how many partitions
-//! the caller may see:
-//! * few: one KNN per visible partition, merged — reads only what the caller may see;
-//! * many: one KNN over the tenant's partitions with `acl_id IN (…)` evaluated by vec0
-//!   while it ranks — one pass instead of hundreds of tiny ones.
-//!
-//! Both return the exact top k of the visible set (no post-filter shortfall).
+//! Vectors are stored in one vec0 table per dimension, partitioned by (tenant, ACL)
+//! and carrying the `acl_id` as metadata. They are searched in memory (`flat.rs`): the
+//! tenant's vectors as 8-bit codes, scanned once with the visible ACL ids as the
+//! filter, the best candidates re-scored exactly — the exact top k of the visible set
+//! (no post-filter shortfall).
 //!
 //! Full text has one FTS5 index per (tenant, ACL) partition too (`text_<acl_id>`), so
 //! BM25's statistics — how many chunks contain a word, how long they are — are those
@@ -37,18 +34,13 @@ use crate::store::{
 /// waste per partition small and the per-chunk overhead of big partitions low.
 pub const VEC_CHUNK_SIZE: usize = 64;
 
-/// Up to this many visible partitions, search them one by one; above, one filtered scan
-/// of the tenant. Measured (BENCHMARKS.md): a partition costs ~0.11 ms of vec0 set-up
-/// on top of its vectors, a tenant scan of 100k vectors 20–50 ms; they cross near 200.
-const PER_PARTITION_MAX: usize = 200;
-
 /// The vec0 partition of a (tenant, ACL) pair.
 fn acl_part(tenant: &str, acl_id: i64) -> String {
     format!("{tenant}/{acl_id}")
 }
 
 /// The range of partition keys of one tenant: `tenant/` … `tenant0` (`'0'` follows `'/'`).
-fn tenant_parts(tenant: &str) -> (String, String) {
+pub(super) fn tenant_parts(tenant: &str) -> (String, String) {
     (format!("{tenant}/"), format!("{tenant}0"))
 }
 
@@ -298,6 +290,7 @@ fn index_chunks<'a>(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut count = 0;
+    let mut vectors_written = false;
     for chunk in chunks {
         chunk_stmt.execute(params![
             chunk.public_id,
@@ -310,6 +303,10 @@ fn index_chunks<'a>(
         let rowid = c.last_insert_rowid();
         text_stmt.execute(params![rowid, chunk.text])?;
         if let Some(v) = chunk.embedding {
+            if !vectors_written {
+                super::flat::bump_epoch(c, tenant)?;
+                vectors_written = true;
+            }
             ensure_vec_table(c, v.len())?;
             c.prepare_cached(&format!(
                 "INSERT INTO {} (chunk_id, embedding, acl_part, acl_id) VALUES (?1, ?2, ?3, ?4)",
@@ -458,7 +455,7 @@ fn stage(
     Ok(true)
 }
 
-fn blob_f32(b: &[u8]) -> Vec<f32> {
+pub(super) fn blob_f32(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
         .collect()
@@ -698,6 +695,7 @@ impl DocumentStore for SqliteStore {
                 ),
                 [&id],
             )?;
+            super::flat::bump_epoch(c, &tenant)?;
             for t in vec_tables(c)? {
                 c.execute(
                     &format!(
@@ -753,13 +751,14 @@ impl DocumentStore for SqliteStore {
 
     async fn search(&self, scope: &AccessScope, query: SearchQuery) -> StoreResult<Rankings> {
         let scope = scope.clone();
+        let flat = self.inner.flat.clone();
         self.read_blocking(move |c| {
             let acls = visible_acls(c, &scope)?;
             if acls.is_empty() || query.k == 0 {
                 return Ok(Rankings::default());
             }
             let vector = match &query.vector {
-                Some(v) => knn(c, &scope, &acls, v, query.k)?,
+                Some(v) => knn(c, &flat, &scope, &acls, v, query.k)?,
                 None => Vec::new(),
             };
             let text = bm25(c, &acls, &query.terms, query.k)?;
@@ -769,9 +768,10 @@ impl DocumentStore for SqliteStore {
     }
 }
 
-/// Exact KNN over the visible set, by the plan that suits how much of it there is.
+/// Exact KNN over the visible set.
 fn knn(
     c: &Connection,
+    flat: &super::flat::FlatVectors,
     scope: &AccessScope,
     acls: &[i64],
     query: &[f32],
@@ -780,42 +780,7 @@ fn knn(
     if !vec_table_exists(c, query.len())? {
         return Ok(Vec::new());
     }
-    let blob = f32_blob(query);
-    let table = vec_table(query.len());
-    let mut ranked: Vec<(i64, f64)> = Vec::new();
-    if acls.len() <= PER_PARTITION_MAX {
-        let mut stmt = c.prepare_cached(&format!(
-            "SELECT chunk_id, distance FROM {table} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3"
-        ))?;
-        for acl in acls {
-            let rows = stmt.query_map(
-                params![blob, k as i64, acl_part(scope.tenant(), *acl)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            for row in rows {
-                ranked.push(row?);
-            }
-        }
-    } else {
-        let (lo, hi) = tenant_parts(scope.tenant());
-        let sql = format!(
-            "SELECT chunk_id, distance FROM {table} WHERE embedding MATCH ?1 AND k = ?2
-             AND acl_part > ?3 AND acl_part < ?4 AND acl_id IN ({})",
-            placeholders(5, acls.len())
-        );
-        let mut values: Vec<rusqlite::types::Value> =
-            vec![blob.into(), (k as i64).into(), lo.into(), hi.into()];
-        values.extend(acls.iter().map(|a| rusqlite::types::Value::Integer(*a)));
-        let mut stmt = c.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-        for row in rows {
-            ranked.push(row?);
-        }
-    }
-    ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    ranked.truncate(k);
+    let ranked = flat.knn(c, scope.tenant(), &vec_table(query.len()), acls, query, k)?;
     load_hits(c, &ranked)
 }
 
@@ -858,37 +823,6 @@ fn bm25(
     ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
     ranked.truncate(k);
     load_hits(c, &ranked)
-}
-
-impl SqliteStore {
-    /// `EXPLAIN QUERY PLAN` of the vector queries a scope produces, for the pushdown
-    /// test: the plan's detail and the partition constraint it was given.
-    pub async fn explain_vector_query(
-        &self,
-        scope: &AccessScope,
-        dim: usize,
-    ) -> StoreResult<Vec<(String, String)>> {
-        let scope = scope.clone();
-        self.read_blocking(move |c| {
-            let acls = visible_acls(c, &scope)?;
-            let sql = format!(
-                "EXPLAIN QUERY PLAN SELECT chunk_id, distance FROM {} WHERE embedding MATCH ?1 AND k = ?2 AND acl_part = ?3",
-                vec_table(dim)
-            );
-            let mut out = Vec::new();
-            for acl in acls {
-                let part = acl_part(scope.tenant(), acl);
-                let detail: String = c.query_row(
-                    &sql,
-                    params![f32_blob(&vec![0.0; dim]), 10i64, part],
-                    |r| r.get(3),
-                )?;
-                out.push((part, detail));
-            }
-            Ok(out)
-        })
-        .await
-    }
 }
 
 /// Moves vectors from the tables of earlier versions (`chunks_vec_N`, no `acl_id`

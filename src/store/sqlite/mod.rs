@@ -19,6 +19,7 @@
 
 mod audit;
 mod documents;
+mod flat;
 mod keys;
 mod sessions;
 mod threads;
@@ -72,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/17_ingest_jobs.sql"),
     include_str!("migrations/18_message_marks.sql"),
     include_str!("migrations/19_service_accounts.sql"),
+    include_str!("migrations/20_vector_epochs.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -125,6 +127,8 @@ struct Inner {
     writer: Mutex<mpsc::Sender<Job>>,
     readers: Pool,
     scanners: Pool,
+    /// Each tenant's vectors in memory, for the filtered scan (`flat.rs`).
+    flat: Arc<flat::FlatVectors>,
 }
 
 /// Read connections and the permits to use them: holding a permit guarantees a free
@@ -297,6 +301,7 @@ impl SqliteStore {
                 writer: Mutex::new(tx),
                 readers,
                 scanners,
+                flat: Default::default(),
             }),
         })
     }

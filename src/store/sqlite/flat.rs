@@ -1,0 +1,264 @@
+//! The vector scan of the embedded store: each tenant's vectors held in memory as
+//! 8-bit codes, scanned in one pass with the visibility filter applied per row, the best
+//! candidates re-scored exactly from the stored vectors.
+//!
+//! The copy is a cache of the vector table, never the truth: it is rebuilt whenever
+//! the tenant's vector epoch (`vector_epochs`, moved in the same transaction as every
+//! vector written or deleted, by any process) differs from the one it was built at, and
+//! the hits it yields are loaded — and re-checked by their labels downstream — from the
+//! chunk rows. A stale copy could only miss a chunk; it cannot show one the caller may
+//! not read, since the visible ACL ids come from the database on every search.
+//!
+//! Why: vec0 costs ~0.11 ms of set-up per partition, and one filtered pass over a
+//! tenant of 100,000 vectors 20–50 ms; this scan reads a quarter of the bytes (384 per
+//! vector instead of 1,536) and skips invisible rows without touching their codes.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// Candidates re-scored exactly, per result wanted (at least `MIN_CANDIDATES`): 8-bit
+/// codes of unit vectors keep each score within about 0.01 of the exact one, far below
+/// the gap between a query's tenth and fortieth neighbour.
+const CANDIDATES_PER_RESULT: usize = 4;
+const MIN_CANDIDATES: usize = 40;
+
+/// One tenant's vectors of one dimension, as of `epoch`.
+struct TenantVectors {
+    epoch: i64,
+    dim: usize,
+    chunk_ids: Vec<i64>,
+    acl_ids: Vec<i64>,
+    /// `dim` codes per vector: round(x / scale), scale = max |x| / 127.
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+/// The cached copies, by (tenant, dimension).
+#[derive(Default)]
+pub(super) struct FlatVectors {
+    tenants: RwLock<HashMap<(String, usize), Arc<TenantVectors>>>,
+}
+
+/// The tenant's vector epoch: moved by every write of its vectors.
+fn epoch(c: &Connection, tenant: &str) -> rusqlite::Result<i64> {
+    Ok(
+        c.prepare_cached("SELECT n FROM vector_epochs WHERE tenant = ?1")?
+            .query_row([tenant], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0),
+    )
+}
+
+/// Moves the tenant's vector epoch; called inside the transaction that writes them.
+pub(super) fn bump_epoch(c: &Connection, tenant: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO vector_epochs (tenant, n) VALUES (?1, 1)
+         ON CONFLICT (tenant) DO UPDATE SET n = n + 1",
+    )?
+    .execute([tenant])?;
+    Ok(())
+}
+
+fn quantise(v: &[f32], codes: &mut Vec<i8>) -> f32 {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    codes.extend(
+        v.iter()
+            .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+    );
+    scale
+}
+
+/// Integer dot product of two code vectors (the compiler vectorises it).
+fn dot(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| i32::from(*x) * i32::from(*y))
+        .sum()
+}
+
+fn l2(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = f64::from(*x) - f64::from(*y);
+            d * d
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+impl FlatVectors {
+    /// The exact `k` nearest visible vectors by L2 distance (the vectors are unit
+    /// length, so this ranks like cosine), as (chunk id, distance), nearest first.
+    pub(super) fn knn(
+        &self,
+        c: &Connection,
+        tenant: &str,
+        table: &str,
+        acls: &[i64],
+        query: &[f32],
+        k: usize,
+    ) -> rusqlite::Result<Vec<(i64, f64)>> {
+        let tv = self.current(c, tenant, table, query.len())?;
+        let visible = Visible::of(acls);
+        let mut q = Vec::with_capacity(tv.dim);
+        quantise(query, &mut q);
+        let want = (k * CANDIDATES_PER_RESULT).max(MIN_CANDIDATES);
+        // The best `want` approximate scores (higher is nearer), as a min-heap.
+        let mut best: std::collections::BinaryHeap<std::cmp::Reverse<(OrdF32, usize)>> =
+            std::collections::BinaryHeap::with_capacity(want + 1);
+        for (row, acl) in tv.acl_ids.iter().enumerate() {
+            if !visible.has(*acl) {
+                continue;
+            }
+            let codes = &tv.codes[row * tv.dim..(row + 1) * tv.dim];
+            let score = dot(&q, codes) as f32 * tv.scales[row];
+            if best.len() < want {
+                best.push(std::cmp::Reverse((OrdF32(score), row)));
+            } else if best.peek().is_some_and(|w| score > w.0.0.0) {
+                best.pop();
+                best.push(std::cmp::Reverse((OrdF32(score), row)));
+            }
+        }
+        // Exact distances of the candidates, from the stored vectors.
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT embedding FROM {table} WHERE chunk_id = ?1"
+        ))?;
+        let mut ranked = Vec::with_capacity(best.len());
+        for std::cmp::Reverse((_, row)) in best {
+            let id = tv.chunk_ids[row];
+            let blob: Option<Vec<u8>> = stmt.query_row([id], |r| r.get(0)).optional()?;
+            if let Some(blob) = blob {
+                ranked.push((id, l2(query, &super::documents::blob_f32(&blob))));
+            }
+        }
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(k);
+        Ok(ranked)
+    }
+
+    /// The tenant's copy at the current epoch, rebuilt if the table moved since.
+    fn current(
+        &self,
+        c: &Connection,
+        tenant: &str,
+        table: &str,
+        dim: usize,
+    ) -> rusqlite::Result<Arc<TenantVectors>> {
+        let now = epoch(c, tenant)?;
+        let key = (tenant.to_owned(), dim);
+        if let Ok(map) = self.tenants.read()
+            && let Some(tv) = map.get(&key)
+            && tv.epoch == now
+        {
+            return Ok(tv.clone());
+        }
+        let tv = Arc::new(load(c, tenant, table, dim, now)?);
+        if let Ok(mut map) = self.tenants.write() {
+            map.insert(key, tv.clone());
+        }
+        Ok(tv)
+    }
+}
+
+fn load(
+    c: &Connection,
+    tenant: &str,
+    table: &str,
+    dim: usize,
+    epoch: i64,
+) -> rusqlite::Result<TenantVectors> {
+    let (lo, hi) = super::documents::tenant_parts(tenant);
+    let mut tv = TenantVectors {
+        epoch,
+        dim,
+        chunk_ids: Vec::new(),
+        acl_ids: Vec::new(),
+        codes: Vec::new(),
+        scales: Vec::new(),
+    };
+    let mut stmt = c.prepare(&format!(
+        "SELECT chunk_id, acl_id, embedding FROM {table} WHERE acl_part > ?1 AND acl_part < ?2"
+    ))?;
+    let mut rows = stmt.query(params![lo, hi])?;
+    while let Some(r) = rows.next()? {
+        let blob: Vec<u8> = r.get(2)?;
+        let v = super::documents::blob_f32(&blob);
+        if v.len() != dim {
+            continue;
+        }
+        tv.chunk_ids.push(r.get(0)?);
+        tv.acl_ids.push(r.get(1)?);
+        let scale = quantise(&v, &mut tv.codes);
+        tv.scales.push(scale);
+    }
+    Ok(tv)
+}
+
+/// The visible ACL ids as a bitmap: one bit per id up to the largest visible one.
+struct Visible(Vec<u64>);
+
+impl Visible {
+    fn of(acls: &[i64]) -> Visible {
+        let max = acls.iter().copied().max().unwrap_or(-1);
+        let mut bits = vec![0u64; usize::try_from(max + 1).unwrap_or(0).div_ceil(64)];
+        for a in acls {
+            if let Ok(i) = usize::try_from(*a) {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        Visible(bits)
+    }
+
+    fn has(&self, acl: i64) -> bool {
+        usize::try_from(acl)
+            .ok()
+            .and_then(|i| self.0.get(i / 64).map(|w| w & (1 << (i % 64)) != 0))
+            .unwrap_or(false)
+    }
+}
+
+/// An f32 ordered totally (NaN sorts first, and never arises from finite codes).
+#[derive(Clone, Copy, PartialEq)]
+struct OrdF32(f32);
+
+impl Eq for OrdF32 {}
+
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF32 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_keep_a_dot_product_within_a_hundredth() {
+        let a: Vec<f32> = (0..384)
+            .map(|i| ((i * 7919) % 200) as f32 - 100.0)
+            .collect();
+        let b: Vec<f32> = (0..384)
+            .map(|i| ((i * 104729) % 200) as f32 - 100.0)
+            .collect();
+        let unit = |v: &[f32]| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter().map(|x| x / n).collect::<Vec<_>>()
+        };
+        let (a, b) = (unit(&a), unit(&b));
+        let exact: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let (mut qa, mut qb) = (Vec::new(), Vec::new());
+        let (sa, sb) = (quantise(&a, &mut qa), quantise(&b, &mut qb));
+        let approx = dot(&qa, &qb) as f32 * sa * sb;
+        assert!((exact - approx).abs() < 0.01, "{exact} vs {approx}");
+    }
+}
