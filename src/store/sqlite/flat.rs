@@ -38,6 +38,9 @@ struct TenantVectors {
 #[derive(Default)]
 pub(super) struct FlatVectors {
     tenants: RwLock<HashMap<(String, usize), Arc<TenantVectors>>>,
+    /// Held while a copy is built: searches that find it stale together wait for one
+    /// build instead of each reading the whole table.
+    building: std::sync::Mutex<()>,
 }
 
 /// The tenant's vector epoch: moved by every write of its vectors.
@@ -147,13 +150,20 @@ impl FlatVectors {
         table: &str,
         dim: usize,
     ) -> rusqlite::Result<Arc<TenantVectors>> {
-        let now = epoch(c, tenant)?;
         let key = (tenant.to_owned(), dim);
-        if let Ok(map) = self.tenants.read()
-            && let Some(tv) = map.get(&key)
-            && tv.epoch == now
-        {
-            return Ok(tv.clone());
+        let cached = |now: i64| {
+            self.tenants
+                .read()
+                .ok()
+                .and_then(|map| map.get(&key).filter(|tv| tv.epoch == now).cloned())
+        };
+        if let Some(tv) = cached(epoch(c, tenant)?) {
+            return Ok(tv);
+        }
+        let _one_build = self.building.lock();
+        let now = epoch(c, tenant)?;
+        if let Some(tv) = cached(now) {
+            return Ok(tv);
         }
         let tv = Arc::new(load(c, tenant, table, dim, now)?);
         if let Ok(mut map) = self.tenants.write() {
