@@ -104,6 +104,9 @@ impl FlatVectors {
         query: &[f32],
         k: usize,
     ) -> rusqlite::Result<Vec<(i64, f64)>> {
+        if query.is_empty() {
+            return Ok(Vec::new());
+        }
         let tv = self.current(c, tenant, table, query.len())?;
         let visible = Visible::of(acls);
         let mut q = Vec::with_capacity(tv.dim);
@@ -112,12 +115,12 @@ impl FlatVectors {
         // The best `want` approximate scores (higher is nearer), as a min-heap.
         let mut best: std::collections::BinaryHeap<std::cmp::Reverse<(OrdF32, usize)>> =
             std::collections::BinaryHeap::with_capacity(want + 1);
-        for (row, acl) in tv.acl_ids.iter().enumerate() {
+        let rows = tv.acl_ids.iter().zip(&tv.scales);
+        for (row, ((acl, scale), codes)) in rows.zip(tv.codes.chunks_exact(tv.dim)).enumerate() {
             if !visible.has(*acl) {
                 continue;
             }
-            let codes = &tv.codes[row * tv.dim..(row + 1) * tv.dim];
-            let score = dot(&q, codes) as f32 * tv.scales[row];
+            let score = dot(&q, codes) as f32 * scale;
             if best.len() < want {
                 best.push(std::cmp::Reverse((OrdF32(score), row)));
             } else if best.peek().is_some_and(|w| score > w.0.0.0) {
@@ -131,7 +134,9 @@ impl FlatVectors {
         ))?;
         let mut ranked = Vec::with_capacity(best.len());
         for std::cmp::Reverse((_, row)) in best {
-            let id = tv.chunk_ids[row];
+            let Some(&id) = tv.chunk_ids.get(row) else {
+                continue;
+            };
             let blob: Option<Vec<u8>> = stmt.query_row([id], |r| r.get(0)).optional()?;
             if let Some(blob) = blob {
                 ranked.push((id, l2(query, &super::documents::blob_f32(&blob))));
