@@ -69,20 +69,7 @@ async fn the_in_memory_vectors_follow_writes_of_other_processes() {
     let q = vector(1, 384);
     let search = |s: Arc<SqliteStore>, roles: &'static [&'static str]| async move {
         let scope = Principal::for_tests("acme", "u", roles, &[]).access_scope();
-        s.search(
-            &scope,
-            SearchQuery {
-                vector: Some(vector(1, 384)),
-                terms: vec![],
-                k: 10,
-            },
-        )
-        .await
-        .unwrap()
-        .vector
-        .into_iter()
-        .map(|h| h.chunk_id)
-        .collect::<Vec<_>>()
+        nearest(&s, &scope, vector(1, 384)).await
     };
     s.insert_document(doc(
         "a",
@@ -111,18 +98,29 @@ async fn the_in_memory_vectors_follow_writes_of_other_processes() {
     assert_eq!(search(s.clone(), &["x"]).await, ["a-0"]);
     // Another tenant with the same role sees nothing.
     let eve = Principal::for_tests("globex", "eve", &["x"], &[]).access_scope();
-    let hits = s
-        .search(
-            &eve,
-            SearchQuery {
-                vector: Some(q),
-                terms: vec![],
-                k: 10,
-            },
-        )
-        .await
-        .unwrap();
-    assert!(hits.vector.is_empty());
+    assert!(nearest(&s, &eve, q).await.is_empty());
+}
+
+/// The ten nearest chunks the scope may see, by id.
+async fn nearest(
+    s: &SqliteStore,
+    scope: &crate::access::AccessScope,
+    query: Vec<f32>,
+) -> Vec<String> {
+    s.search(
+        scope,
+        SearchQuery {
+            vector: Some(query),
+            terms: vec![],
+            k: 10,
+        },
+    )
+    .await
+    .unwrap()
+    .vector
+    .into_iter()
+    .map(|h| h.chunk_id)
+    .collect()
 }
 
 #[tokio::test]
@@ -148,21 +146,7 @@ async fn filtered_knn_equals_brute_force_over_the_visible_set() {
     let scope = p.access_scope();
     for q in 0..20u64 {
         let query = vector(777_000 + q, dim);
-        let got: Vec<String> = s
-            .search(
-                &scope,
-                SearchQuery {
-                    vector: Some(query.clone()),
-                    terms: vec![],
-                    k: 10,
-                },
-            )
-            .await
-            .unwrap()
-            .vector
-            .into_iter()
-            .map(|h| h.chunk_id)
-            .collect();
+        let got = nearest(&s, &scope, query.clone()).await;
         let mut exact: Vec<(f32, &String)> = all
             .iter()
             .filter(|(_, _, vis)| *vis)
