@@ -387,6 +387,54 @@ async fn one_acl(n: usize) {
         measure(&c, &all, |_| true).await,
         c.ingest,
     );
+    // A write between searches: one more document of 50 chunks, then the next search
+    // (the store brings its in-memory copy up to the write rather than rebuilding it).
+    let admin = palisade::access::Operator::local_cli().document_admin("acme");
+    let mut after = Vec::new();
+    for d in 0..10 {
+        let chunks = (0..CHUNKS_PER_DOC)
+            .map(|i| NewChunk {
+                id: format!("late{d}-{i}"),
+                text: format!("late chunk {d} {i}"),
+                embedding: Some(vector(50_000_000 + (d * CHUNKS_PER_DOC + i) as u64)),
+            })
+            .collect();
+        let acl = Acl {
+            roles: vec!["all".into()],
+            ..Acl::default()
+        };
+        let doc = NewDocument::new(
+            &admin,
+            format!("late{d}"),
+            "late".into(),
+            "x".into(),
+            acl,
+            chunks,
+            0,
+        )
+        .unwrap();
+        c.stores.documents.insert_document(doc).await.unwrap();
+        let t = Instant::now();
+        c.stores
+            .documents
+            .search(
+                &all,
+                SearchQuery {
+                    vector: Some(vector(9_100_000 + d as u64)),
+                    terms: vec![],
+                    k: 10,
+                },
+            )
+            .await
+            .unwrap();
+        after.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    after.sort_by(f64::total_cmp);
+    println!(
+        "| {n:>7} | 1          | search after a write   | {:>7.2} ms | {:>7.2} ms | | | |",
+        pct(&after, 0.5),
+        pct(&after, 0.99)
+    );
 }
 
 /// 2,000 distinct ACLs: ACL i names user `u{i}`, role `b{i/100}` and group `k{i/1000}`,

@@ -96,6 +96,13 @@ async fn the_in_memory_vectors_follow_writes_of_other_processes() {
     let admin = crate::access::Operator::local_cli().document_admin("acme");
     assert!(other.delete_document(&admin, "b").await.unwrap());
     assert_eq!(search(s.clone(), &["x"]).await, ["a-0"]);
+    // This process's own writes are applied to its copy: found, then gone.
+    s.insert_document(doc("c", "acme", role("x"), vec![("c".into(), q.clone())]))
+        .await
+        .unwrap();
+    assert_eq!(search(s.clone(), &["x"]).await, ["c-0", "a-0"]);
+    assert!(s.delete_document(&admin, "c").await.unwrap());
+    assert_eq!(search(s.clone(), &["x"]).await, ["a-0"]);
     // Another tenant with the same role sees nothing.
     let eve = Principal::for_tests("globex", "eve", &["x"], &[]).access_scope();
     assert!(nearest(&s, &eve, q).await.is_empty());

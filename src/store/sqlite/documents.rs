@@ -19,6 +19,7 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::flat::{VectorChange, bump_epoch};
 use super::{SqliteStore, placeholders};
 use crate::access::{AccessScope, DocumentAdmin};
 use crate::model::ChunkHit;
@@ -278,7 +279,7 @@ fn index_chunks<'a>(
     tenant: &str,
     acl_id: i64,
     chunks: impl Iterator<Item = IndexChunk<'a>>,
-) -> rusqlite::Result<u32> {
+) -> rusqlite::Result<(u32, Option<VectorChange>)> {
     let part = acl_part(tenant, acl_id);
     ensure_text_table(c, acl_id)?;
     let mut text_stmt = c.prepare_cached(&format!(
@@ -290,7 +291,7 @@ fn index_chunks<'a>(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut count = 0;
-    let mut vectors_written = false;
+    let mut change: Option<VectorChange> = None;
     for chunk in chunks {
         chunk_stmt.execute(params![
             chunk.public_id,
@@ -303,9 +304,8 @@ fn index_chunks<'a>(
         let rowid = c.last_insert_rowid();
         text_stmt.execute(params![rowid, chunk.text])?;
         if let Some(v) = chunk.embedding {
-            if !vectors_written {
-                super::flat::bump_epoch(c, tenant)?;
-                vectors_written = true;
+            if change.is_none() {
+                change = Some(VectorChange::new(tenant, bump_epoch(c, tenant)?));
             }
             ensure_vec_table(c, v.len())?;
             c.prepare_cached(&format!(
@@ -313,10 +313,13 @@ fn index_chunks<'a>(
                 vec_table(v.len())
             ))?
             .execute(params![rowid, f32_blob(v), part, acl_id])?;
+            if let Some(change) = change.as_mut() {
+                change.added.push((rowid, acl_id, v.to_vec()));
+            }
         }
         count += 1;
     }
-    Ok(count)
+    Ok((count, change))
 }
 
 /// The document's row, in `state`; its ACL's id.
@@ -342,9 +345,12 @@ fn insert_row(c: &Connection, doc: &NewDocument, state: &IngestState) -> StoreRe
     Ok(acl_id)
 }
 
-fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
+fn insert(
+    c: &Connection,
+    doc: &NewDocument,
+) -> StoreResult<(DocumentRecord, Option<VectorChange>)> {
     let acl_id = insert_row(c, doc, &IngestState::Ready)?;
-    let count = index_chunks(
+    let (count, change) = index_chunks(
         c,
         doc.id(),
         doc.tenant(),
@@ -359,7 +365,7 @@ fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
                 embedding: chunk.embedding.as_deref(),
             }),
     )?;
-    Ok(doc.record(count, IngestState::Ready))
+    Ok((doc.record(count, IngestState::Ready), change))
 }
 
 fn enqueue(c: &Connection, doc: &NewDocument) -> StoreResult<DocumentRecord> {
@@ -461,9 +467,9 @@ pub(super) fn blob_f32(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn publish(c: &Connection, lease: &IngestLease) -> StoreResult<bool> {
+fn publish(c: &Connection, lease: &IngestLease) -> StoreResult<(bool, Option<VectorChange>)> {
     if !holds(c, lease)? {
-        return Ok(false);
+        return Ok((false, None));
     }
     let (tenant, acl_id): (String, i64) = c
         .prepare_cached("SELECT tenant, acl_id FROM documents WHERE id = ?1")?
@@ -482,7 +488,7 @@ fn publish(c: &Connection, lease: &IngestLease) -> StoreResult<bool> {
         .iter()
         .map(|(_, _, _, e)| e.as_deref().map(blob_f32))
         .collect();
-    let count = index_chunks(
+    let (count, change) = index_chunks(
         c,
         &lease.document_id,
         &tenant,
@@ -507,7 +513,7 @@ fn publish(c: &Connection, lease: &IngestLease) -> StoreResult<bool> {
          WHERE id = ?1",
         params![lease.document_id, count],
     )?;
-    Ok(true)
+    Ok((true, change))
 }
 
 fn fail(c: &Connection, lease: &IngestLease, failure: &IngestFailure) -> StoreResult<()> {
@@ -542,7 +548,9 @@ fn fail(c: &Connection, lease: &IngestLease, failure: &IngestFailure) -> StoreRe
 #[async_trait]
 impl DocumentStore for SqliteStore {
     async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
-        self.write(move |c| insert(c, &doc)).await
+        let (record, change) = self.write(move |c| insert(c, &doc)).await?;
+        self.inner.flat.apply(change);
+        Ok(record)
     }
 
     async fn enqueue_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
@@ -568,7 +576,9 @@ impl DocumentStore for SqliteStore {
 
     async fn publish_ingest(&self, lease: &IngestLease) -> StoreResult<bool> {
         let lease = lease.clone();
-        self.write(move |c| publish(c, &lease)).await
+        let (published, change) = self.write(move |c| publish(c, &lease)).await?;
+        self.inner.flat.apply(change);
+        Ok(published)
     }
 
     async fn fail_ingest(&self, lease: &IngestLease, failure: IngestFailure) -> StoreResult<()> {
@@ -675,13 +685,13 @@ impl DocumentStore for SqliteStore {
     async fn delete_document(&self, admin: &DocumentAdmin, id: &str) -> StoreResult<bool> {
         let tenant = admin.tenant().to_owned();
         let id = id.to_owned();
-        self.write(move |c| {
+        let change = self.write(move |c| {
             let Some(acl_id) = c
                 .prepare_cached("SELECT acl_id FROM documents WHERE id = ?1 AND tenant = ?2")?
                 .query_row(params![id, tenant], |r| r.get::<_, i64>(0))
                 .optional()?
             else {
-                return Ok(false);
+                return Ok(None);
             };
             // Vectors and full text first (neither has foreign keys; an external-content
             // FTS5 index is told the text it drops), then chunks, then the document: all
@@ -695,7 +705,11 @@ impl DocumentStore for SqliteStore {
                 ),
                 [&id],
             )?;
-            super::flat::bump_epoch(c, &tenant)?;
+            let mut change = VectorChange::new(&tenant, bump_epoch(c, &tenant)?);
+            change.removed = c
+                .prepare_cached("SELECT id FROM chunks WHERE document_id = ?1")?
+                .query_map([&id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             for t in vec_tables(c)? {
                 c.execute(
                     &format!(
@@ -709,9 +723,12 @@ impl DocumentStore for SqliteStore {
                 "DELETE FROM documents WHERE id = ?1 AND tenant = ?2",
                 params![id, tenant],
             )?;
-            Ok(true)
+            Ok(Some(change))
         })
-        .await
+        .await?;
+        let deleted = change.is_some();
+        self.inner.flat.apply(change);
+        Ok(deleted)
     }
 
     async fn readable_ids(
