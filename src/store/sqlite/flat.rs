@@ -2,9 +2,10 @@
 //! 8-bit codes, scanned in one pass with the visibility filter applied per row, the best
 //! candidates re-scored exactly from the stored vectors.
 //!
-//! The copy is a cache of the vector table, never the truth: it is rebuilt whenever
-//! the tenant's vector epoch (`vector_epochs`, moved in the same transaction as every
-//! vector written or deleted, by any process) differs from the one it was built at, and
+//! The copy is a cache of the vector table, never the truth. It follows the tenant's
+//! vector epoch (`vector_epochs`, moved in the same transaction as every vector written
+//! or deleted, by any process): the writing process applies its own committed change
+//! (`apply`); a copy whose epoch is behind is rebuilt by the next search; and
 //! the hits it yields are loaded — and re-checked by their labels downstream — from the
 //! chunk rows. A stale copy could only miss a chunk; it cannot show one the caller may
 //! not read, since the visible ACL ids come from the database on every search.
