@@ -19,7 +19,7 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::flat::{VectorChange, bump_epoch};
+use super::flat::{VectorChange, blob_f32, bump_epoch};
 use super::{SqliteStore, placeholders};
 use crate::access::{AccessScope, DocumentAdmin};
 use crate::model::ChunkHit;
@@ -38,11 +38,6 @@ pub const VEC_CHUNK_SIZE: usize = 64;
 /// The vec0 partition of a (tenant, ACL) pair.
 fn acl_part(tenant: &str, acl_id: i64) -> String {
     format!("{tenant}/{acl_id}")
-}
-
-/// The range of partition keys of one tenant: `tenant/` … `tenant0` (`'0'` follows `'/'`).
-pub(super) fn tenant_parts(tenant: &str) -> (String, String) {
-    (format!("{tenant}/"), format!("{tenant}0"))
 }
 
 /// The vector table for one embedding dimension (created on first use). Vectors are
@@ -459,12 +454,6 @@ fn stage(
         params![lease.document_id, i64::from(total), lease_until],
     )?;
     Ok(true)
-}
-
-pub(super) fn blob_f32(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
-        .collect()
 }
 
 fn publish(c: &Connection, lease: &IngestLease) -> StoreResult<(bool, Option<VectorChange>)> {

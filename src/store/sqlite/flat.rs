@@ -44,6 +44,18 @@ pub(super) struct FlatVectors {
     building: std::sync::Mutex<()>,
 }
 
+/// The range of partition keys of one tenant: `tenant/` … `tenant0` (`'0'` follows `'/'`).
+fn tenant_parts(tenant: &str) -> (String, String) {
+    (format!("{tenant}/"), format!("{tenant}0"))
+}
+
+/// A stored vector (little-endian f32s) as floats.
+pub(super) fn blob_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+        .collect()
+}
+
 /// The tenant's vector epoch: moved by every write of its vectors.
 fn epoch(c: &Connection, tenant: &str) -> rusqlite::Result<i64> {
     Ok(
@@ -162,7 +174,7 @@ impl FlatVectors {
             };
             let blob: Option<Vec<u8>> = stmt.query_row([id], |r| r.get(0)).optional()?;
             if let Some(blob) = blob {
-                ranked.push((id, l2(query, &super::documents::blob_f32(&blob))));
+                ranked.push((id, l2(query, &blob_f32(&blob))));
             }
         }
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
@@ -257,7 +269,7 @@ fn load(
     dim: usize,
     epoch: i64,
 ) -> rusqlite::Result<TenantVectors> {
-    let (lo, hi) = super::documents::tenant_parts(tenant);
+    let (lo, hi) = tenant_parts(tenant);
     let mut tv = TenantVectors {
         epoch,
         dim,
@@ -272,7 +284,7 @@ fn load(
     let mut rows = stmt.query(params![lo, hi])?;
     while let Some(r) = rows.next()? {
         let blob: Vec<u8> = r.get(2)?;
-        let v = super::documents::blob_f32(&blob);
+        let v = blob_f32(&blob);
         if v.len() != dim {
             continue;
         }
