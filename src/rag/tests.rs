@@ -60,52 +60,107 @@ fn role(r: &str) -> Acl {
     }
 }
 
-/// The vectors searched in memory are a copy: a document added or deleted through
-/// another opening of the same file (the CLI beside a running server) is found, or gone,
-/// at the next search; a role's copy never yields a chunk of an ACL the caller lacks.
+/// The vectors and words searched in memory are copies: a document added or deleted
+/// through another opening of the same file (the CLI beside a running server) is found,
+/// or gone, at the next search; a role's copy never yields a chunk of an ACL the caller
+/// lacks.
 #[tokio::test]
-async fn the_in_memory_vectors_follow_writes_of_other_processes() {
+async fn the_in_memory_indexes_follow_writes_of_other_processes() {
     let (dir, s) = store();
     let q = vector(1, 384);
     let search = |s: Arc<SqliteStore>, roles: &'static [&'static str]| async move {
         let scope = Principal::for_tests("acme", "u", roles, &[]).access_scope();
         nearest(&s, &scope, vector(1, 384)).await
     };
+    let words = |s: Arc<SqliteStore>, roles: &'static [&'static str], word: &'static str| async move {
+        let scope = Principal::for_tests("acme", "u", roles, &[]).access_scope();
+        lexical(&s, &scope, &[word])
+            .await
+            .into_iter()
+            .map(|h| h.0)
+            .collect::<Vec<_>>()
+    };
     s.insert_document(doc(
         "a",
         "acme",
         role("x"),
-        vec![("a".into(), vector(2, 384))],
+        vec![("alpha".into(), vector(2, 384))],
     ))
     .await
     .unwrap();
     assert_eq!(search(s.clone(), &["x"]).await, ["a-0"]);
+    assert_eq!(words(s.clone(), &["x"], "alpha").await, ["a-0"]);
     // Another opening (another process) adds the nearest vector, under another role.
     let other = SqliteStore::open(&dir.path().join("t.db")).unwrap();
     other
-        .insert_document(doc("b", "acme", role("x"), vec![("b".into(), q.clone())]))
+        .insert_document(doc(
+            "b",
+            "acme",
+            role("x"),
+            vec![("bravo".into(), q.clone())],
+        ))
         .await
         .unwrap();
     other
-        .insert_document(doc("h", "acme", role("hr"), vec![("h".into(), q.clone())]))
+        .insert_document(doc(
+            "h",
+            "acme",
+            role("hr"),
+            vec![("hotel".into(), q.clone())],
+        ))
         .await
         .unwrap();
     assert_eq!(search(s.clone(), &["x"]).await, ["b-0", "a-0"]);
     assert_eq!(search(s.clone(), &["hr"]).await, ["h-0"]);
+    assert_eq!(words(s.clone(), &["x"], "bravo").await, ["b-0"]);
+    assert!(words(s.clone(), &["x"], "hotel").await.is_empty());
+    assert_eq!(words(s.clone(), &["hr"], "hotel").await, ["h-0"]);
     // And deletes one: gone at once.
     let admin = crate::access::Operator::local_cli().document_admin("acme");
     assert!(other.delete_document(&admin, "b").await.unwrap());
     assert_eq!(search(s.clone(), &["x"]).await, ["a-0"]);
-    // This process's own writes are applied to its copy: found, then gone.
-    s.insert_document(doc("c", "acme", role("x"), vec![("c".into(), q.clone())]))
-        .await
-        .unwrap();
+    assert!(words(s.clone(), &["x"], "bravo").await.is_empty());
+    // This process's own writes are applied to its copies: found, then gone.
+    s.insert_document(doc(
+        "c",
+        "acme",
+        role("x"),
+        vec![("charlie".into(), q.clone())],
+    ))
+    .await
+    .unwrap();
     assert_eq!(search(s.clone(), &["x"]).await, ["c-0", "a-0"]);
+    assert_eq!(words(s.clone(), &["x"], "charlie").await, ["c-0"]);
     assert!(s.delete_document(&admin, "c").await.unwrap());
     assert_eq!(search(s.clone(), &["x"]).await, ["a-0"]);
+    assert!(words(s.clone(), &["x"], "charlie").await.is_empty());
     // Another tenant with the same role sees nothing.
     let eve = Principal::for_tests("globex", "eve", &["x"], &[]).access_scope();
     assert!(nearest(&s, &eve, q).await.is_empty());
+    assert!(lexical(&s, &eve, &["alpha"]).await.is_empty());
+}
+
+/// The chunks the scope's full-text ranking finds for `terms`, best first, with their
+/// scores.
+async fn lexical(
+    s: &SqliteStore,
+    scope: &crate::access::AccessScope,
+    terms: &[&str],
+) -> Vec<(String, f64)> {
+    s.search(
+        scope,
+        SearchQuery {
+            vector: None,
+            terms: terms.iter().map(|t| t.to_string()).collect(),
+            k: 10,
+        },
+    )
+    .await
+    .unwrap()
+    .text
+    .into_iter()
+    .map(|h| (h.chunk_id, h.score))
+    .collect()
 }
 
 /// The ten nearest chunks the scope may see, by id.

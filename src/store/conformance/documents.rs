@@ -118,6 +118,49 @@ async fn retrieval_returns_everything_visible_and_nothing_else() {
     assert!(s.documents.document(&hannah, &hr).await.unwrap().is_none());
 }
 
+/// A caller's full-text ranking — order and scores — is a function of what it may
+/// read: chunks of another ACL or another tenant full of the same words change nothing
+/// (no ranking oracle on documents the caller cannot read).
+#[tokio::test]
+async fn text_ranking_does_not_move_with_chunks_the_caller_cannot_read() {
+    let o = open().await;
+    let s = &o.stores;
+    for t in [
+        "salary reviews happen every april and salary bands are published",
+        "travel is booked through the travel desk keep your receipts",
+        "receipts older than ninety days cannot be reimbursed",
+        "parking permits are issued by facilities",
+    ] {
+        ingest(s, "acme", "handbook", t, acl_roles("x")).await;
+    }
+    let x = Principal::for_tests("acme", "u", &["x"], &[]).access_scope();
+    let ranked = || async {
+        s.documents
+            .search(
+                &x,
+                SearchQuery {
+                    vector: None,
+                    terms: vec!["salary".into(), "travel".into(), "receipts".into()],
+                    k: 10,
+                },
+            )
+            .await
+            .unwrap()
+            .text
+            .into_iter()
+            .map(|h| (h.document_id, h.score))
+            .collect::<Vec<_>>()
+    };
+    let before = ranked().await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    for _ in 0..20 {
+        let flood = "salary salary travel receipts";
+        ingest(s, "acme", "flood", flood, acl_roles("y")).await;
+        ingest(s, "globex", "flood", flood, acl_roles("x")).await;
+    }
+    assert_eq!(ranked().await, before);
+}
+
 fn claim(worker: &str, now: i64, only: Option<&str>) -> IngestClaim {
     IngestClaim {
         worker: worker.into(),

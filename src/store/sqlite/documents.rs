@@ -1,4 +1,4 @@
-//! Documents, chunks, vectors (sqlite-vec) and BM25 (FTS5) in SQLite.
+//! Documents, chunks and vectors (sqlite-vec) in SQLite.
 //!
 //! An ACL is stored once per distinct label set (`acls`); a chunk carries its
 //! document's `acl_id`, so the visibility filter is a set of integers inside the KNN and
@@ -10,16 +10,15 @@
 //! filter, the best candidates re-scored exactly — the exact top k of the visible set
 //! (no post-filter shortfall).
 //!
-//! Full text has one FTS5 index per (tenant, ACL) partition too (`text_<acl_id>`), so
-//! BM25's statistics — how many chunks contain a word, how long they are — are those
-//! of one partition: a caller's ranking depends only on partitions it may read, and
-//! cannot reveal whether a word occurs in another tenant's or another ACL's documents.
-//! The visible partitions' top hits are merged by score.
+//! Full text is searched in memory too (`lexical.rs`): an inverted index of the
+//! tenant's chunk rows, ranked by BM25 with the statistics of the caller's visible
+//! chunks only.
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::flat::{VectorChange, blob_f32, bump_epoch};
+use super::epoch::{AddedChunk, ChunkChange, bump_epoch};
+use super::flat::blob_f32;
 use super::{SqliteStore, placeholders};
 use crate::access::{AccessScope, DocumentAdmin};
 use crate::model::ChunkHit;
@@ -116,66 +115,6 @@ fn acl_id_for(c: &Connection, tenant: &str, labels: &[String]) -> rusqlite::Resu
     Ok(id)
 }
 
-/// The full-text index of one ACL partition.
-fn text_table(acl_id: i64) -> String {
-    format!("text_{acl_id}")
-}
-
-fn ensure_text_table(c: &Connection, acl_id: i64) -> rusqlite::Result<()> {
-    let known = c
-        .prepare_cached("SELECT 1 FROM text_parts WHERE acl_id = ?1")?
-        .query_row([acl_id], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if known {
-        return Ok(());
-    }
-    c.execute_batch(&format!(
-        "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING fts5(
-            text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
-        )",
-        text_table(acl_id)
-    ))?;
-    c.execute("INSERT INTO text_parts (acl_id) VALUES (?1)", [acl_id])?;
-    Ok(())
-}
-
-/// Indexes chunks of partitions that have no full-text index yet: a store written
-/// before full text was partitioned (migration 09 dropped the shared index).
-pub(super) fn build_text_partitions(c: &Connection) -> StoreResult<()> {
-    let missing: Vec<i64> = c
-        .prepare("SELECT DISTINCT acl_id FROM chunks WHERE acl_id NOT IN (SELECT acl_id FROM text_parts)")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if missing.is_empty() {
-        return Ok(());
-    }
-    c.execute_batch("BEGIN IMMEDIATE")?;
-    let built = missing.iter().try_for_each(|acl| {
-        ensure_text_table(c, *acl)?;
-        c.execute(
-            &format!(
-                "INSERT INTO {}(rowid, text) SELECT id, text FROM chunks WHERE acl_id = ?1",
-                text_table(*acl)
-            ),
-            [acl],
-        )
-        .map(|_| ())
-    });
-    match built {
-        Ok(()) => c.execute_batch("COMMIT")?,
-        Err(e) => {
-            let _ = c.execute_batch("ROLLBACK");
-            return Err(e.into());
-        }
-    }
-    tracing::info!(
-        partitions = missing.len(),
-        "built per-partition full-text indexes"
-    );
-    Ok(())
-}
-
 fn f32_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -266,27 +205,22 @@ struct IndexChunk<'a> {
     embedding: Option<&'a [f32]>,
 }
 
-/// Adds chunks to a document's partition: the chunk rows, the partition's full-text
-/// index and the vector table of each embedding's dimension.
+/// Adds chunks to a document's partition: the chunk rows and the vector table of each
+/// embedding's dimension; moves the tenant's epoch.
 fn index_chunks<'a>(
     c: &Connection,
     doc_id: &str,
     tenant: &str,
     acl_id: i64,
     chunks: impl Iterator<Item = IndexChunk<'a>>,
-) -> rusqlite::Result<(u32, Option<VectorChange>)> {
+) -> rusqlite::Result<(u32, Option<ChunkChange>)> {
     let part = acl_part(tenant, acl_id);
-    ensure_text_table(c, acl_id)?;
-    let mut text_stmt = c.prepare_cached(&format!(
-        "INSERT INTO {}(rowid, text) VALUES (?1, ?2)",
-        text_table(acl_id)
-    ))?;
     let mut chunk_stmt = c.prepare_cached(
         "INSERT INTO chunks (public_id, document_id, tenant, acl_id, seq, text)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut count = 0;
-    let mut change: Option<VectorChange> = None;
+    let mut change: Option<ChunkChange> = None;
     for chunk in chunks {
         chunk_stmt.execute(params![
             chunk.public_id,
@@ -297,20 +231,24 @@ fn index_chunks<'a>(
             chunk.text
         ])?;
         let rowid = c.last_insert_rowid();
-        text_stmt.execute(params![rowid, chunk.text])?;
+        if change.is_none() {
+            change = Some(ChunkChange::new(tenant, bump_epoch(c, tenant)?));
+        }
         if let Some(v) = chunk.embedding {
-            if change.is_none() {
-                change = Some(VectorChange::new(tenant, bump_epoch(c, tenant)?));
-            }
             ensure_vec_table(c, v.len())?;
             c.prepare_cached(&format!(
                 "INSERT INTO {} (chunk_id, embedding, acl_part, acl_id) VALUES (?1, ?2, ?3, ?4)",
                 vec_table(v.len())
             ))?
             .execute(params![rowid, f32_blob(v), part, acl_id])?;
-            if let Some(change) = change.as_mut() {
-                change.added.push((rowid, acl_id, v.to_vec()));
-            }
+        }
+        if let Some(change) = change.as_mut() {
+            change.added.push(AddedChunk {
+                id: rowid,
+                acl_id,
+                text: chunk.text.to_owned(),
+                vector: chunk.embedding.map(<[f32]>::to_vec),
+            });
         }
         count += 1;
     }
@@ -340,10 +278,7 @@ fn insert_row(c: &Connection, doc: &NewDocument, state: &IngestState) -> StoreRe
     Ok(acl_id)
 }
 
-fn insert(
-    c: &Connection,
-    doc: &NewDocument,
-) -> StoreResult<(DocumentRecord, Option<VectorChange>)> {
+fn insert(c: &Connection, doc: &NewDocument) -> StoreResult<(DocumentRecord, Option<ChunkChange>)> {
     let acl_id = insert_row(c, doc, &IngestState::Ready)?;
     let (count, change) = index_chunks(
         c,
@@ -456,7 +391,7 @@ fn stage(
     Ok(true)
 }
 
-fn publish(c: &Connection, lease: &IngestLease) -> StoreResult<(bool, Option<VectorChange>)> {
+fn publish(c: &Connection, lease: &IngestLease) -> StoreResult<(bool, Option<ChunkChange>)> {
     if !holds(c, lease)? {
         return Ok((false, None));
     }
@@ -534,11 +469,21 @@ fn fail(c: &Connection, lease: &IngestLease, failure: &IngestFailure) -> StoreRe
     Ok(())
 }
 
+impl SqliteStore {
+    /// Brings this process's in-memory indexes up to a write it committed.
+    fn applied(&self, change: Option<ChunkChange>) {
+        if let Some(change) = change {
+            self.inner.flat.apply(&change);
+            self.inner.text.apply(&change);
+        }
+    }
+}
+
 #[async_trait]
 impl DocumentStore for SqliteStore {
     async fn insert_document(&self, doc: NewDocument) -> StoreResult<DocumentRecord> {
         let (record, change) = self.write(move |c| insert(c, &doc)).await?;
-        self.inner.flat.apply(change);
+        self.applied(change);
         Ok(record)
     }
 
@@ -566,7 +511,7 @@ impl DocumentStore for SqliteStore {
     async fn publish_ingest(&self, lease: &IngestLease) -> StoreResult<bool> {
         let lease = lease.clone();
         let (published, change) = self.write(move |c| publish(c, &lease)).await?;
-        self.inner.flat.apply(change);
+        self.applied(change);
         Ok(published)
     }
 
@@ -675,26 +620,16 @@ impl DocumentStore for SqliteStore {
         let tenant = admin.tenant().to_owned();
         let id = id.to_owned();
         let change = self.write(move |c| {
-            let Some(acl_id) = c
-                .prepare_cached("SELECT acl_id FROM documents WHERE id = ?1 AND tenant = ?2")?
-                .query_row(params![id, tenant], |r| r.get::<_, i64>(0))
+            let Some(()) = c
+                .prepare_cached("SELECT 1 FROM documents WHERE id = ?1 AND tenant = ?2")?
+                .query_row(params![id, tenant], |_| Ok(()))
                 .optional()?
             else {
                 return Ok(None);
             };
-            // Vectors and full text first (neither has foreign keys; an external-content
-            // FTS5 index is told the text it drops), then chunks, then the document: all
-            // or nothing (one savepoint).
-            ensure_text_table(c, acl_id)?;
-            let text = text_table(acl_id);
-            c.execute(
-                &format!(
-                    "INSERT INTO {text}({text}, rowid, text)
-                     SELECT 'delete', id, text FROM chunks WHERE document_id = ?1"
-                ),
-                [&id],
-            )?;
-            let mut change = VectorChange::new(&tenant, bump_epoch(c, &tenant)?);
+            // Vectors first (they have no foreign key), then chunks, then the document:
+            // all or nothing (one savepoint).
+            let mut change = ChunkChange::new(&tenant, bump_epoch(c, &tenant)?);
             change.removed = c
                 .prepare_cached("SELECT id FROM chunks WHERE document_id = ?1")?
                 .query_map([&id], |r| r.get(0))?
@@ -716,7 +651,7 @@ impl DocumentStore for SqliteStore {
         })
         .await?;
         let deleted = change.is_some();
-        self.inner.flat.apply(change);
+        self.applied(change);
         Ok(deleted)
     }
 
@@ -758,6 +693,7 @@ impl DocumentStore for SqliteStore {
     async fn search(&self, scope: &AccessScope, query: SearchQuery) -> StoreResult<Rankings> {
         let scope = scope.clone();
         let flat = self.inner.flat.clone();
+        let lexical = self.inner.text.clone();
         self.read_blocking(move |c| {
             let acls = visible_acls(c, &scope)?;
             if acls.is_empty() || query.k == 0 {
@@ -767,7 +703,8 @@ impl DocumentStore for SqliteStore {
                 Some(v) => knn(c, &flat, &scope, &acls, v, query.k)?,
                 None => Vec::new(),
             };
-            let text = bm25(c, &acls, &query.terms, query.k)?;
+            let ranked = lexical.search(c, scope.tenant(), &acls, &query.terms, query.k)?;
+            let text = load_hits(c, &ranked)?;
             Ok(Rankings { vector, text })
         })
         .await
@@ -790,45 +727,29 @@ fn knn(
     load_hits(c, &ranked)
 }
 
-/// BM25 within each visible partition's own index, merged by score. Each term becomes
-/// a quoted FTS5 string ("" escapes a quote), OR-ed: user text can never become FTS5
-/// operators, columns or NEAR groups.
-fn bm25(
-    c: &Connection,
-    acls: &[i64],
-    terms: &[String],
-    k: usize,
-) -> rusqlite::Result<Vec<ChunkHit>> {
-    if terms.is_empty() {
-        return Ok(Vec::new());
+/// Drops the per-ACL full-text indexes of earlier versions (`text_<acl id>`; full text
+/// is indexed in memory now), once, at start-up.
+pub(super) fn drop_text_partitions(c: &Connection) -> StoreResult<()> {
+    let tables: Vec<String> = c
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'text_[0-9]*'
+             AND sql LIKE 'CREATE VIRTUAL TABLE%'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if tables.is_empty() {
+        return Ok(());
     }
-    let match_expr = terms
-        .iter()
-        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let mut indexed = c.prepare_cached("SELECT 1 FROM text_parts WHERE acl_id = ?1")?;
-    let mut ranked: Vec<(i64, f64)> = Vec::new();
-    for acl in acls {
-        if indexed.query_row([acl], |_| Ok(())).optional()?.is_none() {
-            continue;
-        }
-        let table = text_table(*acl);
-        // Not cached: one statement per partition would evict the hot ones.
-        let mut stmt = c.prepare(&format!(
-            "SELECT rowid, bm25({table}) AS score FROM {table} WHERE {table} MATCH ?1
-             ORDER BY score LIMIT ?2"
-        ))?;
-        let rows = stmt.query_map(params![match_expr, k as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-        for row in rows {
-            ranked.push(row?);
-        }
+    let tx = c.unchecked_transaction()?;
+    for t in &tables {
+        tx.execute_batch(&format!("DROP TABLE {t}"))?;
     }
-    ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    ranked.truncate(k);
-    load_hits(c, &ranked)
+    tx.commit()?;
+    tracing::info!(
+        tables = tables.len(),
+        "dropped the per-partition full-text indexes"
+    );
+    Ok(())
 }
 
 /// Moves vectors from the tables of earlier versions (`chunks_vec_N`, no `acl_id`

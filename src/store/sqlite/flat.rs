@@ -3,8 +3,8 @@
 //! candidates re-scored exactly from the stored vectors.
 //!
 //! The copy is a cache of the vector table, never the truth. It follows the tenant's
-//! vector epoch (`vector_epochs`, moved in the same transaction as every vector written
-//! or deleted, by any process): the writing process applies its own committed change
+//! chunk epoch (`epoch.rs`, moved in the same transaction as every chunk written or
+//! deleted, by any process): the writing process applies its own committed change
 //! (`apply`); a copy whose epoch is behind is rebuilt by the next search; and
 //! the hits it yields are loaded — and re-checked by their labels downstream — from the
 //! chunk rows. A stale copy could only miss a chunk; it cannot show one the caller may
@@ -15,6 +15,8 @@
 //! vector instead of 1,536) and skips invisible rows without touching their codes.
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use super::epoch::{ChunkChange, Visible, epoch};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -54,48 +56,6 @@ pub(super) fn blob_f32(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
         .collect()
-}
-
-/// The tenant's vector epoch: moved by every write of its vectors.
-fn epoch(c: &Connection, tenant: &str) -> rusqlite::Result<i64> {
-    Ok(
-        c.prepare_cached("SELECT n FROM vector_epochs WHERE tenant = ?1")?
-            .query_row([tenant], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0),
-    )
-}
-
-/// Moves the tenant's vector epoch, inside the transaction that writes its vectors;
-/// the new epoch.
-pub(super) fn bump_epoch(c: &Connection, tenant: &str) -> rusqlite::Result<i64> {
-    c.prepare_cached(
-        "INSERT INTO vector_epochs (tenant, n) VALUES (?1, 1)
-         ON CONFLICT (tenant) DO UPDATE SET n = n + 1 RETURNING n",
-    )?
-    .query_row([tenant], |r| r.get(0))
-}
-
-/// What one committed write did to a tenant's vectors, for the copy of the process
-/// that wrote it: applied only onto the copy of the epoch just before, so that a write
-/// of another process in between leaves the copy stale (rebuilt) rather than wrong.
-pub(super) struct VectorChange {
-    tenant: String,
-    /// The epoch the write moved the tenant to.
-    epoch: i64,
-    pub(super) added: Vec<(i64, i64, Vec<f32>)>,
-    pub(super) removed: Vec<i64>,
-}
-
-impl VectorChange {
-    pub(super) fn new(tenant: &str, epoch: i64) -> VectorChange {
-        VectorChange {
-            tenant: tenant.to_owned(),
-            epoch,
-            added: Vec::new(),
-            removed: Vec::new(),
-        }
-    }
 }
 
 fn quantise(v: &[f32], codes: &mut Vec<i8>) -> f32 {
@@ -185,8 +145,7 @@ impl FlatVectors {
     /// Brings the tenant's copies up to a committed write of this process, where they
     /// stand at the epoch just before it (a copy made over 1 s for 100,000 vectors; a
     /// change is applied in milliseconds).
-    pub(super) fn apply(&self, change: Option<VectorChange>) {
-        let Some(change) = change else { return };
+    pub(super) fn apply(&self, change: &ChunkChange) {
         let Ok(mut map) = self.tenants.write() else {
             return;
         };
@@ -196,7 +155,7 @@ impl FlatVectors {
             .removed
             .iter()
             .copied()
-            .chain(change.added.iter().map(|a| a.0))
+            .chain(change.added.iter().map(|a| a.id))
             .collect();
         for ((tenant, dim), tv) in map.iter_mut() {
             if *tenant != change.tenant || tv.epoch != change.epoch - 1 {
@@ -219,9 +178,12 @@ impl FlatVectors {
                     next.codes.extend_from_slice(codes);
                 }
             }
-            for (id, acl, v) in change.added.iter().filter(|a| a.2.len() == *dim) {
-                next.chunk_ids.push(*id);
-                next.acl_ids.push(*acl);
+            for a in &change.added {
+                let Some(v) = a.vector.as_deref().filter(|v| v.len() == *dim) else {
+                    continue;
+                };
+                next.chunk_ids.push(a.id);
+                next.acl_ids.push(a.acl_id);
                 let scale = quantise(v, &mut next.codes);
                 next.scales.push(scale);
             }
@@ -294,29 +256,6 @@ fn load(
         tv.scales.push(scale);
     }
     Ok(tv)
-}
-
-/// The visible ACL ids as a bitmap: one bit per id up to the largest visible one.
-struct Visible(Vec<u64>);
-
-impl Visible {
-    fn of(acls: &[i64]) -> Visible {
-        let max = acls.iter().copied().max().unwrap_or(-1);
-        let mut bits = vec![0u64; usize::try_from(max + 1).unwrap_or(0).div_ceil(64)];
-        for a in acls {
-            if let Ok(i) = usize::try_from(*a) {
-                bits[i / 64] |= 1 << (i % 64);
-            }
-        }
-        Visible(bits)
-    }
-
-    fn has(&self, acl: i64) -> bool {
-        usize::try_from(acl)
-            .ok()
-            .and_then(|i| self.0.get(i / 64).map(|w| w & (1 << (i % 64)) != 0))
-            .unwrap_or(false)
-    }
 }
 
 /// An f32 ordered totally (NaN sorts first, and never arises from finite codes).

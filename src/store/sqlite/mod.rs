@@ -19,8 +19,10 @@
 
 mod audit;
 mod documents;
+mod epoch;
 mod flat;
 mod keys;
+mod lexical;
 mod sessions;
 mod threads;
 mod users;
@@ -74,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/18_message_marks.sql"),
     include_str!("migrations/19_service_accounts.sql"),
     include_str!("migrations/20_vector_epochs.sql"),
+    include_str!("migrations/21_text_in_memory.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -129,6 +132,9 @@ struct Inner {
     scanners: Pool,
     /// Each tenant's vectors in memory, for the filtered scan (`flat.rs`).
     flat: Arc<flat::FlatVectors>,
+    /// Each tenant's full text in memory, for BM25 over the visible chunks
+    /// (`lexical.rs`).
+    text: Arc<lexical::TextIndexes>,
 }
 
 /// Read connections and the permits to use them: holding a permit guarantees a free
@@ -284,7 +290,7 @@ impl SqliteStore {
         migrate(&mut writer)?;
         writer.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
         documents::upgrade_legacy_vectors(&writer)?;
-        documents::build_text_partitions(&writer)?;
+        documents::drop_text_partitions(&writer)?;
         let readers = Pool::open(path, READERS)?;
         let scanners = Pool::open(path, SCANNERS)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -302,6 +308,7 @@ impl SqliteStore {
                 readers,
                 scanners,
                 flat: Default::default(),
+                text: Default::default(),
             }),
         })
     }
