@@ -7,15 +7,18 @@
 //! Vectors live in one table per dimension (`vectors_<dim>`, created on first use) with
 //! an HNSW index and a (tenant, acl_id) index. The plan depends on how many chunks the
 //! caller may see (per-ACL counts kept at ingestion, summed over the visible ACLs):
-//! * up to [`EXACT_MAX`]: exact search over the visible rows (the index scan is turned
-//!   off for the query, so PostgreSQL reads them through the ACL index and sorts);
-//! * above: HNSW with `hnsw.iterative_scan = strict_order`, which keeps scanning the
+//! * few ([`EXACT_ALWAYS`]), or up to [`EXACT_MAX`] and under a quarter of the
+//!   tenant's: exact search over the visible rows (the index scan is turned off for the
+//!   query, so PostgreSQL reads them through the ACL index and sorts);
+//! * otherwise HNSW with `hnsw.iterative_scan = strict_order`, which keeps scanning the
 //!   graph until k visible rows are found in exact distance order (recall@10 0.996 at
 //!   50 % of 100k clustered vectors, 3.3 ms); should it still come back short, the exact
 //!   plan runs instead, so k visible rows always come back when k exist.
 //!
 //! Full text ranks with `ts_rank`, a function of the chunk's own words only: no
-//! statistic of another tenant's or ACL's chunks moves a caller's ranking.
+//! statistic of another tenant's or ACL's chunks moves a caller's ranking. Few visible
+//! chunks ([`TEXT_SCAN_MAX`]) are each matched; otherwise the matches of the words come
+//! from the GIN index and are filtered.
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
@@ -32,9 +35,16 @@ use crate::store::{
     Rankings, SearchQuery, StoreError, StoreResult,
 };
 
-/// Up to this many visible chunks, search exactly (BENCHMARKS.md: ~4 ms at 5,000 of
-/// 100,000); above, HNSW with iterative scan.
+/// Up to this many visible chunks, search exactly (~1 µs per visible chunk); above,
+/// HNSW with iterative scan — unless they are under a quarter of the tenant's and at
+/// most [`EXACT_MAX`], where the graph walk passes too many invisible rows
+/// (BENCHMARKS.md).
+const EXACT_ALWAYS: i64 = 2_000;
 const EXACT_MAX: i64 = 20_000;
+
+/// Up to this many visible chunks, full text matches each of them (read through the
+/// ACL index); above, the chunks holding a word come from the full-text index first.
+const TEXT_SCAN_MAX: i64 = 2_000;
 
 /// Candidates HNSW keeps while searching (pgvector's default is 40); measured for
 /// recall@10 in BENCHMARKS.md.
@@ -270,12 +280,52 @@ impl ClusterStore {
     }
 }
 
+/// How many chunks the caller may see, and how many its tenant has: kept per ACL at
+/// ingestion, so no rows are counted here.
+struct Visibility {
+    visible: i64,
+    total: i64,
+}
+
+async fn visibility(
+    c: &impl GenericClient,
+    scope: &AccessScope,
+    acls: &[i64],
+) -> StoreResult<Visibility> {
+    let r = row(
+        c,
+        "SELECT COALESCE(sum(chunk_count) FILTER (WHERE id = ANY($2)), 0)::BIGINT,
+                COALESCE(sum(chunk_count), 0)::BIGINT
+         FROM acls WHERE tenant = $1",
+        &[&scope.tenant(), &acls],
+    )
+    .await?;
+    Ok(match r {
+        Some(r) => Visibility {
+            visible: r.try_get(0)?,
+            total: r.try_get(1)?,
+        },
+        None => Visibility {
+            visible: 0,
+            total: 0,
+        },
+    })
+}
+
+impl Visibility {
+    /// Whether an exact scan of the visible vectors beats the graph.
+    fn exact(&self) -> bool {
+        self.visible <= EXACT_ALWAYS || (self.visible <= EXACT_MAX && self.visible * 4 < self.total)
+    }
+}
+
 /// Exact top k of the visible vectors, or HNSW with iterative scan when there are many.
 async fn knn(
     store: &ClusterStore,
     c: &mut deadpool_postgres::Object,
     scope: &AccessScope,
     acls: &[i64],
+    seen: &Visibility,
     query: &[f32],
     k: usize,
 ) -> StoreResult<Vec<(i64, f64)>> {
@@ -286,16 +336,7 @@ async fn knn(
     let t = vec_table(dim);
     let v = Vector::from(query.to_vec());
     let k = k as i64;
-    // Kept per ACL at ingestion: no rows are counted here.
-    let visible: i64 = row(
-        &*c,
-        "SELECT COALESCE(sum(chunk_count), 0)::BIGINT FROM acls WHERE tenant = $1 AND id = ANY($2)",
-        &[&scope.tenant(), &acls],
-    )
-    .await?
-    .map(|r| r.try_get(0))
-    .transpose()?
-    .unwrap_or(0);
+    let visible = seen.visible;
     if visible == 0 {
         return Ok(Vec::new());
     }
@@ -306,7 +347,7 @@ async fn knn(
     let tenant = scope.tenant();
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&tenant, &acls, &v, &k];
     let tx = c.transaction().await?;
-    if visible > EXACT_MAX {
+    if !seen.exact() {
         // The graph, walked until k visible rows are found in exact distance order.
         // The planner is kept from a full sort of the visible rows, which it picks
         // when its statistics lag behind a freshly loaded table.
@@ -348,33 +389,54 @@ async fn knn(
 /// Full-text ranking within the visible chunks. Each term is its own bound
 /// `plainto_tsquery` (OR-ed): user text never becomes tsquery syntax.
 async fn text_rank(
-    c: &impl GenericClient,
+    c: &mut deadpool_postgres::Object,
     scope: &AccessScope,
     acls: &[i64],
+    seen: &Visibility,
     terms: &[String],
     k: usize,
 ) -> StoreResult<Vec<(i64, f64)>> {
-    if terms.is_empty() {
+    if terms.is_empty() || seen.visible == 0 {
         return Ok(Vec::new());
     }
     let q = (0..terms.len())
         .map(|i| format!("plainto_tsquery('simple', ${})", i + 4))
         .collect::<Vec<_>>()
         .join(" || ");
-    let sql = format!(
-        "SELECT c.id, ts_rank(c.tsv, q.q)::FLOAT8 AS score
-         FROM chunks c, (SELECT {q} AS q) q
-         WHERE c.tenant = $1 AND c.acl_id = ANY($2) AND c.tsv @@ q.q
-         ORDER BY score DESC, c.id LIMIT $3"
-    );
+    // Materialised, so that each plan is the one chosen here whatever the planner's
+    // statistics say (right after a bulk load they say a tenant has two chunks).
+    let sql = if seen.visible <= TEXT_SCAN_MAX {
+        format!(
+            "WITH v AS MATERIALIZED (
+                 SELECT id, tsv FROM chunks WHERE tenant = $1 AND acl_id = ANY($2))
+             SELECT v.id, ts_rank(v.tsv, q.q)::FLOAT8 AS score
+             FROM v, (SELECT {q} AS q) q WHERE v.tsv @@ q.q
+             ORDER BY score DESC, v.id LIMIT $3"
+        )
+    } else {
+        format!(
+            "WITH m AS MATERIALIZED (
+                 SELECT c.id, c.tenant, c.acl_id, c.tsv FROM chunks c, (SELECT {q} AS q) q
+                 WHERE c.tsv @@ q.q)
+             SELECT m.id, ts_rank(m.tsv, q.q)::FLOAT8 AS score
+             FROM m, (SELECT {q} AS q) q WHERE m.tenant = $1 AND m.acl_id = ANY($2)
+             ORDER BY score DESC, m.id LIMIT $3"
+        )
+    };
     let k = k as i64;
     let tenant = scope.tenant();
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tenant, &acls, &k];
     for t in terms {
         params.push(t);
     }
-    rows(c, &sql, &params)
-        .await?
+    let tx = c.transaction().await?;
+    // The words' matches from the GIN index, not a scan of every chunk: a RAG question
+    // holds few common words once stopwords are gone (1.2 ms against 11 ms over 10,000
+    // chunks, BENCHMARKS.md).
+    tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
+    let found = rows(&tx, &sql, &params).await?;
+    tx.commit().await?;
+    found
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect()
@@ -848,11 +910,12 @@ impl DocumentStore for ClusterStore {
             if acls.is_empty() || query.k == 0 {
                 return Ok(Rankings::default());
             }
+            let seen = visibility(&c, scope, &acls).await?;
             let vector = match &query.vector {
-                Some(v) => knn(self, &mut c, scope, &acls, v, query.k).await?,
+                Some(v) => knn(self, &mut c, scope, &acls, &seen, v, query.k).await?,
                 None => Vec::new(),
             };
-            let text = text_rank(&c, scope, &acls, &query.terms, query.k).await?;
+            let text = text_rank(&mut c, scope, &acls, &seen, &query.terms, query.k).await?;
             Ok(Rankings {
                 vector: load_hits(&c, &vector).await?,
                 text: load_hits(&c, &text).await?,

@@ -161,6 +161,79 @@ async fn text_ranking_does_not_move_with_chunks_the_caller_cannot_read() {
     assert_eq!(ranked().await, before);
 }
 
+/// A document of `n` chunks whose vectors all lie near one direction.
+async fn ingest_many(s: &Stores, tenant: &str, text: &str, n: usize, acl: Acl) -> String {
+    let admin = Operator::local_cli().document_admin(tenant);
+    let id = new_id();
+    let chunks = (0..n)
+        .map(|i| NewChunk {
+            id: new_id(),
+            text: format!("{text} {i}"),
+            embedding: Some(vec![1.0, (i % 7) as f32 / 100.0, 0.0, 0.0]),
+        })
+        .collect();
+    let doc = NewDocument::new(
+        &admin,
+        id.clone(),
+        text.into(),
+        text.into(),
+        acl,
+        chunks,
+        T0,
+    )
+    .unwrap();
+    s.documents.insert_document(doc).await.unwrap();
+    id
+}
+
+/// With thousands of visible chunks the stores may plan differently (the cluster store
+/// walks its vector graph and takes full-text matches from its word index before
+/// filtering): the filter holds the same, and what is visible is found.
+#[tokio::test]
+async fn a_large_visible_set_is_filtered_the_same() {
+    let o = open().await;
+    let s = &o.stores;
+    let big = ingest_many(s, "acme", "alpha filler", 2_100, acl_roles("x")).await;
+    let secret = ingest_many(s, "acme", "alpha secret", 10, acl_roles("y")).await;
+    let foreign = ingest_many(s, "globex", "alpha secret", 10, acl_roles("x")).await;
+    let search = |scope: AccessScope, word: &'static str| async move {
+        let r = s
+            .documents
+            .search(
+                &scope,
+                SearchQuery {
+                    vector: Some(vec![1.0, 0.0, 0.0, 0.0]),
+                    terms: vec![word.into()],
+                    k: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let docs = |hits: Vec<crate::model::ChunkHit>| {
+            let mut d: Vec<String> = hits.into_iter().map(|h| h.document_id).collect();
+            d.dedup();
+            d
+        };
+        (docs(r.vector), docs(r.text))
+    };
+    let x = Principal::for_tests("acme", "u", &["x"], &[]).access_scope();
+    let (vector, text) = search(x.clone(), "alpha").await;
+    assert_eq!((vector, text), (vec![big.clone()], vec![big.clone()]));
+    let (vector, text) = search(x, "secret").await;
+    assert_eq!(vector, std::slice::from_ref(&big));
+    assert!(text.is_empty(), "{text:?}");
+    // One who may also read y finds its ten chunks by word among 2,110.
+    let xy = Principal::for_tests("acme", "v", &["x", "y"], &[]).access_scope();
+    let (_, text) = search(xy, "secret").await;
+    assert_eq!(text, std::slice::from_ref(&secret));
+    let y = Principal::for_tests("acme", "w", &["y"], &[]).access_scope();
+    let (vector, text) = search(y, "alpha").await;
+    assert_eq!((vector, text), (vec![secret.clone()], vec![secret]));
+    let eve = Principal::for_tests("globex", "eve", &["x"], &[]).access_scope();
+    let (vector, text) = search(eve, "alpha").await;
+    assert_eq!((vector, text), (vec![foreign.clone()], vec![foreign]));
+}
+
 fn claim(worker: &str, now: i64, only: Option<&str>) -> IngestClaim {
     IngestClaim {
         worker: worker.into(),
