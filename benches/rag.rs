@@ -10,6 +10,8 @@
 //! only way to obtain one. `PALISADE_BENCH_STORE=cluster` runs it on the cluster store
 //! (PostgreSQL + pgvector at `PALISADE_BENCH_POSTGRES`, default the local server; a
 //! fresh database per corpus, dropped afterwards; Redis on 127.0.0.1:6379).
+//! `PALISADE_BENCH_TEXT=prose` gives each chunk 100 words of Zipf-distributed text
+//! (the full-text index's size and build time on text like real text).
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +58,55 @@ fn random_unit(seed: u64) -> Vec<f32> {
     let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
     v.iter_mut().for_each(|a| *a /= n);
     v
+}
+
+/// Chunk text: "chunk <doc> <n>", or with `PALISADE_BENCH_TEXT=prose` followed by 100
+/// words drawn from a Zipf-like vocabulary of 5,000 terms, as real text has (common
+/// words everywhere, topic words in few chunks): what the full-text index holds.
+struct Prose {
+    cumulative: Vec<f64>,
+    state: u64,
+}
+
+impl Prose {
+    fn new() -> Option<Prose> {
+        if std::env::var("PALISADE_BENCH_TEXT").as_deref() != Ok("prose") {
+            return None;
+        }
+        let mut total = 0.0;
+        let cumulative = (0..5000)
+            .map(|i| {
+                total += 1.0 / (i as f64 + 1.0);
+                total
+            })
+            .collect();
+        Some(Prose {
+            cumulative,
+            state: 0x2545_F491_4F6C_DD1D,
+        })
+    }
+
+    fn words(&mut self, n: usize) -> String {
+        let total = self.cumulative.last().copied().unwrap_or(1.0);
+        (0..n)
+            .map(|_| {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                let u = (self.state >> 11) as f64 / (1u64 << 53) as f64 * total;
+                format!("term{}", self.cumulative.partition_point(|c| *c < u))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Resident memory of this process, in MB.
+fn resident_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * 4096.0 / 1e6)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -178,6 +229,7 @@ async fn corpus(n: usize, acl_of: impl Fn(usize) -> (usize, Acl)) -> Corpus {
     let admin = palisade::access::Operator::local_cli().document_admin("acme");
     let t = Instant::now();
     let mut all: Vec<(usize, Vec<f32>)> = Vec::with_capacity(n);
+    let mut prose = Prose::new();
     for d in 0..n / CHUNKS_PER_DOC {
         let (acl_ix, acl) = acl_of(d);
         let chunks: Vec<NewChunk> = (0..CHUNKS_PER_DOC)
@@ -186,7 +238,10 @@ async fn corpus(n: usize, acl_of: impl Fn(usize) -> (usize, Acl)) -> Corpus {
                 all.push((acl_ix, v.clone()));
                 NewChunk {
                     id: format!("c{d}-{c}"),
-                    text: format!("chunk {d} {c}"),
+                    text: match prose.as_mut() {
+                        Some(p) => format!("chunk {d} {c} {}", p.words(100)),
+                        None => format!("chunk {d} {c}"),
+                    },
                     embedding: Some(v),
                 }
             })
@@ -300,9 +355,14 @@ async fn measure_text(c: &Corpus, scope: &AccessScope) -> (f64, f64, f64) {
             },
         )
     };
+    let before = resident_mb();
     let t = Instant::now();
     search(1000).await.unwrap();
     let first = t.elapsed().as_secs_f64() * 1000.0;
+    let grown = resident_mb() - before;
+    if grown > 1.0 {
+        println!("(the first full-text search grew the process by {grown:.0} MB)");
+    }
     let mut lat = Vec::new();
     for q in 0..50 {
         let t = Instant::now();
@@ -521,6 +581,13 @@ async fn embedding_throughput() {
 }
 
 fn main() {
+    // RUST_LOG=info shows what the stores log (the in-memory indexes' builds, say).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     rt.block_on(async {

@@ -7,10 +7,9 @@
 //! Vectors live in one table per dimension (`vectors_<dim>`, created on first use) with
 //! an HNSW index and a (tenant, acl_id) index. The plan depends on how many chunks the
 //! caller may see (per-ACL counts kept at ingestion, summed over the visible ACLs):
-//! * few ([`EXACT_ALWAYS`]), or up to [`EXACT_MAX`] and under a quarter of the
-//!   tenant's: exact search over the visible rows (the index scan is turned off for the
-//!   query, so PostgreSQL reads them through the ACL index and sorts);
-//! * otherwise HNSW with `hnsw.iterative_scan = strict_order`, which keeps scanning the
+//! * up to [`EXACT_MAX`]: exact search over the visible rows (the index scan is turned
+//!   off for the query, so PostgreSQL reads them through the ACL index and sorts);
+//! * above: HNSW with `hnsw.iterative_scan = strict_order`, which keeps scanning the
 //!   graph until k visible rows are found in exact distance order (recall@10 0.996 at
 //!   50 % of 100k clustered vectors, 3.3 ms); should it still come back short, the exact
 //!   plan runs instead, so k visible rows always come back when k exist.
@@ -35,11 +34,9 @@ use crate::store::{
     Rankings, SearchQuery, StoreError, StoreResult,
 };
 
-/// Up to this many visible chunks, search exactly (~1 µs per visible chunk); above,
-/// HNSW with iterative scan — unless they are under a quarter of the tenant's and at
-/// most [`EXACT_MAX`], where the graph walk passes too many invisible rows
-/// (BENCHMARKS.md).
-const EXACT_ALWAYS: i64 = 2_000;
+/// Up to this many visible chunks, search exactly (BENCHMARKS.md: ~4 ms at 5,000 of
+/// 100,000); above, HNSW with iterative scan. Not lower: on vectors without
+/// neighbourhoods (uniformly random) HNSW's recall@10 at 5,000 of 10,000 is 0.6.
 const EXACT_MAX: i64 = 20_000;
 
 /// Up to this many visible chunks, full text matches each of them (read through the
@@ -280,11 +277,10 @@ impl ClusterStore {
     }
 }
 
-/// How many chunks the caller may see, and how many its tenant has: kept per ACL at
-/// ingestion, so no rows are counted here.
+/// How many chunks the caller may see: kept per ACL at ingestion, so no rows are
+/// counted here.
 struct Visibility {
     visible: i64,
-    total: i64,
 }
 
 async fn visibility(
@@ -292,31 +288,16 @@ async fn visibility(
     scope: &AccessScope,
     acls: &[i64],
 ) -> StoreResult<Visibility> {
-    let r = row(
+    let visible = row(
         c,
-        "SELECT COALESCE(sum(chunk_count) FILTER (WHERE id = ANY($2)), 0)::BIGINT,
-                COALESCE(sum(chunk_count), 0)::BIGINT
-         FROM acls WHERE tenant = $1",
+        "SELECT COALESCE(sum(chunk_count), 0)::BIGINT FROM acls WHERE tenant = $1 AND id = ANY($2)",
         &[&scope.tenant(), &acls],
     )
-    .await?;
-    Ok(match r {
-        Some(r) => Visibility {
-            visible: r.try_get(0)?,
-            total: r.try_get(1)?,
-        },
-        None => Visibility {
-            visible: 0,
-            total: 0,
-        },
-    })
-}
-
-impl Visibility {
-    /// Whether an exact scan of the visible vectors beats the graph.
-    fn exact(&self) -> bool {
-        self.visible <= EXACT_ALWAYS || (self.visible <= EXACT_MAX && self.visible * 4 < self.total)
-    }
+    .await?
+    .map(|r| r.try_get(0))
+    .transpose()?
+    .unwrap_or(0);
+    Ok(Visibility { visible })
 }
 
 /// Exact top k of the visible vectors, or HNSW with iterative scan when there are many.
@@ -347,7 +328,7 @@ async fn knn(
     let tenant = scope.tenant();
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&tenant, &acls, &v, &k];
     let tx = c.transaction().await?;
-    if !seen.exact() {
+    if visible > EXACT_MAX {
         // The graph, walked until k visible rows are found in exact distance order.
         // The planner is kept from a full sort of the visible rows, which it picks
         // when its statistics lag behind a freshly loaded table.
