@@ -75,6 +75,7 @@ impl Visible {
     }
 
     /// Negative ids (a removed row) are never visible.
+    #[inline]
     pub(super) fn has(&self, acl: i64) -> bool {
         usize::try_from(acl)
             .ok()
