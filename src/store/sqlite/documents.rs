@@ -727,16 +727,20 @@ fn knn(
     load_hits(c, &ranked)
 }
 
+/// The virtual tables whose names match a GLOB pattern (their shadow tables are not).
+fn virtual_tables(c: &Connection, pattern: &str) -> rusqlite::Result<Vec<String>> {
+    c.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB ?1
+         AND sql LIKE 'CREATE VIRTUAL TABLE%'",
+    )?
+    .query_map([pattern], |r| r.get(0))?
+    .collect()
+}
+
 /// Drops the per-ACL full-text indexes of earlier versions (`text_<acl id>`; full text
 /// is indexed in memory now), once, at start-up.
 pub(super) fn drop_text_partitions(c: &Connection) -> StoreResult<()> {
-    let tables: Vec<String> = c
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'text_[0-9]*'
-             AND sql LIKE 'CREATE VIRTUAL TABLE%'",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let tables = virtual_tables(c, "text_[0-9]*")?;
     if tables.is_empty() {
         return Ok(());
     }
@@ -755,13 +759,7 @@ pub(super) fn drop_text_partitions(c: &Connection) -> StoreResult<()> {
 /// Moves vectors from the tables of earlier versions (`chunks_vec_N`, no `acl_id`
 /// metadata, default chunk size) into the current ones, once, at start-up.
 pub(super) fn upgrade_legacy_vectors(c: &Connection) -> StoreResult<()> {
-    let legacy: Vec<String> = c
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'chunks_vec_[0-9]*'
-             AND sql LIKE 'CREATE VIRTUAL TABLE%'",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let legacy = virtual_tables(c, "chunks_vec_[0-9]*")?;
     for old in legacy {
         let Some(dim) = old
             .strip_prefix("chunks_vec_")

@@ -7,6 +7,9 @@
 //! included — so that a copy built at an older epoch is known to be stale.
 
 use rusqlite::{Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 /// The tenant's chunk epoch.
 pub(super) fn epoch(c: &Connection, tenant: &str) -> rusqlite::Result<i64> {
@@ -81,5 +84,66 @@ impl Visible {
             .ok()
             .and_then(|i| self.0.get(i / 64).map(|w| w & (1 << (i % 64)) != 0))
             .unwrap_or(false)
+    }
+}
+
+/// A copy of something kept in memory per key, as of a tenant's epoch.
+pub(super) trait AtEpoch {
+    fn epoch(&self) -> i64;
+}
+
+/// In-memory copies by key (a tenant, or a tenant and a dimension), each rebuilt when
+/// its tenant's epoch has moved.
+pub(super) struct Copies<K, T> {
+    map: RwLock<HashMap<K, Arc<T>>>,
+    /// Held while a copy is built: searches that find it stale together wait for one
+    /// build instead of each reading the whole table.
+    building: Mutex<()>,
+}
+
+impl<K, T> Default for Copies<K, T> {
+    fn default() -> Self {
+        Copies {
+            map: RwLock::new(HashMap::new()),
+            building: Mutex::new(()),
+        }
+    }
+}
+
+impl<K: Hash + Eq, T: AtEpoch> Copies<K, T> {
+    /// The copy under `key` at the tenant's current epoch, built by `build` if it moved
+    /// since.
+    pub(super) fn current(
+        &self,
+        c: &Connection,
+        tenant: &str,
+        key: K,
+        build: impl FnOnce(i64) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Arc<T>> {
+        let cached = |now: i64| {
+            self.map
+                .read()
+                .ok()
+                .and_then(|map| map.get(&key).filter(|t| t.epoch() == now).cloned())
+        };
+        if let Some(t) = cached(epoch(c, tenant)?) {
+            return Ok(t);
+        }
+        let _one_build = self.building.lock();
+        // A search reads in one transaction: the epoch and the rows are of one snapshot.
+        let now = epoch(c, tenant)?;
+        if let Some(t) = cached(now) {
+            return Ok(t);
+        }
+        let t = Arc::new(build(now)?);
+        if let Ok(mut map) = self.map.write() {
+            map.insert(key, t.clone());
+        }
+        Ok(t)
+    }
+
+    /// The copies, for a writer to bring up to its own change (none if poisoned).
+    pub(super) fn write(&self) -> Option<RwLockWriteGuard<'_, HashMap<K, Arc<T>>>> {
+        self.map.write().ok()
     }
 }

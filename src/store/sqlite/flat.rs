@@ -16,9 +16,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::epoch::{ChunkChange, Visible, epoch};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use super::epoch::{AtEpoch, ChunkChange, Copies, Visible};
+use std::sync::Arc;
 
 /// Candidates re-scored exactly, per result wanted (at least `MIN_CANDIDATES`): 8-bit
 /// codes of unit vectors keep each score within about 0.01 of the exact one, far below
@@ -40,10 +39,13 @@ struct TenantVectors {
 /// The cached copies, by (tenant, dimension).
 #[derive(Default)]
 pub(super) struct FlatVectors {
-    tenants: RwLock<HashMap<(String, usize), Arc<TenantVectors>>>,
-    /// Held while a copy is built: searches that find it stale together wait for one
-    /// build instead of each reading the whole table.
-    building: std::sync::Mutex<()>,
+    tenants: Copies<(String, usize), TenantVectors>,
+}
+
+impl AtEpoch for TenantVectors {
+    fn epoch(&self) -> i64 {
+        self.epoch
+    }
 }
 
 /// The range of partition keys of one tenant: `tenant/` … `tenant0` (`'0'` follows `'/'`).
@@ -173,7 +175,7 @@ impl FlatVectors {
     /// stand at the epoch just before it (a copy made over 1 s for 100,000 vectors; a
     /// change is applied in milliseconds).
     pub(super) fn apply(&self, change: &ChunkChange) {
-        let Ok(mut map) = self.tenants.write() else {
+        let Some(mut map) = self.tenants.write() else {
             return;
         };
         // Rows of the added chunks already in the copy (it may have been built from a
@@ -226,28 +228,10 @@ impl FlatVectors {
         table: &str,
         dim: usize,
     ) -> rusqlite::Result<Arc<TenantVectors>> {
-        let key = (tenant.to_owned(), dim);
-        let cached = |now: i64| {
-            self.tenants
-                .read()
-                .ok()
-                .and_then(|map| map.get(&key).filter(|tv| tv.epoch == now).cloned())
-        };
-        if let Some(tv) = cached(epoch(c, tenant)?) {
-            return Ok(tv);
-        }
-        let _one_build = self.building.lock();
-        // A search reads in one transaction: the epoch and the vectors are of one
-        // snapshot.
-        let now = epoch(c, tenant)?;
-        if let Some(tv) = cached(now) {
-            return Ok(tv);
-        }
-        let tv = Arc::new(load(c, tenant, table, dim, now)?);
-        if let Ok(mut map) = self.tenants.write() {
-            map.insert(key, tv.clone());
-        }
-        Ok(tv)
+        self.tenants
+            .current(c, tenant, (tenant.to_owned(), dim), |now| {
+                load(c, tenant, table, dim, now)
+            })
     }
 }
 

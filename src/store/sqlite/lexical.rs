@@ -15,10 +15,10 @@
 
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use unicode_normalization::UnicodeNormalization;
 
-use super::epoch::{ChunkChange, Visible, epoch};
+use super::epoch::{AtEpoch, ChunkChange, Copies, Visible};
 
 /// BM25's term-frequency saturation and length normalisation (SQLite FTS5's and
 /// Lucene's defaults).
@@ -146,10 +146,13 @@ impl TenantText {
 /// The cached indexes, by tenant.
 #[derive(Default)]
 pub(super) struct TextIndexes {
-    tenants: RwLock<HashMap<String, Arc<TenantText>>>,
-    /// Held while an index is built: searches that find it stale together wait for one
-    /// build instead of each reading every chunk.
-    building: Mutex<()>,
+    tenants: Copies<String, TenantText>,
+}
+
+impl AtEpoch for TenantText {
+    fn epoch(&self) -> i64 {
+        self.epoch
+    }
 }
 
 impl TextIndexes {
@@ -232,7 +235,7 @@ impl TextIndexes {
     /// Brings the tenant's index up to a committed write of this process, where it
     /// stands at the epoch just before it.
     pub(super) fn apply(&self, change: &ChunkChange) {
-        let Ok(mut map) = self.tenants.write() else {
+        let Some(mut map) = self.tenants.write() else {
             return;
         };
         let Some(tt) = map.get_mut(&change.tenant) else {
@@ -258,36 +261,19 @@ impl TextIndexes {
 
     /// The tenant's index at the current epoch, rebuilt if its chunks moved since.
     fn current(&self, c: &Connection, tenant: &str) -> rusqlite::Result<Arc<TenantText>> {
-        let cached = |now: i64| {
-            self.tenants
-                .read()
-                .ok()
-                .and_then(|map| map.get(tenant).filter(|tt| tt.epoch == now).cloned())
-        };
-        if let Some(tt) = cached(epoch(c, tenant)?) {
-            return Ok(tt);
-        }
-        let _one_build = self.building.lock();
-        // A search reads in one transaction: the epoch and the chunks are of one
-        // snapshot.
-        let now = epoch(c, tenant)?;
-        if let Some(tt) = cached(now) {
-            return Ok(tt);
-        }
-        let started = std::time::Instant::now();
-        let tt = Arc::new(load(c, tenant, now)?);
-        tracing::info!(
-            tenant,
-            chunks = tt.chunk_ids.len(),
-            words = tt.terms.len(),
-            megabytes = tt.bytes() / 1_000_000,
-            millis = started.elapsed().as_millis() as u64,
-            "built the full-text index"
-        );
-        if let Ok(mut map) = self.tenants.write() {
-            map.insert(tenant.to_owned(), tt.clone());
-        }
-        Ok(tt)
+        self.tenants.current(c, tenant, tenant.to_owned(), |now| {
+            let started = std::time::Instant::now();
+            let tt = load(c, tenant, now)?;
+            tracing::info!(
+                tenant,
+                chunks = tt.chunk_ids.len(),
+                words = tt.terms.len(),
+                megabytes = tt.bytes() / 1_000_000,
+                millis = started.elapsed().as_millis() as u64,
+                "built the full-text index"
+            );
+            Ok(tt)
+        })
     }
 }
 
